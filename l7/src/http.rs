@@ -1,0 +1,697 @@
+//! HTTP/1.1 head parsing and body framing (httparse underneath).
+//!
+//! Contract:
+//! - [`parse_request_head`] and [`parse_response_head`] look at the start of
+//!   a buffer and return `Ok(None)` while the head is incomplete, the parsed
+//!   head plus its length once complete, or an [`HttpError`] that the caller
+//!   must turn into an error response and a close (never a guess).
+//! - Request framing follows RFC 9112 §6 with the smuggling defences a
+//!   front proxy needs: `Content-Length` together with `Transfer-Encoding`,
+//!   several `Content-Length` fields, a non-numeric length, a transfer coding
+//!   other than a lone `chunked`, bare LF line endings and obsolete line
+//!   folding are all rejected.
+//! - [`ChunkedDecoder`] is incremental: it can be fed one byte at a time and
+//!   yields exactly the decoded payload; bad chunk sizes are errors.
+
+use std::fmt;
+
+/// Why a message could not be parsed or framed. Every variant closes the
+/// connection after the error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// The head is larger than the configured limit (431 for requests).
+    #[error("header section larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// More header fields than the configured limit (431 for requests).
+    #[error("more than {0} header fields")]
+    TooManyHeaders(usize),
+    /// Syntax error reported by httparse or by our stricter checks.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+    /// A request-smuggling pattern (always answered with 400 and a close).
+    #[error("ambiguous framing: {0}")]
+    Smuggling(&'static str),
+    /// A transfer coding we do not implement (501).
+    #[error("unsupported transfer coding")]
+    UnsupportedCoding,
+    /// The declared or decoded body exceeds the limit (413).
+    #[error("body larger than {0} bytes")]
+    BodyTooLarge(u64),
+}
+
+/// How a message body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the peer closes (responses only).
+    UntilClose,
+}
+
+/// One header field, name as sent and raw value bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Field name as received (compare case-insensitively).
+    pub name: String,
+    /// Raw field value.
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.name, String::from_utf8_lossy(&self.value))
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// Method token, e.g. `POST`.
+    pub method: String,
+    /// Request target exactly as received (passed through unchanged).
+    pub target: String,
+    /// HTTP minor version (0 or 1).
+    pub minor_version: u8,
+    /// Header fields in order.
+    pub headers: Vec<Header>,
+    /// Body framing derived from the headers.
+    pub framing: BodyFraming,
+    /// Whether the client asked to keep the connection open afterwards.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was present.
+    pub expect_continue: bool,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Reason phrase as received.
+    pub reason: String,
+    /// HTTP minor version (0 or 1).
+    pub minor_version: u8,
+    /// Header fields in order.
+    pub headers: Vec<Header>,
+    /// Body framing (depends on the request method too).
+    pub framing: BodyFraming,
+    /// Whether the upstream connection may be reused afterwards.
+    pub keep_alive: bool,
+}
+
+/// Look up the first header with this name (ASCII case-insensitive).
+pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_slice())
+}
+
+/// Number of headers with this name.
+pub fn header_count(headers: &[Header], name: &str) -> usize {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .count()
+}
+
+/// Whether a comma-separated header (e.g. `Connection`) contains `token`.
+pub fn header_has_token(headers: &[Header], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn trim(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Hop-by-hop fields that a proxy must not forward (RFC 9110 §7.6.1), plus
+/// the framing fields that we always regenerate.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+}
+
+/// Find the end of the head (`\r\n\r\n`), rejecting bare LF anywhere in it.
+/// Returns `Ok(None)` when the terminator has not arrived yet.
+fn find_head_end(buf: &[u8], max: usize) -> Result<Option<usize>, HttpError> {
+    let scan = &buf[..buf.len().min(max)];
+    for (i, &b) in scan.iter().enumerate() {
+        if b == b'\n' {
+            if i == 0 || scan[i - 1] != b'\r' {
+                return Err(HttpError::Smuggling("bare LF line ending"));
+            }
+            if i >= 3 && &scan[i - 3..=i] == b"\r\n\r\n" {
+                return Ok(Some(i + 1));
+            }
+        }
+    }
+    if buf.len() >= max {
+        return Err(HttpError::HeadTooLarge(max));
+    }
+    Ok(None)
+}
+
+fn map_httparse(e: httparse::Error, max_headers: usize) -> HttpError {
+    match e {
+        httparse::Error::TooManyHeaders => HttpError::TooManyHeaders(max_headers),
+        httparse::Error::HeaderName => HttpError::Malformed("invalid header name"),
+        httparse::Error::HeaderValue => HttpError::Malformed("invalid header value"),
+        httparse::Error::NewLine => HttpError::Smuggling("bare LF line ending"),
+        httparse::Error::Status => HttpError::Malformed("invalid status"),
+        httparse::Error::Token => HttpError::Malformed("invalid token"),
+        httparse::Error::Version => HttpError::Malformed("invalid HTTP version"),
+    }
+}
+
+fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HttpError> {
+    raw.iter()
+        .map(|h| {
+            if h.value.iter().any(|&b| b == b'\r' || b == b'\n') {
+                // httparse accepts obs-fold; a proxy must not.
+                return Err(HttpError::Smuggling("obsolete line folding"));
+            }
+            Ok(Header {
+                name: h.name.to_string(),
+                value: h.value.to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// Derive body framing from `Content-Length` / `Transfer-Encoding`.
+/// `None` means "no length information" (the caller decides what that means).
+fn framing_from_headers(headers: &[Header]) -> Result<Option<BodyFraming>, HttpError> {
+    let te_count = header_count(headers, "transfer-encoding");
+    let cl_count = header_count(headers, "content-length");
+    if te_count > 0 && cl_count > 0 {
+        return Err(HttpError::Smuggling(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if cl_count > 1 {
+        return Err(HttpError::Smuggling("duplicate Content-Length"));
+    }
+    if te_count > 0 {
+        if te_count > 1 {
+            return Err(HttpError::Smuggling("several Transfer-Encoding fields"));
+        }
+        let te = header(headers, "transfer-encoding").unwrap_or_default();
+        if trim(te).eq_ignore_ascii_case(b"chunked") {
+            return Ok(Some(BodyFraming::Chunked));
+        }
+        return Err(HttpError::UnsupportedCoding);
+    }
+    if let Some(cl) = header(headers, "content-length") {
+        let cl = trim(cl);
+        if cl.is_empty() || cl.len() > 19 || !cl.iter().all(u8::is_ascii_digit) {
+            return Err(HttpError::Smuggling("invalid Content-Length"));
+        }
+        let n: u64 = std::str::from_utf8(cl)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(HttpError::Smuggling("invalid Content-Length"))?;
+        return Ok(Some(if n == 0 {
+            BodyFraming::None
+        } else {
+            BodyFraming::Length(n)
+        }));
+    }
+    Ok(None)
+}
+
+/// Parse a request head at the start of `buf`.
+///
+/// Returns `Ok(Some((head, head_len)))` once `\r\n\r\n` has arrived.
+pub fn parse_request_head(
+    buf: &[u8],
+    max_head_bytes: usize,
+    max_headers: usize,
+) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let Some(end) = find_head_end(buf, max_head_bytes)? else {
+        return Ok(None);
+    };
+    let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut raw);
+    let status = req
+        .parse(&buf[..end])
+        .map_err(|e| map_httparse(e, max_headers))?;
+    if status.is_partial() {
+        return Err(HttpError::Malformed("incomplete head"));
+    }
+    let method = req.method.ok_or(HttpError::Malformed("no method"))?;
+    let target = req.path.ok_or(HttpError::Malformed("no target"))?;
+    let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
+    let headers = collect_headers(req.headers)?;
+    if minor_version == 1 && header_count(&headers, "host") != 1 {
+        return Err(HttpError::Malformed("HTTP/1.1 request needs exactly one Host"));
+    }
+    let framing = framing_from_headers(&headers)?.unwrap_or(BodyFraming::None);
+    let keep_alive = if minor_version == 0 {
+        header_has_token(&headers, "connection", "keep-alive")
+    } else {
+        !header_has_token(&headers, "connection", "close")
+    };
+    let expect_continue = header(&headers, "expect")
+        .is_some_and(|v| trim(v).eq_ignore_ascii_case(b"100-continue"));
+    Ok(Some((
+        RequestHead {
+            method: method.to_string(),
+            target: target.to_string(),
+            minor_version,
+            headers,
+            framing,
+            keep_alive,
+            expect_continue,
+        },
+        end,
+    )))
+}
+
+/// Parse a response head at the start of `buf`. `request_method` decides
+/// whether a body can follow (HEAD never has one).
+pub fn parse_response_head(
+    buf: &[u8],
+    request_method: &str,
+    max_head_bytes: usize,
+    max_headers: usize,
+) -> Result<Option<(ResponseHead, usize)>, HttpError> {
+    let Some(end) = find_head_end(buf, max_head_bytes)? else {
+        return Ok(None);
+    };
+    let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut resp = httparse::Response::new(&mut raw);
+    let status = resp
+        .parse(&buf[..end])
+        .map_err(|e| map_httparse(e, max_headers))?;
+    if status.is_partial() {
+        return Err(HttpError::Malformed("incomplete head"));
+    }
+    let code = resp.code.ok_or(HttpError::Malformed("no status"))?;
+    let minor_version = resp.version.ok_or(HttpError::Malformed("no version"))?;
+    let headers = collect_headers(resp.headers)?;
+    let no_body = request_method.eq_ignore_ascii_case("HEAD")
+        || (100..200).contains(&code)
+        || code == 204
+        || code == 304;
+    let declared = framing_from_headers(&headers)?;
+    let framing = if no_body {
+        BodyFraming::None
+    } else {
+        declared.unwrap_or(BodyFraming::UntilClose)
+    };
+    let mut keep_alive = if minor_version == 0 {
+        header_has_token(&headers, "connection", "keep-alive")
+    } else {
+        !header_has_token(&headers, "connection", "close")
+    };
+    if framing == BodyFraming::UntilClose {
+        keep_alive = false;
+    }
+    Ok(Some((
+        ResponseHead {
+            status: code,
+            reason: resp.reason.unwrap_or("").to_string(),
+            minor_version,
+            headers,
+            framing,
+            keep_alive,
+        },
+        end,
+    )))
+}
+
+/// Incremental decoder for `Transfer-Encoding: chunked` bodies.
+///
+/// Chunk extensions are skipped, trailers are read and dropped. Sizes with
+/// more than 15 hex digits, missing CRLFs and bare LFs are errors.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+    line_len: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    FinalLf,
+    Done,
+}
+
+/// Longest chunk-size line (size plus extensions) we accept.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl ChunkedDecoder {
+    /// A decoder at the start of a chunked body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the terminating zero chunk and trailers have been read.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+
+    /// Decode from `input`, appending payload bytes to `out`. Returns the
+    /// number of input bytes consumed; it stops right after the end of the
+    /// body so that pipelined bytes stay with the caller.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, HttpError> {
+        let mut i = 0;
+        while i < input.len() && self.state != ChunkState::Done {
+            let b = input[i];
+            match self.state {
+                ChunkState::Size => {
+                    if let Some(d) = (b as char).to_digit(16) {
+                        if self.digits >= 15 {
+                            return Err(HttpError::Smuggling("chunk size too long"));
+                        }
+                        self.size = self.size * 16 + u64::from(d);
+                        self.digits += 1;
+                    } else if self.digits == 0 {
+                        return Err(HttpError::Smuggling("invalid chunk size"));
+                    } else if b == b';' || b == b' ' || b == b'\t' {
+                        self.state = ChunkState::Extension;
+                    } else if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else {
+                        return Err(HttpError::Smuggling("invalid chunk size"));
+                    }
+                    i += 1;
+                }
+                ChunkState::Extension => {
+                    self.line_len += 1;
+                    if self.line_len > MAX_CHUNK_LINE {
+                        return Err(HttpError::Smuggling("chunk extension too long"));
+                    }
+                    if b == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else if b == b'\n' {
+                        return Err(HttpError::Smuggling("bare LF in chunk"));
+                    }
+                    i += 1;
+                }
+                ChunkState::SizeLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::Smuggling("chunk size line without LF"));
+                    }
+                    i += 1;
+                    self.line_len = 0;
+                    self.digits = 0;
+                    self.state = if self.size == 0 {
+                        ChunkState::TrailerStart
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let avail = (input.len() - i) as u64;
+                    let take = avail.min(self.size) as usize;
+                    out.extend_from_slice(&input[i..i + take]);
+                    i += take;
+                    self.size -= take as u64;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                }
+                ChunkState::DataCr => {
+                    if b != b'\r' {
+                        return Err(HttpError::Smuggling("chunk data longer than its size"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::Smuggling("chunk data without CRLF"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::TrailerStart => {
+                    i += 1;
+                    if b == b'\r' {
+                        self.state = ChunkState::FinalLf;
+                    } else if b == b'\n' {
+                        return Err(HttpError::Smuggling("bare LF in trailer"));
+                    } else {
+                        self.line_len = 1;
+                        self.state = ChunkState::TrailerLine;
+                    }
+                }
+                ChunkState::TrailerLine => {
+                    i += 1;
+                    self.line_len += 1;
+                    if self.line_len > MAX_CHUNK_LINE {
+                        return Err(HttpError::Smuggling("trailer too long"));
+                    }
+                    if b == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    } else if b == b'\n' {
+                        return Err(HttpError::Smuggling("bare LF in trailer"));
+                    }
+                }
+                ChunkState::TrailerLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::Smuggling("trailer without LF"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::TrailerStart;
+                }
+                ChunkState::FinalLf => {
+                    if b != b'\n' {
+                        return Err(HttpError::Smuggling("chunked body without final CRLF"));
+                    }
+                    i += 1;
+                    self.state = ChunkState::Done;
+                }
+                ChunkState::Done => unreachable!("loop condition excludes Done"),
+            }
+        }
+        Ok(i)
+    }
+}
+
+/// Append one chunk (`size CRLF data CRLF`) to `out`; empty data writes
+/// nothing (the terminator is [`CHUNKED_END`]).
+pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk of a chunked body, without trailers.
+pub const CHUNKED_END: &[u8] = b"0\r\n\r\n";
+
+/// Reason phrase for the statuses the proxy generates itself.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(s: &str) -> Result<Option<(RequestHead, usize)>, HttpError> {
+        parse_request_head(s.as_bytes(), 8192, 32)
+    }
+
+    #[test]
+    fn parses_content_length_request() {
+        let (h, n) = req("POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.target, "/mcp");
+        assert_eq!(h.framing, BodyFraming::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(n, 50);
+    }
+
+    #[test]
+    fn incomplete_head_waits() {
+        assert!(req("POST /mcp HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+    }
+
+    #[test]
+    fn rejects_smuggling_patterns() {
+        let cases = [
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HttpError::Smuggling("both Content-Length and Transfer-Encoding"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                HttpError::Smuggling("duplicate Content-Length"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+                HttpError::Smuggling("invalid Content-Length"),
+            ),
+            (
+                "POST / HTTP/1.1\nHost: a\r\n\r\n",
+                HttpError::Smuggling("bare LF line ending"),
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                HttpError::UnsupportedCoding,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HttpError::Smuggling("several Transfer-Encoding fields"),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(req(input).unwrap_err(), want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn head_limit_and_header_count() {
+        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(req(&big).unwrap_err(), HttpError::HeadTooLarge(8192));
+        let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..40 {
+            many.push_str(&format!("X-{i}: v\r\n"));
+        }
+        many.push_str("\r\n");
+        assert_eq!(req(&many).unwrap_err(), HttpError::TooManyHeaders(32));
+        // Exactly at the limit is fine.
+        let mut at = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 0..31 {
+            at.push_str(&format!("X-{i}: v\r\n"));
+        }
+        at.push_str("\r\n");
+        assert!(req(&at).unwrap().is_some());
+    }
+
+    #[test]
+    fn missing_host_is_malformed() {
+        assert!(matches!(
+            req("GET / HTTP/1.1\r\n\r\n").unwrap_err(),
+            HttpError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn chunked_decoder_byte_at_a_time() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for i in 0..wire.len() {
+            if d.is_done() {
+                break;
+            }
+            used += d.decode(&wire[i..=i], &mut out).unwrap();
+        }
+        assert!(d.is_done());
+        assert_eq!(out, b"hello world");
+        assert_eq!(&wire[used..], b"NEXT");
+    }
+
+    #[test]
+    fn chunked_decoder_rejects_bad_sizes() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"1234567890abcdef0\r\n",
+            b"5\nhello",
+            b"3\r\nabcd\r\n",
+        ] {
+            let mut d = ChunkedDecoder::new();
+            assert!(d.decode(bad, &mut Vec::new()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn chunk_round_trip() {
+        let mut wire = Vec::new();
+        encode_chunk(b"abc", &mut wire);
+        encode_chunk(b"", &mut wire);
+        encode_chunk(&[7u8; 300], &mut wire);
+        wire.extend_from_slice(CHUNKED_END);
+        let mut d = ChunkedDecoder::new();
+        let mut out = Vec::new();
+        assert_eq!(d.decode(&wire, &mut out).unwrap(), wire.len());
+        assert!(d.is_done());
+        let mut want = b"abc".to_vec();
+        want.extend_from_slice(&[7u8; 300]);
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn response_framing() {
+        let (r, _) = parse_response_head(b"HTTP/1.1 200 OK\r\n\r\n", "GET", 4096, 16)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, BodyFraming::UntilClose);
+        assert!(!r.keep_alive);
+        let (r, _) = parse_response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+            "HEAD",
+            4096,
+            16,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        let (r, _) = parse_response_head(b"HTTP/1.1 204 No Content\r\n\r\n", "POST", 4096, 16)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.framing, BodyFraming::None);
+        assert!(r.keep_alive);
+    }
+}

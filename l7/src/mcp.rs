@@ -1,0 +1,306 @@
+//! MCP request classification: protocol era, session ids, JSON-RPC sniffing.
+//!
+//! Contract: [`classify`] looks at a complete request (head and decoded
+//! body) and says how it must be routed, or why it must be refused. It never
+//! guesses: a malformed version, session id or header/body disagreement is
+//! an error the caller answers with 400.
+
+use crate::http::{Header, header, header_count};
+
+/// The first stateless revision (no initialize, no session id).
+pub const STATELESS_REVISION: &str = "2026-07-28";
+/// The first handshake-era revision we recognise.
+pub const OLDEST_REVISION: &str = "2024-11-05";
+
+/// Which protocol family a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// `initialize` + `Mcp-Session-Id` (2024-11-05 to 2025-11-25, or no
+    /// version header at all).
+    Handshake,
+    /// Stateless per request (2026-07-28 and later).
+    Stateless,
+}
+
+/// How the proxy must route one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A handshake-era request without a session id: next healthy backend
+    /// round-robin; a session id in the response is learned.
+    NewSession {
+        /// The JSON-RPC body is an `initialize` request.
+        initialize: bool,
+    },
+    /// A handshake-era request for an existing session.
+    Session {
+        /// The client's `Mcp-Session-Id`.
+        id: String,
+    },
+    /// A stateless request: least outstanding requests, no binding.
+    Stateless {
+        /// `Mcp-Method` header (or the body's method when the header is absent).
+        method: Option<String>,
+        /// `Mcp-Name` header.
+        name: Option<String>,
+    },
+}
+
+/// Why a request cannot be classified (all answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum McpError {
+    /// `MCP-Protocol-Version` is not a `YYYY-MM-DD` date we can place.
+    #[error("unsupported MCP-Protocol-Version {0:?}")]
+    BadVersion(String),
+    /// The session id has bytes outside visible ASCII 0x21-0x7E.
+    #[error("Mcp-Session-Id must be visible ASCII (0x21-0x7E)")]
+    BadSessionId,
+    /// More than one `Mcp-Session-Id` field.
+    #[error("more than one Mcp-Session-Id")]
+    DuplicateSessionId,
+    /// A stateless (2026-07-28) request carried a session id.
+    #[error("Mcp-Session-Id is not allowed with MCP-Protocol-Version {0}")]
+    StraySessionId(String),
+    /// `Mcp-Method` disagrees with the JSON-RPC body.
+    #[error("Mcp-Method {header:?} does not match the body method {body:?}")]
+    MethodMismatch {
+        /// Header value.
+        header: String,
+        /// Body method.
+        body: String,
+    },
+}
+
+/// The header that carries the session id.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Validate a session id: non-empty, visible ASCII only.
+pub fn valid_session_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+fn is_date(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// Determine the era from `MCP-Protocol-Version`.
+pub fn era(headers: &[Header]) -> Result<Era, McpError> {
+    let Some(v) = header(headers, "mcp-protocol-version") else {
+        return Ok(Era::Handshake);
+    };
+    let v = std::str::from_utf8(v)
+        .map_err(|_| McpError::BadVersion(String::from_utf8_lossy(v).into_owned()))?
+        .trim();
+    if !is_date(v) || v < OLDEST_REVISION {
+        return Err(McpError::BadVersion(v.to_string()));
+    }
+    // ISO dates compare correctly as strings.
+    Ok(if v >= STATELESS_REVISION {
+        Era::Stateless
+    } else {
+        Era::Handshake
+    })
+}
+
+/// The JSON-RPC method of a request body, if the body is a JSON-RPC request
+/// (or a batch whose first element is one). Malformed JSON yields `None`:
+/// the backend, not the proxy, reports JSON-RPC parse errors.
+pub fn jsonrpc_method(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Msg {
+        method: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Body {
+        One(Msg),
+        Batch(Vec<Msg>),
+    }
+    match serde_json::from_slice::<Body>(body).ok()? {
+        Body::One(m) => m.method,
+        Body::Batch(v) => v.into_iter().next().and_then(|m| m.method),
+    }
+}
+
+fn header_string(headers: &[Header], name: &str) -> Option<String> {
+    header(headers, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
+}
+
+/// Classify a complete request for routing.
+pub fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, McpError> {
+    let era = era(headers)?;
+    let sessions = header_count(headers, SESSION_HEADER);
+    if sessions > 1 {
+        return Err(McpError::DuplicateSessionId);
+    }
+    let session = header(headers, SESSION_HEADER);
+    if let Some(id) = session
+        && !valid_session_id(id)
+    {
+        return Err(McpError::BadSessionId);
+    }
+    let body_method = if method.eq_ignore_ascii_case("POST") {
+        jsonrpc_method(body)
+    } else {
+        None
+    };
+    match era {
+        Era::Stateless => {
+            if session.is_some() {
+                let v = header_string(headers, "mcp-protocol-version").unwrap_or_default();
+                return Err(McpError::StraySessionId(v));
+            }
+            let header_method = header_string(headers, "mcp-method");
+            if let (Some(h), Some(b)) = (&header_method, &body_method)
+                && h != b
+            {
+                return Err(McpError::MethodMismatch {
+                    header: h.clone(),
+                    body: b.clone(),
+                });
+            }
+            Ok(Route::Stateless {
+                method: header_method.or(body_method),
+                name: header_string(headers, "mcp-name"),
+            })
+        }
+        Era::Handshake => match session {
+            Some(id) => Ok(Route::Session {
+                // Validated as visible ASCII above, so this is lossless.
+                id: String::from_utf8_lossy(id).into_owned(),
+            }),
+            None => Ok(Route::NewSession {
+                initialize: body_method.as_deref() == Some("initialize"),
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(pairs: &[(&str, &str)]) -> Vec<Header> {
+        pairs
+            .iter()
+            .map(|(n, v)| Header {
+                name: n.to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect()
+    }
+
+    const INIT: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+
+    #[test]
+    fn eras() {
+        assert_eq!(era(&h(&[])).unwrap(), Era::Handshake);
+        for v in ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"] {
+            assert_eq!(
+                era(&h(&[("MCP-Protocol-Version", v)])).unwrap(),
+                Era::Handshake
+            );
+        }
+        assert_eq!(
+            era(&h(&[("mcp-protocol-version", "2026-07-28")])).unwrap(),
+            Era::Stateless
+        );
+        for bad in ["2024-01-01", "latest", "2025-6-18", ""] {
+            assert!(era(&h(&[("MCP-Protocol-Version", bad)])).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn initialize_is_new_session() {
+        assert_eq!(
+            classify("POST", &h(&[]), INIT).unwrap(),
+            Route::NewSession { initialize: true }
+        );
+        assert_eq!(
+            classify("POST", &h(&[]), b"not json").unwrap(),
+            Route::NewSession { initialize: false }
+        );
+    }
+
+    #[test]
+    fn session_ids_are_visible_ascii() {
+        assert_eq!(
+            classify("GET", &h(&[("Mcp-Session-Id", "abc-123")]), b"").unwrap(),
+            Route::Session {
+                id: "abc-123".into()
+            }
+        );
+        for bad in ["a b", "\u{e9}t\u{e9}", "a\tb"] {
+            assert_eq!(
+                classify("GET", &h(&[("Mcp-Session-Id", bad)]), b"").unwrap_err(),
+                McpError::BadSessionId
+            );
+        }
+        assert_eq!(
+            classify(
+                "GET",
+                &h(&[("Mcp-Session-Id", "a"), ("mcp-session-id", "b")]),
+                b""
+            )
+            .unwrap_err(),
+            McpError::DuplicateSessionId
+        );
+    }
+
+    #[test]
+    fn stateless_rules() {
+        let body = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}}"#;
+        let ok = classify(
+            "POST",
+            &h(&[
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+            ]),
+            body,
+        )
+        .unwrap();
+        assert_eq!(
+            ok,
+            Route::Stateless {
+                method: Some("tools/call".into()),
+                name: Some("echo".into())
+            }
+        );
+        assert!(matches!(
+            classify(
+                "POST",
+                &h(&[
+                    ("MCP-Protocol-Version", "2026-07-28"),
+                    ("Mcp-Method", "tools/list")
+                ]),
+                body
+            ),
+            Err(McpError::MethodMismatch { .. })
+        ));
+        assert!(matches!(
+            classify(
+                "POST",
+                &h(&[
+                    ("MCP-Protocol-Version", "2026-07-28"),
+                    ("Mcp-Session-Id", "x")
+                ]),
+                body
+            ),
+            Err(McpError::StraySessionId(_))
+        ));
+    }
+
+    #[test]
+    fn batch_method_is_first_request() {
+        assert_eq!(
+            jsonrpc_method(br#"[{"jsonrpc":"2.0","method":"initialize","id":1}]"#).as_deref(),
+            Some("initialize")
+        );
+    }
+}

@@ -1,0 +1,276 @@
+"""Fixtures for dpuproxy end-to-end tests: 3 real MCP backends, a self-signed cert, the proxy.
+
+Environment knobs (all optional):
+
+  DPUPROXY_BIN          proxy binary (default <repo>/target/debug/dpuproxy). A path ending
+                        in .py is run with this interpreter (e.g. tests/e2e/fake_dpuproxy.py,
+                        the Python reference model used to check these tests themselves).
+  DPUPROXY_MODE         value for --mode (default: kernel).
+  DPUPROXY_WORKERS      value for --workers (default: 2).
+  DPUPROXY_EXTRA_ARGS   extra arguments appended to the proxy command line (shell-split).
+  DPUPROXY_STARTUP_TIMEOUT  seconds to wait for proxy/backends to listen (default 20).
+  DPUPROXY_EXPECT_KTLS  "0"/"1": expected value of dpuproxy_ktls_available. Default: probed
+                        on this machine (setsockopt(TCP_ULP, "tls") on a loopback socket).
+
+If the proxy binary is missing every test fails (it does not skip) and says how to build it.
+On a failing test the tail of the proxy's stderr is attached to the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BACKEND_SCRIPT = REPO / "scripts" / "mcp_backend.py"
+BACKEND_NAMES = ("b1", "b2", "b3")
+STARTUP_TIMEOUT = float(os.environ.get("DPUPROXY_STARTUP_TIMEOUT", "20"))
+
+_PROXY_STDERR: Path | None = None
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path | None, limit: int = 6000) -> str:
+    if path is None or not path.exists():
+        return "<no output captured>"
+    data = path.read_bytes()[-limit:]
+    return data.decode("utf-8", "replace") or "<empty>"
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, logs: list[Path], timeout: float) -> None:
+    """Poll until 127.0.0.1:port accepts a TCP connection; fail fast if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rc = proc.poll()
+        if rc is not None:
+            out = "\n".join(f"--- {p.name} ---\n{tail(p)}" for p in logs)
+            pytest.fail(f"{what} exited with status {rc} before listening on port {port}\n{out}", pytrace=False)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    out = "\n".join(f"--- {p.name} ---\n{tail(p)}" for p in logs)
+    pytest.fail(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g}s\n{out}", pytrace=False)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group we created for `proc`, then SIGKILL it after 5 s."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+
+
+def kernel_tls_available() -> bool:
+    """Ground truth for kTLS: can a connected loopback TCP socket take the "tls" ULP?"""
+    tcp_ulp = getattr(socket, "TCP_ULP", 31)
+    ls = socket.socket()
+    try:
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(1)
+        c = socket.create_connection(ls.getsockname(), timeout=2)
+        s, _ = ls.accept()
+        try:
+            c.setsockopt(socket.IPPROTO_TCP, tcp_ulp, b"tls")
+            return True
+        except OSError:
+            return False
+        finally:
+            c.close()
+            s.close()
+    finally:
+        ls.close()
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    port: int
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+@dataclasses.dataclass(frozen=True)
+class Proxy:
+    url: str  # https://127.0.0.1:<p>/mcp
+    port: int
+    admin_url: str  # http://127.0.0.1:<a>
+    cafile: str
+    backends: tuple[Backend, ...]
+    stderr_path: Path
+
+    def backend_by_name(self, name: str) -> Backend:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def backend_by_addr(self, addr: str) -> Backend:
+        for b in self.backends:
+            if b.addr == addr:
+                return b
+        raise KeyError(addr)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dpuproxy-e2e")
+
+
+@pytest.fixture(scope="session")
+def backends(workdir: Path):
+    started: list[tuple[subprocess.Popen, Backend]] = []
+    try:
+        for name in BACKEND_NAMES:
+            port = free_port()
+            out, err = workdir / f"{name}.stdout", workdir / f"{name}.stderr"
+            with open(out, "wb") as fo, open(err, "wb") as fe:
+                proc = subprocess.Popen(
+                    [sys.executable, str(BACKEND_SCRIPT), "--host", "127.0.0.1", "--port", str(port), "--name", name],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fo,
+                    stderr=fe,
+                    start_new_session=True,
+                )
+            started.append((proc, Backend(name, port)))
+        for proc, b in started:
+            wait_for_port(
+                b.port, proc, f"backend {b.name}", [workdir / f"{b.name}.stderr"], STARTUP_TIMEOUT
+            )
+        yield tuple(b for _, b in started)
+    finally:
+        for proc, _ in started:
+            stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def tls_cert(workdir: Path) -> tuple[str, str]:
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    cmd = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+    ]  # fmt: skip
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=30)
+    except FileNotFoundError:
+        pytest.fail("the openssl CLI is needed to make the test certificate (apt-get install openssl)", pytrace=False)
+    if res.returncode != 0:
+        pytest.fail(f"openssl failed ({res.returncode}): {res.stderr.decode(errors='replace')}", pytrace=False)
+    return str(cert), str(key)
+
+
+def proxy_binary() -> list[str]:
+    raw = os.environ.get("DPUPROXY_BIN") or str(REPO / "target" / "debug" / "dpuproxy")
+    path = Path(raw)
+    if not path.is_file():
+        pytest.fail(
+            f"dpuproxy binary not found at {path} (set DPUPROXY_BIN, or build it: cargo build). "
+            "These end-to-end tests need the real proxy; they do not skip without it.",
+            pytrace=False,
+        )
+    if path.suffix == ".py":
+        return [sys.executable, str(path)]
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"dpuproxy binary {path} is not executable", pytrace=False)
+    return [str(path)]
+
+
+@pytest.fixture(scope="session")
+def proxy(workdir: Path, backends: tuple[Backend, ...], tls_cert: tuple[str, str]):
+    global _PROXY_STDERR
+    cert, key = tls_cert
+    port, admin = free_port(), free_port()
+    while admin == port:
+        admin = free_port()
+    cmd = proxy_binary() + [
+        "run",
+        "--mode", os.environ.get("DPUPROXY_MODE", "kernel"),
+        "--listen", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    for b in backends:
+        cmd += ["--backend", b.addr]
+    cmd += [
+        "--tls-cert", cert,
+        "--tls-key", key,
+        "--workers", os.environ.get("DPUPROXY_WORKERS", "2"),
+        "--admin", f"127.0.0.1:{admin}",
+    ]  # fmt: skip
+    cmd += shlex.split(os.environ.get("DPUPROXY_EXTRA_ARGS", ""))
+    stderr_path = workdir / "dpuproxy.stderr"
+    stdout_path = workdir / "dpuproxy.stdout"
+    _PROXY_STDERR = stderr_path
+    (workdir / "dpuproxy.cmd").write_text(shlex.join(cmd) + "\n")
+    with open(stdout_path, "wb") as fo, open(stderr_path, "wb") as fe:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, start_new_session=True)
+    try:
+        logs = [stderr_path, stdout_path]
+        wait_for_port(port, proc, f"dpuproxy ({shlex.join(cmd)})", logs, STARTUP_TIMEOUT)
+        wait_for_port(admin, proc, "dpuproxy admin endpoint", logs, STARTUP_TIMEOUT)
+        yield Proxy(
+            url=f"https://127.0.0.1:{port}/mcp",
+            port=port,
+            admin_url=f"http://127.0.0.1:{admin}",
+            cafile=cert,
+            backends=backends,
+            stderr_path=stderr_path,
+        )
+    finally:
+        stop_process(proc)
+        rc = proc.returncode
+        # A crash (signal) during the run is a bug even if every test passed.
+        if rc is not None and rc < 0 and rc not in (-signal.SIGTERM, -signal.SIGKILL):
+            sys.stderr.write(f"\n[e2e] dpuproxy died from signal {-rc}\n{tail(stderr_path)}\n")
+
+
+@pytest.fixture(scope="session")
+def expect_ktls() -> int:
+    forced = os.environ.get("DPUPROXY_EXPECT_KTLS")
+    if forced in ("0", "1"):
+        return int(forced)
+    return int(kernel_tls_available())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _PROXY_STDERR is not None:
+        report.sections.append(("dpuproxy stderr (tail)", tail(_PROXY_STDERR)))
