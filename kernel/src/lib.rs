@@ -1,1 +1,353 @@
-//! placeholder
+//! dpuproxy-kernel: the stock-Linux data path.
+//!
+//! Contract:
+//! - [`start`] binds one `SO_REUSEPORT` listener per worker thread (so a
+//!   port clash fails at start, not later), spawns the workers and a
+//!   health prober, and returns a [`KernelProxy`] handle that stops them.
+//! - Each worker runs a mio/epoll loop, does the OpenSSL handshake on the
+//!   socket fd with `SSL_OP_ENABLE_KTLS`, and drives one
+//!   `dpuproxy_l7::Connection` per client. Backends are plain HTTP/1.1 over
+//!   kernel TCP with a per-worker idle pool.
+//! - Which record path each connection got (kTLS tx/rx, or OpenSSL records)
+//!   is counted in [`KernelMetrics`]; kTLS availability is probed once at
+//!   start ([`ktls::probe`]) and reported with its reason.
+//! - Backend health: a failed connect marks a backend down (in the core);
+//!   the prober marks it up again when a TCP connect succeeds.
+//!
+//! Unsafe code is confined to [`tls_fd`] (OpenSSL FFI) and [`ktls`]
+//! (`setsockopt`).
+
+pub mod ktls;
+pub mod tls_fd;
+mod worker;
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dpuproxy_l7::Shared;
+use openssl::ssl::{
+    AlpnError, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
+    SslVersion,
+};
+
+pub use ktls::KtlsSupport;
+pub use tls_fd::RecordPath;
+pub use worker::WorkerSettings;
+
+/// Errors that stop the kernel data path from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Certificate or key could not be loaded.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A backend address does not resolve.
+    #[error("backend {0:?} does not resolve to an address")]
+    Backend(String),
+    /// Creating the event loop failed.
+    #[error("event loop: {0}")]
+    Poll(std::io::Error),
+}
+
+/// Counters of the kernel data path (the admin endpoint exports them).
+#[derive(Debug, Default)]
+pub struct KernelMetrics {
+    /// Connections whose sends go through kTLS.
+    pub ktls_tx: AtomicU64,
+    /// Connections whose receives go through kTLS.
+    pub ktls_rx: AtomicU64,
+    /// Connections whose records OpenSSL processes in userspace.
+    pub openssl_records: AtomicU64,
+    /// Completed handshakes.
+    pub handshakes: AtomicU64,
+    /// Accepted TCP connections.
+    pub accepted: AtomicU64,
+    /// Connections refused because a worker was at its connection limit.
+    pub rejected_connections: AtomicU64,
+    /// Closed client connections.
+    pub closed: AtomicU64,
+    /// New backend connections.
+    pub upstream_connects: AtomicU64,
+    /// Backend connections reused from the idle pool.
+    pub pool_reuses: AtomicU64,
+    /// 1 when the kTLS probe succeeded.
+    pub ktls_available: AtomicU64,
+}
+
+impl KernelMetrics {
+    pub(crate) fn record_path(&self, p: RecordPath) {
+        if p.ktls_tx {
+            self.ktls_tx.fetch_add(1, Ordering::Relaxed);
+        }
+        if p.ktls_rx {
+            self.ktls_rx.fetch_add(1, Ordering::Relaxed);
+        }
+        if !p.ktls_tx && !p.ktls_rx {
+            self.openssl_records.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Everything the kernel data path needs to start.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// Client-facing TLS address.
+    pub listen: SocketAddr,
+    /// Backend `host:port` strings, in the same order as `Shared::backends`.
+    pub backends: Vec<String>,
+    /// Worker threads (one epoll loop each).
+    pub workers: usize,
+    /// PEM certificate chain.
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    pub tls_key: PathBuf,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Idle pooled backend connection lifetime (keep it below the backends'
+    /// own keep-alive timeout; uvicorn's default is 5 s).
+    pub pool_idle_timeout: Duration,
+    /// Idle pooled connections per backend per worker.
+    pub pool_max_per_backend: usize,
+    /// Client connections per worker.
+    pub max_connections_per_worker: usize,
+    /// How often down backends are probed.
+    pub probe_interval: Duration,
+}
+
+impl KernelConfig {
+    /// Defaults for everything but addresses and files.
+    pub fn new(
+        listen: SocketAddr,
+        backends: Vec<String>,
+        tls_cert: PathBuf,
+        tls_key: PathBuf,
+    ) -> Self {
+        Self {
+            listen,
+            backends,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            tls_cert,
+            tls_key,
+            handshake_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(4),
+            pool_max_per_backend: 64,
+            max_connections_per_worker: 50_000,
+            probe_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Build the server TLS context: TLS 1.2 and 1.3, kTLS allowed, partial
+/// writes, HTTP/1.1 as the only ALPN protocol.
+pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
+    let tls = |what: &str, e: openssl::error::ErrorStack| {
+        StartError::Tls(format!("{what}: {e}"))
+    };
+    let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(|e| tls("context", e))?;
+    b.set_certificate_chain_file(cert)
+        .map_err(|e| tls(&format!("certificate {}", cert.display()), e))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .map_err(|e| tls(&format!("private key {}", key.display()), e))?;
+    b.check_private_key()
+        .map_err(|e| tls("certificate and key do not match", e))?;
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(|e| tls("min version", e))?;
+    b.set_options(
+        SslOptions::NO_RENEGOTIATION
+            | SslOptions::CIPHER_SERVER_PREFERENCE
+            | SslOptions::from_bits_retain(tls_fd::SSL_OP_ENABLE_KTLS as _),
+    );
+    b.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+    b.set_alpn_select_callback(|_, client| {
+        openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
+    });
+    Ok(b.build())
+}
+
+/// A running kernel-mode proxy.
+#[derive(Debug)]
+pub struct KernelProxy {
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<mio::Waker>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Data-path counters.
+    pub metrics: Arc<KernelMetrics>,
+    /// kTLS probe result.
+    pub ktls: KtlsSupport,
+    /// The bound address (useful when the port was 0).
+    pub local_addr: SocketAddr,
+}
+
+impl KernelProxy {
+    /// Stop accepting, close every connection and join the threads.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for KernelProxy {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, StartError> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| StartError::Backend(addr.to_string()))
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(mio::net::TcpListener::from_std(s.into()))
+}
+
+/// Start the kernel data path with `workers` epoll loops over `shared`.
+pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, StartError> {
+    let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
+    let backend_addrs = cfg
+        .backends
+        .iter()
+        .map(|b| resolve(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ktls = ktls::probe();
+    let metrics = Arc::new(KernelMetrics::default());
+    metrics
+        .ktls_available
+        .store(u64::from(ktls.available), Ordering::Relaxed);
+    if ktls.available {
+        tracing::info!("kTLS available: {}", ktls.reason);
+    } else {
+        tracing::warn!(
+            "kTLS not available, records are processed by OpenSSL in userspace: {}",
+            ktls.reason
+        );
+    }
+    let workers = cfg.workers.max(1);
+    // Bind every listener first so that a clash fails before any thread runs.
+    let mut listeners = Vec::with_capacity(workers);
+    let mut addr = cfg.listen;
+    for _ in 0..workers {
+        let l = bind_reuseport(addr).map_err(|source| StartError::Listen { addr, source })?;
+        if addr.port() == 0 {
+            // Later workers must share the port the first one got.
+            addr = l.local_addr().map_err(StartError::Poll)?;
+        }
+        listeners.push(l);
+    }
+    let local_addr = listeners[0].local_addr().map_err(StartError::Poll)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let settings = WorkerSettings {
+        backend_addrs: backend_addrs.clone(),
+        handshake_timeout: cfg.handshake_timeout,
+        linger_timeout: Duration::from_secs(30),
+        pool_idle_timeout: cfg.pool_idle_timeout,
+        pool_max_per_backend: cfg.pool_max_per_backend,
+        max_connections: cfg.max_connections_per_worker,
+    };
+    let mut wakers = Vec::new();
+    let mut threads = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let poll = mio::Poll::new().map_err(StartError::Poll)?;
+        let waker = Arc::new(worker::Worker::new_waker(&poll).map_err(StartError::Poll)?);
+        let w = worker::Worker::new(
+            id,
+            poll,
+            listener,
+            ctx.clone(),
+            shared.clone(),
+            metrics.clone(),
+            settings.clone(),
+            stop.clone(),
+        )
+        .map_err(StartError::Poll)?;
+        wakers.push(waker);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("dpuproxy-w{id}"))
+                .spawn(move || w.run())
+                .map_err(StartError::Poll)?,
+        );
+    }
+    let prober_stop = stop.clone();
+    let prober_shared = shared.clone();
+    let interval = cfg.probe_interval;
+    threads.push(
+        std::thread::Builder::new()
+            .name("dpuproxy-probe".into())
+            .spawn(move || probe_loop(prober_shared, backend_addrs, interval, prober_stop))
+            .map_err(StartError::Poll)?,
+    );
+    tracing::info!(
+        listen = %local_addr,
+        workers,
+        backends = cfg.backends.len(),
+        "kernel data path running"
+    );
+    Ok(KernelProxy {
+        stop,
+        wakers,
+        threads,
+        metrics,
+        ktls,
+        local_addr,
+    })
+}
+
+/// Probe down backends and expire idle sessions until `stop`.
+fn probe_loop(shared: Arc<Shared>, addrs: Vec<SocketAddr>, interval: Duration, stop: Arc<AtomicBool>) {
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for (i, addr) in addrs.iter().enumerate() {
+            if shared.backends.get(i).is_healthy() {
+                continue;
+            }
+            if TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok()
+                && shared.backends.mark_up(i)
+            {
+                tracing::info!(backend = %addr, "backend is back (probe connected)");
+            }
+        }
+        let now = Instant::now();
+        if now.duration_since(last_sweep) >= Duration::from_secs(5) {
+            let n = shared.affinity.sweep(now);
+            if n > 0 {
+                tracing::debug!(expired = n, "idle sessions expired");
+            }
+            last_sweep = now;
+        }
+        // Sleep in short steps so shutdown stays prompt.
+        let until = Instant::now() + interval;
+        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The admin listener: plain HTTP/1.1 on a separate address, for
+//! operators and scrapers. `GET /metrics` (Prometheus text), `GET
+//! /sessions` (JSON, id prefixes only), `GET /backends` (JSON),
+//! `GET /healthz`.
+//!
+//! One thread, one request per connection, 2 s socket timeouts: a stuck
+//! scraper cannot hold it for long, and it never touches the data path.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use dpuproxy_kernel::{KernelMetrics, KtlsSupport};
+use dpuproxy_l7::{ErrorKind, Shared};
+
+/// What the admin endpoint reports on.
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    /// `kernel` or `dpdk`.
+    pub mode: &'static str,
+    /// L7 state.
+    pub shared: Arc<Shared>,
+    /// Kernel data-path counters.
+    pub kernel: Arc<KernelMetrics>,
+    /// kTLS probe.
+    pub ktls: KtlsSupport,
+}
+
+/// A running admin listener.
+#[derive(Debug)]
+pub struct Admin {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// Bound address.
+    pub addr: SocketAddr,
+}
+
+impl Admin {
+    /// Bind and serve in a background thread.
+    pub fn start(addr: SocketAddr, state: AdminState) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("cannot bind admin listener {addr}: {e}"))?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("dpuproxy-admin".into())
+            .spawn(move || serve(listener, state, s))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+            addr,
+        })
+    }
+
+    /// Stop serving.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn serve(listener: TcpListener, state: AdminState, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = handle(stream, &state) {
+                    tracing::debug!(error = %e, "admin request failed");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let path = loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                if req.method != Some("GET") {
+                    return respond(&mut stream, 405, "text/plain", b"only GET\n");
+                }
+                break req.path.unwrap_or("/").to_string();
+            }
+            Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
+            _ => return respond(&mut stream, 400, "text/plain", b"bad request\n"),
+        }
+    };
+    let path = path.split('?').next().unwrap_or("/");
+    match path {
+        "/metrics" => {
+            let body = render_metrics(state);
+            respond(
+                &mut stream,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                body.as_bytes(),
+            )
+        }
+        "/sessions" => {
+            let body = render_sessions(state);
+            respond(&mut stream, 200, "application/json", body.as_bytes())
+        }
+        "/backends" => {
+            let body = render_backends(state);
+            respond(&mut stream, 200, "application/json", body.as_bytes())
+        }
+        "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n"),
+        _ => respond(
+            &mut stream,
+            404,
+            "text/plain",
+            b"try /metrics, /sessions, /backends or /healthz\n",
+        ),
+    }
+}
+
+fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        dpuproxy_l7::http::reason_phrase(status),
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition of every counter.
+pub fn render_metrics(state: &AdminState) -> String {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let sh = &state.shared;
+    let k = &state.kernel;
+    let mut o = String::new();
+    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    family(&mut o, "dpuproxy_info", "gauge", "Build and mode.");
+    let _ = writeln!(
+        o,
+        "dpuproxy_info{{mode=\"{}\",version=\"{}\"}} 1",
+        state.mode,
+        env!("CARGO_PKG_VERSION")
+    );
+    family(
+        &mut o,
+        "dpuproxy_requests_total",
+        "counter",
+        "Requests forwarded to each backend.",
+    );
+    for b in sh.backends.iter() {
+        let _ = writeln!(
+            o,
+            "dpuproxy_requests_total{{backend=\"{}\"}} {}",
+            escape_label(&b.addr),
+            b.requests.load(Ordering::Relaxed)
+        );
+    }
+    family(&mut o, "dpuproxy_backend_up", "gauge", "1 when the backend takes new sessions.");
+    for b in sh.backends.iter() {
+        let _ = writeln!(
+            o,
+            "dpuproxy_backend_up{{backend=\"{}\"}} {}",
+            escape_label(&b.addr),
+            u8::from(b.is_healthy())
+        );
+    }
+    family(
+        &mut o,
+        "dpuproxy_backend_outstanding",
+        "gauge",
+        "Requests in flight per backend.",
+    );
+    for b in sh.backends.iter() {
+        let _ = writeln!(
+            o,
+            "dpuproxy_backend_outstanding{{backend=\"{}\"}} {}",
+            escape_label(&b.addr),
+            b.outstanding()
+        );
+    }
+    family(
+        &mut o,
+        "dpuproxy_backend_connect_failures_total",
+        "counter",
+        "Failed connects per backend.",
+    );
+    for b in sh.backends.iter() {
+        let _ = writeln!(
+            o,
+            "dpuproxy_backend_connect_failures_total{{backend=\"{}\"}} {}",
+            escape_label(&b.addr),
+            b.connect_failures.load(Ordering::Relaxed)
+        );
+    }
+    let simple: [(&str, &str, &str, u64); 17] = [
+        ("dpuproxy_client_requests_total", "counter", "Complete requests received from clients.", r(&sh.metrics.requests)),
+        ("dpuproxy_local_responses_total", "counter", "Responses generated by the proxy itself.", r(&sh.metrics.local_responses)),
+        ("dpuproxy_stateless_requests_total", "counter", "Stateless (2026-07-28) requests routed.", r(&sh.metrics.stateless_requests)),
+        ("dpuproxy_sessions_active", "gauge", "Sessions in the affinity table.", sh.affinity.len() as u64),
+        ("dpuproxy_sessions_capacity", "gauge", "Affinity table bound.", sh.affinity.capacity() as u64),
+        ("dpuproxy_sessions_learned_total", "counter", "Session bindings learned.", r(&sh.affinity.stats.learned)),
+        ("dpuproxy_sse_streams_active", "gauge", "SSE streams being relayed.", r(&sh.metrics.sse_active)),
+        ("dpuproxy_sse_streams_total", "counter", "SSE streams started.", r(&sh.metrics.sse_total)),
+        ("dpuproxy_sse_events_total", "counter", "SSE events relayed.", r(&sh.metrics.sse_events)),
+        ("dpuproxy_sse_keepalives_total", "counter", "SSE keepalive comments sent.", r(&sh.metrics.sse_keepalives)),
+        ("dpuproxy_ktls_available", "gauge", "1 when the kernel accepts TCP_ULP tls.", r(&k.ktls_available)),
+        ("dpuproxy_tls_handshakes_total", "counter", "Completed TLS handshakes.", r(&k.handshakes)),
+        ("dpuproxy_connections_accepted_total", "counter", "Accepted client TCP connections.", r(&k.accepted)),
+        ("dpuproxy_connections_closed_total", "counter", "Closed client connections.", r(&k.closed)),
+        ("dpuproxy_connections_rejected_total", "counter", "Connections refused at the per-worker limit.", r(&k.rejected_connections)),
+        ("dpuproxy_upstream_connects_total", "counter", "New backend connections.", r(&k.upstream_connects)),
+        ("dpuproxy_upstream_pool_reuses_total", "counter", "Backend connections reused from the idle pool.", r(&k.pool_reuses)),
+    ];
+    for (name, kind, help, v) in simple {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    }
+    family(
+        &mut o,
+        "dpuproxy_sessions_removed_total",
+        "counter",
+        "Session bindings removed, by reason.",
+    );
+    let st = &sh.affinity.stats;
+    for (reason, v) in [
+        ("deleted", r(&st.deleted)),
+        ("dropped", r(&st.dropped)),
+        ("expired", r(&st.expired)),
+        ("evicted", r(&st.evicted)),
+    ] {
+        let _ = writeln!(o, "dpuproxy_sessions_removed_total{{reason=\"{reason}\"}} {v}");
+    }
+    family(
+        &mut o,
+        "dpuproxy_tls_record_path_total",
+        "counter",
+        "Connections by TLS record path after the handshake.",
+    );
+    for (path, v) in [
+        ("ktls-tx", r(&k.ktls_tx)),
+        ("ktls-rx", r(&k.ktls_rx)),
+        ("openssl", r(&k.openssl_records)),
+    ] {
+        let _ = writeln!(o, "dpuproxy_tls_record_path_total{{path=\"{path}\"}} {v}");
+    }
+    family(&mut o, "dpuproxy_errors_total", "counter", "Errors by kind.");
+    for kind in ErrorKind::ALL {
+        let _ = writeln!(
+            o,
+            "dpuproxy_errors_total{{kind=\"{}\"}} {}",
+            kind.label(),
+            sh.metrics.errors(kind)
+        );
+    }
+    o
+}
+
+/// `/sessions`: id prefix → backend, newest scan first, at most 1000.
+pub fn render_sessions(state: &AdminState) -> String {
+    let now = Instant::now();
+    let list = state.shared.affinity.list(now, 1000);
+    let sessions: Vec<_> = list
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id_prefix": s.id_prefix,
+                "backend": state.shared.backends.get(s.backend).addr,
+                "idle_ms": s.idle.as_millis() as u64,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "count": state.shared.affinity.len(),
+        "listed": sessions.len(),
+        "sessions": sessions,
+    })
+    .to_string()
+}
+
+/// `/backends`: health and load per backend, plus mode and kTLS status.
+pub fn render_backends(state: &AdminState) -> String {
+    let list: Vec<_> = state
+        .shared
+        .backends
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "addr": b.addr,
+                "up": b.is_healthy(),
+                "outstanding": b.outstanding(),
+                "requests": b.requests.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "mode": state.mode,
+        "ktls": {"available": state.ktls.available, "reason": state.ktls.reason},
+        "backends": list,
+    })
+    .to_string()
+}

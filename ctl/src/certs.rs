@@ -1,0 +1,58 @@
+//! A self-signed certificate for demos and tests (EC P-256, SAN for
+//! 127.0.0.1 and localhost). Production deployments pass their own PEMs.
+
+use std::path::Path;
+
+use openssl::asn1::Asn1Time;
+use openssl::bn::{BigNum, MsbOption};
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::PKey;
+use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+use openssl::x509::{X509, X509NameBuilder};
+
+/// Write `cert` and `key` PEM files for a certificate valid `days` days.
+pub fn write_self_signed(cert: &Path, key: &Path, days: u32) -> anyhow::Result<()> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let pkey = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "localhost")?;
+    let name = name.build();
+    let mut b = X509::builder()?;
+    b.set_version(2)?;
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    b.set_serial_number(&serial)?;
+    b.set_subject_name(&name)?;
+    b.set_issuer_name(&name)?;
+    b.set_pubkey(&pkey)?;
+    let not_before = Asn1Time::days_from_now(0)?;
+    let not_after = Asn1Time::days_from_now(days)?;
+    b.set_not_before(&not_before)?;
+    b.set_not_after(&not_after)?;
+    b.append_extension(BasicConstraints::new().critical().ca().build()?)?;
+    let san = SubjectAlternativeName::new()
+        .ip("127.0.0.1")
+        .dns("localhost")
+        .build(&b.x509v3_context(None, None))?;
+    b.append_extension(san)?;
+    b.sign(&pkey, MessageDigest::sha256())?;
+    std::fs::write(cert, b.build().to_pem()?)?;
+    std::fs::write(key, pkey.private_key_to_pem_pkcs8()?)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_into_a_tls_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        write_self_signed(&c, &k, 1).unwrap();
+        dpuproxy_kernel::tls_context(&c, &k).expect("cert and key load and match");
+    }
+}

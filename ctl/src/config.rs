@@ -1,0 +1,340 @@
+//! The run configuration: a TOML file, overridden by CLI flags.
+//!
+//! Unknown keys are errors (serde `deny_unknown_fields`), so a typo never
+//! silently falls back to a default; the error names the key and its line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use dpuproxy_l7::CoreConfig;
+use serde::Deserialize;
+
+/// Data path selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Kernel TCP, epoll, OpenSSL on the fd, kTLS when the kernel allows.
+    Kernel,
+    /// DPDK poll-mode path with userspace TCP and our record layer.
+    Dpdk,
+    /// DPDK when it can start, kernel otherwise (with the reason logged).
+    Auto,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data path.
+    pub mode: Option<Mode>,
+    /// Client-facing TLS listen address.
+    pub listen: Option<SocketAddr>,
+    /// Backend `host:port` list.
+    pub backends: Option<Vec<String>>,
+    /// Worker threads.
+    pub workers: Option<usize>,
+    /// Admin listener (plain HTTP: /metrics, /sessions, /backends).
+    pub admin: Option<SocketAddr>,
+    /// TLS files.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Timeouts (humantime strings: "30s", "5m", "1h").
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Largest request head.
+    pub max_header_bytes: Option<usize>,
+    /// Most request header fields.
+    pub max_headers: Option<usize>,
+    /// Largest request body.
+    pub max_body_bytes: Option<u64>,
+    /// Most sessions in the affinity table.
+    pub max_sessions: Option<usize>,
+    /// Bytes buffered for a slow client before backpressure.
+    pub max_downstream_buffer: Option<usize>,
+    /// Client connections per worker.
+    pub max_connections_per_worker: Option<usize>,
+    /// Idle pooled backend connections per backend per worker.
+    pub pool_max_per_backend: Option<usize>,
+}
+
+/// `[timeouts]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// Keep-alive client connection without a request.
+    #[serde(default, with = "humantime_serde")]
+    pub client_idle: Option<Duration>,
+    /// Whole request after its first byte.
+    #[serde(default, with = "humantime_serde")]
+    pub request: Option<Duration>,
+    /// Backend connect.
+    #[serde(default, with = "humantime_serde")]
+    pub connect: Option<Duration>,
+    /// Backend response head, and non-SSE body progress.
+    #[serde(default, with = "humantime_serde")]
+    pub response: Option<Duration>,
+    /// Silence allowed on an SSE stream.
+    #[serde(default, with = "humantime_serde")]
+    pub sse_idle: Option<Duration>,
+    /// Keepalive comment interval on quiet SSE streams ("0s" disables).
+    #[serde(default, with = "humantime_serde")]
+    pub sse_keepalive: Option<Duration>,
+    /// Session binding idle expiry.
+    #[serde(default, with = "humantime_serde")]
+    pub session_idle: Option<Duration>,
+    /// TLS handshake.
+    #[serde(default, with = "humantime_serde")]
+    pub handshake: Option<Duration>,
+    /// Idle pooled backend connection lifetime.
+    #[serde(default, with = "humantime_serde")]
+    pub pool_idle: Option<Duration>,
+}
+
+impl FileConfig {
+    /// Read and parse a config file; errors name the file and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parse TOML text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// CLI values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    /// `--mode`
+    pub mode: Option<Mode>,
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--backend` (repeatable; replaces the file's list when given)
+    pub backends: Vec<String>,
+    /// `--workers`
+    pub workers: Option<usize>,
+    /// `--admin`
+    pub admin: Option<SocketAddr>,
+    /// `--tls-cert`
+    pub tls_cert: Option<PathBuf>,
+    /// `--tls-key`
+    pub tls_key: Option<PathBuf>,
+}
+
+/// Fully resolved settings for `dpuproxy run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Data path.
+    pub mode: Mode,
+    /// Kernel data path settings.
+    pub kernel: dpuproxy_kernel::KernelConfig,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// L7 core limits and timeouts.
+    pub core: CoreConfig,
+}
+
+fn validate_backend(b: &str) -> anyhow::Result<()> {
+    let Some((host, port)) = b.rsplit_once(':') else {
+        bail!("backend {b:?} must be host:port");
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        bail!("backend {b:?} must be host:port with a port in 1-65535");
+    }
+    Ok(())
+}
+
+impl RunConfig {
+    /// Merge file and CLI, apply defaults, validate.
+    pub fn resolve(file: FileConfig, cli: CliOverrides) -> anyhow::Result<Self> {
+        let mode = cli.mode.or(file.mode).unwrap_or(Mode::Kernel);
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .context("missing `listen`: pass --listen ADDR or set `listen` in the config file")?;
+        let backends = if cli.backends.is_empty() {
+            file.backends.unwrap_or_default()
+        } else {
+            cli.backends
+        };
+        if backends.is_empty() {
+            bail!("no backends: pass --backend HOST:PORT (repeatable) or set `backends` in the config file");
+        }
+        for b in &backends {
+            validate_backend(b)?;
+        }
+        let cert = cli.tls_cert.or(file.tls.cert).context(
+            "missing TLS certificate: pass --tls-cert FILE or set `tls.cert` (`dpuproxy demo` makes a self-signed pair)",
+        )?;
+        let key = cli
+            .tls_key
+            .or(file.tls.key)
+            .context("missing TLS key: pass --tls-key FILE or set `tls.key`")?;
+        let mut kernel = dpuproxy_kernel::KernelConfig::new(listen, backends, cert, key);
+        if let Some(w) = cli.workers.or(file.workers) {
+            if w == 0 || w > 1024 {
+                bail!("`workers` must be 1-1024, got {w}");
+            }
+            kernel.workers = w;
+        }
+        let t = &file.timeouts;
+        let l = &file.limits;
+        if let Some(v) = t.handshake {
+            kernel.handshake_timeout = v;
+        }
+        if let Some(v) = t.pool_idle {
+            kernel.pool_idle_timeout = v;
+        }
+        if let Some(v) = l.max_connections_per_worker {
+            kernel.max_connections_per_worker = v;
+        }
+        if let Some(v) = l.pool_max_per_backend {
+            kernel.pool_max_per_backend = v;
+        }
+        let d = CoreConfig::default();
+        let core = CoreConfig {
+            max_header_bytes: l.max_header_bytes.unwrap_or(d.max_header_bytes),
+            max_headers: l.max_headers.unwrap_or(d.max_headers),
+            max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_sessions: l.max_sessions.unwrap_or(d.max_sessions),
+            max_downstream_buffer: l.max_downstream_buffer.unwrap_or(d.max_downstream_buffer),
+            client_idle_timeout: t.client_idle.unwrap_or(d.client_idle_timeout),
+            request_timeout: t.request.unwrap_or(d.request_timeout),
+            connect_timeout: t.connect.unwrap_or(d.connect_timeout),
+            response_timeout: t.response.unwrap_or(d.response_timeout),
+            sse_idle_timeout: t.sse_idle.unwrap_or(d.sse_idle_timeout),
+            sse_keepalive_interval: t.sse_keepalive.unwrap_or(d.sse_keepalive_interval),
+            session_idle_timeout: t.session_idle.unwrap_or(d.session_idle_timeout),
+            ..d
+        };
+        if core.max_header_bytes < 256 {
+            bail!("`limits.max_header_bytes` must be at least 256");
+        }
+        if core.max_headers == 0 {
+            bail!("`limits.max_headers` must be at least 1");
+        }
+        if core.max_sessions == 0 {
+            bail!("`limits.max_sessions` must be at least 1");
+        }
+        for (name, v) in [
+            ("timeouts.request", core.request_timeout),
+            ("timeouts.connect", core.connect_timeout),
+            ("timeouts.response", core.response_timeout),
+            ("timeouts.sse_idle", core.sse_idle_timeout),
+            ("timeouts.session_idle", core.session_idle_timeout),
+            ("timeouts.client_idle", core.client_idle_timeout),
+        ] {
+            if v.is_zero() {
+                bail!("`{name}` must be greater than zero");
+            }
+        }
+        Ok(Self {
+            mode,
+            kernel,
+            admin: cli.admin.or(file.admin),
+            core,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli_min() -> CliOverrides {
+        CliOverrides {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..CliOverrides::default()
+        }
+    }
+
+    #[test]
+    fn full_file_parses_and_cli_overrides() {
+        let f = FileConfig::parse(
+            r#"
+            mode = "kernel"
+            listen = "127.0.0.1:8443"
+            backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+            workers = 2
+            admin = "127.0.0.1:9100"
+            [tls]
+            cert = "cert.pem"
+            key = "key.pem"
+            [limits]
+            max_body_bytes = 1000
+            max_sessions = 50
+            [timeouts]
+            sse_idle = "2h"
+            sse_keepalive = "10s"
+            request = "5s"
+            "#,
+        )
+        .unwrap();
+        let cli = CliOverrides {
+            workers: Some(3),
+            backends: vec!["10.0.0.1:1".into()],
+            ..CliOverrides::default()
+        };
+        let r = RunConfig::resolve(f, cli).unwrap();
+        assert_eq!(r.kernel.workers, 3);
+        assert_eq!(r.kernel.backends, vec!["10.0.0.1:1".to_string()]);
+        assert_eq!(r.kernel.tls_cert, PathBuf::from("cert.pem"));
+        assert_eq!(r.core.max_body_bytes, 1000);
+        assert_eq!(r.core.max_sessions, 50);
+        assert_eq!(r.core.sse_idle_timeout, Duration::from_secs(7200));
+        assert_eq!(r.core.sse_keepalive_interval, Duration::from_secs(10));
+        assert_eq!(r.core.request_timeout, Duration::from_secs(5));
+        assert_eq!(r.admin, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = FileConfig::parse("listen = \"127.0.0.1:1\"\nbakends = []\n").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("bakends"), "{msg}");
+        let e = FileConfig::parse("[limits]\nmax_body = 3\n").unwrap_err();
+        assert!(format!("{e:#}").contains("max_body"));
+        let e = FileConfig::parse("[timeouts]\nsse_idle = \"forever\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("sse_idle"), "{e:#}");
+    }
+
+    #[test]
+    fn missing_and_bad_values_are_explained() {
+        let e = RunConfig::resolve(FileConfig::default(), cli_min()).unwrap_err();
+        assert!(e.to_string().contains("listen"));
+        let f = FileConfig::parse("listen = \"127.0.0.1:1\"").unwrap();
+        let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+        assert!(e.to_string().contains("backend"));
+        let f = FileConfig::parse("listen = \"127.0.0.1:1\"\nbackends=[\"nohost\"]").unwrap();
+        let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+        assert!(e.to_string().contains("host:port"));
+        let f =
+            FileConfig::parse("listen = \"127.0.0.1:1\"\nbackends=[\"a:1\"]\nworkers = 0").unwrap();
+        let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+        assert!(e.to_string().contains("workers"));
+    }
+}

@@ -1,0 +1,594 @@
+//! One worker: a mio (epoll) loop that owns its `SO_REUSEPORT` listener,
+//! its client connections, their upstream connections and an idle pool of
+//! backend connections. It drives one `dpuproxy_l7::Connection` per client.
+//!
+//! mio is edge-triggered, so every socket is read and written until it
+//! would block; `*_blocked` flags remember that, and any event on a socket
+//! clears them. TLS may need to write while reading (and the reverse), so
+//! both flags are cleared on either readiness.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dpuproxy_l7::{Action, Connection, ErrorKind, Shared};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use openssl::ssl::SslContext;
+use slab::Slab;
+
+use crate::KernelMetrics;
+use crate::tls_fd::{FdTls, Handshake};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+const READ_CHUNK: usize = 16 * 1024;
+/// Upper bound on drive-loop rounds per event, so one busy connection
+/// cannot starve the others.
+const MAX_ROUNDS: usize = 64;
+
+fn client_token(i: usize) -> Token {
+    Token(i * 2)
+}
+fn upstream_token(i: usize) -> Token {
+    Token(i * 2 + 1)
+}
+
+/// Static settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Resolved backend addresses, index-aligned with `Shared::backends`.
+    pub backend_addrs: Vec<SocketAddr>,
+    /// A TLS handshake must finish within this time.
+    pub handshake_timeout: Duration,
+    /// How long a closing connection may take to flush to a client that
+    /// does not read.
+    pub linger_timeout: Duration,
+    /// Idle pooled backend connections older than this are closed.
+    pub pool_idle_timeout: Duration,
+    /// Most idle pooled connections per backend per worker.
+    pub pool_max_per_backend: usize,
+    /// Most client connections per worker; beyond it new ones are closed.
+    pub max_connections: usize,
+}
+
+struct Upstream {
+    stream: TcpStream,
+    backend: usize,
+    connecting: bool,
+    read_blocked: bool,
+    write_blocked: bool,
+}
+
+struct Client {
+    tls: FdTls,
+    core: Connection,
+    handshake_done: bool,
+    accepted_at: Instant,
+    read_blocked: bool,
+    write_blocked: bool,
+    eof_seen: bool,
+    upstream: Option<Upstream>,
+    /// `Some(flush)` once the core asked to close.
+    closing: Option<bool>,
+    closing_since: Option<Instant>,
+    armed: Option<Instant>,
+}
+
+struct Pooled {
+    stream: TcpStream,
+    since: Instant,
+}
+
+pub(crate) struct Worker {
+    id: usize,
+    poll: Poll,
+    listener: TcpListener,
+    ctx: SslContext,
+    shared: Arc<Shared>,
+    metrics: Arc<KernelMetrics>,
+    settings: WorkerSettings,
+    clients: Slab<Client>,
+    timers: BTreeSet<(Instant, usize)>,
+    pool: HashMap<usize, Vec<Pooled>>,
+    stop: Arc<AtomicBool>,
+    buf: Vec<u8>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: usize,
+        poll: Poll,
+        mut listener: TcpListener,
+        ctx: SslContext,
+        shared: Arc<Shared>,
+        metrics: Arc<KernelMetrics>,
+        settings: WorkerSettings,
+        stop: Arc<AtomicBool>,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Self {
+            id,
+            poll,
+            listener,
+            ctx,
+            shared,
+            metrics,
+            settings,
+            clients: Slab::new(),
+            timers: BTreeSet::new(),
+            pool: HashMap::new(),
+            stop,
+            buf: vec![0; READ_CHUNK],
+        })
+    }
+
+    pub(crate) fn new_waker(poll: &Poll) -> io::Result<Waker> {
+        Waker::new(poll.registry(), WAKER)
+    }
+
+    /// Run until the stop flag is set (and the waker fires).
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        tracing::debug!(worker = self.id, "worker started");
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let timeout = self
+                .timers
+                .first()
+                .map(|(t, _)| t.saturating_duration_since(now))
+                // Wake at least once a second to expire the idle pool.
+                .map(|d| d.min(Duration::from_secs(1)))
+                .or(Some(Duration::from_secs(1)));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(worker = self.id, error = %e, "epoll failed; worker stops");
+                break;
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_all(now),
+                    WAKER => {}
+                    Token(t) => {
+                        let idx = t / 2;
+                        let Some(c) = self.clients.get_mut(idx) else {
+                            continue;
+                        };
+                        if t % 2 == 0 {
+                            c.read_blocked = false;
+                            c.write_blocked = false;
+                        } else if let Some(u) = &mut c.upstream {
+                            u.read_blocked = false;
+                            u.write_blocked = false;
+                            self.check_connected(idx, now);
+                        }
+                        self.drive(idx, now);
+                    }
+                }
+            }
+            self.fire_timers(Instant::now());
+            self.expire_pool(Instant::now());
+        }
+        let n = self.clients.len();
+        for mut c in self.clients.drain() {
+            c.tls.shutdown();
+        }
+        tracing::debug!(worker = self.id, closed = n, "worker stopped");
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.add_client(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log, and let the next event retry.
+                    tracing::warn!(worker = self.id, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_client(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.clients.len() >= self.settings.max_connections {
+            self.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let tls = match FdTls::accept(&self.ctx, stream) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create TLS state");
+                return;
+            }
+        };
+        let entry = self.clients.vacant_entry();
+        let idx = entry.key();
+        let mut client = Client {
+            tls,
+            core: Connection::new(self.shared.clone(), peer.ip().to_string(), now),
+            handshake_done: false,
+            accepted_at: now,
+            read_blocked: false,
+            write_blocked: false,
+            eof_seen: false,
+            upstream: None,
+            closing: None,
+            closing_since: None,
+            armed: None,
+        };
+        if let Err(e) = self.poll.registry().register(
+            client.tls.stream(),
+            client_token(idx),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot register client socket");
+            return;
+        }
+        entry.insert(client);
+        self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        self.drive(idx, now);
+    }
+
+    /// Move one client connection as far as it can go without blocking.
+    fn drive(&mut self, idx: usize, now: Instant) {
+        for _ in 0..MAX_ROUNDS {
+            let Some(c) = self.clients.get_mut(idx) else {
+                return;
+            };
+            let mut progress = false;
+
+            if !c.handshake_done {
+                match c.tls.handshake() {
+                    Ok(Handshake::Done) => {
+                        c.handshake_done = true;
+                        let path = c.tls.record_path();
+                        self.metrics.record_path(path);
+                        self.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(
+                            tls = %c.tls.describe(),
+                            record_path = path.label(),
+                            "handshake done"
+                        );
+                        progress = true;
+                    }
+                    Ok(Handshake::WouldBlock) => {
+                        c.read_blocked = true;
+                        break;
+                    }
+                    Err(e) => {
+                        self.shared.metrics.error(ErrorKind::TlsHandshake);
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return self.close_client(idx);
+                    }
+                }
+            }
+
+            // Client → core.
+            if c.handshake_done && !c.read_blocked && !c.eof_seen && c.core.wants_downstream_read()
+            {
+                match c.tls.read(&mut self.buf) {
+                    Ok(0) => {
+                        c.eof_seen = true;
+                        c.core.handle_downstream_eof(now);
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        c.core.handle_downstream_data(now, &self.buf[..n]);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.read_blocked = true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client read failed");
+                        self.shared.metrics.error(ErrorKind::TlsIo);
+                        c.eof_seen = true;
+                        c.core.handle_downstream_eof(now);
+                        progress = true;
+                    }
+                }
+            }
+
+            // Core → actions.
+            while let Some(action) = self.clients[idx].core.poll_action() {
+                progress = true;
+                self.apply(idx, action, now);
+            }
+            let Some(c) = self.clients.get_mut(idx) else {
+                return;
+            };
+
+            // Core → upstream.
+            if let Some(u) = &mut c.upstream
+                && !u.connecting
+            {
+                if !u.write_blocked && !c.core.upstream_pending().is_empty() {
+                    match u.stream.write(c.core.upstream_pending()) {
+                        Ok(n) => {
+                            c.core.upstream_consumed(n);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.write_blocked = true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            c.core.handle_upstream_eof(now);
+                            progress = true;
+                        }
+                    }
+                }
+                // Upstream → core.
+                if let Some(u) = &mut c.upstream
+                    && !u.read_blocked
+                    && c.core.wants_upstream_read()
+                {
+                    match u.stream.read(&mut self.buf) {
+                        Ok(0) => {
+                            u.read_blocked = true;
+                            c.core.handle_upstream_eof(now);
+                            progress = true;
+                        }
+                        Ok(n) => {
+                            c.core.handle_upstream_data(now, &self.buf[..n]);
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.read_blocked = true,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            u.read_blocked = true;
+                            c.core.handle_upstream_eof(now);
+                            progress = true;
+                        }
+                    }
+                }
+            }
+
+            // Core → client.
+            if c.handshake_done && !c.write_blocked && !c.core.downstream_pending().is_empty() {
+                match c.tls.write(c.core.downstream_pending()) {
+                    Ok(n) => {
+                        c.core.downstream_consumed(n);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "client write failed");
+                        c.eof_seen = true;
+                        c.core.handle_downstream_eof(now);
+                        progress = true;
+                    }
+                }
+            }
+
+            if let Some(flush) = c.closing {
+                if !flush || c.core.downstream_pending().is_empty() {
+                    return self.close_client(idx);
+                }
+                if c.write_blocked {
+                    break;
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        self.rearm(idx, now);
+    }
+
+    fn apply(&mut self, idx: usize, action: Action, now: Instant) {
+        match action {
+            Action::ConnectUpstream { backend, fresh } => self.connect(idx, backend, fresh, now),
+            Action::ReleaseUpstream { reusable } => {
+                let c = &mut self.clients[idx];
+                if let Some(mut u) = c.upstream.take() {
+                    let _ = self.poll.registry().deregister(&mut u.stream);
+                    if reusable {
+                        let list = self.pool.entry(u.backend).or_default();
+                        if list.len() < self.settings.pool_max_per_backend {
+                            list.push(Pooled {
+                                stream: u.stream,
+                                since: now,
+                            });
+                        }
+                    }
+                }
+            }
+            Action::AbortUpstream => {
+                let c = &mut self.clients[idx];
+                if let Some(mut u) = c.upstream.take() {
+                    let _ = self.poll.registry().deregister(&mut u.stream);
+                    let _ = u.stream.shutdown(Shutdown::Both);
+                }
+            }
+            Action::CloseDownstream { flush } => {
+                let c = &mut self.clients[idx];
+                c.closing = Some(flush);
+                c.closing_since = Some(now);
+            }
+        }
+    }
+
+    /// Take a live pooled connection to `backend`, if any.
+    fn take_pooled(&mut self, backend: usize, now: Instant) -> Option<TcpStream> {
+        let list = self.pool.get_mut(&backend)?;
+        while let Some(p) = list.pop() {
+            if now.saturating_duration_since(p.since) >= self.settings.pool_idle_timeout {
+                continue;
+            }
+            // A pooled connection must be silent: EOF or stray bytes mean
+            // the backend closed it or broke framing.
+            let mut probe = [0u8; 1];
+            match p.stream.peek(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(p.stream),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn connect(&mut self, idx: usize, backend: usize, fresh: bool, now: Instant) {
+        if !fresh && let Some(mut stream) = self.take_pooled(backend, now) {
+            let registered = self.poll.registry().register(
+                &mut stream,
+                upstream_token(idx),
+                Interest::READABLE | Interest::WRITABLE,
+            );
+            if registered.is_ok() {
+                let c = &mut self.clients[idx];
+                c.upstream = Some(Upstream {
+                    stream,
+                    backend,
+                    connecting: false,
+                    read_blocked: false,
+                    write_blocked: false,
+                });
+                self.metrics.pool_reuses.fetch_add(1, Ordering::Relaxed);
+                c.core.handle_upstream_connected(now, true);
+                return;
+            }
+        }
+        let addr = self.settings.backend_addrs[backend];
+        let attempt = TcpStream::connect(addr).and_then(|mut s| {
+            s.set_nodelay(true)?;
+            self.poll.registry().register(
+                &mut s,
+                upstream_token(idx),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(s)
+        });
+        let c = &mut self.clients[idx];
+        match attempt {
+            Ok(stream) => {
+                self.metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
+                c.upstream = Some(Upstream {
+                    stream,
+                    backend,
+                    connecting: true,
+                    read_blocked: false,
+                    write_blocked: false,
+                });
+                // Completion is checked on the first writable event.
+                self.check_connected(idx, now);
+            }
+            Err(e) => {
+                tracing::warn!(backend = %addr, error = %e, "backend connect failed");
+                c.core.handle_upstream_connect_failed(now);
+            }
+        }
+    }
+
+    /// A non-blocking connect is done when the socket has a peer; it failed
+    /// when `SO_ERROR` is set.
+    fn check_connected(&mut self, idx: usize, now: Instant) {
+        let c = &mut self.clients[idx];
+        let Some(u) = &mut c.upstream else { return };
+        if !u.connecting {
+            return;
+        }
+        match u.stream.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                let addr = self.settings.backend_addrs[u.backend];
+                tracing::warn!(backend = %addr, error = %e, "backend connect failed");
+                let mut u = c.upstream.take().expect("checked above");
+                let _ = self.poll.registry().deregister(&mut u.stream);
+                c.core.handle_upstream_connect_failed(now);
+            }
+            Ok(None) => match u.stream.peer_addr() {
+                Ok(_) => {
+                    u.connecting = false;
+                    c.core.handle_upstream_connected(now, false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                Err(e) => {
+                    let addr = self.settings.backend_addrs[u.backend];
+                    tracing::warn!(backend = %addr, error = %e, "backend connect failed");
+                    let mut u = c.upstream.take().expect("checked above");
+                    let _ = self.poll.registry().deregister(&mut u.stream);
+                    c.core.handle_upstream_connect_failed(now);
+                }
+            },
+        }
+    }
+
+    fn close_client(&mut self, idx: usize) {
+        if !self.clients.contains(idx) {
+            return;
+        }
+        let mut c = self.clients.remove(idx);
+        if let Some(t) = c.armed.take() {
+            self.timers.remove(&(t, idx));
+        }
+        if let Some(mut u) = c.upstream.take() {
+            let _ = self.poll.registry().deregister(&mut u.stream);
+        }
+        if c.handshake_done {
+            c.tls.shutdown();
+        }
+        let _ = self.poll.registry().deregister(c.tls.stream());
+        self.metrics.closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rearm(&mut self, idx: usize, _now: Instant) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let deadline = if !c.handshake_done {
+            Some(c.accepted_at + self.settings.handshake_timeout)
+        } else if let Some(since) = c.closing_since {
+            Some(since + self.settings.linger_timeout)
+        } else {
+            c.core.poll_timeout()
+        };
+        if c.armed != deadline {
+            if let Some(t) = c.armed.take() {
+                self.timers.remove(&(t, idx));
+            }
+            if let Some(t) = deadline {
+                self.timers.insert((t, idx));
+            }
+            c.armed = deadline;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(&(t, idx)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(c) = self.clients.get_mut(idx) else {
+                continue;
+            };
+            c.armed = None;
+            if !c.handshake_done {
+                self.shared.metrics.error(ErrorKind::TlsHandshake);
+                self.close_client(idx);
+                continue;
+            }
+            if c.closing.is_some() {
+                // The client stopped reading while we flushed: give up.
+                self.close_client(idx);
+                continue;
+            }
+            c.core.handle_timeout(now);
+            self.drive(idx, now);
+        }
+    }
+
+    fn expire_pool(&mut self, now: Instant) {
+        let limit = self.settings.pool_idle_timeout;
+        for list in self.pool.values_mut() {
+            list.retain(|p| now.saturating_duration_since(p.since) < limit);
+        }
+    }
+}
