@@ -181,7 +181,9 @@ impl RunConfig {
             cli.backends
         };
         if backends.is_empty() {
-            bail!("no backends: pass --backend HOST:PORT (repeatable) or set `backends` in the config file");
+            bail!(
+                "no backends: pass --backend HOST:PORT (repeatable) or set `backends` in the config file"
+            );
         }
         for b in &backends {
             validate_backend(b)?;

@@ -68,10 +68,17 @@ fn find_python(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
-fn wait_listening(port: u16, child: &mut Child, what: &str, timeout: Duration) -> anyhow::Result<()> {
+fn wait_listening(
+    port: u16,
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {
@@ -100,7 +107,11 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::write(&client_py, CLIENT_PY)?;
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     crate::certs::write_self_signed(&cert, &key, 2)?;
-    println!("demo: python {} ; self-signed certificate in {}", python.display(), dir.path().display());
+    println!(
+        "demo: python {} ; self-signed certificate in {}",
+        python.display(),
+        dir.path().display()
+    );
 
     let mut children = Children(Vec::new());
     let mut backends = Vec::new();
@@ -108,7 +119,14 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         let port = free_port()?;
         let child = Command::new(&python)
             .arg(&backend_py)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--name", name])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--name",
+                name,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -117,11 +135,21 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         backends.push((name, port));
     }
     for (i, (name, port)) in backends.iter().enumerate() {
-        wait_listening(*port, &mut children.0[i].1, &format!("backend {name}"), Duration::from_secs(30))?;
-        println!("demo: MCP backend {name} (Python SDK, stateful Streamable HTTP) on 127.0.0.1:{port}");
+        wait_listening(
+            *port,
+            &mut children.0[i].1,
+            &format!("backend {name}"),
+            Duration::from_secs(30),
+        )?;
+        println!(
+            "demo: MCP backend {name} (Python SDK, stateful Streamable HTTP) on 127.0.0.1:{port}"
+        );
     }
 
-    let backend_addrs: Vec<String> = backends.iter().map(|(_, p)| format!("127.0.0.1:{p}")).collect();
+    let backend_addrs: Vec<String> = backends
+        .iter()
+        .map(|(_, p)| format!("127.0.0.1:{p}"))
+        .collect();
     let shared = Arc::new(Shared::new(CoreConfig::default(), backend_addrs.clone()));
     let mut kcfg = dpuproxy_kernel::KernelConfig::new(
         "127.0.0.1:0".parse()?,
@@ -144,7 +172,11 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     );
     println!(
         "demo: kTLS {}: {}",
-        if proxy.ktls.available { "available" } else { "not available" },
+        if proxy.ktls.available {
+            "available"
+        } else {
+            "not available"
+        },
         proxy.ktls.reason
     );
 

@@ -19,7 +19,11 @@ use signal_hook::iterator::Signals;
 use config::{CliOverrides, FileConfig, Mode, RunConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "dpuproxy", version, about = "TLS-terminating reverse proxy for MCP Streamable HTTP")]
+#[command(
+    name = "dpuproxy",
+    version,
+    about = "TLS-terminating reverse proxy for MCP Streamable HTTP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -151,9 +151,11 @@ impl KernelConfig {
 /// Build the server TLS context: TLS 1.2 and 1.3, kTLS allowed, partial
 /// writes, HTTP/1.1 as the only ALPN protocol.
 pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
-    let tls = |what: &str, e: openssl::error::ErrorStack| {
-        StartError::Tls(format!("{what}: {e}"))
-    };
+    let tls = |what: &str, e: openssl::error::ErrorStack| StartError::Tls(format!("{what}: {e}"));
+    for (what, path) in [("certificate", cert), ("private key", key)] {
+        std::fs::File::open(path)
+            .map_err(|e| StartError::Tls(format!("cannot read {what} {}: {e}", path.display())))?;
+    }
     let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(|e| tls("context", e))?;
     b.set_certificate_chain_file(cert)
         .map_err(|e| tls(&format!("certificate {}", cert.display()), e))?;
@@ -323,7 +325,12 @@ pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, Sta
 }
 
 /// Probe down backends and expire idle sessions until `stop`.
-fn probe_loop(shared: Arc<Shared>, addrs: Vec<SocketAddr>, interval: Duration, stop: Arc<AtomicBool>) {
+fn probe_loop(
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) {
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         for (i, addr) in addrs.iter().enumerate() {

@@ -97,7 +97,10 @@ fn ssl_error(ssl: &SslRef, rc: c_int, what: &str) -> io::Error {
             } else if os.raw_os_error().unwrap_or(0) != 0 {
                 os
             } else {
-                io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed without close_notify")
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed without close_notify",
+                )
             }
         }
         _ => io::Error::other(format!("{what}: {}", ErrorStack::get())),
@@ -220,11 +223,19 @@ impl FdTls {
             let w = openssl_sys::SSL_get_wbio(self.ssl.as_ptr());
             let r = openssl_sys::SSL_get_rbio(self.ssl.as_ptr());
             let send = !w.is_null()
-                && openssl_sys::BIO_ctrl(w, BIO_CTRL_GET_KTLS_SEND, 0 as c_long, std::ptr::null_mut())
-                    != 0;
+                && openssl_sys::BIO_ctrl(
+                    w,
+                    BIO_CTRL_GET_KTLS_SEND,
+                    0 as c_long,
+                    std::ptr::null_mut(),
+                ) != 0;
             let recv = !r.is_null()
-                && openssl_sys::BIO_ctrl(r, BIO_CTRL_GET_KTLS_RECV, 0 as c_long, std::ptr::null_mut())
-                    != 0;
+                && openssl_sys::BIO_ctrl(
+                    r,
+                    BIO_CTRL_GET_KTLS_RECV,
+                    0 as c_long,
+                    std::ptr::null_mut(),
+                ) != 0;
             RecordPath {
                 ktls_tx: send,
                 ktls_rx: recv,

@@ -201,7 +201,9 @@ impl Worker {
 
     fn add_client(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
         if self.clients.len() >= self.settings.max_connections {
-            self.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .rejected_connections
+                .fetch_add(1, Ordering::Relaxed);
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
@@ -469,7 +471,9 @@ impl Worker {
         let c = &mut self.clients[idx];
         match attempt {
             Ok(stream) => {
-                self.metrics.upstream_connects.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .upstream_connects
+                    .fetch_add(1, Ordering::Relaxed);
                 c.upstream = Some(Upstream {
                     stream,
                     backend,

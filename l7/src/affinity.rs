@@ -236,7 +236,11 @@ mod tests {
         let t0 = Instant::now();
         let cap = t.capacity();
         for i in 0..cap * 4 {
-            t.bind(&format!("s{i}"), i % 3, t0 + Duration::from_millis(i as u64));
+            t.bind(
+                &format!("s{i}"),
+                i % 3,
+                t0 + Duration::from_millis(i as u64),
+            );
         }
         assert!(t.len() <= cap, "len {} cap {cap}", t.len());
         assert_eq!(

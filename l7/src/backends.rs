@@ -110,7 +110,9 @@ impl Backends {
     /// Mark a backend down after a failed connect. Returns true when this
     /// call changed its state.
     pub fn mark_down(&self, i: usize) -> bool {
-        self.list[i].connect_failures.fetch_add(1, Ordering::Relaxed);
+        self.list[i]
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
         self.list[i].healthy.swap(false, Ordering::Relaxed)
     }
 

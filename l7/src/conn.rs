@@ -235,7 +235,8 @@ impl Connection {
         if !matches!(self.state, State::Connecting { .. }) {
             return;
         }
-        let State::Connecting { req, .. } = std::mem::replace(&mut self.state, State::Closed) else {
+        let State::Connecting { req, .. } = std::mem::replace(&mut self.state, State::Closed)
+        else {
             unreachable!("checked above")
         };
         self.connect_failed(now, req);
@@ -483,9 +484,11 @@ impl Connection {
     pub fn wants_downstream_read(&self) -> bool {
         !matches!(self.state, State::Closed)
             && !self.close_after_flush
-            && self.client_in.len() < self.shared.config.max_pipelined_bytes.max(
-                self.shared.config.max_header_bytes + self.shared.config.max_body_bytes as usize,
-            )
+            && self.client_in.len()
+                < self.shared.config.max_pipelined_bytes.max(
+                    self.shared.config.max_header_bytes
+                        + self.shared.config.max_body_bytes as usize,
+                )
     }
 
     /// Whether the driver should read more from the backend now (false
@@ -568,9 +571,7 @@ impl Connection {
                         Err(e) => return self.reject(now, &e),
                     }
                 }
-                State::ReadingBody {
-                    decoder, body, ..
-                } => {
+                State::ReadingBody { decoder, body, .. } => {
                     let max = self.shared.config.max_body_bytes;
                     let done = match decoder {
                         BodyDecoder::Length(remaining) => {
@@ -768,8 +769,8 @@ impl Connection {
             .unwrap_or_else(|| self.peer.clone());
         out.extend_from_slice(format!("X-Forwarded-For: {forwarded}\r\n").as_bytes());
         out.extend_from_slice(b"X-Forwarded-Proto: https\r\n");
-        let needs_length = !body.is_empty()
-            || matches!(head.method.as_str(), "POST" | "PUT" | "PATCH");
+        let needs_length =
+            !body.is_empty() || matches!(head.method.as_str(), "POST" | "PUT" | "PATCH");
         if needs_length {
             out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
         }
@@ -1060,8 +1061,7 @@ impl Connection {
         }
         self.upstream_in.clear();
         self.to_upstream.clear();
-        self.actions
-            .push_back(Action::ReleaseUpstream { reusable });
+        self.actions.push_back(Action::ReleaseUpstream { reusable });
         if relay.close_client_after {
             self.state = State::Closed;
             self.close_after_flush = true;

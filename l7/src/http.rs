@@ -268,7 +268,9 @@ pub fn parse_request_head(
     let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
     let headers = collect_headers(req.headers)?;
     if minor_version == 1 && header_count(&headers, "host") != 1 {
-        return Err(HttpError::Malformed("HTTP/1.1 request needs exactly one Host"));
+        return Err(HttpError::Malformed(
+            "HTTP/1.1 request needs exactly one Host",
+        ));
     }
     let framing = framing_from_headers(&headers)?.unwrap_or(BodyFraming::None);
     let keep_alive = if minor_version == 0 {
@@ -276,8 +278,8 @@ pub fn parse_request_head(
     } else {
         !header_has_token(&headers, "connection", "close")
     };
-    let expect_continue = header(&headers, "expect")
-        .is_some_and(|v| trim(v).eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue =
+        header(&headers, "expect").is_some_and(|v| trim(v).eq_ignore_ascii_case(b"100-continue"));
     Ok(Some((
         RequestHead {
             method: method.to_string(),
@@ -600,7 +602,10 @@ mod tests {
 
     #[test]
     fn head_limit_and_header_count() {
-        let big = format!("GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
         assert_eq!(req(&big).unwrap_err(), HttpError::HeadTooLarge(8192));
         let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
         for i in 0..40 {

@@ -144,7 +144,8 @@ impl Sim {
 
     fn client_bytewise(&mut self, data: &str) {
         for b in data.as_bytes() {
-            self.conn.handle_downstream_data(self.now, std::slice::from_ref(b));
+            self.conn
+                .handle_downstream_data(self.now, std::slice::from_ref(b));
             self.pump();
         }
     }
@@ -156,7 +157,8 @@ impl Sim {
 
     fn backend_bytewise(&mut self, data: &str) {
         for b in data.as_bytes() {
-            self.conn.handle_upstream_data(self.now, std::slice::from_ref(b));
+            self.conn
+                .handle_upstream_data(self.now, std::slice::from_ref(b));
             self.pump();
         }
     }
@@ -182,7 +184,11 @@ impl Sim {
                 .unwrap_or(end)
                 .min(self.now + step)
                 .max(self.now);
-            self.now = if next == self.now { self.now + step } else { next };
+            self.now = if next == self.now {
+                self.now + step
+            } else {
+                next
+            };
             if let Some(t) = self.conn.poll_timeout()
                 && t <= self.now
             {
@@ -208,7 +214,10 @@ impl Sim {
 }
 
 fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    resp.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Initialize a session on this sim; returns the backend it landed on.
@@ -216,7 +225,10 @@ fn initialize(sim: &mut Sim, session: &str) -> usize {
     sim.client(&post(INIT, ""));
     let (b, _) = *sim.connects.last().expect("initialize must connect");
     assert!(sim.last_request().contains("\"initialize\""));
-    sim.backend(&json_response(Some(session), r#"{"jsonrpc":"2.0","id":1,"result":{}}"#));
+    sim.backend(&json_response(
+        Some(session),
+        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+    ));
     let resp = sim.take_client();
     assert_eq!(status_of(&resp), 200, "{resp}");
     assert!(resp.contains(session));
@@ -260,9 +272,15 @@ fn byte_at_a_time_both_directions() {
     let resp = json_response(Some("abc"), r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
     sim.backend_bytewise(&resp);
     let got = sim.take_client();
-    assert!(got.ends_with(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#), "{got}");
+    assert!(
+        got.ends_with(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
+        "{got}"
+    );
     assert_eq!(sim.releases, vec![true]);
-    assert_eq!(shared.affinity.lookup("abc", sim.now), Some(sim.connects[0].0));
+    assert_eq!(
+        shared.affinity.lookup("abc", sim.now),
+        Some(sim.connects[0].0)
+    );
     // Chunked SSE response, byte by byte, re-chunked to the client.
     sim.client_bytewise(&post(CALL, "Mcp-Session-Id: abc\r\n"));
     let sse = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n1a\r\nevent: message\ndata: one\n\n\r\n0\r\n\r\n";
@@ -270,13 +288,20 @@ fn byte_at_a_time_both_directions() {
     let got = sim.take_client();
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"));
     assert!(got.contains("Transfer-Encoding: chunked"));
-    let body = got.split("\r\n\r\n").skip(1).collect::<Vec<_>>().join("\r\n\r\n");
+    let body = got
+        .split("\r\n\r\n")
+        .skip(1)
+        .collect::<Vec<_>>()
+        .join("\r\n\r\n");
     // Every byte arrives in its own chunk; decode and compare.
     let mut dec = dpuproxy_l7::http::ChunkedDecoder::new();
     let mut out = Vec::new();
     dec.decode(body.as_bytes(), &mut out).unwrap();
     assert!(dec.is_done());
-    assert_eq!(String::from_utf8(out).unwrap(), "event: message\ndata: one\n\n");
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "event: message\ndata: one\n\n"
+    );
     assert_eq!(shared.metrics.sse_events.load(Ordering::Relaxed), 1);
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
 }
@@ -322,7 +347,9 @@ fn backend_death_mid_sse_between_events_ends_stream_cleanly() {
     let shared = shared_with(CoreConfig::default(), 1);
     let mut sim = Sim::new(shared.clone());
     initialize(&mut sim, "s1");
-    sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nAccept: text/event-stream\r\nMcp-Session-Id: s1\r\n\r\n");
+    sim.client(
+        "GET /mcp HTTP/1.1\r\nHost: p\r\nAccept: text/event-stream\r\nMcp-Session-Id: s1\r\n\r\n",
+    );
     sim.backend(sse_head());
     sim.backend(&chunk("data: a\n\n"));
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 1);
@@ -376,7 +403,11 @@ fn delete_is_forwarded_then_binding_dropped() {
     sim.client("DELETE /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: bye\r\n\r\n");
     assert_eq!(sim.connects.last(), Some(&(b, false)));
     assert!(sim.last_request().starts_with("DELETE /mcp HTTP/1.1"));
-    assert_eq!(shared.affinity.lookup("bye", sim.now), Some(b), "kept until answered");
+    assert_eq!(
+        shared.affinity.lookup("bye", sim.now),
+        Some(b),
+        "kept until answered"
+    );
     sim.backend("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
     assert_eq!(status_of(&sim.take_client()), 200);
     assert_eq!(shared.affinity.lookup("bye", sim.now), None);
@@ -416,7 +447,8 @@ fn invalid_session_id_is_400() {
     let shared = shared_with(CoreConfig::default(), 1);
     let mut sim = Sim::new(shared.clone());
     // 0x7f and a high byte are outside visible ASCII.
-    let req = "POST /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: ab\u{7f}c\r\nContent-Length: 2\r\n\r\n{}";
+    let req =
+        "POST /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: ab\u{7f}c\r\nContent-Length: 2\r\n\r\n{}";
     sim.conn.handle_downstream_data(sim.now, req.as_bytes());
     sim.pump();
     assert!(sim.connects.is_empty());
@@ -528,7 +560,10 @@ fn chunked_request_is_reframed_with_content_length() {
         chunk(&INIT[10..])
     ));
     let req = sim.last_request();
-    assert!(req.contains(&format!("Content-Length: {}\r\n", INIT.len())), "{req}");
+    assert!(
+        req.contains(&format!("Content-Length: {}\r\n", INIT.len())),
+        "{req}"
+    );
     assert!(!req.to_ascii_lowercase().contains("transfer-encoding"));
     assert!(!req.contains("X-Drop"), "Connection-listed field removed");
     assert!(req.ends_with(INIT));
@@ -612,7 +647,9 @@ fn sse_stream_of_one_hour_in_virtual_time() {
     let shared = shared_with(cfg, 1);
     let mut sim = Sim::new(shared.clone());
     initialize(&mut sim, "long");
-    sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nAccept: text/event-stream\r\nMcp-Session-Id: long\r\n\r\n");
+    sim.client(
+        "GET /mcp HTTP/1.1\r\nHost: p\r\nAccept: text/event-stream\r\nMcp-Session-Id: long\r\n\r\n",
+    );
     sim.backend(sse_head());
     let mut sent = 0;
     // One hour: an event every 40 s (so keepalives fill the gaps).
@@ -627,7 +664,10 @@ fn sse_stream_of_one_hour_in_virtual_time() {
     let text = sim.client_text();
     assert_eq!(text.matches("data: tick").count(), sent);
     let keepalives = shared.metrics.sse_keepalives.load(Ordering::Relaxed);
-    assert!(keepalives >= 2 * (sent as u64 - 1), "keepalives {keepalives}");
+    assert!(
+        keepalives >= 2 * (sent as u64 - 1),
+        "keepalives {keepalives}"
+    );
     // The session stayed bound though it was "idle" far longer than 300 s
     // in request terms: the stream keeps it alive.
     assert_eq!(shared.affinity.lookup("long", sim.now), Some(0));
@@ -674,10 +714,16 @@ fn slow_client_backpressure() {
     sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
     assert!(sim.conn.wants_upstream_read());
     // Feed without letting the client drain.
-    sim.conn.handle_upstream_data(sim.now, sse_head().as_bytes());
     sim.conn
-        .handle_upstream_data(sim.now, chunk(&format!("data: {}\n\n", "z".repeat(1200))).as_bytes());
-    assert!(!sim.conn.wants_upstream_read(), "buffer over the limit stops reads");
+        .handle_upstream_data(sim.now, sse_head().as_bytes());
+    sim.conn.handle_upstream_data(
+        sim.now,
+        chunk(&format!("data: {}\n\n", "z".repeat(1200))).as_bytes(),
+    );
+    assert!(
+        !sim.conn.wants_upstream_read(),
+        "buffer over the limit stops reads"
+    );
     sim.pump(); // the client drains
     assert!(sim.conn.wants_upstream_read());
 }

@@ -3,8 +3,7 @@
 Environment knobs (all optional):
 
   DPUPROXY_BIN          proxy binary (default <repo>/target/debug/dpuproxy). A path ending
-                        in .py is run with this interpreter (e.g. tests/e2e/fake_dpuproxy.py,
-                        the Python reference model used to check these tests themselves).
+                        in .py is run with this interpreter.
   DPUPROXY_MODE         value for --mode (default: kernel).
   DPUPROXY_WORKERS      value for --workers (default: 2).
   DPUPROXY_EXTRA_ARGS   extra arguments appended to the proxy command line (shell-split).

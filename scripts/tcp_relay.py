@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tiny logging TCP relay: shows exactly which bytes an MCP client and backend exchange.
 
-    python tests/e2e/tcp_relay.py --listen 127.0.0.1:9100 --target 127.0.0.1:9001 [--log trace.txt]
+    python scripts/tcp_relay.py --listen 127.0.0.1:9100 --target 127.0.0.1:9001 [--log trace.txt]
 
 Every chunk is written as ``[conn N] C->S`` / ``S->C`` followed by the raw bytes
 (escaped like a Python bytes literal, one line per CRLF/LF-terminated line).
