@@ -15,7 +15,10 @@ Serves plain HTTP (no TLS) at ``/mcp``. ONE app serves both protocol eras, no fl
 Tools: ``whoami()`` -> backend name; ``echo(text)`` -> text;
 ``progress(steps=3, delay=0.2)`` -> emits one ``notifications/progress`` per step
 (the client must pass a progress callback, i.e. a ``progressToken``), then returns
-``"done after N steps from <name>"``.
+``"done after N steps from <name>"``;
+``headers()`` -> JSON object text of the HTTP request headers of the POST that carried this
+tools/call, as this backend received them: lowercased names, a header sent more than once
+has its values joined with ``", "`` in arrival order (so a duplicate stays visible).
 
 Once listening it prints ``READY <name> <port>`` to stdout (flushed). ``--port 0`` picks a
 free port (the READY line tells which). Logging is at WARNING level.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import socket
 import sys
@@ -62,6 +66,21 @@ def build_server(name: str) -> MCPServer:
             await asyncio.sleep(delay)
             await ctx.report_progress(i, steps, f"step {i}/{steps} on {name}")
         return f"done after {steps} steps from {name}"
+
+    @mcp.tool(description="Return the HTTP request headers this backend received for this call (JSON).")
+    def headers(ctx: Context) -> str:
+        # The streamable-HTTP transport (stateful and 2026-07-28 stateless paths alike) attaches
+        # the Starlette Request of the POST carrying this message as request_context.request.
+        request = ctx.request_context.request
+        raw = getattr(getattr(request, "headers", None), "raw", None)
+        if raw is None:
+            return json.dumps({})
+        out: dict[str, str] = {}
+        for k, v in raw:
+            key = k.decode("latin-1").lower()
+            val = v.decode("latin-1")
+            out[key] = f"{out[key]}, {val}" if key in out else val
+        return json.dumps(out, sort_keys=True)
 
     return mcp
 

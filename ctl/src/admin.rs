@@ -28,6 +28,8 @@ pub struct AdminState {
     pub kernel: Arc<KernelMetrics>,
     /// kTLS probe.
     pub ktls: KtlsSupport,
+    /// JWT key reloads.
+    pub reloads: Arc<crate::keys::ReloadStats>,
 }
 
 /// A running admin listener.
@@ -377,6 +379,62 @@ pub fn render_metrics(state: &AdminState) -> String {
         ("openssl", r(&k.openssl_records)),
     ] {
         let _ = writeln!(o, "dpuproxy_tls_record_path_total{{path=\"{path}\"}} {v}");
+    }
+    if let Some(auth) = &sh.auth {
+        use dpuproxy_l7::auth::Rejection;
+        family(
+            &mut o,
+            "dpuproxy_auth_rejections_total",
+            "counter",
+            "Requests refused by the resource server, by reason.",
+        );
+        for reason in Rejection::ALL {
+            let _ = writeln!(
+                o,
+                "dpuproxy_auth_rejections_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                auth.stats.rejections(reason)
+            );
+        }
+        family(
+            &mut o,
+            "dpuproxy_auth_verified_total",
+            "counter",
+            "Tokens accepted, from the cache or by a signature check.",
+        );
+        let _ = writeln!(
+            o,
+            "dpuproxy_auth_verified_total{{cache=\"hit\"}} {}",
+            r(&auth.stats.cache_hits)
+        );
+        let _ = writeln!(
+            o,
+            "dpuproxy_auth_verified_total{{cache=\"miss\"}} {}",
+            r(&auth.stats.cache_misses)
+        );
+        family(
+            &mut o,
+            "dpuproxy_auth_keys",
+            "gauge",
+            "Verification keys loaded.",
+        );
+        let _ = writeln!(o, "dpuproxy_auth_keys {}", auth.key_count());
+        family(
+            &mut o,
+            "dpuproxy_auth_key_reloads_total",
+            "counter",
+            "Key reloads by result.",
+        );
+        let _ = writeln!(
+            o,
+            "dpuproxy_auth_key_reloads_total{{result=\"ok\"}} {}",
+            r(&state.reloads.ok)
+        );
+        let _ = writeln!(
+            o,
+            "dpuproxy_auth_key_reloads_total{{result=\"error\"}} {}",
+            r(&state.reloads.failed)
+        );
     }
     family(
         &mut o,

@@ -46,6 +46,133 @@ pub struct FileConfig {
     /// Timeouts (humantime strings: "30s", "5m", "1h").
     #[serde(default)]
     pub timeouts: TimeoutsSection,
+    /// OAuth2 resource server (JWT).
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: present keys turn auth on.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// PEM public keys (RSA, EC P-256/P-384, Ed25519).
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+    /// A JWKS file, re-read on change, SIGHUP and unknown `kid`.
+    pub jwks: Option<PathBuf>,
+    /// File holding an HS256 shared secret.
+    pub hs256_secret_file: Option<PathBuf>,
+    /// Accepted issuers.
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// Accepted audiences.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Clock-skew allowance.
+    #[serde(default, with = "humantime_serde")]
+    pub leeway: Option<Duration>,
+    /// Longest token.
+    pub max_token_bytes: Option<usize>,
+    /// Scope rules: `SCOPES`, `METHOD=SCOPES`, `METHOD:NAME=SCOPES`.
+    #[serde(default)]
+    pub require_scopes: Vec<String>,
+    /// Authorization servers listed in the metadata.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// `resource` in the metadata.
+    pub resource: Option<String>,
+    /// Pass `Authorization` to backends.
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Add `X-Authenticated-Subject` for backends.
+    #[serde(default)]
+    pub subject_header: bool,
+}
+
+impl AuthSection {
+    /// Whether any key source is configured.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty() || self.jwks.is_some() || self.hs256_secret_file.is_some()
+    }
+
+    /// Whether any setting at all is present.
+    pub fn any_setting(&self) -> bool {
+        self.has_keys()
+            || !self.issuers.is_empty()
+            || !self.audiences.is_empty()
+            || self.leeway.is_some()
+            || self.max_token_bytes.is_some()
+            || !self.require_scopes.is_empty()
+            || !self.authorization_servers.is_empty()
+            || self.resource.is_some()
+            || self.forward_token
+            || self.subject_header
+    }
+
+    /// Overlay CLI values (lists replace, flags add).
+    pub fn overlay(&mut self, cli: AuthSection) {
+        if !cli.keys.is_empty() {
+            self.keys = cli.keys;
+        }
+        if cli.jwks.is_some() {
+            self.jwks = cli.jwks;
+        }
+        if cli.hs256_secret_file.is_some() {
+            self.hs256_secret_file = cli.hs256_secret_file;
+        }
+        if !cli.issuers.is_empty() {
+            self.issuers = cli.issuers;
+        }
+        if !cli.audiences.is_empty() {
+            self.audiences = cli.audiences;
+        }
+        if cli.leeway.is_some() {
+            self.leeway = cli.leeway;
+        }
+        if cli.max_token_bytes.is_some() {
+            self.max_token_bytes = cli.max_token_bytes;
+        }
+        if !cli.require_scopes.is_empty() {
+            self.require_scopes = cli.require_scopes;
+        }
+        if !cli.authorization_servers.is_empty() {
+            self.authorization_servers = cli.authorization_servers;
+        }
+        if cli.resource.is_some() {
+            self.resource = cli.resource;
+        }
+        self.forward_token |= cli.forward_token;
+        self.subject_header |= cli.subject_header;
+    }
+
+    /// The core's auth settings (keys are loaded separately).
+    pub fn to_config(&self) -> anyhow::Result<dpuproxy_l7::auth::AuthConfig> {
+        let d = dpuproxy_l7::auth::AuthConfig::default();
+        let scope_rules = self
+            .require_scopes
+            .iter()
+            .map(|r| {
+                dpuproxy_l7::auth::ScopeRule::parse(r)
+                    .map_err(|e| anyhow::anyhow!("`auth.require_scopes`: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let max_token_bytes = self.max_token_bytes.unwrap_or(d.max_token_bytes);
+        if max_token_bytes < 64 {
+            bail!("`auth.max_token_bytes` must be at least 64");
+        }
+        Ok(dpuproxy_l7::auth::AuthConfig {
+            issuers: self.issuers.clone(),
+            audiences: self.audiences.clone(),
+            leeway: self.leeway.unwrap_or(d.leeway),
+            max_token_bytes,
+            scope_rules,
+            forward_token: self.forward_token,
+            subject_header: self.subject_header,
+            authorization_servers: self.authorization_servers.clone(),
+            resource: self.resource.clone(),
+            ..d
+        })
+    }
 }
 
 /// `[tls]`
@@ -142,6 +269,8 @@ pub struct CliOverrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`
     pub tls_key: Option<PathBuf>,
+    /// `--jwt-*`, `--auth-*`, `--forward-token`, `--subject-header`
+    pub auth: AuthSection,
 }
 
 /// Fully resolved settings for `dpuproxy run`.
@@ -155,6 +284,8 @@ pub struct RunConfig {
     pub admin: Option<SocketAddr>,
     /// L7 core limits and timeouts.
     pub core: CoreConfig,
+    /// Auth settings; `None` when auth is off.
+    pub auth: Option<AuthSection>,
 }
 
 fn validate_backend(b: &str) -> anyhow::Result<()> {
@@ -248,16 +379,30 @@ impl RunConfig {
             ("timeouts.sse_idle", core.sse_idle_timeout),
             ("timeouts.session_idle", core.session_idle_timeout),
             ("timeouts.client_idle", core.client_idle_timeout),
+            ("timeouts.handshake", kernel.handshake_timeout),
         ] {
             if v.is_zero() {
                 bail!("`{name}` must be greater than zero");
             }
         }
+        let mut auth = file.auth;
+        auth.overlay(cli.auth);
+        let auth = if auth.has_keys() {
+            auth.to_config()?;
+            Some(auth)
+        } else if auth.any_setting() {
+            bail!(
+                "auth settings given but no key: pass --jwt-key PEM, --jwt-jwks FILE or --jwt-hs256-secret-file FILE (or set them under [auth])"
+            );
+        } else {
+            None
+        };
         Ok(Self {
             mode,
             kernel,
             admin: cli.admin.or(file.admin),
             core,
+            auth,
         })
     }
 }
@@ -311,6 +456,52 @@ mod tests {
         assert_eq!(r.core.sse_keepalive_interval, Duration::from_secs(10));
         assert_eq!(r.core.request_timeout, Duration::from_secs(5));
         assert_eq!(r.admin, Some("127.0.0.1:9100".parse().unwrap()));
+    }
+
+    #[test]
+    fn auth_section_and_cli_overlay() {
+        let f = FileConfig::parse(
+            r#"
+            listen = "127.0.0.1:1"
+            backends = ["a:1"]
+            [auth]
+            jwks = "keys.json"
+            issuers = ["https://issuer"]
+            audiences = ["mcp-proxy"]
+            leeway = "10s"
+            require_scopes = ["tools/call:echo=mcp:echo"]
+            "#,
+        )
+        .unwrap();
+        let cli = CliOverrides {
+            auth: AuthSection {
+                audiences: vec!["other".into()],
+                subject_header: true,
+                ..AuthSection::default()
+            },
+            ..cli_min()
+        };
+        let r = RunConfig::resolve(f, cli).unwrap();
+        let a = r.auth.expect("auth on");
+        assert_eq!(a.audiences, vec!["other".to_string()]);
+        assert_eq!(a.issuers, vec!["https://issuer".to_string()]);
+        assert!(a.subject_header);
+        let c = a.to_config().unwrap();
+        assert_eq!(c.leeway, Duration::from_secs(10));
+        assert_eq!(c.scope_rules.len(), 1);
+        // Settings without a key are refused, and a bad scope rule is named.
+        let f = FileConfig::parse(
+            "listen = \"127.0.0.1:1\"\nbackends=[\"a:1\"]\n[auth]\nissuers=[\"x\"]",
+        )
+        .unwrap();
+        let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+        assert!(e.to_string().contains("no key"), "{e}");
+        let f = FileConfig::parse("listen = \"127.0.0.1:1\"\nbackends=[\"a:1\"]\n[auth]\njwks=\"k\"\nrequire_scopes=[\"=x\"]").unwrap();
+        let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+        assert!(e.to_string().contains("require_scopes"), "{e}");
+        // No auth settings at all: auth off.
+        let f = FileConfig::parse("listen = \"127.0.0.1:1\"\nbackends=[\"a:1\"]").unwrap();
+        assert!(RunConfig::resolve(f, cli_min()).unwrap().auth.is_none());
     }
 
     #[test]

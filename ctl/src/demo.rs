@@ -164,6 +164,7 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         shared: shared.clone(),
         kernel: proxy.metrics.clone(),
         ktls: proxy.ktls.clone(),
+        reloads: Default::default(),
     };
     let admin = Admin::start("127.0.0.1:0".parse()?, state.clone())?;
     println!(

@@ -6,6 +6,7 @@ mod admin;
 mod certs;
 mod config;
 mod demo;
+mod keys;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start 3 real MCP backends, the proxy and a client session; print what happened.
     Demo {
         /// Python interpreter with the `mcp` SDK (default: $DPUPROXY_PYTHON, .venv, python3).
@@ -79,6 +80,68 @@ struct RunArgs {
     /// TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// OAuth2 resource-server flags. Any key source turns auth on.
+#[derive(clap::Args, Debug, Default)]
+struct AuthArgs {
+    /// PEM public key (RSA, EC P-256/P-384, Ed25519) for JWT validation (repeatable).
+    #[arg(long = "jwt-key", value_name = "PEM")]
+    jwt_keys: Vec<PathBuf>,
+    /// JWKS file; keys are picked by kid and re-read on change, SIGHUP and unknown kid.
+    #[arg(long = "jwt-jwks", value_name = "FILE")]
+    jwt_jwks: Option<PathBuf>,
+    /// File with an HS256 shared secret (the only way HMAC tokens are accepted).
+    #[arg(long = "jwt-hs256-secret-file", value_name = "FILE")]
+    jwt_hs256_secret_file: Option<PathBuf>,
+    /// Accepted `iss` (repeatable).
+    #[arg(long = "jwt-issuer")]
+    jwt_issuers: Vec<String>,
+    /// Accepted `aud` (repeatable).
+    #[arg(long = "jwt-audience")]
+    jwt_audiences: Vec<String>,
+    /// Clock-skew allowance for exp/nbf/iat, e.g. 30s.
+    #[arg(long = "jwt-leeway", value_parser = humantime::parse_duration)]
+    jwt_leeway: Option<std::time::Duration>,
+    /// Longest accepted token in bytes (default 8192).
+    #[arg(long = "jwt-max-token-bytes")]
+    jwt_max_token_bytes: Option<usize>,
+    /// Scope rule: SCOPES, METHOD=SCOPES or METHOD:NAME=SCOPES (repeatable).
+    #[arg(long = "jwt-require-scope", value_name = "RULE")]
+    jwt_require_scopes: Vec<String>,
+    /// Authorization server listed in the protected-resource metadata (repeatable).
+    #[arg(long = "auth-server", value_name = "URL")]
+    auth_servers: Vec<String>,
+    /// `resource` in the metadata (default https://<Host>/mcp).
+    #[arg(long = "auth-resource", value_name = "URL")]
+    auth_resource: Option<String>,
+    /// Pass the client's Authorization header to backends (off by default).
+    #[arg(long)]
+    forward_token: bool,
+    /// Send the token's `sub` to backends as X-Authenticated-Subject.
+    #[arg(long)]
+    subject_header: bool,
+}
+
+impl From<AuthArgs> for config::AuthSection {
+    fn from(a: AuthArgs) -> Self {
+        Self {
+            keys: a.jwt_keys,
+            jwks: a.jwt_jwks,
+            hs256_secret_file: a.jwt_hs256_secret_file,
+            issuers: a.jwt_issuers,
+            audiences: a.jwt_audiences,
+            leeway: a.jwt_leeway,
+            max_token_bytes: a.jwt_max_token_bytes,
+            require_scopes: a.jwt_require_scopes,
+            authorization_servers: a.auth_servers,
+            resource: a.auth_resource,
+            forward_token: a.forward_token,
+            subject_header: a.subject_header,
+        }
+    }
 }
 
 fn init_logging() {
@@ -104,6 +167,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin: args.admin,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        auth: args.auth.into(),
     };
     let cfg = RunConfig::resolve(file, cli)?;
     match cfg.mode {
@@ -115,13 +179,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "--mode auto: the DPDK data path is not built into this binary; falling back to kernel mode"
         ),
     }
-    tracing::info!(
-        "auth is off: no --jwt-* settings (JWT validation is not implemented in this build)"
-    );
-    let shared = Arc::new(dpuproxy_l7::Shared::new(
-        cfg.core.clone(),
-        cfg.kernel.backends.clone(),
-    ));
+    let mut shared = dpuproxy_l7::Shared::new(cfg.core.clone(), cfg.kernel.backends.clone());
+    if let Some(a) = &cfg.auth {
+        let keys = keys::load_keys(a)?;
+        tracing::info!(
+            keys = keys.len(),
+            issuers = ?a.issuers,
+            audiences = ?a.audiences,
+            scope_rules = a.require_scopes.len(),
+            forward_token = a.forward_token,
+            "auth is on: bearer JWTs are validated at the proxy"
+        );
+        if a.issuers.is_empty() || a.audiences.is_empty() {
+            tracing::warn!(
+                "auth: no --jwt-issuer and/or --jwt-audience: tokens minted for other services by the same keys would be accepted"
+            );
+        }
+        shared = shared.with_auth(dpuproxy_l7::auth::Authenticator::new(a.to_config()?, keys));
+    } else {
+        tracing::warn!(
+            "auth is off: no --jwt-key/--jwt-jwks/--jwt-hs256-secret-file given; requests are not authenticated"
+        );
+    }
+    let shared = Arc::new(shared);
+    let reload_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reload_stats = Arc::new(keys::ReloadStats::default());
+    let reloader = match &cfg.auth {
+        Some(a) => Some(keys::KeyReloader::start(
+            a.clone(),
+            shared.clone(),
+            reload_now.clone(),
+            reload_stats.clone(),
+        )?),
+        None => None,
+    };
     let proxy = dpuproxy_kernel::start(&cfg.kernel, shared.clone())?;
     let admin = match cfg.admin {
         Some(addr) => {
@@ -132,6 +223,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     shared: shared.clone(),
                     kernel: proxy.metrics.clone(),
                     ktls: proxy.ktls.clone(),
+                    reloads: reload_stats.clone(),
                 },
             )?;
             tracing::info!(addr = %a.addr, "admin listener: /metrics /sessions /backends /healthz");
@@ -143,7 +235,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
     for sig in signals.forever() {
         if sig == SIGHUP {
-            tracing::info!("SIGHUP: nothing to reload in this build");
+            if reloader.is_some() {
+                tracing::info!("SIGHUP: re-reading JWT keys");
+                reload_now.store(true, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                tracing::info!("SIGHUP: auth is off, nothing to reload");
+            }
             continue;
         }
         tracing::info!(signal = sig, "shutting down");
@@ -151,6 +248,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = admin {
         a.shutdown();
+    }
+    if let Some(r) = reloader {
+        r.shutdown();
     }
     proxy.shutdown();
     Ok(())
@@ -160,7 +260,7 @@ fn main() {
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Demo { python } => demo::run(python),
         Command::GenCert { cert, key, days } => certs::write_self_signed(&cert, &key, days)
             .map(|()| println!("wrote {} and {}", cert.display(), key.display())),

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpuproxy_l7::Shared;
 use openssl::ssl::{
@@ -240,6 +240,7 @@ pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, Sta
         .iter()
         .map(|b| resolve(b))
         .collect::<Result<Vec<_>, _>>()?;
+    anchor_wall_clock(&shared);
     let ktls = ktls::probe();
     let metrics = Arc::new(KernelMetrics::default());
     metrics
@@ -324,7 +325,16 @@ pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, Sta
     })
 }
 
-/// Probe down backends and expire idle sessions until `stop`.
+/// Give the core the current wall-clock time (token expiry checks).
+fn anchor_wall_clock(shared: &Shared) {
+    let unix_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    shared.wall.set(Instant::now(), unix_ms);
+}
+
+/// Probe down backends, expire idle sessions and re-anchor the wall clock
+/// until `stop`.
 fn probe_loop(
     shared: Arc<Shared>,
     addrs: Vec<SocketAddr>,
@@ -343,6 +353,7 @@ fn probe_loop(
                 tracing::info!(backend = %addr, "backend is back (probe connected)");
             }
         }
+        anchor_wall_clock(&shared);
         let now = Instant::now();
         if now.duration_since(last_sweep) >= Duration::from_secs(5) {
             let n = shared.affinity.sweep(now);

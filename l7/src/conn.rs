@@ -27,10 +27,16 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use crate::Shared;
+use crate::auth::{self, Rejection};
 use crate::http::{
     self, BodyFraming, CHUNKED_END, ChunkedDecoder, HttpError, RequestHead, ResponseHead,
-    encode_chunk, header, is_hop_by_hop, reason_phrase,
+    encode_chunk, header, header_count, is_hop_by_hop, reason_phrase,
 };
+
+/// RFC 9728 well-known path for protected-resource metadata.
+const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+/// Header that carries the token's `sub` to backends (lowercase).
+const SUBJECT_HEADER: &str = "x-authenticated-subject";
 use crate::mcp::{self, McpError, Route};
 use crate::metrics::ErrorKind;
 use crate::sse::{KEEPALIVE, SseTracker};
@@ -661,11 +667,35 @@ impl Connection {
         self.local_response(now, status, &e.to_string(), false, &[]);
     }
 
-    /// A whole request is in: route it.
+    /// A whole request is in: authorize it, then route it.
     fn dispatch(&mut self, now: Instant, head: RequestHead, body: Vec<u8>) {
         let shared = self.shared.clone();
         shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let keep_alive = head.keep_alive;
+        let mut principal = None;
+        if let Some(auth) = &shared.auth {
+            let host = auth::sanitized_host(header(&head.headers, "host"))
+                .unwrap_or_else(|| "localhost".to_string());
+            let path = head.target.split('?').next().unwrap_or("");
+            if head.method == "GET"
+                && (path == WELL_KNOWN || path.starts_with(&format!("{WELL_KNOWN}/")))
+            {
+                return self.metadata_response(now, auth, &host, keep_alive);
+            }
+            let Some(unix) = shared.wall.unix_secs(now) else {
+                return self.local_response(now, 503, "proxy clock not set", keep_alive, &[]);
+            };
+            let verdict = if header_count(&head.headers, "authorization") > 1 {
+                auth.stats.reject(Rejection::Malformed);
+                Err(Rejection::Malformed)
+            } else {
+                auth.authorize(header(&head.headers, "authorization"), unix)
+            };
+            match verdict {
+                Ok(p) => principal = Some(p),
+                Err(r) => return self.auth_reject(now, r, &host, &[], keep_alive),
+            }
+        }
         let route = match mcp::classify(&head.method, &head.headers, &body) {
             Ok(r) => r,
             Err(e) => {
@@ -674,6 +704,42 @@ impl Connection {
                 return self.local_response(now, 400, &e.to_string(), keep, &[]);
             }
         };
+        if let (Some(auth), Some(p)) = (&shared.auth, &principal) {
+            let mut calls = if head.method == "POST" {
+                mcp::jsonrpc_calls(&body)
+            } else {
+                Vec::new()
+            };
+            if let Route::Stateless { method, name } = &route {
+                calls.push(mcp::Call {
+                    method: method.clone(),
+                    name: name.clone(),
+                });
+            }
+            if calls.is_empty() {
+                calls.push(mcp::Call::default());
+            }
+            let mut missing = Vec::new();
+            for c in &calls {
+                for s in auth.missing_scopes(p, c.method.as_deref(), c.name.as_deref()) {
+                    if !missing.contains(&s) {
+                        missing.push(s);
+                    }
+                }
+            }
+            if !missing.is_empty() {
+                auth.stats.reject(Rejection::InsufficientScope);
+                let host = auth::sanitized_host(header(&head.headers, "host"))
+                    .unwrap_or_else(|| "localhost".to_string());
+                return self.auth_reject(
+                    now,
+                    Rejection::InsufficientScope,
+                    &host,
+                    &missing,
+                    keep_alive,
+                );
+            }
+        }
         let backend = match &route {
             Route::Session { id } => match shared.affinity.lookup(id, now) {
                 Some(b) => Some(b),
@@ -707,7 +773,7 @@ impl Connection {
                 &[("Retry-After", "1")],
             );
         };
-        let request_bytes = self.upstream_request(&head, &body);
+        let request_bytes = self.upstream_request(&head, &body, principal.as_deref());
         self.actions.push_back(Action::ConnectUpstream {
             backend,
             fresh: false,
@@ -732,7 +798,14 @@ impl Connection {
     /// fields; hop-by-hop fields dropped; the body re-framed with
     /// Content-Length (never chunked, so the backend sees one unambiguous
     /// framing whatever the client sent).
-    fn upstream_request(&self, head: &RequestHead, body: &[u8]) -> Vec<u8> {
+    fn upstream_request(
+        &self,
+        head: &RequestHead,
+        body: &[u8],
+        principal: Option<&auth::Principal>,
+    ) -> Vec<u8> {
+        let auth = self.shared.auth.as_ref();
+        let strip_token = auth.is_some_and(|a| !a.config.forward_token);
         let mut out = Vec::with_capacity(256 + body.len());
         out.extend_from_slice(head.method.as_bytes());
         out.push(b' ');
@@ -756,6 +829,8 @@ impl Connection {
                 || lname == "x-forwarded-for"
                 || lname == "x-forwarded-proto"
                 || connection_tokens.contains(&lname)
+                || (strip_token && lname == "authorization")
+                || (auth.is_some() && lname == SUBJECT_HEADER)
             {
                 continue;
             }
@@ -769,6 +844,12 @@ impl Connection {
             .unwrap_or_else(|| self.peer.clone());
         out.extend_from_slice(format!("X-Forwarded-For: {forwarded}\r\n").as_bytes());
         out.extend_from_slice(b"X-Forwarded-Proto: https\r\n");
+        if auth.is_some_and(|a| a.config.subject_header)
+            && let Some(sub) = principal.and_then(|p| p.subject.as_deref())
+            && sub.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            out.extend_from_slice(format!("X-Authenticated-Subject: {sub}\r\n").as_bytes());
+        }
         let needs_length =
             !body.is_empty() || matches!(head.method.as_str(), "POST" | "PUT" | "PATCH");
         if needs_length {
@@ -777,6 +858,70 @@ impl Connection {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
         out
+    }
+
+    /// 401/403 with the RFC 6750 challenge. Nothing reaches a backend.
+    fn auth_reject(
+        &mut self,
+        now: Instant,
+        r: Rejection,
+        host: &str,
+        missing: &[String],
+        keep_alive: bool,
+    ) {
+        let challenge = auth::challenge(r, host, missing);
+        self.local_response(
+            now,
+            r.status(),
+            r.description(),
+            keep_alive,
+            &[("WWW-Authenticate", &challenge)],
+        );
+    }
+
+    /// RFC 9728 protected-resource metadata, served without a token.
+    fn metadata_response(
+        &mut self,
+        now: Instant,
+        auth: &auth::Authenticator,
+        host: &str,
+        keep_alive: bool,
+    ) {
+        let resource = auth
+            .config
+            .resource
+            .clone()
+            .unwrap_or_else(|| format!("https://{host}/mcp"));
+        let body = serde_json::json!({
+            "resource": resource,
+            "authorization_servers": auth.config.authorization_servers,
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": auth.scopes_supported(),
+        })
+        .to_string();
+        let mut head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: max-age=300\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        self.to_client.extend_from_slice(head.as_bytes());
+        self.to_client.extend_from_slice(body.as_bytes());
+        self.shared
+            .metrics
+            .local_responses
+            .fetch_add(1, Ordering::Relaxed);
+        if keep_alive {
+            self.state = State::Idle { since: now };
+            self.advance_client(now);
+        } else {
+            self.state = State::Closed;
+            self.close_after_flush = true;
+            self.actions
+                .push_back(Action::CloseDownstream { flush: true });
+        }
     }
 
     /// A response generated by the proxy. `keep_alive == false` closes the

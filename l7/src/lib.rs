@@ -13,6 +13,7 @@
 //!   classification;
 //! - [`affinity`]: the bounded, sharded session → backend table that every
 //!   worker shares;
+//! - [`auth`]: bearer JWT validation, scopes, RFC 9728 metadata;
 //! - [`backends`]: health, round-robin and least-outstanding picks;
 //! - [`sse`]: event boundary tracking for keepalives and clean stream ends;
 //! - [`conn`]: the per-connection state machine;
@@ -21,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod affinity;
+pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod conn;
@@ -35,6 +37,37 @@ pub use config::CoreConfig;
 pub use conn::{Action, Connection};
 pub use metrics::{ErrorKind, Metrics};
 
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Wall-clock time for checks that need it (token expiry), derived from
+/// the monotonic `now` the driver passes in and an anchor the driver sets
+/// and refreshes (so the core itself never reads a clock).
+#[derive(Debug, Default)]
+pub struct WallClock {
+    anchor: Mutex<Option<(Instant, u64)>>,
+}
+
+impl WallClock {
+    /// Anchor: at monotonic `mono`, wall time was `unix_ms` ms since 1970.
+    /// The driver calls this at start and now and then, so that wall-clock
+    /// steps and drift are followed.
+    pub fn set(&self, mono: Instant, unix_ms: u64) {
+        *self.anchor.lock().unwrap_or_else(|p| p.into_inner()) = Some((mono, unix_ms));
+    }
+
+    /// Unix seconds at monotonic time `now`; `None` until anchored.
+    pub fn unix_secs(&self, now: Instant) -> Option<u64> {
+        let (mono, ms) = (*self.anchor.lock().unwrap_or_else(|p| p.into_inner()))?;
+        let ms = if now >= mono {
+            ms.saturating_add((now - mono).as_millis() as u64)
+        } else {
+            ms.saturating_sub((mono - now).as_millis() as u64)
+        };
+        Some(ms / 1000)
+    }
+}
+
 /// State shared by every worker of one proxy instance.
 #[derive(Debug)]
 pub struct Shared {
@@ -46,10 +79,15 @@ pub struct Shared {
     pub affinity: AffinityTable,
     /// Counters.
     pub metrics: Metrics,
+    /// The resource server; `None` when auth is off.
+    pub auth: Option<auth::Authenticator>,
+    /// Wall clock for token times.
+    pub wall: WallClock,
 }
 
 impl Shared {
-    /// Shared state for these backends (`host:port` strings, in order).
+    /// Shared state for these backends (`host:port` strings, in order),
+    /// with auth off and the wall clock not yet anchored.
     pub fn new(config: CoreConfig, backends: Vec<String>) -> Self {
         let affinity = AffinityTable::new(config.max_sessions, config.session_idle_timeout);
         Self {
@@ -57,6 +95,16 @@ impl Shared {
             affinity,
             metrics: Metrics::default(),
             config,
+            auth: None,
+            wall: WallClock::default(),
         }
+    }
+}
+
+impl Shared {
+    /// Turn on the resource server.
+    pub fn with_auth(mut self, auth: auth::Authenticator) -> Self {
+        self.auth = Some(auth);
+        self
     }
 }

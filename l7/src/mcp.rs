@@ -107,13 +107,28 @@ pub fn era(headers: &[Header]) -> Result<Era, McpError> {
     })
 }
 
-/// The JSON-RPC method of a request body, if the body is a JSON-RPC request
-/// (or a batch whose first element is one). Malformed JSON yields `None`:
-/// the backend, not the proxy, reports JSON-RPC parse errors.
-pub fn jsonrpc_method(body: &[u8]) -> Option<String> {
+/// One JSON-RPC message's method and `params.name`, as routing and scope
+/// rules see them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Call {
+    /// `method`.
+    pub method: Option<String>,
+    /// `params.name` (tool or prompt name), when a string.
+    pub name: Option<String>,
+}
+
+/// Every message of a JSON-RPC body (one object, or each element of a
+/// batch). Malformed JSON yields an empty list: the backend, not the proxy,
+/// reports JSON-RPC parse errors.
+pub fn jsonrpc_calls(body: &[u8]) -> Vec<Call> {
+    #[derive(serde::Deserialize)]
+    struct Params {
+        name: Option<serde_json::Value>,
+    }
     #[derive(serde::Deserialize)]
     struct Msg {
         method: Option<String>,
+        params: Option<Params>,
     }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
@@ -121,10 +136,26 @@ pub fn jsonrpc_method(body: &[u8]) -> Option<String> {
         One(Msg),
         Batch(Vec<Msg>),
     }
-    match serde_json::from_slice::<Body>(body).ok()? {
-        Body::One(m) => m.method,
-        Body::Batch(v) => v.into_iter().next().and_then(|m| m.method),
+    let to_call = |m: Msg| Call {
+        method: m.method,
+        name: m
+            .params
+            .and_then(|p| p.name)
+            .and_then(|n| n.as_str().map(str::to_string)),
+    };
+    match serde_json::from_slice::<Body>(body) {
+        Ok(Body::One(m)) => vec![to_call(m)],
+        Ok(Body::Batch(v)) => v.into_iter().map(to_call).collect(),
+        Err(_) => Vec::new(),
     }
+}
+
+/// The JSON-RPC method of a request body (the first message of a batch).
+pub fn jsonrpc_method(body: &[u8]) -> Option<String> {
+    jsonrpc_calls(body)
+        .into_iter()
+        .next()
+        .and_then(|c| c.method)
 }
 
 fn header_string(headers: &[Header], name: &str) -> Option<String> {

@@ -17,6 +17,7 @@ On a failing test the tail of the proxy's stderr is attached to the report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -25,7 +26,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,6 +137,8 @@ class Proxy:
     cafile: str
     backends: tuple[Backend, ...]
     stderr_path: Path
+    pid: int = 0  # the proxy process (for signals such as SIGHUP)
+    proc: Any = dataclasses.field(default=None, compare=False, repr=False)  # its subprocess.Popen
 
     def backend_by_name(self, name: str) -> Backend:
         for b in self.backends:
@@ -212,9 +217,18 @@ def proxy_binary() -> list[str]:
     return [str(path)]
 
 
-@pytest.fixture(scope="session")
-def proxy(workdir: Path, backends: tuple[Backend, ...], tls_cert: tuple[str, str]):
-    global _PROXY_STDERR
+@contextlib.contextmanager
+def launch_proxy(
+    workdir: Path,
+    backends: tuple[Backend, ...],
+    tls_cert: tuple[str, str],
+    extra_args: list[str] | tuple[str, ...] = (),
+    name: str = "dpuproxy",
+) -> Iterator[Proxy]:
+    """Start one dpuproxy (kernel mode by default) in front of `backends`; stop it on exit.
+
+    `extra_args` go after the standard arguments (and before DPUPROXY_EXTRA_ARGS); logs and the
+    command line land in workdir/<name>.{stdout,stderr,cmd}."""
     cert, key = tls_cert
     port, admin = free_port(), free_port()
     while admin == port:
@@ -232,17 +246,17 @@ def proxy(workdir: Path, backends: tuple[Backend, ...], tls_cert: tuple[str, str
         "--workers", os.environ.get("DPUPROXY_WORKERS", "2"),
         "--admin", f"127.0.0.1:{admin}",
     ]  # fmt: skip
+    cmd += list(extra_args)
     cmd += shlex.split(os.environ.get("DPUPROXY_EXTRA_ARGS", ""))
-    stderr_path = workdir / "dpuproxy.stderr"
-    stdout_path = workdir / "dpuproxy.stdout"
-    _PROXY_STDERR = stderr_path
-    (workdir / "dpuproxy.cmd").write_text(shlex.join(cmd) + "\n")
+    stderr_path = workdir / f"{name}.stderr"
+    stdout_path = workdir / f"{name}.stdout"
+    (workdir / f"{name}.cmd").write_text(shlex.join(cmd) + "\n")
     with open(stdout_path, "wb") as fo, open(stderr_path, "wb") as fe:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, start_new_session=True)
     try:
         logs = [stderr_path, stdout_path]
-        wait_for_port(port, proc, f"dpuproxy ({shlex.join(cmd)})", logs, STARTUP_TIMEOUT)
-        wait_for_port(admin, proc, "dpuproxy admin endpoint", logs, STARTUP_TIMEOUT)
+        wait_for_port(port, proc, f"{name} ({shlex.join(cmd)})", logs, STARTUP_TIMEOUT)
+        wait_for_port(admin, proc, f"{name} admin endpoint", logs, STARTUP_TIMEOUT)
         yield Proxy(
             url=f"https://127.0.0.1:{port}/mcp",
             port=port,
@@ -250,13 +264,24 @@ def proxy(workdir: Path, backends: tuple[Backend, ...], tls_cert: tuple[str, str
             cafile=cert,
             backends=backends,
             stderr_path=stderr_path,
+            pid=proc.pid,
+            proc=proc,
         )
     finally:
         stop_process(proc)
         rc = proc.returncode
         # A crash (signal) during the run is a bug even if every test passed.
         if rc is not None and rc < 0 and rc not in (-signal.SIGTERM, -signal.SIGKILL):
-            sys.stderr.write(f"\n[e2e] dpuproxy died from signal {-rc}\n{tail(stderr_path)}\n")
+            sys.stderr.write(f"\n[e2e] {name} died from signal {-rc}\n{tail(stderr_path)}\n")
+
+
+@pytest.fixture(scope="session")
+def proxy(workdir: Path, backends: tuple[Backend, ...], tls_cert: tuple[str, str]):
+    """The shared proxy: auth off (no --jwt-* flags)."""
+    global _PROXY_STDERR
+    _PROXY_STDERR = workdir / "dpuproxy.stderr"
+    with launch_proxy(workdir, backends, tls_cert, name="dpuproxy") as p:
+        yield p
 
 
 @pytest.fixture(scope="session")
@@ -271,5 +296,15 @@ def expect_ktls() -> int:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _PROXY_STDERR is not None:
+    if not report.failed:
+        return
+    seen: set[Path] = set()
+    if _PROXY_STDERR is not None:
         report.sections.append(("dpuproxy stderr (tail)", tail(_PROXY_STDERR)))
+        seen.add(_PROXY_STDERR)
+    # Other proxies the test used (e.g. the auth-enabled ones of test_auth.py).
+    for value in getattr(item, "funcargs", {}).values():
+        p = value if isinstance(value, Proxy) else getattr(value, "proxy", None)
+        if isinstance(p, Proxy) and p.stderr_path not in seen:
+            seen.add(p.stderr_path)
+            report.sections.append((f"{p.stderr_path.stem} stderr (tail)", tail(p.stderr_path)))

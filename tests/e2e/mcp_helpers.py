@@ -56,20 +56,26 @@ class Tracker:
             self.delete_statuses.append(response.status_code)
 
 
-def async_http(cafile: str | None, tracker: Tracker | None = None) -> httpx2.AsyncClient:
+def async_http(
+    cafile: str | None, tracker: Tracker | None = None, headers: dict[str, str] | None = None
+) -> httpx2.AsyncClient:
     verify: ssl.SSLContext | bool = tls_context(cafile) if cafile else True
     return httpx2.AsyncClient(
         verify=verify,
+        headers=headers,
         timeout=httpx2.Timeout(10.0, read=READ_TIMEOUT),
         event_hooks={"response": [tracker.on_response]} if tracker else {},
     )
 
 
 @asynccontextmanager
-async def legacy_session(url: str, cafile: str | None) -> AsyncIterator[tuple[Client, Tracker]]:
-    """A handshake-era (stateful) SDK session; leaving the block makes the SDK send DELETE."""
+async def legacy_session(
+    url: str, cafile: str | None, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Client, Tracker]]:
+    """A handshake-era (stateful) SDK session; leaving the block makes the SDK send DELETE.
+    `headers` are sent on every request (e.g. Authorization)."""
     tracker = Tracker()
-    async with async_http(cafile, tracker) as http:
+    async with async_http(cafile, tracker, headers) as http:
         async with Client(
             streamable_http_client(url, http_client=http, terminate_on_close=True),
             mode="legacy",
@@ -80,10 +86,12 @@ async def legacy_session(url: str, cafile: str | None) -> AsyncIterator[tuple[Cl
 
 
 @asynccontextmanager
-async def modern_client(url: str, cafile: str | None) -> AsyncIterator[tuple[Client, Tracker]]:
+async def modern_client(
+    url: str, cafile: str | None, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Client, Tracker]]:
     """A 2026-07-28 stateless SDK client (no initialize, no session)."""
     tracker = Tracker()
-    async with async_http(cafile, tracker) as http:
+    async with async_http(cafile, tracker, headers) as http:
         async with Client(
             streamable_http_client(url, http_client=http), mode=MODERN_VERSION, read_timeout_seconds=READ_TIMEOUT
         ) as client:
