@@ -3,10 +3,12 @@
 //! is the only place that uses `anyhow`.
 
 mod admin;
+mod bench_records;
 mod certs;
 mod config;
 mod demo;
 mod keys;
+mod tls_echo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +42,11 @@ enum Command {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// TLS echo server on a kernel socket, using the memory-BIO handshake and our record layer.
+    TlsEcho(tls_echo::TlsEchoArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Write a self-signed certificate and key (EC P-256, SAN 127.0.0.1 and localhost).
     GenCert {
         /// Certificate output (PEM).
@@ -52,6 +59,12 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Record layer seal/open throughput against raw one-shot EVP, per suite and size.
+    Records(bench_records::RecordsArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -262,6 +275,8 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Demo { python } => demo::run(python),
+        Command::TlsEcho(args) => tls_echo::run(&args),
+        Command::Bench(BenchCommand::Records(args)) => bench_records::run(&args),
         Command::GenCert { cert, key, days } => certs::write_self_signed(&cert, &key, days)
             .map(|()| println!("wrote {} and {}", cert.display(), key.display())),
     };

@@ -39,7 +39,10 @@ fn jwt(c: &mut Criterion) {
     });
     auth.authorize(Some(header.as_bytes()), NOW).unwrap();
     c.bench_function("jwt_rs256_cached", |b| {
-        b.iter(|| auth.authorize(Some(black_box(header.as_bytes())), NOW).unwrap())
+        b.iter(|| {
+            auth.authorize(Some(black_box(header.as_bytes())), NOW)
+                .unwrap()
+        })
     });
 }
 

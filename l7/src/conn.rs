@@ -706,7 +706,22 @@ impl Connection {
         };
         if let (Some(auth), Some(p)) = (&shared.auth, &principal) {
             let mut calls = if head.method == "POST" {
-                mcp::jsonrpc_calls(&body)
+                match mcp::jsonrpc_calls(&body) {
+                    Some(c) => c,
+                    // A body we cannot read is a body whose scopes we cannot
+                    // check; a lenient backend might still run it.
+                    None if !auth.config.scope_rules.is_empty() => {
+                        shared.metrics.error(ErrorKind::BadRequest);
+                        return self.local_response(
+                            now,
+                            400,
+                            "request body is not readable JSON-RPC (scope rules apply)",
+                            keep_alive,
+                            &[],
+                        );
+                    }
+                    None => Vec::new(),
+                }
             } else {
                 Vec::new()
             };

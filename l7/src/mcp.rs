@@ -118,9 +118,10 @@ pub struct Call {
 }
 
 /// Every message of a JSON-RPC body (one object, or each element of a
-/// batch). Malformed JSON yields an empty list: the backend, not the proxy,
-/// reports JSON-RPC parse errors.
-pub fn jsonrpc_calls(body: &[u8]) -> Vec<Call> {
+/// batch), or `None` when the body is not JSON-RPC we can read (including
+/// duplicate keys, which other parsers resolve differently). Routing lets
+/// the backend report such bodies; scope checks must refuse them.
+pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
     #[derive(serde::Deserialize)]
     struct Params {
         name: Option<serde_json::Value>,
@@ -144,15 +145,15 @@ pub fn jsonrpc_calls(body: &[u8]) -> Vec<Call> {
             .and_then(|n| n.as_str().map(str::to_string)),
     };
     match serde_json::from_slice::<Body>(body) {
-        Ok(Body::One(m)) => vec![to_call(m)],
-        Ok(Body::Batch(v)) => v.into_iter().map(to_call).collect(),
-        Err(_) => Vec::new(),
+        Ok(Body::One(m)) => Some(vec![to_call(m)]),
+        Ok(Body::Batch(v)) => Some(v.into_iter().map(to_call).collect()),
+        Err(_) => None,
     }
 }
 
 /// The JSON-RPC method of a request body (the first message of a batch).
 pub fn jsonrpc_method(body: &[u8]) -> Option<String> {
-    jsonrpc_calls(body)
+    jsonrpc_calls(body)?
         .into_iter()
         .next()
         .and_then(|c| c.method)
@@ -325,6 +326,19 @@ mod tests {
             ),
             Err(McpError::StraySessionId(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_are_unreadable() {
+        assert_eq!(
+            jsonrpc_calls(br#"{"method":"tools/call","params":{"name":"whoami","name":"echo"}}"#),
+            None
+        );
+        assert_eq!(
+            jsonrpc_calls(br#"{"method":"x","method":"tools/call"}"#),
+            None
+        );
+        assert_eq!(jsonrpc_calls(b"{\"id\": NaN}"), None);
     }
 
     #[test]

@@ -373,6 +373,16 @@ fn scopes_per_method_and_name() {
         body.len()
     );
     assert_eq!(send(&sh, t0, &req).status, 403);
+    // Duplicate keys: serde and the backend's parser could disagree on which
+    // one wins, so such a body is refused when scope rules apply.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","name":"echo"}}"#;
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let o = send(&sh, t0, &req);
+    assert_eq!(o.status, 400, "{}", o.text);
+    assert!(!o.connected);
     // 2026-07-28 requests are matched on Mcp-Method / Mcp-Name.
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
     let req = format!(

@@ -38,7 +38,6 @@ from auth_helpers import (
     SUBJECT,
     Key,
     RawResponse,
-    assemble,
     claims,
     ec_key,
     ed25519_key,
@@ -593,6 +592,27 @@ def test_missing_token_on_every_method(auth_proxy):
     assert forwarded(after) == forwarded(before)
 
 
+def test_duplicate_authorization_headers_rejected(auth_proxy, keys):
+    """Two Authorization headers (even both valid) are ambiguous: refused, and counted once."""
+    ap = auth_proxy
+    before = scrape(ap.proxy.admin_url)
+    hdrs = [
+        ("Accept", "application/json, text/event-stream"),
+        ("Content-Type", "application/json"),
+        ("Authorization", f"Bearer {rs256(keys['rsa1'])}"),
+        ("Authorization", f"Bearer {rs256(keys['rsa1'], sub='mallory')}"),
+    ]
+    r = raw_request("127.0.0.1", ap.proxy.port, ap.proxy.cafile, "POST", "/mcp", hdrs,
+                    jsonrpc("initialize", INITIALIZE_PARAMS))  # fmt: skip
+    assert r.status in (400, 401), f"duplicate Authorization -> {r.status} {r.text()[:300]}"
+    if r.status == 401:
+        check_challenge(ap, r, 401, "invalid_token")
+        after = assert_one_rejection(ap, before, {"malformed"})
+    else:
+        after = scrape(ap.proxy.admin_url)
+    assert forwarded(after) == forwarded(before)
+
+
 ACCEPTED = [
     ("exp_within_leeway", lambda k: "Bearer " + rs256(k["rsa1"], now=_now() - 600, exp=_now() - 10)),
     ("nbf_within_leeway", lambda k: "Bearer " + rs256(k["rsa1"], nbf=_now() + 10)),
@@ -703,6 +723,16 @@ def _escaped_name_body(modern: bool) -> bytes:
     ).encode()
 
 
+LEGACY_ODD_BODIES = {
+    "dup_method": b'{"jsonrpc":"2.0","id":8,"method":"tools/list","method":"tools/call",'
+    b'"params":{"name":"echo","arguments":{"text":"dm"}}}',
+    "dup_params": b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"whoami"},'
+    b'"params":{"name":"echo","arguments":{"text":"dp"}}}',
+    "nan": b'{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"echo","arguments":{"text":"nan"},'
+    b'"_x":NaN}}',
+}
+
+
 def test_scope_cannot_be_bypassed(scope_proxy, keys):
     """A token without mcp:echo must never get echo executed, however the request is dressed up.
     403 is the expected answer; 400 (the request refused as malformed/inconsistent, by the proxy
@@ -720,7 +750,14 @@ def test_scope_cannot_be_bypassed(scope_proxy, keys):
                             {"mcp-method": "tools/call", "mcp-name": "whoami"}),  # fmt: skip
                 (403, 400),
             ),
+            # bodies Python's json accepts (last duplicate wins, NaN) but a strict parser may not:
+            # a proxy that cannot read the body must refuse it, not wave it through unchecked
             "legacy_duplicate_name_key": (legacy_call(http, ap, sid, token, _dup_name_body(False)), (403, 400)),
+            "legacy_duplicate_method_key": (legacy_call(http, ap, sid, token, LEGACY_ODD_BODIES["dup_method"]),
+                                            (403, 400)),
+            "legacy_duplicate_params_key": (legacy_call(http, ap, sid, token, LEGACY_ODD_BODIES["dup_params"]),
+                                            (403, 400)),
+            "legacy_nan_in_body": (legacy_call(http, ap, sid, token, LEGACY_ODD_BODIES["nan"]), (403, 400)),
             "legacy_unicode_escaped_name": (legacy_call(http, ap, sid, token, _escaped_name_body(False)), (403,)),
         }
         for k, (r, ok) in legacy.items():
