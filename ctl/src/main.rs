@@ -3,7 +3,9 @@
 //! is the only place that uses `anyhow`.
 
 mod admin;
+mod bench_proxy;
 mod bench_records;
+mod bench_tcp;
 mod certs;
 mod config;
 mod demo;
@@ -65,6 +67,10 @@ enum Command {
 enum BenchCommand {
     /// Record layer seal/open throughput against raw one-shot EVP, per suite and size.
     Records(bench_records::RecordsArgs),
+    /// Userspace TCP: two stacks over an in-memory wire, optionally with faults.
+    Tcp(bench_tcp::TcpArgs),
+    /// Whole-proxy comparison: kernel vs dpdk vs HAProxy on the same MCP workload.
+    Proxy(Box<bench_proxy::ProxyArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -277,6 +283,8 @@ fn main() {
         Command::Demo { python } => demo::run(python),
         Command::TlsEcho(args) => tls_echo::run(&args),
         Command::Bench(BenchCommand::Records(args)) => bench_records::run(&args),
+        Command::Bench(BenchCommand::Tcp(args)) => bench_tcp::run(&args),
+        Command::Bench(BenchCommand::Proxy(args)) => bench_proxy::run(&args),
         Command::GenCert { cert, key, days } => certs::write_self_signed(&cert, &key, days)
             .map(|()| println!("wrote {} and {}", cert.display(), key.display())),
     };

@@ -1,0 +1,700 @@
+//! `dpuproxy bench proxy`: the two data paths and HAProxy side by side on
+//! the same MCP workload.
+//!
+//! One command does everything: it makes a certificate and an RS256 key,
+//! starts the backends (native MCP servers by default, see
+//! [`backend`]; `--backends sdk` uses the Python SDK), then for each target
+//! starts it pinned to the proxy core, opens one MCP session per
+//! connection, warms up, runs `--runs` measurement windows, stops it, and
+//! reports the median run. Figures only; nothing is asserted.
+//!
+//! Fairness: every proxy gets the same CPU list (`--proxy-cpus`, default
+//! core 1); the load generator and backends run on `--load-cpus` (core 0);
+//! the same TLS 1.3 suite, payload and JWT checks for all; warm-up is
+//! excluded; the median of several runs is reported.
+
+mod backend;
+mod loadgen;
+mod targets;
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// `dpuproxy bench proxy` arguments.
+#[derive(clap::Args, Debug)]
+pub struct ProxyArgs {
+    /// Targets, comma-separated: kernel, dpdk, haproxy.
+    #[arg(long, default_value = "kernel,dpdk,haproxy", value_delimiter = ',')]
+    pub targets: Vec<String>,
+    /// Seconds per measurement run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of warm-up before the runs (excluded).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Measurement runs per target (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Concurrent connections, each with its own MCP session.
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    /// Load generator threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Bytes of text echoed by each tools/call.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Backends answer tools/call with an SSE stream (progress + result).
+    #[arg(long)]
+    pub sse: bool,
+    /// Open-loop total request rate (requests/s); closed loop when absent.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Backend kind: native (fast, ours) or sdk (the MCP Python SDK).
+    #[arg(long, default_value = "native")]
+    pub backends: String,
+    /// Number of backends.
+    #[arg(long, default_value_t = 3)]
+    pub backend_count: usize,
+    /// CPUs for the proxy under test (taskset list).
+    #[arg(long, default_value = "1")]
+    pub proxy_cpus: String,
+    /// CPUs for the load generator and backends (taskset list).
+    #[arg(long, default_value = "0")]
+    pub load_cpus: String,
+    /// Output directory for JSON, SVG and generated configs.
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Also run wrk against the kernel target and print both figures.
+    #[arg(long)]
+    pub wrk: bool,
+    /// TLS 1.3 suite for every target.
+    #[arg(long, default_value = "TLS_AES_128_GCM_SHA256")]
+    pub ciphersuite: String,
+}
+
+/// One target's result.
+#[derive(Debug, Clone, serde::Serialize)]
+struct TargetResult {
+    target: String,
+    status: String,
+    describe: String,
+    rps_runs: Vec<f64>,
+    rps: Option<f64>,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    p999_ms: Option<f64>,
+    errors: u64,
+    cpu_us_per_req: Option<f64>,
+    proxy_core_util: Option<f64>,
+    backend_spread: Vec<u64>,
+}
+
+impl TargetResult {
+    fn unavailable(target: &str, why: String) -> Self {
+        Self {
+            target: target.to_string(),
+            status: format!("not run: {why}"),
+            describe: String::new(),
+            rps_runs: Vec::new(),
+            rps: None,
+            p50_ms: None,
+            p99_ms: None,
+            p999_ms: None,
+            errors: 0,
+            cpu_us_per_req: None,
+            proxy_core_util: None,
+            backend_spread: Vec::new(),
+        }
+    }
+}
+
+fn pin_self(cpus: &str) {
+    // Threads inherit the affinity of the thread that creates them, so
+    // pinning the main thread before anything is spawned pins the load
+    // generator and the native backends.
+    let pid = std::process::id().to_string();
+    let ok = Command::new("taskset")
+        .args(["-cp", cpus, &pid])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!(
+            "bench: warning: could not pin the load generator to CPUs {cpus} (taskset missing?)"
+        );
+    }
+}
+
+fn make_keys(dir: &std::path::Path) -> anyhow::Result<(targets::Job, String)> {
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    crate::certs::write_self_signed(&cert, &key, 2)?;
+    let combined = dir.join("combined.pem");
+    let mut both = std::fs::read(&cert)?;
+    both.extend_from_slice(&std::fs::read(&key)?);
+    std::fs::write(&combined, both)?;
+    let rsa = PKey::from_rsa(Rsa::generate(2048)?)?;
+    let jwt_pub = dir.join("jwt-pub.pem");
+    std::fs::write(&jwt_pub, rsa.public_key_to_pem()?)?;
+    let issuer = "https://issuer.bench".to_string();
+    let audience = "mcp-proxy".to_string();
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 6 * 3600;
+    let claims = serde_json::json!({"iss": issuer, "aud": audience, "sub": "bench", "exp": exp, "scope": "mcp:tools"});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&rsa.private_key_to_pem_pkcs8()?)?,
+    )?;
+    Ok((
+        targets::Job {
+            cert,
+            key,
+            combined,
+            jwt_pub,
+            issuer,
+            audience,
+            backends: Vec::new(),
+            proxy_cpus: String::new(),
+            ciphersuite: String::new(),
+            out_dir: dir.to_path_buf(),
+        },
+        token,
+    ))
+}
+
+/// Backends for the run; kept alive until dropped.
+enum Backends {
+    Native(Vec<backend::NativeBackend>),
+    Sdk(Vec<std::process::Child>),
+}
+
+impl Backends {
+    fn spread(&self) -> Vec<u64> {
+        match self {
+            Backends::Native(v) => v
+                .iter()
+                .map(|b| b.stats.requests.load(std::sync::atomic::Ordering::Relaxed))
+                .collect(),
+            Backends::Sdk(_) => Vec::new(),
+        }
+    }
+
+    fn misrouted(&self) -> u64 {
+        match self {
+            Backends::Native(v) => v
+                .iter()
+                .map(|b| {
+                    b.stats
+                        .unknown_session
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum(),
+            Backends::Sdk(_) => 0,
+        }
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        if let Backends::Sdk(children) = self {
+            for c in children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn start_backends(args: &ProxyArgs) -> anyhow::Result<(Backends, Vec<SocketAddr>)> {
+    match args.backends.as_str() {
+        "native" => {
+            let v = (0..args.backend_count)
+                .map(|i| backend::NativeBackend::start(&format!("b{}", i + 1), args.sse))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let addrs = v
+                .iter()
+                .map(|b| SocketAddr::from((Ipv4Addr::LOCALHOST, b.port)))
+                .collect();
+            Ok((Backends::Native(v), addrs))
+        }
+        "sdk" => {
+            let python =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/mcp_backend.py");
+            let mut children = Vec::new();
+            let mut addrs = Vec::new();
+            for i in 0..args.backend_count {
+                let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+                    .local_addr()?
+                    .port();
+                let child = Command::new(&python)
+                    .arg(&script)
+                    .args([
+                        "--port",
+                        &port.to_string(),
+                        "--name",
+                        &format!("b{}", i + 1),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .with_context(|| {
+                        format!("cannot start {} (run scripts/setup.sh)", python.display())
+                    })?;
+                children.push(child);
+                addrs.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            }
+            let all = Backends::Sdk(children);
+            for a in &addrs {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
+                    if std::time::Instant::now() > deadline {
+                        bail!("SDK backend {a} did not start");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            Ok((all, addrs))
+        }
+        other => bail!("--backends must be native or sdk, not {other:?}"),
+    }
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+fn measure(
+    name: &str,
+    args: &ProxyArgs,
+    job: &targets::Job,
+    token: &str,
+    backends: &Backends,
+) -> anyhow::Result<TargetResult> {
+    let running = match name {
+        "kernel" => targets::start_kernel(job)?,
+        "haproxy" => targets::start_haproxy(job)?,
+        "dpdk" => targets::start_dpdk(job)?,
+        other => bail!("unknown target {other:?} (kernel, dpdk, haproxy)"),
+    };
+    let pid = targets::proxy_pid(&running);
+    let cfg = loadgen::LoadConfig {
+        addr: running.addr,
+        host: format!("localhost:{}", running.addr.port()),
+        connections: args.connections,
+        threads: args.threads,
+        token: Some(token.to_string()),
+        payload: args.payload,
+        rate: args.rate,
+        ciphersuite: args.ciphersuite.clone(),
+    };
+    let spread_before = backends.spread();
+    let mut cpu_marks = Vec::new();
+    let duration = Duration::from_secs_f64(args.duration);
+    let figures = loadgen::run(
+        &cfg,
+        Duration::from_secs_f64(args.warmup),
+        duration,
+        args.runs,
+        |_| cpu_marks.push(targets::cpu_seconds(pid)),
+    )?;
+    let spread: Vec<u64> = backends
+        .spread()
+        .iter()
+        .zip(spread_before.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a - b)
+        .collect();
+    // Pick the median run by requests/s and report its latencies.
+    let mut order: Vec<usize> = (0..figures.len()).collect();
+    order.sort_by(|a, b| figures[*a].ok.cmp(&figures[*b].ok));
+    let mid = order[order.len() / 2];
+    let f = &figures[mid];
+    let secs = duration.as_secs_f64();
+    let rps_runs: Vec<f64> = figures.iter().map(|f| f.ok as f64 / secs).collect();
+    let cpu = match (cpu_marks.get(mid), cpu_marks.get(mid + 1)) {
+        (Some(Some(a)), Some(Some(b))) => Some(b - a),
+        _ => None,
+    };
+    let q = |p: f64| f.latency.value_at_quantile(p) as f64 / 1000.0;
+    Ok(TargetResult {
+        target: name.to_string(),
+        status: "ok".into(),
+        describe: running.describe.clone(),
+        rps: median(&mut rps_runs.clone()),
+        rps_runs,
+        p50_ms: (f.ok > 0).then(|| q(0.5)),
+        p99_ms: (f.ok > 0).then(|| q(0.99)),
+        p999_ms: (f.ok > 0).then(|| q(0.999)),
+        errors: figures.iter().map(|f| f.errors).sum(),
+        cpu_us_per_req: cpu.filter(|_| f.ok > 0).map(|c| c / f.ok as f64 * 1e6),
+        proxy_core_util: cpu.map(|c| c / secs),
+        backend_spread: spread,
+    })
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("n/a".into(), |x| format!("{x:.prec$}"))
+}
+
+fn table(results: &[TargetResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>12} {:>9}  backend spread",
+        "target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "cpu µs/req", "core util"
+    );
+    for r in results {
+        if r.status != "ok" {
+            let _ = writeln!(s, "{:<8} {}", r.target, r.status);
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "{:<8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>12} {:>9}  {:?}",
+            r.target,
+            fmt_opt(r.rps, 0),
+            fmt_opt(r.p50_ms, 2),
+            fmt_opt(r.p99_ms, 2),
+            fmt_opt(r.p999_ms, 2),
+            r.errors,
+            fmt_opt(r.cpu_us_per_req, 1),
+            r.proxy_core_util
+                .map_or("n/a".into(), |u| format!("{:.0}%", u * 100.0)),
+            r.backend_spread
+        );
+    }
+    s
+}
+
+/// A two-panel bar chart (requests/s and p99) as plain SVG.
+fn svg(results: &[TargetResult]) -> String {
+    let (w, h) = (720.0, 360.0);
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+"#
+    );
+    type Metric = fn(&TargetResult) -> Option<f64>;
+    let panels: [(&str, Metric); 2] = [
+        ("requests/s (median run)", |r| r.rps),
+        ("p99 latency (ms)", |r| r.p99_ms),
+    ];
+    let colors = ["#4878d0", "#ee854a", "#6acc64", "#d65f5f"];
+    for (pi, (title, get)) in panels.iter().enumerate() {
+        let x0 = 40.0 + pi as f64 * (w / 2.0);
+        let (pw, ph, y0) = (w / 2.0 - 80.0, h - 110.0, 50.0);
+        let max = results
+            .iter()
+            .filter_map(get)
+            .fold(0.0_f64, f64::max)
+            .max(1e-9);
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="25" font-size="14" font-weight="bold">{title}</text>"#,
+            x0
+        );
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+            y0 + ph,
+            x0 + pw,
+            y0 + ph
+        );
+        let bw = pw / results.len().max(1) as f64;
+        for (i, r) in results.iter().enumerate() {
+            let bx = x0 + i as f64 * bw + bw * 0.15;
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                bx + bw * 0.35,
+                y0 + ph + 18.0,
+                r.target
+            );
+            match get(r) {
+                Some(v) => {
+                    let bh = v / max * ph;
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{bx:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"/>"#,
+                        y0 + ph - bh,
+                        bw * 0.7,
+                        colors[i % colors.len()]
+                    );
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+                        bx + bw * 0.35,
+                        y0 + ph - bh - 5.0,
+                        if v >= 100.0 {
+                            format!("{v:.0}")
+                        } else {
+                            format!("{v:.2}")
+                        }
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        s,
+                        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="gray">n/a</text>"#,
+                        bx + bw * 0.35,
+                        y0 + ph - 5.0
+                    );
+                }
+            }
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn ratio(results: &[TargetResult], a: &str, b: &str) -> String {
+    let get = |t: &str| results.iter().find(|r| r.target == t).and_then(|r| r.rps);
+    match (get(a), get(b)) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+        _ => "n/a".into(),
+    }
+}
+
+fn wrk_cross_check(
+    args: &ProxyArgs,
+    job: &targets::Job,
+    token: &str,
+    ours: Option<f64>,
+) -> anyhow::Result<String> {
+    let running = targets::start_kernel(job)?;
+    let cfg = loadgen::LoadConfig {
+        addr: running.addr,
+        host: format!("localhost:{}", running.addr.port()),
+        connections: 1,
+        threads: 1,
+        token: Some(token.to_string()),
+        payload: args.payload,
+        rate: None,
+        ciphersuite: args.ciphersuite.clone(),
+    };
+    // One session for all wrk connections (the native backends allow that).
+    let session = one_session(&cfg)?;
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#,
+        "x".repeat(args.payload)
+    );
+    let lua = job.out_dir.join("wrk.lua");
+    std::fs::write(
+        &lua,
+        format!(
+            "wrk.method = \"POST\"\nwrk.path = \"/mcp\"\nwrk.body = '{body}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Accept\"] = \"application/json, text/event-stream\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\nwrk.headers[\"Mcp-Session-Id\"] = \"{session}\"\nwrk.headers[\"MCP-Protocol-Version\"] = \"2025-11-25\"\n"
+        ),
+    )?;
+    let out = Command::new("taskset")
+        .args(["-c", &args.load_cpus, "wrk", "-t1"])
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.duration.max(1.0) as u64))
+        .arg("-s")
+        .arg(&lua)
+        .arg(format!("https://localhost:{}/mcp", running.addr.port()))
+        .output()
+        .map_err(|_| anyhow::anyhow!("wrk is not installed (apt-get install wrk)"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let wrk_rps: Option<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok());
+    let non2xx = text
+        .lines()
+        .find(|l| l.contains("Non-2xx"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok(match (wrk_rps, ours) {
+        (Some(w), Some(o)) => format!(
+            "wrk cross-check (kernel target): wrk {w:.0} req/s, ours {o:.0} req/s, ours/wrk {:.2} {non2xx}",
+            o / w
+        ),
+        (Some(w), None) => format!("wrk cross-check (kernel target): wrk {w:.0} req/s {non2xx}"),
+        _ => format!("wrk cross-check: could not read wrk output:\n{text}"),
+    })
+}
+
+fn one_session(cfg: &loadgen::LoadConfig) -> anyhow::Result<String> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::io::{Read, Write};
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    b.set_verify(SslVerifyMode::NONE);
+    let c = b.build();
+    let tcp = std::net::TcpStream::connect(cfg.addr)?;
+    tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut tls = c
+        .configure()?
+        .verify_hostname(false)
+        .connect("localhost", tcp)?;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"wrk-setup","version":"1"}}}"#;
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        cfg.host,
+        cfg.token.as_deref().unwrap_or(""),
+        body.len()
+    );
+    tls.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| v.trim().to_string())
+        })
+        .with_context(|| format!("no session id in {text:?}"))
+}
+
+/// Run the comparison.
+pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
+    if args.runs == 0 || args.connections == 0 || args.duration <= 0.0 {
+        bail!("--runs, --connections and --duration must be positive");
+    }
+    pin_self(&args.load_cpus);
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let dir = std::fs::canonicalize(&args.out)?;
+    let (mut job, token) = make_keys(&dir)?;
+    let (backends, addrs) = start_backends(args)?;
+    job.backends = addrs;
+    job.proxy_cpus = args.proxy_cpus.clone();
+    job.ciphersuite = args.ciphersuite.clone();
+    println!(
+        "bench proxy: {} {} backends, {} connections, payload {} B, {}, {} loop, TLS 1.3 {}, RS256 JWT, proxy CPUs {}, load CPUs {}",
+        args.backend_count,
+        args.backends,
+        args.connections,
+        args.payload,
+        if args.sse {
+            "SSE responses"
+        } else {
+            "JSON responses"
+        },
+        args.rate
+            .map_or("closed".into(), |r| format!("open ({r} req/s)")),
+        args.ciphersuite,
+        args.proxy_cpus,
+        args.load_cpus
+    );
+    let mut results = Vec::new();
+    for t in &args.targets {
+        let t = t.trim();
+        println!(
+            "bench proxy: {t}: warm-up {:.1}s, then {} × {:.1}s …",
+            args.warmup, args.runs, args.duration
+        );
+        let r = match measure(t, args, &job, &token, &backends) {
+            Ok(r) => {
+                println!(
+                    "bench proxy: {t}: runs {:?} req/s, median {} req/s, {} errors",
+                    r.rps_runs.iter().map(|x| x.round()).collect::<Vec<_>>(),
+                    fmt_opt(r.rps, 0),
+                    r.errors
+                );
+                r
+            }
+            Err(e) => {
+                println!("bench proxy: {t}: cannot run: {e:#}");
+                TargetResult::unavailable(t, format!("{e:#}"))
+            }
+        };
+        results.push(r);
+    }
+    let misrouted = backends.misrouted();
+    print!("\n{}", table(&results));
+    if misrouted > 0 {
+        println!("warning: {misrouted} requests reached a backend that did not own their session");
+    }
+    for r in &results {
+        if !r.describe.is_empty() {
+            println!("  {}: {}", r.target, r.describe);
+        }
+    }
+    if args.wrk {
+        let ours = results
+            .iter()
+            .find(|r| r.target == "kernel")
+            .and_then(|r| r.rps);
+        match wrk_cross_check(args, &job, &token, ours) {
+            Ok(line) => println!("{line}"),
+            Err(e) => println!("wrk cross-check: {e:#}"),
+        }
+    }
+    let json = serde_json::json!({
+        "settings": {
+            "connections": args.connections, "payload": args.payload, "sse": args.sse,
+            "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup,
+            "runs": args.runs, "backends": args.backends, "backend_count": args.backend_count,
+            "proxy_cpus": args.proxy_cpus, "load_cpus": args.load_cpus,
+            "ciphersuite": args.ciphersuite,
+        },
+        "results": results,
+        "misrouted": misrouted,
+    });
+    let json_path = dir.join("bench-proxy.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json)?)?;
+    let svg_path = dir.join("bench-proxy.svg");
+    std::fs::write(&svg_path, svg(&results))?;
+    println!("wrote {} and {}", json_path.display(), svg_path.display());
+    println!(
+        "ratios: kernel/haproxy={} dpdk/kernel={}",
+        ratio(&results, "kernel", "haproxy"),
+        ratio(&results, "dpdk", "kernel")
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratio_is_na_without_figures() {
+        let ok = |t: &str, rps: f64| TargetResult {
+            rps: Some(rps),
+            status: "ok".into(),
+            ..TargetResult::unavailable(t, String::new())
+        };
+        let rs = vec![
+            ok("kernel", 300.0),
+            ok("haproxy", 200.0),
+            TargetResult::unavailable("dpdk", "not built".into()),
+        ];
+        assert_eq!(ratio(&rs, "kernel", "haproxy"), "1.50");
+        assert_eq!(ratio(&rs, "dpdk", "kernel"), "n/a");
+        let t = table(&rs);
+        assert!(t.contains("not run: not built"), "{t}");
+        assert!(svg(&rs).contains("n/a"));
+    }
+
+    #[test]
+    fn cpu_seconds_reads_our_own_process() {
+        // Burn a little CPU so the figure is positive.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let s = targets::cpu_seconds(std::process::id()).expect("stat readable");
+        assert!(s > 0.0, "{s}");
+    }
+}
