@@ -11,7 +11,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+
+use crate::background::Background;
 use std::time::{Duration, Instant};
 
 use dpuproxy_kernel::{KernelMetrics, KtlsSupport};
@@ -35,8 +36,7 @@ pub struct AdminState {
 /// A running admin listener.
 #[derive(Debug)]
 pub struct Admin {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
     /// Bound address.
     pub addr: SocketAddr,
 }
@@ -48,34 +48,13 @@ impl Admin {
             .map_err(|e| anyhow::anyhow!("cannot bind admin listener {addr}: {e}"))?;
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("dpuproxy-admin".into())
-            .spawn(move || serve(listener, state, s))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-            addr,
-        })
+        let thread = Background::spawn("dpuproxy-admin", move |stop| serve(listener, state, stop))?;
+        Ok(Self { thread, addr })
     }
 
     /// Stop serving.
-    pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        self.stop_now();
+    pub fn shutdown(self) {
+        self.thread.shutdown();
     }
 }
 
@@ -169,96 +148,102 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Prometheus text exposition, one metric family at a time.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        let _ = writeln!(self.0, "{name} {v}");
+    }
+
+    /// A family with one sample per value of label `key`.
+    fn labelled<L: AsRef<str>, V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        key: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.family(name, kind, help);
+        for (label, v) in samples {
+            let _ = writeln!(
+                self.0,
+                "{name}{{{key}=\"{}\"}} {v}",
+                escape_label(label.as_ref())
+            );
+        }
+    }
+}
+
 /// The Prometheus text exposition of every counter.
 pub fn render_metrics(state: &AdminState) -> String {
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let sh = &state.shared;
     let k = &state.kernel;
-    let mut o = String::new();
-    let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
-    family(&mut o, "dpuproxy_info", "gauge", "Build and mode.");
+    let mut o = Exposition::default();
+    o.family("dpuproxy_info", "gauge", "Build and mode.");
     let _ = writeln!(
-        o,
+        o.0,
         "dpuproxy_info{{mode=\"{}\",version=\"{}\"}} 1",
         state.mode,
         env!("CARGO_PKG_VERSION")
     );
-    family(
-        &mut o,
+    let backends = || sh.backends.iter();
+    o.labelled(
         "dpuproxy_requests_total",
         "counter",
         "Requests forwarded to each backend.",
+        "backend",
+        backends().map(|b| (&b.addr, r(&b.requests))),
     );
-    for b in sh.backends.iter() {
-        let _ = writeln!(
-            o,
-            "dpuproxy_requests_total{{backend=\"{}\"}} {}",
-            escape_label(&b.addr),
-            b.requests.load(Ordering::Relaxed)
-        );
-    }
-    family(
-        &mut o,
+    o.labelled(
         "dpuproxy_backend_up",
         "gauge",
         "1 when the backend takes new sessions.",
+        "backend",
+        backends().map(|b| (&b.addr, u8::from(b.is_healthy()))),
     );
-    for b in sh.backends.iter() {
-        let _ = writeln!(
-            o,
-            "dpuproxy_backend_up{{backend=\"{}\"}} {}",
-            escape_label(&b.addr),
-            u8::from(b.is_healthy())
-        );
-    }
-    family(
-        &mut o,
+    o.labelled(
         "dpuproxy_backend_outstanding",
         "gauge",
         "Requests in flight per backend.",
+        "backend",
+        backends().map(|b| (&b.addr, b.outstanding())),
     );
-    for b in sh.backends.iter() {
-        let _ = writeln!(
-            o,
-            "dpuproxy_backend_outstanding{{backend=\"{}\"}} {}",
-            escape_label(&b.addr),
-            b.outstanding()
-        );
-    }
-    family(
-        &mut o,
+    o.labelled(
         "dpuproxy_backend_connect_failures_total",
         "counter",
         "Failed connects per backend.",
+        "backend",
+        backends().map(|b| (&b.addr, r(&b.connect_failures))),
     );
-    for b in sh.backends.iter() {
-        let _ = writeln!(
-            o,
-            "dpuproxy_backend_connect_failures_total{{backend=\"{}\"}} {}",
-            escape_label(&b.addr),
-            b.connect_failures.load(Ordering::Relaxed)
-        );
-    }
-    let simple: [(&str, &str, &str, u64); 17] = [
+    let m = &sh.metrics;
+    let singles: [(&str, &str, &str, u64); 17] = [
         (
             "dpuproxy_client_requests_total",
             "counter",
             "Complete requests received from clients.",
-            r(&sh.metrics.requests),
+            r(&m.requests),
         ),
         (
             "dpuproxy_local_responses_total",
             "counter",
             "Responses generated by the proxy itself.",
-            r(&sh.metrics.local_responses),
+            r(&m.local_responses),
         ),
         (
             "dpuproxy_stateless_requests_total",
             "counter",
             "Stateless (2026-07-28) requests routed.",
-            r(&sh.metrics.stateless_requests),
+            r(&m.stateless_requests),
         ),
         (
             "dpuproxy_sessions_active",
@@ -282,25 +267,25 @@ pub fn render_metrics(state: &AdminState) -> String {
             "dpuproxy_sse_streams_active",
             "gauge",
             "SSE streams being relayed.",
-            r(&sh.metrics.sse_active),
+            r(&m.sse_active),
         ),
         (
             "dpuproxy_sse_streams_total",
             "counter",
             "SSE streams started.",
-            r(&sh.metrics.sse_total),
+            r(&m.sse_total),
         ),
         (
             "dpuproxy_sse_events_total",
             "counter",
             "SSE events relayed.",
-            r(&sh.metrics.sse_events),
+            r(&m.sse_events),
         ),
         (
             "dpuproxy_sse_keepalives_total",
             "counter",
             "SSE keepalive comments sent.",
-            r(&sh.metrics.sse_keepalives),
+            r(&m.sse_keepalives),
         ),
         (
             "dpuproxy_ktls_available",
@@ -345,112 +330,77 @@ pub fn render_metrics(state: &AdminState) -> String {
             r(&k.pool_reuses),
         ),
     ];
-    for (name, kind, help, v) in simple {
-        family(&mut o, name, kind, help);
-        let _ = writeln!(o, "{name} {v}");
+    for (name, kind, help, v) in singles {
+        o.single(name, kind, help, v);
     }
-    family(
-        &mut o,
+    let st = &sh.affinity.stats;
+    o.labelled(
         "dpuproxy_sessions_removed_total",
         "counter",
         "Session bindings removed, by reason.",
+        "reason",
+        [
+            ("deleted", r(&st.deleted)),
+            ("dropped", r(&st.dropped)),
+            ("expired", r(&st.expired)),
+            ("evicted", r(&st.evicted)),
+        ],
     );
-    let st = &sh.affinity.stats;
-    for (reason, v) in [
-        ("deleted", r(&st.deleted)),
-        ("dropped", r(&st.dropped)),
-        ("expired", r(&st.expired)),
-        ("evicted", r(&st.evicted)),
-    ] {
-        let _ = writeln!(
-            o,
-            "dpuproxy_sessions_removed_total{{reason=\"{reason}\"}} {v}"
-        );
-    }
-    family(
-        &mut o,
+    o.labelled(
         "dpuproxy_tls_record_path_total",
         "counter",
         "Connections by TLS record path after the handshake.",
+        "path",
+        [
+            ("ktls-tx", r(&k.ktls_tx)),
+            ("ktls-rx", r(&k.ktls_rx)),
+            ("openssl", r(&k.openssl_records)),
+        ],
     );
-    for (path, v) in [
-        ("ktls-tx", r(&k.ktls_tx)),
-        ("ktls-rx", r(&k.ktls_rx)),
-        ("openssl", r(&k.openssl_records)),
-    ] {
-        let _ = writeln!(o, "dpuproxy_tls_record_path_total{{path=\"{path}\"}} {v}");
-    }
     if let Some(auth) = &sh.auth {
         use dpuproxy_l7::auth::Rejection;
-        family(
-            &mut o,
+        o.labelled(
             "dpuproxy_auth_rejections_total",
             "counter",
             "Requests refused by the resource server, by reason.",
+            "reason",
+            Rejection::ALL.map(|x| (x.label(), auth.stats.rejections(x))),
         );
-        for reason in Rejection::ALL {
-            let _ = writeln!(
-                o,
-                "dpuproxy_auth_rejections_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                auth.stats.rejections(reason)
-            );
-        }
-        family(
-            &mut o,
+        o.labelled(
             "dpuproxy_auth_verified_total",
             "counter",
             "Tokens accepted, from the cache or by a signature check.",
+            "cache",
+            [
+                ("hit", r(&auth.stats.cache_hits)),
+                ("miss", r(&auth.stats.cache_misses)),
+            ],
         );
-        let _ = writeln!(
-            o,
-            "dpuproxy_auth_verified_total{{cache=\"hit\"}} {}",
-            r(&auth.stats.cache_hits)
-        );
-        let _ = writeln!(
-            o,
-            "dpuproxy_auth_verified_total{{cache=\"miss\"}} {}",
-            r(&auth.stats.cache_misses)
-        );
-        family(
-            &mut o,
+        o.single(
             "dpuproxy_auth_keys",
             "gauge",
             "Verification keys loaded.",
+            auth.key_count(),
         );
-        let _ = writeln!(o, "dpuproxy_auth_keys {}", auth.key_count());
-        family(
-            &mut o,
+        o.labelled(
             "dpuproxy_auth_key_reloads_total",
             "counter",
             "Key reloads by result.",
-        );
-        let _ = writeln!(
-            o,
-            "dpuproxy_auth_key_reloads_total{{result=\"ok\"}} {}",
-            r(&state.reloads.ok)
-        );
-        let _ = writeln!(
-            o,
-            "dpuproxy_auth_key_reloads_total{{result=\"error\"}} {}",
-            r(&state.reloads.failed)
+            "result",
+            [
+                ("ok", r(&state.reloads.ok)),
+                ("error", r(&state.reloads.failed)),
+            ],
         );
     }
-    family(
-        &mut o,
+    o.labelled(
         "dpuproxy_errors_total",
         "counter",
         "Errors by kind.",
+        "kind",
+        ErrorKind::ALL.map(|x| (x.label(), m.errors(x))),
     );
-    for kind in ErrorKind::ALL {
-        let _ = writeln!(
-            o,
-            "dpuproxy_errors_total{{kind=\"{}\"}} {}",
-            kind.label(),
-            sh.metrics.errors(kind)
-        );
-    }
-    o
+    o.0
 }
 
 /// `/sessions`: id prefix → backend, newest scan first, at most 1000.

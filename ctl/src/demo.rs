@@ -7,16 +7,17 @@
 //! installed (`scripts/setup.sh` makes `.venv`).
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dpuproxy_l7::{CoreConfig, Shared};
 
 use crate::admin::{Admin, AdminState, render_backends, render_sessions};
+use crate::procs::{free_port, wait_listening};
 
 const BACKEND_PY: &str = include_str!("../../scripts/mcp_backend.py");
 const CLIENT_PY: &str = include_str!("../../scripts/mcp_client_demo.py");
@@ -67,36 +68,6 @@ fn find_python(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-fn wait_listening(
-    port: u16,
-    child: &mut Child,
-    what: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            bail!("{what} exited ({status}) before listening on port {port}");
-        }
-        if TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            Duration::from_millis(200),
-        )
-        .is_ok()
-        {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("{what} did not listen on port {port} within {timeout:?}")
-}
-
 /// Run the demo; returns an error when any step failed.
 pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     let python = find_python(python)?;
@@ -136,10 +107,11 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     }
     for (i, (name, port)) in backends.iter().enumerate() {
         wait_listening(
-            *port,
+            SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
             &mut children.0[i].1,
             &format!("backend {name}"),
             Duration::from_secs(30),
+            None,
         )?;
         println!(
             "demo: MCP backend {name} (Python SDK, stateful Streamable HTTP) on 127.0.0.1:{port}"

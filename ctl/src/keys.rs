@@ -10,13 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use dpuproxy_l7::Shared;
 use dpuproxy_l7::auth::KeyEntry;
 
+use crate::background::Background;
 use crate::config::AuthSection;
 
 /// Reload counters for the admin endpoint.
@@ -88,8 +88,7 @@ fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
 /// Watches the key files in the background.
 #[derive(Debug)]
 pub struct KeyReloader {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    thread: Background,
 }
 
 impl KeyReloader {
@@ -100,33 +99,15 @@ impl KeyReloader {
         reload_now: Arc<AtomicBool>,
         stats: Arc<ReloadStats>,
     ) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("dpuproxy-keys".into())
-            .spawn(move || watch(section, shared, reload_now, stats, s))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
+        let thread = Background::spawn("dpuproxy-keys", move |stop| {
+            watch(section, shared, reload_now, stats, stop)
+        })?;
+        Ok(Self { thread })
     }
 
     /// Stop watching.
-    pub fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for KeyReloader {
-    fn drop(&mut self) {
-        self.stop_now();
+    pub fn shutdown(self) {
+        self.thread.shutdown();
     }
 }
 

@@ -3,6 +3,7 @@
 //! is the only place that uses `anyhow`.
 
 mod admin;
+mod background;
 mod bench_proxy;
 mod bench_records;
 mod bench_tcp;
@@ -10,6 +11,7 @@ mod certs;
 mod config;
 mod demo;
 mod keys;
+mod procs;
 mod tls_echo;
 
 use std::net::SocketAddr;

@@ -65,9 +65,14 @@ fn auth_config() -> AuthConfig {
 }
 
 fn shared() -> (Arc<Shared>, Instant) {
+    shared_with(auth_config(), key_set())
+}
+
+/// Proxy state with auth on, its wall clock anchored at `NOW`.
+fn shared_with(cfg: AuthConfig, keys: Vec<KeyEntry>) -> (Arc<Shared>, Instant) {
     let t0 = Instant::now();
     let s = Shared::new(CoreConfig::default(), vec!["10.0.0.1:9001".into()])
-        .with_auth(Authenticator::new(auth_config(), key_set()));
+        .with_auth(Authenticator::new(cfg, keys));
     s.wall.set(t0, NOW * 1000);
     (Arc::new(s), t0)
 }
@@ -293,15 +298,10 @@ fn hs256_only_with_an_explicit_secret() {
     .unwrap();
     let (sh, t0) = shared();
     assert_eq!(send(&sh, t0, &call(Some(&token), "x")).status, 401);
-    let t0 = Instant::now();
-    let s = Shared::new(CoreConfig::default(), vec!["10.0.0.1:9001".into()]).with_auth(
-        Authenticator::new(
-            auth_config(),
-            vec![KeyEntry::hs256_secret(secret, "secret-file")],
-        ),
+    let (s, t0) = shared_with(
+        auth_config(),
+        vec![KeyEntry::hs256_secret(secret, "secret-file")],
     );
-    s.wall.set(t0, NOW * 1000);
-    let s = Arc::new(s);
     assert!(send(&s, t0, &call(Some(&token), "x")).connected);
     // A symmetric key in a JWKS is refused outright.
     let oct = jwks(&[json!({"kty":"oct","k":b64(secret),"kid":"h"})]);
@@ -446,15 +446,11 @@ fn cache_hits_skip_the_signature_and_expire_with_the_token() {
 #[test]
 fn forward_token_when_asked() {
     let k = keys();
-    let t0 = Instant::now();
     let cfg = AuthConfig {
         forward_token: true,
         ..auth_config()
     };
-    let s = Shared::new(CoreConfig::default(), vec!["10.0.0.1:9001".into()])
-        .with_auth(Authenticator::new(cfg, key_set()));
-    s.wall.set(t0, NOW * 1000);
-    let s = Arc::new(s);
+    let (s, t0) = shared_with(cfg, key_set());
     let token = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &claims());
     let req = call(Some(&token), "x").replace(
         "Content-Type",

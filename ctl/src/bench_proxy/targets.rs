@@ -2,12 +2,17 @@
 //! same job: TLS termination (one TLS 1.3 suite), RS256 JWT validation and
 //! `Mcp-Session-Id` affinity over the same backends.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::procs::{free_port, wait_listening};
+
+/// How long a target may take to start listening.
+const WAIT: Duration = Duration::from_secs(15);
 
 /// Files and settings every target shares.
 #[derive(Debug, Clone)]
@@ -52,44 +57,6 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
-fn wait_listening(
-    addr: SocketAddr,
-    child: &mut Child,
-    what: &str,
-    log: &Path,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Some(st) = child.try_wait()? {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = tail
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            bail!("{what} exited ({st}) before listening on {addr}:\n{tail}");
-        }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "{what} did not listen on {addr} within 15 s (log: {})",
-        log.display()
-    )
-}
-
 fn taskset_available() -> bool {
     Command::new("taskset")
         .arg("--version")
@@ -132,7 +99,7 @@ pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
     let mut child = cmd.spawn().context("cannot start dpuproxy (kernel)")?;
-    wait_listening(addr, &mut child, "dpuproxy kernel", &log)?;
+    wait_listening(addr, &mut child, "dpuproxy kernel", WAIT, Some(&log))?;
     Ok(Running {
         child,
         addr,
@@ -241,7 +208,7 @@ pub fn start_haproxy(job: &Job) -> anyhow::Result<Running> {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
     let mut child = cmd.spawn().context("cannot start haproxy")?;
-    wait_listening(addr, &mut child, "haproxy", &log)?;
+    wait_listening(addr, &mut child, "haproxy", WAIT, Some(&log))?;
     Ok(Running {
         child,
         addr,
