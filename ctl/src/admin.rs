@@ -83,7 +83,15 @@ fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    // One deadline for the whole request: a client dribbling a byte per
+    // second must not hold the (single) admin thread.
+    let deadline = Instant::now() + Duration::from_secs(2);
     let path = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return respond(&mut stream, 408, "text/plain", b"request timeout\n");
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());

@@ -129,14 +129,31 @@ impl FdTls {
         Ok(Self { ssl, stream })
     }
 
-    /// The socket (for mio registration).
-    pub fn stream(&mut self) -> &mut TcpStream {
-        &mut self.stream
+    /// Register the socket with a mio registry. The socket itself is never
+    /// handed out mutably: replacing it would leave OpenSSL with a dead fd.
+    pub fn register(
+        &mut self,
+        registry: &mio::Registry,
+        token: mio::Token,
+        interest: mio::Interest,
+    ) -> io::Result<()> {
+        registry.register(&mut self.stream, token, interest)
+    }
+
+    /// Remove the socket from a mio registry.
+    pub fn deregister(&mut self, registry: &mio::Registry) -> io::Result<()> {
+        registry.deregister(&mut self.stream)
     }
 
     /// Read access to the socket.
     pub fn stream_ref(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// Stop sending (TCP FIN) after close_notify, keeping the read side
+    /// open so that a lingering close can drain what the client still sends.
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// One non-blocking handshake step.

@@ -29,6 +29,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Upper bound on drive-loop rounds per event, so one busy connection
 /// cannot starve the others.
 const MAX_ROUNDS: usize = 64;
+/// How long a closing connection drains client input after our FIN.
+const LINGER_DRAIN: Duration = Duration::from_secs(2);
 
 fn client_token(i: usize) -> Token {
     Token(i * 2)
@@ -75,6 +77,8 @@ struct Client {
     /// `Some(flush)` once the core asked to close.
     closing: Option<bool>,
     closing_since: Option<Instant>,
+    /// Set once close_notify and FIN went out: drain input until then.
+    lingering_until: Option<Instant>,
     armed: Option<Instant>,
 }
 
@@ -96,6 +100,8 @@ pub(crate) struct Worker {
     pool: HashMap<usize, Vec<Pooled>>,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
+    /// Connections to drive again without waiting for an event.
+    ready: Vec<usize>,
 }
 
 impl Worker {
@@ -125,6 +131,7 @@ impl Worker {
             pool: HashMap::new(),
             stop,
             buf: vec![0; READ_CHUNK],
+            ready: Vec::new(),
         })
     }
 
@@ -144,7 +151,15 @@ impl Worker {
                 .map(|(t, _)| t.saturating_duration_since(now))
                 // Wake at least once a second to expire the idle pool.
                 .map(|d| d.min(Duration::from_secs(1)))
-                .or(Some(Duration::from_secs(1)));
+                .or(Some(Duration::from_secs(1)))
+                // Connections with work left over are driven again at once.
+                .map(|d| {
+                    if self.ready.is_empty() {
+                        d
+                    } else {
+                        Duration::ZERO
+                    }
+                });
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -175,6 +190,11 @@ impl Worker {
                 }
             }
             self.fire_timers(Instant::now());
+            let ready = std::mem::take(&mut self.ready);
+            let now = Instant::now();
+            for idx in ready {
+                self.drive(idx, now);
+            }
             self.expire_pool(Instant::now());
         }
         let n = self.clients.len();
@@ -228,10 +248,11 @@ impl Worker {
             upstream: None,
             closing: None,
             closing_since: None,
+            lingering_until: None,
             armed: None,
         };
-        if let Err(e) = self.poll.registry().register(
-            client.tls.stream(),
+        if let Err(e) = client.tls.register(
+            self.poll.registry(),
             client_token(idx),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -244,12 +265,33 @@ impl Worker {
     }
 
     /// Move one client connection as far as it can go without blocking.
+    /// A connection still making progress after `MAX_ROUNDS` goes on the
+    /// ready list and is driven again next turn (edge-triggered epoll will
+    /// not report the bytes it already has).
     fn drive(&mut self, idx: usize, now: Instant) {
+        let mut exhausted = true;
         for _ in 0..MAX_ROUNDS {
             let Some(c) = self.clients.get_mut(idx) else {
                 return;
             };
             let mut progress = false;
+
+            if let Some(until) = c.lingering_until {
+                // Closing: discard what the client still sends until it
+                // closes too, so that our last response is not reset away.
+                match c.tls.read(&mut self.buf) {
+                    Ok(0) => return self.close_client(idx),
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if now >= until {
+                            return self.close_client(idx);
+                        }
+                        exhausted = false;
+                        break;
+                    }
+                    Err(_) => return self.close_client(idx),
+                }
+            }
 
             if !c.handshake_done {
                 match c.tls.handshake() {
@@ -267,6 +309,7 @@ impl Worker {
                     }
                     Ok(Handshake::WouldBlock) => {
                         c.read_blocked = true;
+                        exhausted = false;
                         break;
                     }
                     Err(e) => {
@@ -292,10 +335,13 @@ impl Worker {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.read_blocked = true,
                     Err(e) => {
+                        // A broken client connection: nothing more can be
+                        // delivered, so close without lingering.
                         tracing::debug!(error = %e, "client read failed");
                         self.shared.metrics.error(ErrorKind::TlsIo);
                         c.eof_seen = true;
                         c.core.handle_downstream_eof(now);
+                        c.closing = Some(false);
                         progress = true;
                     }
                 }
@@ -323,7 +369,9 @@ impl Worker {
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => u.write_blocked = true,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => {
-                            c.core.handle_upstream_eof(now);
+                            u.read_blocked = true;
+                            u.write_blocked = true;
+                            c.core.handle_upstream_error(now);
                             progress = true;
                         }
                     }
@@ -347,7 +395,7 @@ impl Worker {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                         Err(_) => {
                             u.read_blocked = true;
-                            c.core.handle_upstream_eof(now);
+                            c.core.handle_upstream_error(now);
                             progress = true;
                         }
                     }
@@ -355,10 +403,14 @@ impl Worker {
             }
 
             // Core → client.
-            if c.handshake_done && !c.write_blocked && !c.core.downstream_pending().is_empty() {
+            if c.handshake_done
+                && !c.write_blocked
+                && c.closing != Some(false)
+                && !c.core.downstream_pending().is_empty()
+            {
                 match c.tls.write(c.core.downstream_pending()) {
                     Ok(n) => {
-                        c.core.downstream_consumed(n);
+                        c.core.downstream_consumed(now, n);
                         progress = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.write_blocked = true,
@@ -366,22 +418,40 @@ impl Worker {
                         tracing::debug!(error = %e, "client write failed");
                         c.eof_seen = true;
                         c.core.handle_downstream_eof(now);
+                        c.closing = Some(false);
                         progress = true;
                     }
                 }
             }
 
             if let Some(flush) = c.closing {
-                if !flush || c.core.downstream_pending().is_empty() {
+                if !flush {
                     return self.close_client(idx);
                 }
+                if c.core.downstream_pending().is_empty() {
+                    if c.eof_seen {
+                        return self.close_client(idx);
+                    }
+                    // Lingering close: close_notify and FIN now, then drain
+                    // the client's input for a short while.
+                    c.tls.shutdown();
+                    c.tls.shutdown_write();
+                    c.lingering_until = Some(now + LINGER_DRAIN);
+                    c.closing_since = Some(now);
+                    continue;
+                }
                 if c.write_blocked {
+                    exhausted = false;
                     break;
                 }
             }
             if !progress {
+                exhausted = false;
                 break;
             }
+        }
+        if exhausted && self.clients.contains(idx) {
+            self.ready.push(idx);
         }
         self.rearm(idx, now);
     }
@@ -535,10 +605,10 @@ impl Worker {
         if let Some(mut u) = c.upstream.take() {
             let _ = self.poll.registry().deregister(&mut u.stream);
         }
-        if c.handshake_done {
+        if c.handshake_done && c.lingering_until.is_none() {
             c.tls.shutdown();
         }
-        let _ = self.poll.registry().deregister(c.tls.stream());
+        let _ = c.tls.deregister(self.poll.registry());
         self.metrics.closed.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -548,6 +618,8 @@ impl Worker {
         };
         let deadline = if !c.handshake_done {
             Some(c.accepted_at + self.settings.handshake_timeout)
+        } else if let Some(until) = c.lingering_until {
+            Some(until)
         } else if let Some(since) = c.closing_since {
             Some(since + self.settings.linger_timeout)
         } else {
@@ -579,8 +651,9 @@ impl Worker {
                 self.close_client(idx);
                 continue;
             }
-            if c.closing.is_some() {
-                // The client stopped reading while we flushed: give up.
+            if c.closing.is_some() || c.lingering_until.is_some() {
+                // The client stopped reading while we flushed, or did not
+                // close within the drain time: give up.
                 self.close_client(idx);
                 continue;
             }

@@ -97,7 +97,7 @@ fn sse_relay(c: &mut Criterion) {
         b.iter(|| {
             conn.handle_upstream_data(now, black_box(&chunk));
             let n = conn.downstream_pending().len();
-            conn.downstream_consumed(n);
+            conn.downstream_consumed(now, n);
         })
     });
 }

@@ -29,9 +29,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 /// Why a request was refused. Each has a metric label and a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// No `Authorization` header.
+    /// No `Authorization` header, or one with another scheme than Bearer.
     Missing,
-    /// Not a Bearer JWT, bad base64/JSON, missing `exp`, non-ASCII, …
+    /// A request that cannot carry a token unambiguously (several
+    /// `Authorization` fields): 400 `invalid_request`.
+    InvalidRequest,
+    /// Not a JWT: bad base64/JSON, missing `exp`, non-ASCII, …
     Malformed,
     /// Longer than `max_token_bytes`.
     TooLarge,
@@ -57,8 +60,9 @@ pub enum Rejection {
 
 impl Rejection {
     /// Every reason, in label order.
-    pub const ALL: [Rejection; 12] = [
+    pub const ALL: [Rejection; 13] = [
         Rejection::Missing,
+        Rejection::InvalidRequest,
         Rejection::Malformed,
         Rejection::TooLarge,
         Rejection::BadSignature,
@@ -76,6 +80,7 @@ impl Rejection {
     pub fn label(self) -> &'static str {
         match self {
             Rejection::Missing => "missing",
+            Rejection::InvalidRequest => "invalid_request",
             Rejection::Malformed => "malformed",
             Rejection::TooLarge => "too_large",
             Rejection::BadSignature => "bad_signature",
@@ -90,12 +95,13 @@ impl Rejection {
         }
     }
 
-    /// HTTP status: 403 for scope, 401 for everything else.
+    /// HTTP status: 403 for scope, 400 for an invalid request, 401 for
+    /// everything else (RFC 6750 §3.1).
     pub fn status(self) -> u16 {
-        if self == Rejection::InsufficientScope {
-            403
-        } else {
-            401
+        match self {
+            Rejection::InsufficientScope => 403,
+            Rejection::InvalidRequest => 400,
+            _ => 401,
         }
     }
 
@@ -103,6 +109,7 @@ impl Rejection {
     pub fn description(self) -> &'static str {
         match self {
             Rejection::Missing => "no bearer token",
+            Rejection::InvalidRequest => "more than one Authorization field",
             Rejection::Malformed => "malformed token",
             Rejection::TooLarge => "token too large",
             Rejection::BadSignature => "signature does not verify",
@@ -406,7 +413,7 @@ pub struct Principal {
 /// Counters for the admin endpoint.
 #[derive(Debug, Default)]
 pub struct AuthStats {
-    rejections: [AtomicU64; 12],
+    rejections: [AtomicU64; 13],
     /// Verified from the cache.
     pub cache_hits: AtomicU64,
     /// Verified by a signature check.
@@ -430,6 +437,8 @@ struct Cached {
     token: Box<str>,
     principal: Arc<Principal>,
     valid_until: u64,
+    /// Key-set generation the token was verified under.
+    generation: u64,
 }
 
 const CACHE_SHARDS: usize = 16;
@@ -460,21 +469,28 @@ impl TokenCache {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, token: &str, now: u64) -> Option<Arc<Principal>> {
+    fn get(&self, token: &str, now: u64, generation: u64) -> Option<Arc<Principal>> {
         let h = self.hasher.hash_one(token);
         let mut s = self.shard(h);
         let hit = s.get(&h)?;
         if &*hit.token != token {
             return None;
         }
-        if now > hit.valid_until {
+        if now > hit.valid_until || hit.generation != generation {
             s.remove(&h);
             return None;
         }
         Some(hit.principal.clone())
     }
 
-    fn put(&self, token: &str, principal: Arc<Principal>, valid_until: u64, now: u64) {
+    fn put(
+        &self,
+        token: &str,
+        principal: Arc<Principal>,
+        valid_until: u64,
+        now: u64,
+        generation: u64,
+    ) {
         let h = self.hasher.hash_one(token);
         let mut s = self.shard(h);
         if s.len() >= self.per_shard && !s.contains_key(&h) {
@@ -492,6 +508,7 @@ impl TokenCache {
                 token: token.into(),
                 principal,
                 valid_until,
+                generation,
             },
         );
     }
@@ -564,8 +581,10 @@ impl Authenticator {
     /// that was removed must stop authorizing at once).
     pub fn replace_keys(&self, keys: Vec<KeyEntry>) {
         *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        // Bump before clearing: a verification that started under the old
+        // keys sees the change and does not repopulate the cache.
+        self.key_generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
-        self.key_generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Number of keys loaded.
@@ -603,7 +622,9 @@ impl Authenticator {
         let value = value.trim();
         let (scheme, token) = value.split_once(' ').unwrap_or((value, ""));
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Rejection::Malformed);
+            // Another scheme is not a bad bearer token: answer with the
+            // plain challenge (RFC 6750 §3.1).
+            return Err(Rejection::Missing);
         }
         let token = token.trim();
         if token.len() > self.config.max_token_bytes {
@@ -616,7 +637,8 @@ impl Authenticator {
         {
             return Err(Rejection::Malformed);
         }
-        if let Some(p) = self.cache.get(token, now_unix) {
+        let generation = self.key_generation.load(Ordering::Acquire);
+        if let Some(p) = self.cache.get(token, now_unix, generation) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(p);
         }
@@ -624,11 +646,15 @@ impl Authenticator {
         self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
         let leeway = self.config.leeway.as_secs();
         let principal = Arc::new(principal);
+        // Tagged with the generation read before verifying: if a new key
+        // set (which may revoke the key used) arrived meanwhile, the entry
+        // never matches.
         self.cache.put(
             token,
             principal.clone(),
             principal.expires.saturating_add(leeway),
             now_unix,
+            generation,
         );
         Ok(principal)
     }
@@ -813,6 +839,10 @@ pub fn challenge(r: Rejection, host: &str, missing_scopes: &[String]) -> String 
     let meta = metadata_url(host);
     match r {
         Rejection::Missing => format!("Bearer resource_metadata=\"{meta}\""),
+        Rejection::InvalidRequest => format!(
+            "Bearer error=\"invalid_request\", error_description=\"{}\", resource_metadata=\"{meta}\"",
+            r.description()
+        ),
         Rejection::InsufficientScope => format!(
             "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{meta}\"",
             missing_scopes.join(" ")

@@ -141,6 +141,29 @@ pub struct Connection {
     close_after_flush: bool,
 }
 
+/// Methods whose requests may be sent again (RFC 9110 §9.2.2).
+fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS" | "PUT")
+}
+
+/// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1);
+/// anything else gets 501 rather than a guess about how a backend reads it.
+fn is_supported_method(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PUT" | "PATCH"
+    )
+}
+
+/// Header names compared the way CGI-style servers fold them (`_` = `-`).
+fn folded_name_is(name: &str, lower_dashed: &str) -> bool {
+    name.len() == lower_dashed.len()
+        && name
+            .bytes()
+            .zip(lower_dashed.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
 fn jsonrpc_error_body(status: u16, message: &str) -> Vec<u8> {
     let code = match status {
         404 => -32001,
@@ -246,6 +269,7 @@ impl Connection {
             unreachable!("checked above")
         };
         self.connect_failed(now, req);
+        self.resume_client(now);
     }
 
     fn connect_failed(&mut self, now: Instant, mut req: InFlight) {
@@ -301,17 +325,34 @@ impl Connection {
         }
         self.upstream_in.extend_from_slice(data);
         self.advance_upstream(now);
+        self.resume_client(now);
     }
 
-    /// The upstream connection closed.
+    /// The upstream connection closed cleanly (FIN).
     pub fn handle_upstream_eof(&mut self, now: Instant) {
+        self.upstream_ended(now, false);
+        self.resume_client(now);
+    }
+
+    /// The upstream connection failed (reset, write error). Unlike a clean
+    /// EOF this never completes a close-delimited body.
+    pub fn handle_upstream_error(&mut self, now: Instant) {
+        self.upstream_ended(now, true);
+        self.resume_client(now);
+    }
+
+    fn upstream_ended(&mut self, now: Instant, error: bool) {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::AwaitingResponse { mut req, .. } => {
                 self.shared.backends.request_finished(req.backend);
-                if req.reused && !req.retried_fresh && self.upstream_in.is_empty() {
-                    // A pooled connection the backend had already closed:
-                    // it never read our request, so sending it again on a
-                    // fresh connection is safe.
+                if req.reused
+                    && !req.retried_fresh
+                    && self.upstream_in.is_empty()
+                    && is_idempotent(&req.method)
+                {
+                    // A pooled connection the backend had already closed.
+                    // Only idempotent requests are sent again (RFC 9110
+                    // §9.2.2): a POST may have been read and run.
                     req.retried_fresh = true;
                     self.to_upstream.clear();
                     self.actions.push_back(Action::AbortUpstream);
@@ -333,7 +374,7 @@ impl Connection {
                 );
             }
             State::Relaying { req, mut relay } => {
-                if matches!(relay.decoder, BodyDecoder::UntilClose) {
+                if !error && matches!(relay.decoder, BodyDecoder::UntilClose) {
                     self.finish_response(now, req, relay, false);
                     return;
                 }
@@ -455,6 +496,7 @@ impl Connection {
             }
             State::Closed => {}
         }
+        self.resume_client(now);
     }
 
     // --------------------------------------------------------------- outputs
@@ -470,9 +512,10 @@ impl Connection {
     }
 
     /// The driver wrote the first `n` pending downstream bytes.
-    pub fn downstream_consumed(&mut self, n: usize) {
+    pub fn downstream_consumed(&mut self, now: Instant, n: usize) {
         let n = n.min(self.to_client.len());
         self.to_client.drain(..n);
+        self.resume_client(now);
     }
 
     /// Bytes waiting to be written to the current upstream connection.
@@ -488,13 +531,14 @@ impl Connection {
 
     /// Whether the driver should read more from the client now.
     pub fn wants_downstream_read(&self) -> bool {
+        let cfg = &self.shared.config;
+        // Body bytes move out of `client_in` as they arrive, so this bounds
+        // unparsed input to one head or a window of pipelined requests.
+        let input_limit = cfg.max_pipelined_bytes.max(cfg.max_header_bytes);
         !matches!(self.state, State::Closed)
             && !self.close_after_flush
-            && self.client_in.len()
-                < self.shared.config.max_pipelined_bytes.max(
-                    self.shared.config.max_header_bytes
-                        + self.shared.config.max_body_bytes as usize,
-                )
+            && self.client_in.len() < input_limit
+            && self.to_client.len() < cfg.max_downstream_buffer
     }
 
     /// Whether the driver should read more from the backend now (false
@@ -554,7 +598,11 @@ impl Connection {
         loop {
             match &mut self.state {
                 State::Idle { .. } => {
-                    if self.client_in.is_empty() {
+                    // Do not start another request while the client has not
+                    // read the answers to the previous ones.
+                    if self.client_in.is_empty()
+                        || self.to_client.len() >= self.shared.config.max_downstream_buffer
+                    {
                         return;
                     }
                     self.state = State::ReadingHead { since: now };
@@ -672,6 +720,16 @@ impl Connection {
         let shared = self.shared.clone();
         shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
         let keep_alive = head.keep_alive;
+        if !is_supported_method(&head.method) {
+            shared.metrics.error(ErrorKind::BadRequest);
+            return self.local_response(
+                now,
+                501,
+                "method not supported by the proxy",
+                keep_alive,
+                &[],
+            );
+        }
         let mut principal = None;
         if let Some(auth) = &shared.auth {
             let host = auth::sanitized_host(header(&head.headers, "host"))
@@ -686,8 +744,8 @@ impl Connection {
                 return self.local_response(now, 503, "proxy clock not set", keep_alive, &[]);
             };
             let verdict = if header_count(&head.headers, "authorization") > 1 {
-                auth.stats.reject(Rejection::Malformed);
-                Err(Rejection::Malformed)
+                auth.stats.reject(Rejection::InvalidRequest);
+                Err(Rejection::InvalidRequest)
             } else {
                 auth.authorize(header(&head.headers, "authorization"), unix)
             };
@@ -845,7 +903,7 @@ impl Connection {
                 || lname == "x-forwarded-proto"
                 || connection_tokens.contains(&lname)
                 || (strip_token && lname == "authorization")
-                || (auth.is_some() && lname == SUBJECT_HEADER)
+                || (auth.is_some() && folded_name_is(&h.name, SUBJECT_HEADER))
             {
                 continue;
             }
@@ -966,13 +1024,24 @@ impl Connection {
         self.to_client.extend_from_slice(head.as_bytes());
         self.to_client.extend_from_slice(body);
         if keep_alive {
+            // The next pipelined request is picked up by the caller's
+            // `advance_client` loop (or by `resume_client`), never by
+            // recursion: a client can pipeline thousands of requests that
+            // the proxy answers itself.
             self.state = State::Idle { since: now };
-            self.advance_client(now);
         } else {
             self.state = State::Closed;
             self.close_after_flush = true;
             self.actions
                 .push_back(Action::CloseDownstream { flush: true });
+        }
+    }
+
+    /// Continue with buffered pipelined requests after a response ended
+    /// outside the client-parsing loop.
+    fn resume_client(&mut self, now: Instant) {
+        if matches!(self.state, State::Idle { .. }) && !self.client_in.is_empty() {
+            self.advance_client(now);
         }
     }
 
@@ -1047,9 +1116,9 @@ impl Connection {
             Route::Session { id } => {
                 if status == 404 {
                     shared.affinity.remove_dropped(id);
-                } else if req.method.eq_ignore_ascii_case("DELETE") && status != 405 {
-                    // 405 means the server does not let clients end sessions;
-                    // any other answer to DELETE ends the binding.
+                } else if req.method == "DELETE" && (200..300).contains(&status) {
+                    // Only a successful DELETE ends the session (405: the
+                    // server keeps sessions; 401/429/5xx: nothing happened).
                     shared.affinity.remove_deleted(id);
                 }
             }
@@ -1225,8 +1294,8 @@ impl Connection {
             self.actions
                 .push_back(Action::CloseDownstream { flush: true });
         } else {
+            // The caller's `resume_client` picks up pipelined requests.
             self.state = State::Idle { since: now };
-            self.advance_client(now);
         }
     }
 }

@@ -176,7 +176,7 @@ pub fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, 
     {
         return Err(McpError::BadSessionId);
     }
-    let body_method = if method.eq_ignore_ascii_case("POST") {
+    let body_method = if method == "POST" {
         jsonrpc_method(body)
     } else {
         None

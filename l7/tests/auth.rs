@@ -348,7 +348,16 @@ fn unknown_kid_garbage_empty_huge_non_ascii() {
         "Authorization: Bearer a.b.c\r\nAuthorization:",
     );
     let o = send(&sh, t0, &req);
+    assert_eq!(o.status, 400, "{}", o.text);
+    assert!(o.text.contains("error=\"invalid_request\""));
+    // Another scheme is no token at all: the plain challenge.
+    let req = call(None, "x").replace(
+        "Content-Type",
+        "Authorization: Basic dXNlcjpwYXNz\r\nContent-Type",
+    );
+    let o = send(&sh, t0, &req);
     assert_eq!(o.status, 401);
+    assert!(!o.text.contains("error="), "{}", o.text);
 }
 
 #[test]

@@ -119,7 +119,7 @@ impl Sim {
             if !d.is_empty() {
                 progressed = true;
                 self.client_rx.extend_from_slice(&d);
-                self.conn.downstream_consumed(d.len());
+                self.conn.downstream_consumed(self.now, d.len());
             }
             let u = self.conn.upstream_pending().to_vec();
             if !u.is_empty() {
@@ -729,23 +729,146 @@ fn slow_client_backpressure() {
 }
 
 #[test]
-fn pooled_connection_closed_before_response_is_retried_fresh() {
+fn pooled_connection_closed_before_response_retries_only_idempotent() {
     let shared = shared_with(CoreConfig::default(), 1);
     let mut sim = Sim::new(shared);
     initialize(&mut sim, "s");
+    // A GET stream on a pooled connection the backend had closed: re-sent.
     sim.pool_next = true;
-    sim.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
+    sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
     sim.conn.handle_upstream_eof(sim.now);
     sim.pump();
     assert_eq!(sim.connects.last(), Some(&(0, true)));
-    assert!(sim.last_request().ends_with(CALL), "request re-sent");
+    assert!(
+        sim.last_request().starts_with("GET /mcp"),
+        "request re-sent"
+    );
     sim.backend(&json_response(None, "{}"));
     assert_eq!(status_of(&sim.take_client()), 200);
-    // A second EOF on a fresh connection is a 502, not another retry.
+    // A POST may already have run: never replayed, 502 instead.
+    sim.pool_next = true;
+    let connects = sim.connects.len();
     sim.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
     sim.conn.handle_upstream_eof(sim.now);
     sim.pump();
+    assert_eq!(sim.connects.len(), connects + 1, "no second connect");
     assert_eq!(status_of(&sim.take_client()), 502);
+    // A second EOF on a fresh connection is a 502, not another retry.
+    sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
+    sim.conn.handle_upstream_eof(sim.now);
+    sim.pump();
+    assert_eq!(status_of(&sim.take_client()), 502);
+}
+
+#[test]
+fn deep_pipelining_of_local_answers_is_iterative_and_bounded() {
+    let cfg = CoreConfig {
+        max_downstream_buffer: 64 * 1024,
+        ..CoreConfig::default()
+    };
+    let shared = shared_with(cfg, 1);
+    let mut sim = Sim::new(shared.clone());
+    initialize(&mut sim, "s");
+    // One request in flight, then 20 000 pipelined requests that the proxy
+    // answers itself (unknown session): no recursion, no unbounded output.
+    sim.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
+    let one = "GET /mcp HTTP/1.1\r\nHost: a\r\nMcp-Session-Id: nope\r\n\r\n";
+    let many = one.repeat(20_000);
+    let mut fed = 0;
+    while fed < many.len() && sim.conn.wants_downstream_read() {
+        let end = (fed + 16 * 1024).min(many.len());
+        sim.conn
+            .handle_downstream_data(sim.now, &many.as_bytes()[fed..end]);
+        fed = end;
+    }
+    assert!(
+        fed < many.len(),
+        "input is bounded while a request is in flight"
+    );
+    // The response arrives; the client does not read yet.
+    sim.conn
+        .handle_upstream_data(sim.now, json_response(None, "{}").as_bytes());
+    while sim.conn.poll_action().is_some() {}
+    let pending = sim.conn.downstream_pending().len();
+    assert!(
+        pending < 64 * 1024 + 1024,
+        "answers stop piling up at the downstream limit: {pending}"
+    );
+    assert!(!sim.conn.wants_downstream_read());
+    // Now the client reads everything, and we feed the rest.
+    let mut answered = 0usize;
+    for _ in 0..100_000 {
+        let d = sim.conn.downstream_pending().len();
+        if d > 0 {
+            answered += sim
+                .conn
+                .downstream_pending()
+                .windows(12)
+                .filter(|w| w == b"HTTP/1.1 404")
+                .count();
+            sim.conn.downstream_consumed(sim.now, d);
+        }
+        if fed < many.len() && sim.conn.wants_downstream_read() {
+            let end = (fed + 16 * 1024).min(many.len());
+            sim.conn
+                .handle_downstream_data(sim.now, &many.as_bytes()[fed..end]);
+            fed = end;
+        } else if d == 0 {
+            break;
+        }
+    }
+    assert_eq!(fed, many.len());
+    assert_eq!(
+        answered, 20_000,
+        "every pipelined request answered once, in order"
+    );
+    assert_eq!(shared.metrics.errors(ErrorKind::UnknownSession), 20_000);
+}
+
+#[test]
+fn delete_that_fails_keeps_the_binding() {
+    let shared = shared_with(CoreConfig::default(), 1);
+    let mut sim = Sim::new(shared.clone());
+    initialize(&mut sim, "k");
+    for status in [
+        "500 Internal Server Error",
+        "429 Too Many Requests",
+        "401 Unauthorized",
+    ] {
+        sim.client("DELETE /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: k\r\n\r\n");
+        sim.backend(&format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n"));
+        sim.take_client();
+        assert_eq!(shared.affinity.lookup("k", sim.now), Some(0), "{status}");
+    }
+}
+
+#[test]
+fn reset_during_close_delimited_body_is_not_a_clean_end() {
+    let shared = shared_with(CoreConfig::default(), 1);
+    let mut sim = Sim::new(shared);
+    sim.client(&post(INIT, ""));
+    sim.backend("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":");
+    sim.conn.handle_upstream_error(sim.now);
+    sim.pump();
+    assert!(!sim.client_text().ends_with("0\r\n\r\n"));
+    assert_eq!(
+        sim.client_closed,
+        Some(false),
+        "truncation is visible to the client"
+    );
+}
+
+#[test]
+fn methods_are_case_sensitive_and_allow_listed() {
+    let shared = shared_with(CoreConfig::default(), 1);
+    for m in ["post", "TRACE", "CONNECT", "BREW"] {
+        let mut sim = Sim::new(shared.clone());
+        sim.client(&format!(
+            "{m} /mcp HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{{}}"
+        ));
+        assert_eq!(status_of(&sim.take_client()), 501, "{m}");
+        assert!(sim.connects.is_empty());
+    }
 }
 
 #[test]
