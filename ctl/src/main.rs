@@ -10,7 +10,9 @@ mod bench_tcp;
 mod certs;
 mod config;
 mod demo;
+mod hugepages_cmd;
 mod keys;
+mod port_cmd;
 mod procs;
 mod tls_echo;
 
@@ -63,6 +65,10 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
+    /// Bring one DPDK port up, answer ARP and ping for --ip, print port and lcore counters.
+    Port(port_cmd::PortArgs),
+    /// Show hugepages (sizes, counts, mounts, what a port needs); reserve or mount them.
+    Hugepages(hugepages_cmd::HugepagesArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -289,6 +295,8 @@ fn main() {
         Command::Bench(BenchCommand::Proxy(args)) => bench_proxy::run(&args),
         Command::GenCert { cert, key, days } => certs::write_self_signed(&cert, &key, days)
             .map(|()| println!("wrote {} and {}", cert.display(), key.display())),
+        Command::Port(args) => port_cmd::run(&args),
+        Command::Hugepages(args) => hugepages_cmd::run(&args),
     };
     if let Err(e) = result {
         eprintln!("dpuproxy: error: {e:#}");

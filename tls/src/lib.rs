@@ -1,15 +1,51 @@
 //! dpuproxy-tls: TLS for both data paths, without any I/O of its own.
 //!
-//! Contract (built out by the record-layer issue):
-//! - a handshake engine: an OpenSSL `SSL` over memory BIOs behind a trait
-//!   (bytes in, bytes out, `is_handshaking()`, `secrets()`), fed record by
-//!   record so it never reads past the end of the handshake;
-//! - traffic-secret extraction (keylog callback) and key/iv derivation for
-//!   TLS 1.3 (HKDF-Expand-Label) and TLS 1.2 (PRF key block);
-//! - a record layer that seals and opens AEAD records in place with one
-//!   reused cipher context per direction, handles alerts, close_notify and
-//!   KeyUpdate, and never passes unauthenticated bytes on;
-//! - kTLS `crypto_info` built from the same secrets for the kernel path.
+//! In DPDK mode there is no kernel socket and so no kernel TLS; this crate
+//! does in userspace what the kernel's tls module would, and builds the
+//! kTLS `crypto_info` for kernel mode from the same secrets.
 //!
-//! Today the kernel path drives OpenSSL directly on the socket fd (see
-//! `dpuproxy-kernel`), so this crate holds no code yet.
+//! Contract:
+//! - [`OpensslHandshake`] runs OpenSSL's handshake over memory buffers
+//!   behind the [`Handshake`] trait (bytes in, bytes out,
+//!   `is_handshaking()`, `secrets()`). It is fed record by record, so OpenSSL
+//!   never reads past the end of the handshake, and it hands over
+//!   ([`OpensslHandshake::into_established`]) a [`RecordLayer`] that
+//!   continues at exact sequence numbers, plus any bytes that followed.
+//! - [`Secrets`] come from the keylog callback; keys and IVs from
+//!   HKDF-Expand-Label (TLS 1.3) or the PRF key block (TLS 1.2), see [`keys`].
+//! - [`RecordLayer`] seals and opens AEAD records in place, one reused
+//!   cipher context per direction. It handles alerts, close_notify both
+//!   ways, TLS 1.3 KeyUpdate (answering `update_requested`, and rekeying
+//!   itself before the AES-GCM confidentiality limit), and drops a client's
+//!   NewSessionTickets. Bad input (bad MAC, bad length, unexpected type, a
+//!   record over the limit) queues an alert, is counted by kind, and ends
+//!   the connection; unauthenticated bytes are never returned, and no input
+//!   makes it panic.
+//! - [`CryptoInfo`] is the kTLS `crypto_info` for either direction.
+//!
+//! Poll order for a data path, per loop turn: `feed`/`open_next` everything
+//! received; then `poll_output`; then write application data. Nothing here
+//! reads a clock, opens a socket or starts a thread.
+
+#![forbid(unsafe_code)]
+
+pub mod conn;
+pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
+pub mod handshake;
+pub mod keys;
+pub mod ktls;
+pub mod record;
+pub mod suite;
+
+pub use conn::{Incoming, Limits, Opened, RecordLayer, Stats};
+pub use error::{AlertDescription, ErrorKind, TlsError};
+pub use handshake::{
+    Established, Handshake, HandshakeConfig, HandshakeError, HandshakeOptions, KeyLog,
+    OpensslHandshake,
+};
+pub use keys::{Secret, SecretMaterial, Secrets, TrafficKeys};
+pub use ktls::{CryptoInfo, Direction};
+pub use record::{ContentType, Opener, Sealer};
+pub use suite::{Aead, CipherSuite, HashAlg, ProtocolVersion, Side};

@@ -1,0 +1,88 @@
+//! `dpuproxy bench tcp`: the command-line contract checks rely on.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dpuproxy"))
+        .args(["bench", "tcp"])
+        .args(args)
+        .output()
+        .expect("run dpuproxy");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Parse the last line: `connections=N completed=X/N corrupted=C ns_per_packet=T bytes_per_conn=M`.
+fn last_line(stdout: &str) -> Vec<(String, String)> {
+    let line = stdout.lines().last().expect("some output");
+    line.split(' ')
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not k=v: {kv:?} in {line:?}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn last_line_contract_under_faults() {
+    let (ok, out, err) = bench(&[
+        "--connections",
+        "200",
+        "--loss",
+        "0.05",
+        "--reorder",
+        "0.05",
+        "--duplicate",
+        "0.02",
+        "--bytes",
+        "400000",
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let kv = last_line(&out);
+    let keys: Vec<&str> = kv.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "connections",
+            "completed",
+            "corrupted",
+            "ns_per_packet",
+            "bytes_per_conn"
+        ]
+    );
+    assert_eq!(kv[0].1, "200");
+    assert_eq!(kv[1].1, "200/200");
+    assert_eq!(kv[2].1, "0");
+    let ns: u64 = kv[3].1.parse().unwrap();
+    let bytes: u64 = kv[4].1.parse().unwrap();
+    assert!(ns > 0);
+    // Measured, so only a loose sanity range: more than the buffers, less than 64 KiB.
+    assert!(
+        (12 * 1024..64 * 1024).contains(&bytes),
+        "bytes_per_conn={bytes}"
+    );
+    assert!(
+        out.contains("dropped") && out.contains("reordered"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_clean_errors() {
+    for args in [
+        &["--connections", "0"][..],
+        &["--connections", "10", "--loss", "1.5"],
+        &["--connections", "10", "--reorder", "-0.1"],
+        &["--connections", "10", "--loss", "0.9"],
+        &["--connections", "many"],
+    ] {
+        let (ok, _, err) = bench(args);
+        assert!(!ok, "{args:?} accepted");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,483 @@
+//! Ethernet ports: configuration, start/stop, queries, burst I/O.
+
+use std::marker::PhantomData;
+
+use dpuproxy_dpdk_sys as sys;
+
+use crate::eal::{port_info, strerror};
+use crate::error::{Error, Result};
+use crate::mbuf::{Mbuf, Mempool};
+use crate::stats::{PortStats, TxStats};
+use crate::{MAX_BURST, PortInfo};
+
+/// How to set a port up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Receive queues (more than one turns RSS on).
+    pub rx_queues: u16,
+    /// Transmit queues.
+    pub tx_queues: u16,
+    /// Rx descriptors per queue (adjusted to the PMD's limits).
+    pub rx_desc: u16,
+    /// Tx descriptors per queue (adjusted to the PMD's limits).
+    pub tx_desc: u16,
+    /// Receive frames for any MAC.
+    pub promiscuous: bool,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        Self {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            promiscuous: true,
+        }
+    }
+}
+
+/// Link state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Up or down.
+    pub up: bool,
+    /// Mbit/s as the PMD reports it (0 when unknown).
+    pub speed_mbps: u32,
+    /// Full duplex.
+    pub full_duplex: bool,
+}
+
+/// A configured and started port whose rx queues fill from the pool `'p`.
+/// Stopped and closed on drop. Not `Send`/`Sync`: polled by one thread.
+#[derive(Debug)]
+pub struct Port<'p> {
+    id: u16,
+    info: PortInfo,
+    rx_queues: u16,
+    tx_queues: u16,
+    started: bool,
+    reta_size: u16,
+    hash_key_size: u8,
+    _pool: PhantomData<&'p ()>,
+    _single_thread: PhantomData<*const ()>,
+}
+
+fn check(port: u16, op: &'static str, ret: i32) -> Result<()> {
+    if ret < 0 {
+        Err(Error::Port {
+            port,
+            op,
+            code: ret,
+            msg: strerror(ret),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+impl<'p> Port<'p> {
+    /// Configures port `id` with `cfg`, fills its rx queues from `pool`,
+    /// and starts it.
+    pub fn open(id: u16, pool: &'p Mempool<'_>, cfg: &PortConfig) -> Result<Port<'p>> {
+        let mut dev = sys::rte_eth_dev_info::default();
+        // SAFETY: dev is a valid out-parameter; a bad id returns -ENODEV.
+        check(id, "rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(id, &mut dev)
+        })?;
+        if cfg.rx_queues == 0 || cfg.rx_queues > dev.max_rx_queues {
+            return Err(Error::Config(format!(
+                "port {id}: {} rx queues requested, the PMD allows 1..={}",
+                cfg.rx_queues, dev.max_rx_queues
+            )));
+        }
+        if cfg.tx_queues == 0 || cfg.tx_queues > dev.max_tx_queues {
+            return Err(Error::Config(format!(
+                "port {id}: {} tx queues requested, the PMD allows 1..={}",
+                cfg.tx_queues, dev.max_tx_queues
+            )));
+        }
+        let mut conf = sys::rte_eth_conf::default();
+        if cfg.rx_queues > 1 {
+            // SAFETY: reads immutable constants defined in the shim.
+            let wanted = unsafe {
+                sys::DPUPROXY_RTE_ETH_RSS_IP
+                    | sys::DPUPROXY_RTE_ETH_RSS_TCP
+                    | sys::DPUPROXY_RTE_ETH_RSS_UDP
+            };
+            conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
+            conf.rx_adv_conf.rss_conf.rss_hf = wanted & dev.flow_type_rss_offloads;
+        }
+        // SAFETY: conf is a valid rte_eth_conf that DPDK copies.
+        check(id, "rte_eth_dev_configure", unsafe {
+            sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf)
+        })?;
+        let (mut nrx, mut ntx) = (cfg.rx_desc, cfg.tx_desc);
+        // SAFETY: two valid in/out u16s.
+        check(id, "rte_eth_dev_adjust_nb_rx_tx_desc", unsafe {
+            sys::rte_eth_dev_adjust_nb_rx_tx_desc(id, &mut nrx, &mut ntx)
+        })?;
+        // SAFETY: plain query.
+        let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
+        let socket = u32::try_from(socket).unwrap_or(sys::SOCKET_ID_ANY as u32);
+        // From here on a failure must close the port: build the guard now.
+        let mut port = Port {
+            id,
+            info: port_info(id),
+            rx_queues: cfg.rx_queues,
+            tx_queues: cfg.tx_queues,
+            started: false,
+            reta_size: dev.reta_size,
+            hash_key_size: dev.hash_key_size,
+            _pool: PhantomData,
+            _single_thread: PhantomData,
+        };
+        for q in 0..cfg.rx_queues {
+            // SAFETY: the port is configured; null rxconf means the PMD
+            // default; the pool outlives the port ('p).
+            check(id, "rte_eth_rx_queue_setup", unsafe {
+                sys::rte_eth_rx_queue_setup(id, q, nrx, socket, std::ptr::null(), pool.as_ptr())
+            })?;
+        }
+        for q in 0..cfg.tx_queues {
+            // SAFETY: the port is configured; null txconf means the default.
+            check(id, "rte_eth_tx_queue_setup", unsafe {
+                sys::rte_eth_tx_queue_setup(id, q, ntx, socket, std::ptr::null())
+            })?;
+        }
+        if cfg.promiscuous {
+            // SAFETY: plain control call. Some PMDs (memif, ring) do not
+            // support it; that is not an error for us.
+            let _ = unsafe { sys::rte_eth_promiscuous_enable(id) };
+        }
+        port.start()?;
+        Ok(port)
+    }
+
+    /// Starts a stopped port.
+    pub fn start(&mut self) -> Result<()> {
+        if !self.started {
+            // SAFETY: the port is configured with its queues set up.
+            check(self.id, "rte_eth_dev_start", unsafe {
+                sys::rte_eth_dev_start(self.id)
+            })?;
+            self.started = true;
+        }
+        Ok(())
+    }
+
+    /// Stops the port (queues keep their setup; `start` resumes).
+    pub fn stop(&mut self) -> Result<()> {
+        if self.started {
+            self.started = false;
+            // SAFETY: the port is started; &mut self means no burst call runs.
+            check(self.id, "rte_eth_dev_stop", unsafe {
+                sys::rte_eth_dev_stop(self.id)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Port id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Name, driver, socket.
+    pub fn info(&self) -> &PortInfo {
+        &self.info
+    }
+
+    /// Configured rx queues.
+    pub fn rx_queues(&self) -> u16 {
+        self.rx_queues
+    }
+
+    /// Configured tx queues.
+    pub fn tx_queues(&self) -> u16 {
+        self.tx_queues
+    }
+
+    /// The port's MAC address.
+    pub fn mac(&self) -> Result<[u8; 6]> {
+        let mut a = sys::rte_ether_addr::default();
+        // SAFETY: a is a valid out-parameter.
+        check(self.id, "rte_eth_macaddr_get", unsafe {
+            sys::rte_eth_macaddr_get(self.id, &mut a)
+        })?;
+        Ok(a.addr_bytes)
+    }
+
+    /// Link state, without waiting.
+    pub fn link(&self) -> Result<Link> {
+        let mut l = sys::rte_eth_link::default();
+        // SAFETY: l is a valid out-parameter.
+        check(self.id, "rte_eth_link_get_nowait", unsafe {
+            sys::rte_eth_link_get_nowait(self.id, &mut l)
+        })?;
+        Ok(Link {
+            up: l.link_status() != 0,
+            speed_mbps: l.link_speed,
+            full_duplex: l.link_duplex() != 0,
+        })
+    }
+
+    /// Port counters.
+    pub fn stats(&self) -> Result<PortStats> {
+        let mut s = sys::rte_eth_stats::default();
+        // SAFETY: s is a valid out-parameter.
+        check(self.id, "rte_eth_stats_get", unsafe {
+            sys::rte_eth_stats_get(self.id, &mut s)
+        })?;
+        Ok(PortStats {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            ibytes: s.ibytes,
+            obytes: s.obytes,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        })
+    }
+
+    /// Zeroes the port counters.
+    pub fn reset_stats(&self) -> Result<()> {
+        // SAFETY: plain control call.
+        check(self.id, "rte_eth_stats_reset", unsafe {
+            sys::rte_eth_stats_reset(self.id)
+        })
+    }
+
+    /// The RSS hash key and enabled hash types.
+    pub fn rss_key(&self) -> Result<(Vec<u8>, u64)> {
+        let mut key = vec![0u8; usize::from(self.hash_key_size.max(40))];
+        let mut conf = sys::rte_eth_rss_conf {
+            rss_key: key.as_mut_ptr(),
+            rss_key_len: key.len() as u8,
+            rss_hf: 0,
+        };
+        // SAFETY: rss_key points at rss_key_len writable bytes.
+        check(self.id, "rte_eth_dev_rss_hash_conf_get", unsafe {
+            sys::rte_eth_dev_rss_hash_conf_get(self.id, &mut conf)
+        })?;
+        key.truncate(usize::from(conf.rss_key_len));
+        Ok((key, conf.rss_hf))
+    }
+
+    /// Sets the RSS hash key (length as the PMD wants, often 40 or 52).
+    pub fn set_rss_key(&mut self, key: &[u8], hash_types: u64) -> Result<()> {
+        let mut key = key.to_vec();
+        let mut conf = sys::rte_eth_rss_conf {
+            rss_key: key.as_mut_ptr(),
+            rss_key_len: u8::try_from(key.len())
+                .map_err(|_| Error::Config("RSS key longer than 255 bytes".into()))?,
+            rss_hf: hash_types,
+        };
+        // SAFETY: rss_key points at rss_key_len bytes that DPDK copies.
+        check(self.id, "rte_eth_dev_rss_hash_update", unsafe {
+            sys::rte_eth_dev_rss_hash_update(self.id, &mut conf)
+        })
+    }
+
+    /// Redirection table size (0 when the PMD has none).
+    pub fn reta_size(&self) -> u16 {
+        self.reta_size
+    }
+
+    /// The redirection table: entry i is the rx queue for hash bucket i.
+    pub fn reta(&self) -> Result<Vec<u16>> {
+        let mut groups = self.reta_groups()?;
+        for g in &mut groups {
+            g.mask = u64::MAX;
+        }
+        // SAFETY: groups holds reta_size / 64 entries, as the size says.
+        check(self.id, "rte_eth_dev_rss_reta_query", unsafe {
+            sys::rte_eth_dev_rss_reta_query(self.id, groups.as_mut_ptr(), self.reta_size)
+        })?;
+        Ok(groups
+            .iter()
+            .flat_map(|g| g.reta.iter().copied())
+            .take(usize::from(self.reta_size))
+            .collect())
+    }
+
+    /// Writes the redirection table (`table.len()` must be the RETA size;
+    /// every entry must be a configured rx queue).
+    pub fn set_reta(&mut self, table: &[u16]) -> Result<()> {
+        if table.len() != usize::from(self.reta_size) {
+            return Err(Error::Config(format!(
+                "port {}: RETA has {} entries, {} given",
+                self.id,
+                self.reta_size,
+                table.len()
+            )));
+        }
+        if let Some(q) = table.iter().find(|&&q| q >= self.rx_queues) {
+            return Err(Error::Config(format!(
+                "port {}: RETA entry names rx queue {q}, only {} configured",
+                self.id, self.rx_queues
+            )));
+        }
+        let mut groups = self.reta_groups()?;
+        for (g, chunk) in groups.iter_mut().zip(table.chunks(64)) {
+            g.mask = if chunk.len() == 64 {
+                u64::MAX
+            } else {
+                (1u64 << chunk.len()) - 1
+            };
+            g.reta[..chunk.len()].copy_from_slice(chunk);
+        }
+        // SAFETY: groups holds reta_size / 64 entries.
+        check(self.id, "rte_eth_dev_rss_reta_update", unsafe {
+            sys::rte_eth_dev_rss_reta_update(self.id, groups.as_mut_ptr(), self.reta_size)
+        })
+    }
+
+    fn reta_groups(&self) -> Result<Vec<sys::rte_eth_rss_reta_entry64>> {
+        if self.reta_size == 0 {
+            return Err(Error::Config(format!(
+                "port {} ({}) has no RSS redirection table",
+                self.id, self.info.driver
+            )));
+        }
+        let n = usize::from(self.reta_size).div_ceil(64);
+        Ok(vec![sys::rte_eth_rss_reta_entry64::default(); n])
+    }
+
+    /// Receives up to `max` (at most [`MAX_BURST`]) packets from `queue`,
+    /// appending them to `out`; returns how many.
+    pub fn rx_burst(&self, queue: u16, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
+        assert!(queue < self.rx_queues, "rx queue {queue} not configured");
+        let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); MAX_BURST];
+        let max = max.min(MAX_BURST) as u16;
+        // SAFETY: the queue exists, raw has room for max pointers, and this
+        // type is !Sync so no other thread polls the queue.
+        let n = unsafe { sys::dpuproxy_rte_eth_rx_burst(self.id, queue, raw.as_mut_ptr(), max) };
+        out.extend(raw[..usize::from(n)].iter().map(|&m| {
+            // SAFETY: the PMD handed us these mbufs, filled from our pool.
+            unsafe { Mbuf::from_raw(m) }.expect("rx_burst returned a null mbuf")
+        }));
+        usize::from(n)
+    }
+
+    /// A transmit batch for `queue` holding up to `burst` packets; on a full
+    /// ring a flush calls `tx_burst` at most `1 + retries` times.
+    pub fn tx_batch(&self, queue: u16, burst: usize, retries: u32) -> TxBatch<'_, 'p> {
+        assert!(queue < self.tx_queues, "tx queue {queue} not configured");
+        TxBatch {
+            port: self,
+            queue,
+            burst: burst.clamp(1, MAX_BURST),
+            retries,
+            pending: Vec::with_capacity(MAX_BURST),
+            stats: TxStats::default(),
+        }
+    }
+}
+
+impl Drop for Port<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("dp: {e}");
+        }
+        // SAFETY: the port is stopped and no batch borrows it; close frees
+        // the mbufs in its rings back to the pool, which is still alive.
+        let ret = unsafe { sys::rte_eth_dev_close(self.id) };
+        if ret < 0 {
+            eprintln!("dp: rte_eth_dev_close({}): {}", self.id, strerror(ret));
+        }
+    }
+}
+
+/// Packets waiting to go out on one tx queue, sent once per loop turn by
+/// [`TxBatch::flush`] (or when `burst` are pending).
+///
+/// A full tx ring never leaks: the batch retries `retries` times, then
+/// frees what the PMD did not take and counts it in
+/// [`TxStats::dropped_full`]. Dropping a batch frees anything unsent
+/// ([`TxStats::dropped_unsent`]).
+#[derive(Debug)]
+pub struct TxBatch<'a, 'p> {
+    port: &'a Port<'p>,
+    queue: u16,
+    burst: usize,
+    retries: u32,
+    pending: Vec<*mut sys::rte_mbuf>,
+    stats: TxStats,
+}
+
+impl<'p> TxBatch<'_, 'p> {
+    /// Queues one packet; flushes first when `burst` are already pending.
+    pub fn push(&mut self, m: Mbuf<'p>) {
+        if self.pending.len() >= self.burst {
+            self.flush();
+        }
+        self.pending.push(m.into_raw());
+        self.stats.queued += 1;
+    }
+
+    /// Packets waiting.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> TxStats {
+        self.stats
+    }
+
+    /// Sends everything pending; returns how many the PMD took.
+    pub fn flush(&mut self) -> usize {
+        let n = self.pending.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut off = 0usize;
+        let mut attempts = 0u32;
+        while off < n {
+            // SAFETY: the queue exists (checked at construction); pending
+            // holds owned mbufs; what tx_burst takes now belongs to the PMD.
+            let sent = unsafe {
+                sys::dpuproxy_rte_eth_tx_burst(
+                    self.port.id,
+                    self.queue,
+                    self.pending.as_mut_ptr().add(off),
+                    (n - off) as u16,
+                )
+            };
+            off += usize::from(sent);
+            if off < n {
+                if attempts == self.retries {
+                    break;
+                }
+                attempts += 1;
+                self.stats.retries += 1;
+            }
+        }
+        if off < n {
+            // SAFETY: the PMD did not take pending[off..n]; we still own them.
+            unsafe {
+                sys::dpuproxy_rte_pktmbuf_free_bulk(
+                    self.pending.as_mut_ptr().add(off),
+                    (n - off) as u32,
+                )
+            };
+            self.stats.dropped_full += (n - off) as u64;
+        }
+        self.stats.sent += off as u64;
+        self.pending.clear();
+        off
+    }
+}
+
+impl Drop for TxBatch<'_, '_> {
+    fn drop(&mut self) {
+        let n = self.pending.len();
+        if n > 0 {
+            // SAFETY: the pending mbufs are still ours.
+            unsafe { sys::dpuproxy_rte_pktmbuf_free_bulk(self.pending.as_mut_ptr(), n as u32) };
+            self.stats.dropped_unsent += n as u64;
+        }
+    }
+}
