@@ -25,10 +25,12 @@ pub struct AdminState {
     pub mode: &'static str,
     /// L7 state.
     pub shared: Arc<Shared>,
-    /// Kernel data-path counters.
-    pub kernel: Arc<KernelMetrics>,
-    /// kTLS probe.
-    pub ktls: KtlsSupport,
+    /// Kernel data-path counters (kernel mode).
+    pub kernel: Option<Arc<KernelMetrics>>,
+    /// kTLS probe (kernel mode).
+    pub ktls: Option<KtlsSupport>,
+    /// DPDK data-path counters (dpdk mode).
+    pub dpdk: Option<Arc<dpuproxy_dp::proxy::DpMetrics>>,
     /// JWT key reloads.
     pub reloads: Arc<crate::keys::ReloadStats>,
 }
@@ -195,7 +197,10 @@ impl Exposition {
 pub fn render_metrics(state: &AdminState) -> String {
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let sh = &state.shared;
-    let k = &state.kernel;
+    let idle_kernel = KernelMetrics::default();
+    let k = state.kernel.as_deref().unwrap_or(&idle_kernel);
+    let idle_dpdk = dpuproxy_dp::proxy::DpMetrics::default();
+    let d = state.dpdk.as_deref().unwrap_or(&idle_dpdk);
     let mut o = Exposition::default();
     o.family("dpuproxy_info", "gauge", "Build and mode.");
     let _ = writeln!(
@@ -305,7 +310,7 @@ pub fn render_metrics(state: &AdminState) -> String {
             "dpuproxy_tls_handshakes_total",
             "counter",
             "Completed TLS handshakes.",
-            r(&k.handshakes),
+            r(&k.handshakes) + r(&d.handshakes),
         ),
         (
             "dpuproxy_connections_accepted_total",
@@ -363,6 +368,7 @@ pub fn render_metrics(state: &AdminState) -> String {
             ("ktls-tx", r(&k.ktls_tx)),
             ("ktls-rx", r(&k.ktls_rx)),
             ("openssl", r(&k.openssl_records)),
+            ("userspace", r(&d.handshakes)),
         ],
     );
     if let Some(auth) = &sh.auth {
@@ -399,6 +405,131 @@ pub fn render_metrics(state: &AdminState) -> String {
                 ("ok", r(&state.reloads.ok)),
                 ("error", r(&state.reloads.failed)),
             ],
+        );
+    }
+    if state.dpdk.is_some() {
+        let lcore = r(&d.lcore).to_string();
+        let port = "0";
+        let dp: [(&str, &str, &str, &str, &str, u64); 13] = [
+            (
+                "dpuproxy_lcore_busy_cycles_total",
+                "counter",
+                "TSC cycles in loop turns that did work.",
+                "lcore",
+                &lcore,
+                r(&d.busy_cycles),
+            ),
+            (
+                "dpuproxy_lcore_idle_cycles_total",
+                "counter",
+                "TSC cycles in empty loop turns.",
+                "lcore",
+                &lcore,
+                r(&d.idle_cycles),
+            ),
+            (
+                "dpuproxy_lcore_tsc_hz",
+                "gauge",
+                "TSC ticks per second.",
+                "lcore",
+                &lcore,
+                r(&d.tsc_hz),
+            ),
+            (
+                "dpuproxy_port_rx_packets_total",
+                "counter",
+                "Packets received by the port.",
+                "port",
+                port,
+                r(&d.port_rx_packets),
+            ),
+            (
+                "dpuproxy_port_tx_packets_total",
+                "counter",
+                "Packets sent by the port.",
+                "port",
+                port,
+                r(&d.port_tx_packets),
+            ),
+            (
+                "dpuproxy_port_rx_bytes_total",
+                "counter",
+                "Bytes received by the port.",
+                "port",
+                port,
+                r(&d.port_rx_bytes),
+            ),
+            (
+                "dpuproxy_port_tx_bytes_total",
+                "counter",
+                "Bytes sent by the port.",
+                "port",
+                port,
+                r(&d.port_tx_bytes),
+            ),
+            (
+                "dpuproxy_port_rx_missed_total",
+                "counter",
+                "Packets dropped on a full rx queue.",
+                "port",
+                port,
+                r(&d.port_imissed),
+            ),
+            (
+                "dpuproxy_port_rx_errors_total",
+                "counter",
+                "Erroneous packets received.",
+                "port",
+                port,
+                r(&d.port_ierrors),
+            ),
+            (
+                "dpuproxy_port_tx_errors_total",
+                "counter",
+                "Failed transmits.",
+                "port",
+                port,
+                r(&d.port_oerrors),
+            ),
+            (
+                "dpuproxy_port_tx_dropped_total",
+                "counter",
+                "Frames dropped on a full tx ring or with no free mbuf.",
+                "port",
+                port,
+                r(&d.tx_dropped),
+            ),
+            (
+                "dpuproxy_mempool_in_use",
+                "gauge",
+                "Mbufs out of the pool.",
+                "port",
+                port,
+                r(&d.mempool_in_use),
+            ),
+            (
+                "dpuproxy_mempool_size",
+                "gauge",
+                "Mbufs in the pool.",
+                "port",
+                port,
+                r(&d.mempool_size),
+            ),
+        ];
+        for (name, kind, help, key, label, v) in dp {
+            o.labelled(name, kind, help, key, [(label, v)]);
+        }
+        o.single(
+            "dpuproxy_tcp_connections",
+            "gauge",
+            "Userspace TCP connections (clients and backends).",
+            r(&d.tcp_connections),
+        );
+        o.single(
+            "dpuproxy_tls_record_errors_total",
+            "counter",
+            "Connections ended by a TLS record-layer error.",
+            r(&d.record_errors),
         );
     }
     o.labelled(
@@ -450,7 +581,7 @@ pub fn render_backends(state: &AdminState) -> String {
         .collect();
     serde_json::json!({
         "mode": state.mode,
-        "ktls": {"available": state.ktls.available, "reason": state.ktls.reason},
+        "ktls": state.ktls.as_ref().map(|k| serde_json::json!({"available": k.available, "reason": k.reason})),
         "backends": list,
     })
     .to_string()

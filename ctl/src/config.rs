@@ -49,6 +49,93 @@ pub struct FileConfig {
     /// OAuth2 resource server (JWT).
     #[serde(default)]
     pub auth: AuthSection,
+    /// The DPDK data path (`--mode dpdk|auto`).
+    #[serde(default)]
+    pub dpdk: DpdkSection,
+}
+
+/// `[dpdk]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// EAL arguments, e.g. "-l 1 --in-memory --no-pci --vdev=net_af_packet0,iface=veth0".
+    pub eal: Option<String>,
+    /// Our address and prefix on the port, e.g. "10.77.9.1/24".
+    pub ip: Option<String>,
+    /// Next hop for off-link backends.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Port name when the EAL finds several.
+    pub device: Option<String>,
+}
+
+/// Resolved DPDK settings.
+#[derive(Debug, Clone)]
+pub struct DpdkSettings {
+    /// EAL arguments, split.
+    pub eal_args: Vec<String>,
+    /// Our address.
+    pub ip: std::net::Ipv4Addr,
+    /// Prefix length.
+    pub prefix_len: u8,
+    /// Gateway.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Port name.
+    pub device: Option<String>,
+}
+
+impl DpdkSection {
+    /// Overlay CLI values.
+    pub fn overlay(&mut self, cli: DpdkSection) {
+        if cli.eal.is_some() {
+            self.eal = cli.eal;
+        }
+        if cli.ip.is_some() {
+            self.ip = cli.ip;
+        }
+        if cli.gateway.is_some() {
+            self.gateway = cli.gateway;
+        }
+        if cli.device.is_some() {
+            self.device = cli.device;
+        }
+    }
+
+    /// Check and resolve; `None` when nothing DPDK-related was given.
+    pub fn resolve(&self) -> anyhow::Result<Option<DpdkSettings>> {
+        if self.eal.is_none() && self.ip.is_none() {
+            return Ok(None);
+        }
+        let eal = self
+            .eal
+            .as_deref()
+            .context("missing `dpdk.eal`: pass --dpdk-eal \"-l 1 ... --vdev=...\"")?;
+        let ip = self
+            .ip
+            .as_deref()
+            .context("missing `dpdk.ip`: pass --dpdk-ip ADDR/PREFIX")?;
+        let (addr, prefix) = ip
+            .split_once('/')
+            .context("`dpdk.ip` must be ADDR/PREFIX, e.g. 10.77.9.1/24")?;
+        let addr: std::net::Ipv4Addr = addr
+            .parse()
+            .with_context(|| format!("`dpdk.ip`: {addr:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (1..=32).contains(p))
+            .with_context(|| format!("`dpdk.ip`: prefix {prefix:?} must be 1-32"))?;
+        let eal_args: Vec<String> = eal.split_whitespace().map(str::to_string).collect();
+        if eal_args.is_empty() {
+            bail!("`dpdk.eal` is empty");
+        }
+        Ok(Some(DpdkSettings {
+            eal_args,
+            ip: addr,
+            prefix_len,
+            gateway: self.gateway,
+            device: self.device.clone(),
+        }))
+    }
 }
 
 /// `[auth]`: present keys turn auth on.
@@ -271,6 +358,8 @@ pub struct CliOverrides {
     pub tls_key: Option<PathBuf>,
     /// `--jwt-*`, `--auth-*`, `--forward-token`, `--subject-header`
     pub auth: AuthSection,
+    /// `--dpdk-*`
+    pub dpdk: DpdkSection,
 }
 
 /// Fully resolved settings for `dpuproxy run`.
@@ -286,6 +375,8 @@ pub struct RunConfig {
     pub core: CoreConfig,
     /// Auth settings; `None` when auth is off.
     pub auth: Option<AuthSection>,
+    /// DPDK settings; `None` when none were given.
+    pub dpdk: Option<DpdkSettings>,
 }
 
 fn validate_backend(b: &str) -> anyhow::Result<()> {
@@ -385,6 +476,14 @@ impl RunConfig {
                 bail!("`{name}` must be greater than zero");
             }
         }
+        let mut dpdk = file.dpdk;
+        dpdk.overlay(cli.dpdk);
+        let dpdk = dpdk.resolve()?;
+        if mode == Mode::Dpdk && dpdk.is_none() {
+            bail!(
+                "--mode dpdk needs --dpdk-eal and --dpdk-ip (or [dpdk] eal and ip in the config file)"
+            );
+        }
         let mut auth = file.auth;
         auth.overlay(cli.auth);
         let auth = if auth.has_keys() {
@@ -403,6 +502,7 @@ impl RunConfig {
             admin: cli.admin.or(file.admin),
             core,
             auth,
+            dpdk,
         })
     }
 }

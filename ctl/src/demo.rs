@@ -134,8 +134,9 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     let state = AdminState {
         mode: "kernel",
         shared: shared.clone(),
-        kernel: proxy.metrics.clone(),
-        ktls: proxy.ktls.clone(),
+        kernel: Some(proxy.metrics.clone()),
+        ktls: Some(proxy.ktls.clone()),
+        dpdk: None,
         reloads: Default::default(),
     };
     let admin = Admin::start("127.0.0.1:0".parse()?, state.clone())?;

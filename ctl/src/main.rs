@@ -10,6 +10,7 @@ mod bench_tcp;
 mod certs;
 mod config;
 mod demo;
+mod dpdk_mode;
 mod hugepages_cmd;
 mod keys;
 mod port_cmd;
@@ -109,6 +110,25 @@ struct RunArgs {
     config: Option<PathBuf>,
     #[command(flatten)]
     auth: AuthArgs,
+    #[command(flatten)]
+    dpdk: DpdkArgs,
+}
+
+/// DPDK data-path flags (`--mode dpdk|auto`).
+#[derive(clap::Args, Debug, Default)]
+struct DpdkArgs {
+    /// EAL arguments, e.g. "-l 1 --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_af_packet0,iface=veth0".
+    #[arg(long = "dpdk-eal", value_name = "ARGS", allow_hyphen_values = true)]
+    dpdk_eal: Option<String>,
+    /// Our IPv4 address and prefix on the DPDK port, e.g. 10.77.9.1/24.
+    #[arg(long = "dpdk-ip", value_name = "ADDR/PREFIX")]
+    dpdk_ip: Option<String>,
+    /// Next hop for backends that are not on-link.
+    #[arg(long = "dpdk-gateway", value_name = "IP")]
+    dpdk_gateway: Option<std::net::Ipv4Addr>,
+    /// Port name when the EAL finds several.
+    #[arg(long = "dpdk-device", value_name = "NAME")]
+    dpdk_device: Option<String>,
 }
 
 /// OAuth2 resource-server flags. Any key source turns auth on.
@@ -195,16 +215,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         auth: args.auth.into(),
+        dpdk: config::DpdkSection {
+            eal: args.dpdk.dpdk_eal,
+            ip: args.dpdk.dpdk_ip,
+            gateway: args.dpdk.dpdk_gateway,
+            device: args.dpdk.dpdk_device,
+        },
     };
     let cfg = RunConfig::resolve(file, cli)?;
-    match cfg.mode {
-        Mode::Kernel => {}
-        Mode::Dpdk => bail!(
-            "--mode dpdk: this build has no DPDK data path yet (the dpuproxy-dp crate is a stub); use --mode kernel, or --mode auto to fall back automatically"
-        ),
-        Mode::Auto => tracing::warn!(
-            "--mode auto: the DPDK data path is not built into this binary; falling back to kernel mode"
-        ),
+    if cfg.mode == Mode::Dpdk && !dpuproxy_dp::AVAILABLE {
+        bail!(
+            "--mode dpdk: this binary was built without DPDK (libdpdk-dev was missing at build time); use --mode kernel, or --mode auto to fall back automatically"
+        );
     }
     let mut shared = dpuproxy_l7::Shared::new(cfg.core.clone(), cfg.kernel.backends.clone());
     if let Some(a) = &cfg.auth {
@@ -240,6 +262,75 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    let try_dpdk = match (cfg.mode, &cfg.dpdk) {
+        (Mode::Kernel, _) => None,
+        (Mode::Dpdk, Some(d)) => Some(d.clone()),
+        (Mode::Dpdk, None) => unreachable!("checked by RunConfig::resolve"),
+        (Mode::Auto, Some(d)) if dpuproxy_dp::AVAILABLE => Some(d.clone()),
+        (Mode::Auto, Some(_)) => {
+            tracing::warn!("--mode auto: this binary has no DPDK; falling back to kernel mode");
+            None
+        }
+        (Mode::Auto, None) => {
+            tracing::warn!("--mode auto: no --dpdk-eal/--dpdk-ip given; running kernel mode");
+            None
+        }
+    };
+    if let Some(settings) = try_dpdk {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            signal_hook::flag::register(sig, stop.clone())
+                .context("cannot install signal handlers")?;
+        }
+        signal_hook::flag::register(SIGHUP, reload_now.clone())
+            .context("cannot install signal handlers")?;
+        let metrics = Arc::new(dpuproxy_dp::proxy::DpMetrics::default());
+        // Started before the EAL pins this thread to the poller's core.
+        let admin = match cfg.admin {
+            Some(addr) => Some(admin::Admin::start(
+                addr,
+                admin::AdminState {
+                    mode: "dpdk",
+                    shared: shared.clone(),
+                    kernel: None,
+                    ktls: None,
+                    dpdk: Some(metrics.clone()),
+                    reloads: reload_stats.clone(),
+                },
+            )?),
+            None => None,
+        };
+        let outcome = dpdk_mode::run(&cfg, &settings, &shared, metrics, &stop);
+        if let Some(a) = admin {
+            a.shutdown();
+        }
+        match outcome? {
+            dpdk_mode::Outcome::Stopped => {
+                if let Some(r) = reloader {
+                    r.shutdown();
+                }
+                return Ok(());
+            }
+            dpdk_mode::Outcome::DidNotStart(e) if cfg.mode == Mode::Auto => {
+                tracing::warn!(
+                    "--mode auto: the DPDK data path did not start ({e:#}); falling back to kernel mode"
+                );
+            }
+            dpdk_mode::Outcome::DidNotStart(e) => {
+                return Err(e.context("--mode dpdk: the DPDK data path did not start"));
+            }
+        }
+    }
+    run_kernel(&cfg, shared, reloader, reload_now, reload_stats)
+}
+
+fn run_kernel(
+    cfg: &RunConfig,
+    shared: Arc<dpuproxy_l7::Shared>,
+    reloader: Option<keys::KeyReloader>,
+    reload_now: Arc<std::sync::atomic::AtomicBool>,
+    reload_stats: Arc<keys::ReloadStats>,
+) -> anyhow::Result<()> {
     let proxy = dpuproxy_kernel::start(&cfg.kernel, shared.clone())?;
     let admin = match cfg.admin {
         Some(addr) => {
@@ -248,8 +339,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 admin::AdminState {
                     mode: "kernel",
                     shared: shared.clone(),
-                    kernel: proxy.metrics.clone(),
-                    ktls: proxy.ktls.clone(),
+                    kernel: Some(proxy.metrics.clone()),
+                    ktls: Some(proxy.ktls.clone()),
+                    dpdk: None,
                     reloads: reload_stats.clone(),
                 },
             )?;

@@ -40,6 +40,7 @@
 pub mod app;
 mod error;
 pub mod net;
+pub mod proxy;
 mod stats;
 
 #[cfg(dpdk)]

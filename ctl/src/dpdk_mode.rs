@@ -1,0 +1,165 @@
+//! `dpuproxy run --mode dpdk|auto`: the full-offload data path on the
+//! calling thread, which the EAL pins to the first lcore of `-l`.
+//!
+//! Threads that must not share the poller's core (admin listener, JWT key
+//! reloader, housekeeping) are started before the EAL initialises, so they
+//! keep the process's original CPU set.
+
+use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use dpuproxy_dp::proxy::{DpMetrics, ProxyOptions, run_proxy};
+use dpuproxy_l7::Shared;
+use openssl::ssl::{AlpnError, SslContextBuilder, SslFiletype, SslMethod};
+
+use crate::background::Background;
+use crate::config::{DpdkSettings, RunConfig};
+
+/// How the DPDK attempt ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Ran and stopped on a signal.
+    Stopped,
+    /// Could not start (before the port was up): the reason.
+    DidNotStart(anyhow::Error),
+}
+
+fn backends_v4(cfg: &RunConfig) -> anyhow::Result<Vec<SocketAddrV4>> {
+    cfg.kernel
+        .backends
+        .iter()
+        .map(|b| {
+            let addr = b
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .with_context(|| format!("backend {b:?} does not resolve"))?;
+            match addr {
+                SocketAddr::V4(v4) => Ok(v4),
+                SocketAddr::V6(_) => bail!("backend {b}: the DPDK path is IPv4 only"),
+            }
+        })
+        .collect()
+}
+
+fn tls_config(cfg: &RunConfig) -> anyhow::Result<dpuproxy_tls::HandshakeConfig> {
+    let (cert, key) = (&cfg.kernel.tls_cert, &cfg.kernel.tls_key);
+    let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
+    b.set_certificate_chain_file(cert)
+        .with_context(|| format!("cannot load certificate {}", cert.display()))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .with_context(|| format!("cannot load private key {}", key.display()))?;
+    b.check_private_key()
+        .context("certificate and key do not match")?;
+    b.set_alpn_select_callback(|_, client| {
+        openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
+    });
+    Ok(dpuproxy_tls::HandshakeConfig::server(b)?)
+}
+
+/// Keep the wall clock anchored, expire idle sessions, and give backends
+/// marked down another chance after a cool-down (the DPDK path has no
+/// kernel route to them, so there is no separate prober: the next new
+/// session tries the backend again and a failed connect marks it down
+/// anew).
+fn housekeeping(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    const COOL_DOWN: Duration = Duration::from_secs(5);
+    let mut down_since: Vec<Option<Instant>> = vec![None; shared.backends.len()];
+    let mut last_sweep = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let now = Instant::now();
+        shared.wall.set(now, unix_ms);
+        for (i, since) in down_since.iter_mut().enumerate() {
+            if shared.backends.get(i).is_healthy() {
+                *since = None;
+            } else if since.is_none() {
+                *since = Some(now);
+            } else if since.is_some_and(|s| now.duration_since(s) >= COOL_DOWN) {
+                shared.backends.mark_up(i);
+                tracing::info!(backend = %shared.backends.get(i).addr, "backend cool-down over: new sessions may try it again");
+                *since = None;
+            }
+        }
+        if now.duration_since(last_sweep) >= Duration::from_secs(5) {
+            shared.affinity.sweep(now);
+            last_sweep = now;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if openssl::rand::rand_bytes(&mut b).is_err() {
+        return SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Run the DPDK data path until `stop`. `admin` starts the admin listener
+/// with the DPDK counters (called before the EAL pins this thread).
+pub fn run(
+    cfg: &RunConfig,
+    settings: &DpdkSettings,
+    shared: &Arc<Shared>,
+    metrics: Arc<DpMetrics>,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<Outcome> {
+    if cfg.kernel.listen.ip() != std::net::IpAddr::V4(settings.ip) {
+        bail!(
+            "in dpdk mode --listen ({}) must be on --dpdk-ip ({})",
+            cfg.kernel.listen,
+            settings.ip
+        );
+    }
+    let backends = backends_v4(cfg)?;
+    let tls = tls_config(cfg)?;
+    let house = {
+        let shared = shared.clone();
+        Background::spawn("dpuproxy-house", move |stop| housekeeping(shared, stop))?
+    };
+    let opts = ProxyOptions {
+        eal_args: settings.eal_args.clone(),
+        ip: settings.ip,
+        prefix_len: settings.prefix_len,
+        gateway: settings.gateway,
+        listen_port: cfg.kernel.listen.port(),
+        backends,
+        device: settings.device.clone(),
+        burst: 32,
+        seed: seed(),
+        handshake_timeout: cfg.kernel.handshake_timeout,
+        max_connections: cfg.kernel.max_connections_per_worker,
+    };
+    let result = run_proxy(&opts, shared, &tls, &metrics, stop, |port, mac| {
+        tracing::info!(
+            port,
+            mac = %mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            listen = %cfg.kernel.listen,
+            backends = cfg.kernel.backends.len(),
+            "dpdk data path running (userspace TCP and TLS records)"
+        );
+    });
+    house.shutdown();
+    match result {
+        Ok(s) => {
+            eprintln!(
+                "dpdk: shutdown: port {}: mempool in_use={} of {} after close; lcore busy {} idle {} cycles",
+                s.port, s.pool_in_use_after_close, s.pool_size, s.busy_cycles, s.idle_cycles
+            );
+            Ok(Outcome::Stopped)
+        }
+        Err(e) if !metrics.up.load(Ordering::Relaxed) => {
+            Ok(Outcome::DidNotStart(anyhow::anyhow!("{e}")))
+        }
+        Err(e) => Err(anyhow::anyhow!("dpdk data path failed: {e}")),
+    }
+}

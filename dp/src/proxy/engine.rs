@@ -1,0 +1,796 @@
+//! The loop itself (DPDK builds only). See the module above for the turn.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use dpuproxy_l7::{Action, Connection, ErrorKind, Shared};
+use dpuproxy_tcp::smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
+use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
+use dpuproxy_tcp::{ConnId, Event, Stack, StackConfig, TcpError};
+use dpuproxy_tls::{Handshake, HandshakeConfig, Incoming, OpensslHandshake, RecordLayer};
+
+use super::{DpMetrics, ProxyOptions, ProxySummary};
+use crate::error::{Error, Result};
+use crate::net::{Responder, Verdict};
+use crate::{Eal, Mbuf, Mempool, Port, PortConfig, tsc, tsc_hz};
+
+/// An Ethernet frame carrying IPv4 ICMP.
+fn is_icmpv4(frame: &[u8]) -> bool {
+    frame.len() > 23 && frame[12] == 0x08 && frame[13] == 0x00 && frame[23] == 1
+}
+
+const ARP_AND_TCP_MTU: usize = 1514;
+/// Plaintext/ciphertext bytes held for one client before reads stop.
+const MAX_TLS_BUFFER: usize = 256 * 1024;
+const ROUNDS: usize = 32;
+
+/// smoltcp device over DPDK mbufs: received mbufs are handed to the stack
+/// as they are; transmitted frames are written into fresh mbufs and queued
+/// for the turn's single tx burst.
+struct MbufDevice<'p> {
+    pool: &'p Mempool<'p>,
+    rx: VecDeque<Mbuf<'p>>,
+    tx: Vec<Mbuf<'p>>,
+    tx_nombuf: u64,
+    caps: DeviceCapabilities,
+}
+
+struct RxTok<'p>(Mbuf<'p>);
+
+struct TxTok<'a, 'p> {
+    dev: &'a mut MbufDevice<'p>,
+}
+
+impl phy::RxToken for RxTok<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        // The mbuf goes back to the pool when `self.0` drops.
+        f(self.0.data())
+    }
+}
+
+impl phy::TxToken for TxTok<'_, '_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let slot = self.dev.pool.alloc().and_then(|mut m| {
+            let len16 = u16::try_from(len).ok()?;
+            m.append(len16)?;
+            Some(m)
+        });
+        match slot {
+            Some(mut m) => {
+                let r = f(m.data_mut());
+                self.dev.tx.push(m);
+                r
+            }
+            None => {
+                // No mbuf: the frame is lost like on a busy wire; TCP
+                // retransmits. Counted.
+                self.dev.tx_nombuf += 1;
+                let mut scratch = vec![0u8; len];
+                f(&mut scratch)
+            }
+        }
+    }
+}
+
+impl<'p> phy::Device for MbufDevice<'p> {
+    type RxToken<'a>
+        = RxTok<'p>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxTok<'a, 'p>
+    where
+        Self: 'a;
+
+    fn receive(
+        &mut self,
+        _t: dpuproxy_tcp::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let m = self.rx.pop_front()?;
+        Some((RxTok(m), TxTok { dev: self }))
+    }
+
+    fn transmit(&mut self, _t: dpuproxy_tcp::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxTok { dev: self })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}
+
+enum Tls {
+    Handshaking(Box<OpensslHandshake>),
+    Established(Box<RecordLayer>),
+    Failed,
+}
+
+struct Upstream {
+    id: ConnId,
+    connected: bool,
+}
+
+struct Client {
+    tcp: ConnId,
+    tls: Tls,
+    core: Connection,
+    /// TLS bytes received and not yet opened.
+    inbuf: Vec<u8>,
+    /// TLS bytes sealed and not yet taken by the TCP send buffer.
+    outbuf: Vec<u8>,
+    upstream: Option<Upstream>,
+    /// `Some(flush)` once the core asked to close.
+    closing: Option<bool>,
+    eof: bool,
+    accepted_at: Instant,
+    armed: Option<Instant>,
+}
+
+/// Which side of a client a TCP connection is.
+#[derive(Clone, Copy)]
+enum Owner {
+    Client(usize),
+    Upstream(usize),
+}
+
+struct Proxy<'s> {
+    shared: &'s Arc<Shared>,
+    opts: &'s ProxyOptions,
+    metrics: &'s DpMetrics,
+    tls_cfg: &'s HandshakeConfig,
+    clients: slab::Slab<Client>,
+    owners: HashMap<usize, Owner>,
+    timers: BTreeSet<(Instant, usize)>,
+    dirty: Vec<usize>,
+    origin: Instant,
+}
+
+impl Proxy<'_> {
+    fn smol(&self, t: Instant) -> dpuproxy_tcp::Instant {
+        dpuproxy_tcp::Instant::from_micros(
+            t.saturating_duration_since(self.origin).as_micros() as i64
+        )
+    }
+
+    fn mark(&mut self, idx: usize) {
+        if !self.dirty.contains(&idx) {
+            self.dirty.push(idx);
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        stack: &mut Stack,
+        ev: Event,
+        listener: dpuproxy_tcp::ListenerId,
+        now: Instant,
+    ) {
+        match ev {
+            Event::Accept(l) if l == listener => {
+                while let Ok(Some(id)) = stack.accept(listener) {
+                    self.accept(stack, id, now);
+                }
+            }
+            Event::Accept(_) => {}
+            Event::Connected(id) => {
+                if let Some(Owner::Upstream(idx)) = self.owners.get(&id.index()).copied()
+                    && let Some(c) = self.clients.get_mut(idx)
+                    && let Some(u) = &mut c.upstream
+                    && u.id == id
+                {
+                    u.connected = true;
+                    c.core.handle_upstream_connected(now, false);
+                    self.mark(idx);
+                }
+            }
+            Event::Reset(id) => match self.owners.get(&id.index()).copied() {
+                Some(Owner::Upstream(idx)) => {
+                    if let Some(c) = self.clients.get_mut(idx)
+                        && let Some(u) = &c.upstream
+                        && u.id == id
+                        && !u.connected
+                    {
+                        // Refused or unreachable: the core fails over.
+                        let _ = stack.abort(id);
+                        self.owners.remove(&id.index());
+                        c.upstream = None;
+                        c.core.handle_upstream_connect_failed(now);
+                    }
+                    self.mark(idx);
+                }
+                Some(Owner::Client(idx)) => self.mark(idx),
+                None => {}
+            },
+            Event::Readable(id) | Event::Writable(id) | Event::Closed(id) => {
+                match self.owners.get(&id.index()).copied() {
+                    Some(Owner::Client(idx) | Owner::Upstream(idx)) => self.mark(idx),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, stack: &mut Stack, id: ConnId, now: Instant) {
+        if self.clients.len() >= self.opts.max_connections {
+            let _ = stack.abort(id);
+            return;
+        }
+        let peer = stack
+            .tuple(id)
+            .map(|t| t.remote_addr.to_string())
+            .unwrap_or_default();
+        let hs = match OpensslHandshake::new(self.tls_cfg) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot create TLS state");
+                let _ = stack.abort(id);
+                return;
+            }
+        };
+        let idx = self.clients.insert(Client {
+            tcp: id,
+            tls: Tls::Handshaking(Box::new(hs)),
+            core: Connection::new(self.shared.clone(), peer, now),
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            upstream: None,
+            closing: None,
+            eof: false,
+            accepted_at: now,
+            armed: None,
+        });
+        self.owners.insert(id.index(), Owner::Client(idx));
+        self.metrics
+            .client_connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.mark(idx);
+    }
+
+    /// Everything one client connection can do now, bounded.
+    fn drive(&mut self, stack: &mut Stack, idx: usize, now: Instant) {
+        for _ in 0..ROUNDS {
+            let Some(c) = self.clients.get_mut(idx) else {
+                return;
+            };
+            let mut progress = false;
+
+            // Client TCP → TLS input.
+            let wants_input = match c.tls {
+                Tls::Handshaking(_) => true,
+                Tls::Established(_) => c.core.wants_downstream_read(),
+                Tls::Failed => false,
+            };
+            if wants_input && !c.eof && c.inbuf.len() < MAX_TLS_BUFFER {
+                let inbuf = &mut c.inbuf;
+                match stack.recv(c.tcp, |buf| {
+                    inbuf.extend_from_slice(buf);
+                    (buf.len(), buf.len())
+                }) {
+                    Ok(0) => {}
+                    Ok(_) => progress = true,
+                    Err(TcpError::Finished) => {
+                        c.eof = true;
+                        c.core.handle_downstream_eof(now);
+                        progress = true;
+                    }
+                    Err(_) => {
+                        c.eof = true;
+                        c.core.handle_downstream_eof(now);
+                        c.closing = Some(false);
+                        progress = true;
+                    }
+                }
+            }
+
+            // TLS.
+            match &mut c.tls {
+                Tls::Handshaking(hs) => {
+                    if !c.inbuf.is_empty() {
+                        let r = hs.feed(&c.inbuf);
+                        c.inbuf.clear();
+                        let _ = hs.poll_output(&mut c.outbuf);
+                        match r {
+                            Err(e) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                self.metrics
+                                    .handshake_failures
+                                    .fetch_add(1, Ordering::Relaxed);
+                                self.shared.metrics.error(ErrorKind::TlsHandshake);
+                                c.tls = Tls::Failed;
+                                c.closing = Some(true);
+                            }
+                            Ok(()) if !hs.is_handshaking() => {
+                                let Tls::Handshaking(hs) =
+                                    std::mem::replace(&mut c.tls, Tls::Failed)
+                                else {
+                                    unreachable!("matched above")
+                                };
+                                match hs.into_established() {
+                                    Ok(est) => {
+                                        c.outbuf.extend_from_slice(&est.output);
+                                        c.inbuf = est.leftover;
+                                        c.tls = Tls::Established(Box::new(est.record_layer));
+                                        self.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(error = %e, "TLS hand-over failed");
+                                        self.metrics
+                                            .handshake_failures
+                                            .fetch_add(1, Ordering::Relaxed);
+                                        c.closing = Some(true);
+                                    }
+                                }
+                            }
+                            Ok(()) => {}
+                        }
+                        progress = true;
+                    }
+                }
+                Tls::Established(rl) => {
+                    let mut used = 0;
+                    let mut failed = false;
+                    while used < c.inbuf.len() {
+                        match rl.open_next(&mut c.inbuf[used..]) {
+                            Ok(o) => {
+                                let n = o.consumed;
+                                match o.incoming {
+                                    Incoming::NeedMore => break,
+                                    Incoming::AppData(data) => {
+                                        if !data.is_empty() {
+                                            c.core.handle_downstream_data(now, data);
+                                        }
+                                    }
+                                    Incoming::Control => {}
+                                    Incoming::CloseNotify => {
+                                        if !c.eof {
+                                            c.eof = true;
+                                            c.core.handle_downstream_eof(now);
+                                        }
+                                    }
+                                }
+                                used += n;
+                                progress = true;
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "TLS record error");
+                                self.metrics.record_errors.fetch_add(1, Ordering::Relaxed);
+                                self.shared.metrics.error(ErrorKind::TlsIo);
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    c.inbuf.drain(..used.min(c.inbuf.len()));
+                    let _ = rl.poll_output(&mut c.outbuf);
+                    if failed {
+                        c.inbuf.clear();
+                        if !c.eof {
+                            c.eof = true;
+                            c.core.handle_downstream_eof(now);
+                        }
+                        // The alert is in outbuf: flush it, then close.
+                        c.closing = Some(true);
+                    }
+                }
+                Tls::Failed => {}
+            }
+
+            // Core actions.
+            while let Some(a) = c.core.poll_action() {
+                progress = true;
+                match a {
+                    Action::ConnectUpstream { backend, .. } => {
+                        let addr = self.opts.backends[backend];
+                        match stack.connect(*addr.ip(), addr.port()) {
+                            Ok(id) => {
+                                self.owners.insert(id.index(), Owner::Upstream(idx));
+                                c.upstream = Some(Upstream {
+                                    id,
+                                    connected: false,
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(backend = %addr, error = %e, "backend connect failed");
+                                c.core.handle_upstream_connect_failed(now);
+                            }
+                        }
+                    }
+                    Action::ReleaseUpstream { .. } => {
+                        // No idle pool yet on this path: close gracefully.
+                        if let Some(u) = c.upstream.take() {
+                            self.owners.remove(&u.id.index());
+                            let _ = stack.close(u.id);
+                        }
+                    }
+                    Action::AbortUpstream => {
+                        if let Some(u) = c.upstream.take() {
+                            self.owners.remove(&u.id.index());
+                            let _ = stack.abort(u.id);
+                        }
+                    }
+                    Action::CloseDownstream { flush } => {
+                        if c.closing != Some(false) {
+                            c.closing = Some(flush);
+                        }
+                    }
+                }
+            }
+
+            // Core ↔ upstream.
+            if let Some(u) = &c.upstream
+                && u.connected
+            {
+                let uid = u.id;
+                if !c.core.upstream_pending().is_empty() {
+                    match stack.send_slice(uid, c.core.upstream_pending()) {
+                        Ok(n) if n > 0 => {
+                            c.core.upstream_consumed(n);
+                            progress = true;
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            c.core.handle_upstream_error(now);
+                            progress = true;
+                        }
+                    }
+                }
+                if c.upstream.is_some() && c.core.wants_upstream_read() {
+                    let core = &mut c.core;
+                    match stack.recv(uid, |buf| {
+                        if !buf.is_empty() {
+                            core.handle_upstream_data(now, buf);
+                        }
+                        (buf.len(), buf.len())
+                    }) {
+                        Ok(0) => {}
+                        Ok(_) => progress = true,
+                        Err(TcpError::Finished) => {
+                            c.core.handle_upstream_eof(now);
+                            progress = true;
+                        }
+                        Err(_) => {
+                            c.core.handle_upstream_error(now);
+                            progress = true;
+                        }
+                    }
+                }
+            }
+
+            // Core → seal → client TCP.
+            if let Tls::Established(rl) = &mut c.tls
+                && c.closing != Some(false)
+                && c.outbuf.len() < MAX_TLS_BUFFER
+                && !c.core.downstream_pending().is_empty()
+            {
+                let n = c.core.downstream_pending().len();
+                match rl.write_app_data(c.core.downstream_pending(), &mut c.outbuf) {
+                    Ok(()) => {
+                        c.core.downstream_consumed(now, n);
+                        progress = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS seal failed");
+                        c.closing = Some(false);
+                    }
+                }
+            }
+            if !c.outbuf.is_empty() {
+                match stack.send_slice(c.tcp, &c.outbuf) {
+                    Ok(n) if n > 0 => {
+                        c.outbuf.drain(..n);
+                        progress = true;
+                    }
+                    Ok(_) => {}
+                    Err(_) => c.closing = Some(false),
+                }
+            }
+
+            if let Some(flush) = c.closing {
+                let drained = c.outbuf.is_empty() && c.core.downstream_pending().is_empty();
+                if !flush || drained {
+                    return self.close_client(stack, idx, flush);
+                }
+            }
+            if !progress {
+                self.rearm(idx);
+                return;
+            }
+        }
+        // Still busy after the round limit: continue next turn.
+        self.mark(idx);
+        self.rearm(idx);
+    }
+
+    fn close_client(&mut self, stack: &mut Stack, idx: usize, graceful: bool) {
+        let Some(mut c) = self.clients.try_remove(idx) else {
+            return;
+        };
+        if let Some(t) = c.armed.take() {
+            self.timers.remove(&(t, idx));
+        }
+        if let Some(u) = c.upstream.take() {
+            self.owners.remove(&u.id.index());
+            let _ = stack.abort(u.id);
+        }
+        self.owners.remove(&c.tcp.index());
+        if graceful {
+            if let Tls::Established(rl) = &mut c.tls {
+                let _ = rl.send_close_notify();
+                let mut out = Vec::new();
+                let _ = rl.poll_output(&mut out);
+                let _ = stack.send_slice(c.tcp, &out);
+            }
+            let _ = stack.close(c.tcp);
+        } else {
+            let _ = stack.abort(c.tcp);
+        }
+        self.metrics
+            .client_connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn rearm(&mut self, idx: usize) {
+        let Some(c) = self.clients.get_mut(idx) else {
+            return;
+        };
+        let deadline = match c.tls {
+            Tls::Handshaking(_) => Some(c.accepted_at + self.opts.handshake_timeout),
+            _ => c.core.poll_timeout(),
+        };
+        if c.armed != deadline {
+            if let Some(t) = c.armed.take() {
+                self.timers.remove(&(t, idx));
+            }
+            if let Some(t) = deadline {
+                self.timers.insert((t, idx));
+            }
+            c.armed = deadline;
+        }
+    }
+
+    fn fire_timers(&mut self, stack: &mut Stack, now: Instant) {
+        while let Some(&(t, idx)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(c) = self.clients.get_mut(idx) else {
+                continue;
+            };
+            c.armed = None;
+            if matches!(c.tls, Tls::Handshaking(_)) {
+                self.metrics
+                    .handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.error(ErrorKind::TlsHandshake);
+                self.close_client(stack, idx, false);
+                continue;
+            }
+            c.core.handle_timeout(now);
+            self.drive(stack, idx, now);
+        }
+    }
+}
+
+pub(super) fn run(
+    opts: &ProxyOptions,
+    shared: &Arc<Shared>,
+    tls_cfg: &HandshakeConfig,
+    metrics: &DpMetrics,
+    stop: &AtomicBool,
+    on_up: impl FnOnce(&str, [u8; 6]),
+) -> Result<ProxySummary> {
+    use dpuproxy_hugepages::{MempoolPlan, PortShape};
+
+    if opts.backends.len() != shared.backends.len() {
+        return Err(Error::NoPort(
+            "backend list and shared state disagree".into(),
+        ));
+    }
+    let eal = Eal::init(&opts.eal_args)?;
+    let all_ports = eal.ports();
+    let info = match &opts.device {
+        Some(name) => all_ports
+            .iter()
+            .find(|p| &p.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NoPort(format!("no port named {name}")))?,
+        None => all_ports.first().cloned().ok_or_else(|| {
+            Error::NoPort(
+                "the EAL found no port: check the --vdev interface exists in this network \
+                 namespace and that you are root (or pass -a <PCI address> for a NIC)"
+                    .into(),
+            )
+        })?,
+    };
+    let cfg = PortConfig::default();
+    let plan = MempoolPlan::for_port(&PortShape {
+        rx_desc: u32::from(cfg.rx_desc),
+        tx_desc: u32::from(cfg.tx_desc),
+        burst: opts.burst as u32,
+        ..PortShape::default()
+    });
+    // Frames waiting in the device queue and the turn's tx batch need room
+    // beyond the rings.
+    let pool = Mempool::new(&eal, "proxy", plan.mbufs * 2, plan.cache, None, info.socket)?;
+    let port = Port::open(info.id, &pool, &cfg)?;
+    let mac = port.mac()?;
+    metrics
+        .mempool_size
+        .store(u64::from(pool.capacity()), Ordering::Relaxed);
+    metrics.lcore.store(
+        u64::from(Eal::current_lcore().unwrap_or(u32::MAX)),
+        Ordering::Relaxed,
+    );
+    let hz = tsc_hz();
+    metrics.tsc_hz.store(hz, Ordering::Relaxed);
+    if port.rx_queues() == 1 {
+        tracing::info!(
+            port = %info.name,
+            "the port has one rx queue: one lcore owns it (no RSS spreading)"
+        );
+    }
+
+    let origin = Instant::now();
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ethernet;
+    caps.max_transmission_unit = ARP_AND_TCP_MTU;
+    caps.max_burst_size = Some(opts.burst);
+    caps.checksum = ChecksumCapabilities::default();
+    let mut scfg = StackConfig::new(
+        HardwareAddress::Ethernet(EthernetAddress(mac)),
+        Ipv4Cidr::new(opts.ip, opts.prefix_len),
+    );
+    scfg.gateway = opts.gateway;
+    scfg.seed = opts.seed;
+    scfg.rx_burst = opts.burst.max(32);
+    let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
+        .map_err(|e| Error::NoPort(format!("TCP stack: {e}")))?;
+    let listener = stack
+        .listen(opts.listen_port, 1024)
+        .map_err(|e| Error::NoPort(format!("listen on port {}: {e}", opts.listen_port)))?;
+
+    let mut dev = MbufDevice {
+        pool: &pool,
+        rx: VecDeque::new(),
+        tx: Vec::new(),
+        tx_nombuf: 0,
+        caps,
+    };
+    let mut proxy = Proxy {
+        shared,
+        opts,
+        metrics,
+        tls_cfg,
+        clients: slab::Slab::new(),
+        owners: HashMap::new(),
+        timers: BTreeSet::new(),
+        dirty: Vec::new(),
+        origin,
+    };
+    metrics.up.store(true, Ordering::Relaxed);
+    on_up(&info.name, mac);
+
+    let mut txb = port.tx_batch(0, opts.burst, 4);
+    let mut responder = Responder::new(mac, opts.ip);
+    let mut rxv: Vec<Mbuf<'_>> = Vec::with_capacity(crate::MAX_BURST);
+    let (mut busy, mut idle) = (0u64, 0u64);
+    let report_every = hz / 10;
+    let mut next_report = tsc() + report_every;
+    let mut t0 = tsc();
+    loop {
+        let n = port.rx_burst(0, &mut rxv, opts.burst);
+        for mut m in rxv.drain(..) {
+            // ICMP echo is answered here (smoltcp's interface only sees
+            // what the TCP stack hands it); everything else goes to TCP.
+            if is_icmpv4(m.data()) {
+                if responder.handle(m.data_mut()) == Verdict::Reply {
+                    txb.push(m);
+                }
+            } else {
+                dev.rx.push_back(m);
+            }
+        }
+        let now = Instant::now();
+        let snow = proxy.smol(now);
+        let mut work = n + stack.poll(snow, &mut dev);
+        while let Some(ev) = stack.poll_event() {
+            work += 1;
+            proxy.on_event(&mut stack, ev, listener, now);
+        }
+        while let Some(idx) = proxy.dirty.pop() {
+            proxy.drive(&mut stack, idx, now);
+            work += 1;
+        }
+        proxy.fire_timers(&mut stack, now);
+        // The drives may have raised new events (e.g. accept backlog).
+        while let Some(ev) = stack.poll_event() {
+            proxy.on_event(&mut stack, ev, listener, now);
+        }
+        work += stack.egress(snow, &mut dev);
+        for m in dev.tx.drain(..) {
+            txb.push(m);
+        }
+        let sent = txb.flush();
+        let t1 = tsc();
+        if work > 0 || sent > 0 {
+            busy += t1 - t0;
+        } else {
+            idle += t1 - t0;
+        }
+        t0 = t1;
+        if t1 >= next_report {
+            next_report = t1 + report_every;
+            metrics.busy_cycles.store(busy, Ordering::Relaxed);
+            metrics.idle_cycles.store(idle, Ordering::Relaxed);
+            if let Ok(s) = port.stats() {
+                metrics.port_rx_packets.store(s.ipackets, Ordering::Relaxed);
+                metrics.port_tx_packets.store(s.opackets, Ordering::Relaxed);
+                metrics.port_rx_bytes.store(s.ibytes, Ordering::Relaxed);
+                metrics.port_tx_bytes.store(s.obytes, Ordering::Relaxed);
+                metrics.port_imissed.store(s.imissed, Ordering::Relaxed);
+                metrics.port_ierrors.store(s.ierrors, Ordering::Relaxed);
+                metrics.port_oerrors.store(s.oerrors, Ordering::Relaxed);
+            }
+            let tx = txb.stats();
+            metrics.tx_dropped.store(
+                tx.dropped_full + tx.dropped_unsent + dev.tx_nombuf,
+                Ordering::Relaxed,
+            );
+            metrics
+                .mempool_in_use
+                .store(u64::from(pool.in_use()), Ordering::Relaxed);
+            metrics
+                .tcp_connections
+                .store(stack.connection_count() as u64, Ordering::Relaxed);
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+
+    // Shutdown: reset every connection (clients and backends see RST), send
+    // the last frames, stop the port, and account for every mbuf.
+    let idxs: Vec<usize> = proxy.clients.iter().map(|(i, _)| i).collect();
+    for idx in idxs {
+        proxy.close_client(&mut stack, idx, false);
+    }
+    let now = Instant::now();
+    let snow = proxy.smol(now);
+    stack.egress(snow, &mut dev);
+    for m in dev.tx.drain(..) {
+        txb.push(m);
+    }
+    txb.flush();
+    drop(txb);
+    dev.rx.clear();
+    drop(rxv);
+    drop(stack);
+    metrics.up.store(false, Ordering::Relaxed);
+    metrics.busy_cycles.store(busy, Ordering::Relaxed);
+    metrics.idle_cycles.store(idle, Ordering::Relaxed);
+    drop(dev);
+    drop(port);
+    let in_use = pool.in_use();
+    let size = pool.capacity();
+    drop(pool);
+    drop(eal);
+    Ok(ProxySummary {
+        port: info.name,
+        pool_size: size,
+        pool_in_use_after_close: in_use,
+        busy_cycles: busy,
+        idle_cycles: idle,
+    })
+}
