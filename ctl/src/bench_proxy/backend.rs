@@ -53,11 +53,21 @@ struct State {
 }
 
 impl NativeBackend {
-    /// Start on an ephemeral port. `sse` answers tools/call with SSE.
+    /// Start on an ephemeral port of 127.0.0.1. `sse` answers tools/call
+    /// with SSE.
     pub fn start(name: &str, sse: bool) -> std::io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = listener.local_addr()?.port();
-        listener.set_nonblocking(true)?;
+        Self::start_in(name, sse, Ipv4Addr::LOCALHOST, None)
+    }
+
+    /// Start on an ephemeral port of `ip`, inside `netns` when given (the
+    /// server threads live in that network namespace).
+    pub fn start_in(
+        name: &str,
+        sse: bool,
+        ip: Ipv4Addr,
+        netns: Option<Arc<super::netns::Netns>>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(BackendStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
@@ -71,6 +81,24 @@ impl NativeBackend {
         let thread = std::thread::Builder::new()
             .name(format!("bench-backend-{name}"))
             .spawn(move || {
+                let bound = (|| -> std::io::Result<TcpListener> {
+                    if let Some(ns) = &netns {
+                        ns.enter().map_err(std::io::Error::other)?;
+                    }
+                    let l = TcpListener::bind((ip, 0))?;
+                    l.set_nonblocking(true)?;
+                    Ok(l)
+                })();
+                let listener = match bound {
+                    Ok(l) => {
+                        let _ = tx.send(l.local_addr().map(|a| a.port()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
                 while !s.load(Ordering::Relaxed) {
                     match listener.accept() {
                         Ok((stream, _)) => {
@@ -84,6 +112,9 @@ impl NativeBackend {
                     }
                 }
             })?;
+        let port = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("backend thread ended before binding"))??;
         Ok(Self {
             port,
             stats,

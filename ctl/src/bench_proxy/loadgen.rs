@@ -40,6 +40,8 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// TLS 1.3 suite offered (the same for every target).
     pub ciphersuite: String,
+    /// Network namespace the generator threads run in (dpdk target).
+    pub netns: Option<Arc<super::netns::Netns>>,
 }
 
 /// Figures of one measurement run.
@@ -147,6 +149,9 @@ pub fn thread_main(
     runs: usize,
     phase: &Phase,
 ) -> std::io::Result<Vec<RunFigures>> {
+    if let Some(ns) = &cfg.netns {
+        ns.enter().map_err(std::io::Error::other)?;
+    }
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(256);
     let mut b = SslConnector::builder(SslMethod::tls_client())?;

@@ -15,6 +15,7 @@
 
 mod backend;
 mod loadgen;
+mod netns;
 mod targets;
 
 use std::fmt::Write as _;
@@ -288,14 +289,44 @@ fn measure(
     token: &str,
     backends: &Backends,
 ) -> anyhow::Result<TargetResult> {
-    let running = match name {
-        "kernel" => targets::start_kernel(job)?,
-        "haproxy" => targets::start_haproxy(job)?,
-        "dpdk" => targets::start_dpdk(job)?,
+    // The dpdk target's peers sit behind a veth in their own namespace.
+    let mut dpdk_env = None;
+    let (running, backends) = match name {
+        "kernel" => (targets::start_kernel(job)?, backends),
+        "haproxy" => (targets::start_haproxy(job)?, backends),
+        "dpdk" => {
+            if !dpuproxy_dp::AVAILABLE {
+                bail!("this binary was built without DPDK");
+            }
+            let ns = std::sync::Arc::new(netns::Netns::create()?);
+            let set = (0..args.backend_count)
+                .map(|i| {
+                    backend::NativeBackend::start_in(
+                        &format!("b{}", i + 1),
+                        args.sse,
+                        ns.peer_ip,
+                        Some(ns.clone()),
+                    )
+                })
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let mut djob = job.clone();
+            djob.backends = set
+                .iter()
+                .map(|b| SocketAddr::from((ns.peer_ip, b.port)))
+                .collect();
+            let r = targets::start_dpdk(&djob, &ns)?;
+            dpdk_env = Some((ns, Backends::Native(set)));
+            (r, backends)
+        }
         other => bail!("unknown target {other:?} (kernel, dpdk, haproxy)"),
+    };
+    let backends = match &dpdk_env {
+        Some((_, b)) => b,
+        None => backends,
     };
     let pid = targets::proxy_pid(&running);
     let cfg = loadgen::LoadConfig {
+        netns: dpdk_env.as_ref().map(|(ns, _)| ns.clone()),
         addr: running.addr,
         host: format!("localhost:{}", running.addr.port()),
         connections: args.connections,
@@ -308,12 +339,20 @@ fn measure(
     let spread_before = backends.spread();
     let mut cpu_marks = Vec::new();
     let duration = Duration::from_secs_f64(args.duration);
+    let admin = running.admin;
     let figures = loadgen::run(
         &cfg,
         Duration::from_secs_f64(args.warmup),
         duration,
         args.runs,
-        |_| cpu_marks.push(targets::cpu_seconds(pid)),
+        |_| {
+            // dpdk: the poller spins at 100%, so its work is the lcore's
+            // busy cycles; the others: process CPU time.
+            cpu_marks.push(match admin {
+                Some(a) => targets::lcore_busy_seconds(a),
+                None => targets::cpu_seconds(pid),
+            })
+        },
     )?;
     let spread: Vec<u64> = backends
         .spread()
@@ -488,6 +527,7 @@ fn wrk_cross_check(
         payload: args.payload,
         rate: None,
         ciphersuite: args.ciphersuite.clone(),
+        netns: None,
     };
     // One session for all wrk connections (the native backends allow that).
     let session = one_session(&cfg)?;

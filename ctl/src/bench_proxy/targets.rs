@@ -48,6 +48,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Human description (version, settings).
     pub describe: String,
+    /// Admin address (dpdk target: where the lcore counters are read).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -107,12 +109,95 @@ pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
             "dpuproxy {} --mode kernel --workers 1",
             env!("CARGO_PKG_VERSION")
         ),
+        admin: None,
     })
 }
 
-/// `dpuproxy run --mode dpdk` is not in this build.
-pub fn start_dpdk(_job: &Job) -> anyhow::Result<Running> {
-    bail!("this binary has no DPDK data path yet (dpuproxy-dp is a stub)")
+/// `dpuproxy run --mode dpdk` on the first proxy CPU, af_packet on the
+/// namespace's root-side veth.
+pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running> {
+    let exe = std::env::current_exe().context("cannot find the dpuproxy binary")?;
+    let lcore = job
+        .proxy_cpus
+        .split([',', '-'])
+        .next()
+        .unwrap_or("1")
+        .to_string();
+    let addr = SocketAddr::from((ns.proxy_ip, 8443));
+    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let log = job.out_dir.join("dpdk.log");
+    let eal = format!(
+        "-l {lcore} --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_af_packet0,iface={}",
+        ns.root_if
+    );
+    let mut cmd = Command::new(&exe);
+    cmd.args(["run", "--mode", "dpdk", "--dpdk-eal", &eal, "--dpdk-ip"])
+        .arg(format!("{}/24", ns.proxy_ip))
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--admin")
+        .arg(admin.to_string())
+        .arg("--tls-cert")
+        .arg(&job.cert)
+        .arg("--tls-key")
+        .arg(&job.key)
+        .arg("--jwt-key")
+        .arg(&job.jwt_pub)
+        .args(["--jwt-issuer", &job.issuer, "--jwt-audience", &job.audience]);
+    for b in &job.backends {
+        cmd.arg("--backend").arg(b.to_string());
+    }
+    cmd.env("DPUPROXY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let mut child = cmd.spawn().context("cannot start dpuproxy (dpdk)")?;
+    wait_listening(admin, &mut child, "dpuproxy dpdk (admin)", WAIT, Some(&log))?;
+    // The admin listener starts before the EAL: wait for the port.
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(admin, "dpuproxy_lcore_tsc_hz").unwrap_or(0.0) <= 0.0 {
+        if let Some(st) = child.try_wait()? {
+            bail!("dpuproxy dpdk exited ({st}); log: {}", log.display());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "dpuproxy dpdk did not bring its port up; log: {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Running {
+        child,
+        addr,
+        describe: format!(
+            "dpuproxy {} --mode dpdk, one lcore ({lcore}), net_af_packet on {}",
+            env!("CARGO_PKG_VERSION"),
+            ns.root_if
+        ),
+        admin: Some(admin),
+    })
+}
+
+/// The first sample of a metric family from an admin listener.
+pub fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Busy seconds of the dpdk target's lcore so far.
+pub fn lcore_busy_seconds(admin: SocketAddr) -> Option<f64> {
+    let busy = metric(admin, "dpuproxy_lcore_busy_cycles_total")?;
+    let hz = metric(admin, "dpuproxy_lcore_tsc_hz")?;
+    (hz > 0.0).then(|| busy / hz)
 }
 
 /// The HAProxy configuration for the same job.
@@ -213,6 +298,7 @@ pub fn start_haproxy(job: &Job) -> anyhow::Result<Running> {
         child,
         addr,
         describe: format!("{version}, nbthread 1 (config: {})", cfg_path.display()),
+        admin: None,
     })
 }
 

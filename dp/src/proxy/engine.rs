@@ -115,8 +115,15 @@ enum Tls {
 
 struct Upstream {
     id: ConnId,
+    backend: usize,
     connected: bool,
 }
+
+/// Idle backend connections kept open for reuse (like the kernel path's
+/// pool): without them every request would cost a TCP handshake and leave
+/// a TIME-WAIT record on an ephemeral port.
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
+const POOL_MAX_PER_BACKEND: usize = 256;
 
 struct Client {
     tcp: ConnId,
@@ -139,6 +146,8 @@ struct Client {
 enum Owner {
     Client(usize),
     Upstream(usize),
+    /// In the idle pool of this backend.
+    Pooled(usize),
 }
 
 struct Proxy<'s> {
@@ -151,6 +160,7 @@ struct Proxy<'s> {
     timers: BTreeSet<(Instant, usize)>,
     dirty: Vec<usize>,
     origin: Instant,
+    pool: HashMap<usize, Vec<(ConnId, Instant)>>,
 }
 
 impl Proxy<'_> {
@@ -191,6 +201,18 @@ impl Proxy<'_> {
                     self.mark(idx);
                 }
             }
+            Event::Reset(id) | Event::Closed(id) | Event::Readable(id)
+                if matches!(self.owners.get(&id.index()), Some(Owner::Pooled(_))) =>
+            {
+                // A pooled connection the backend closed (or wrote to out
+                // of turn): it can no longer be reused.
+                if let Some(Owner::Pooled(b)) = self.owners.remove(&id.index())
+                    && let Some(list) = self.pool.get_mut(&b)
+                {
+                    list.retain(|(c, _)| *c != id);
+                }
+                let _ = stack.abort(id);
+            }
             Event::Reset(id) => match self.owners.get(&id.index()).copied() {
                 Some(Owner::Upstream(idx)) => {
                     if let Some(c) = self.clients.get_mut(idx)
@@ -207,12 +229,12 @@ impl Proxy<'_> {
                     self.mark(idx);
                 }
                 Some(Owner::Client(idx)) => self.mark(idx),
-                None => {}
+                Some(Owner::Pooled(_)) | None => {}
             },
             Event::Readable(id) | Event::Writable(id) | Event::Closed(id) => {
                 match self.owners.get(&id.index()).copied() {
                     Some(Owner::Client(idx) | Owner::Upstream(idx)) => self.mark(idx),
-                    None => {}
+                    Some(Owner::Pooled(_)) | None => {}
                 }
             }
         }
@@ -390,13 +412,39 @@ impl Proxy<'_> {
             while let Some(a) = c.core.poll_action() {
                 progress = true;
                 match a {
-                    Action::ConnectUpstream { backend, .. } => {
+                    Action::ConnectUpstream { backend, fresh } => {
+                        if !fresh {
+                            let list = self.pool.entry(backend).or_default();
+                            let mut reused = None;
+                            while let Some((id, since)) = list.pop() {
+                                let alive = now.saturating_duration_since(since) < POOL_IDLE
+                                    && stack.state(id) == Ok(dpuproxy_tcp::State::Established)
+                                    && stack.recv_queue(id) == Ok(0);
+                                if alive {
+                                    reused = Some(id);
+                                    break;
+                                }
+                                self.owners.remove(&id.index());
+                                let _ = stack.abort(id);
+                            }
+                            if let Some(id) = reused {
+                                self.owners.insert(id.index(), Owner::Upstream(idx));
+                                c.upstream = Some(Upstream {
+                                    id,
+                                    backend,
+                                    connected: true,
+                                });
+                                c.core.handle_upstream_connected(now, true);
+                                continue;
+                            }
+                        }
                         let addr = self.opts.backends[backend];
                         match stack.connect(*addr.ip(), addr.port()) {
                             Ok(id) => {
                                 self.owners.insert(id.index(), Owner::Upstream(idx));
                                 c.upstream = Some(Upstream {
                                     id,
+                                    backend,
                                     connected: false,
                                 });
                             }
@@ -406,11 +454,16 @@ impl Proxy<'_> {
                             }
                         }
                     }
-                    Action::ReleaseUpstream { .. } => {
-                        // No idle pool yet on this path: close gracefully.
+                    Action::ReleaseUpstream { reusable } => {
                         if let Some(u) = c.upstream.take() {
-                            self.owners.remove(&u.id.index());
-                            let _ = stack.close(u.id);
+                            let list = self.pool.entry(u.backend).or_default();
+                            if reusable && list.len() < POOL_MAX_PER_BACKEND {
+                                self.owners.insert(u.id.index(), Owner::Pooled(u.backend));
+                                list.push((u.id, now));
+                            } else {
+                                self.owners.remove(&u.id.index());
+                                let _ = stack.close(u.id);
+                            }
                         }
                     }
                     Action::AbortUpstream => {
@@ -678,6 +731,7 @@ pub(super) fn run(
         timers: BTreeSet::new(),
         dirty: Vec::new(),
         origin,
+        pool: HashMap::new(),
     };
     metrics.up.store(true, Ordering::Relaxed);
     on_up(&info.name, mac);
@@ -732,6 +786,17 @@ pub(super) fn run(
         t0 = t1;
         if t1 >= next_report {
             next_report = t1 + report_every;
+            let now = Instant::now();
+            for list in proxy.pool.values_mut() {
+                list.retain(|(id, since)| {
+                    let keep = now.saturating_duration_since(*since) < POOL_IDLE;
+                    if !keep {
+                        proxy.owners.remove(&id.index());
+                        let _ = stack.close(*id);
+                    }
+                    keep
+                });
+            }
             metrics.busy_cycles.store(busy, Ordering::Relaxed);
             metrics.idle_cycles.store(idle, Ordering::Relaxed);
             if let Ok(s) = port.stats() {
@@ -765,6 +830,11 @@ pub(super) fn run(
     let idxs: Vec<usize> = proxy.clients.iter().map(|(i, _)| i).collect();
     for idx in idxs {
         proxy.close_client(&mut stack, idx, false);
+    }
+    for (_, list) in proxy.pool.drain() {
+        for (id, _) in list {
+            let _ = stack.abort(id);
+        }
     }
     let now = Instant::now();
     let snow = proxy.smol(now);
