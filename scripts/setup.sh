@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(pkg-config libssl-dev openssl ca-certificates wrk haproxy)
+APT_PACKAGES=(pkg-config libssl-dev openssl ca-certificates curl wrk haproxy)
 # --- DPDK (issue 4): DPDK 22.11 headers and PMDs, libclang for bindgen,
 # and the tools the namespace/veth tests drive. ---
 APT_PACKAGES+=(libdpdk-dev clang libclang-dev iproute2 ethtool iputils-ping)

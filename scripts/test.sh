@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build -p dpuproxy
 cargo test --workspace
-DPUPROXY_BIN="$PWD/target/debug/dpuproxy" .venv/bin/python -m pytest tests/tls tests/e2e -v --timeout=120
+DPUPROXY_BIN="$PWD/target/debug/dpuproxy" .venv/bin/python -m pytest tests/tls tests/e2e tests/dpdk -v --timeout=300

@@ -113,14 +113,19 @@ pub fn run(
     metrics: Arc<DpMetrics>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Outcome> {
+    // Anything that stops the DPDK path from starting is a reason, which
+    // `--mode auto` logs before it falls back to kernel mode.
     if cfg.kernel.listen.ip() != std::net::IpAddr::V4(settings.ip) {
-        bail!(
-            "in dpdk mode --listen ({}) must be on --dpdk-ip ({})",
+        return Ok(Outcome::DidNotStart(anyhow::anyhow!(
+            "--listen ({}) must be on --dpdk-ip ({}) for the DPDK path",
             cfg.kernel.listen,
             settings.ip
-        );
+        )));
     }
-    let backends = backends_v4(cfg)?;
+    let backends = match backends_v4(cfg) {
+        Ok(b) => b,
+        Err(e) => return Ok(Outcome::DidNotStart(e)),
+    };
     let tls = tls_config(cfg)?;
     let house = {
         let shared = shared.clone();
