@@ -162,10 +162,18 @@ class DpdkProxy:
         return next(b for b in self.backends if b.name == name)
 
 
-def dpdk_proxy_cmd(topo: dt.Topology, backends: list[dt.NsBackend], cert: tuple[str, str], jwt: Jwt, admin: int, mode: str) -> list[str]:
+def dpdk_proxy_cmd(
+    topo: dt.Topology,
+    backends: list[dt.NsBackend],
+    cert: tuple[str, str],
+    jwt: Jwt,
+    admin: int,
+    mode: str,
+    driver: str = "af_packet",
+) -> list[str]:
     cmd = [dt.proxy_binary(), "run", "--mode", mode]
     if mode == "dpdk":
-        cmd += ["--dpdk-eal", dt.eal_args(topo.veth_root), "--dpdk-ip", f"{topo.proxy_ip}/24"]
+        cmd += ["--dpdk-eal", dt.eal_args(topo.veth_root, driver), "--dpdk-ip", f"{topo.proxy_ip}/24"]
     cmd += ["--listen", f"{topo.proxy_ip}:{dt.PROXY_PORT}"]
     for b in backends:
         cmd += ["--backend", b.addr]
@@ -210,3 +218,9 @@ def pytest_runtest_makereport(item, call):
         return
     for label, path in list(_REPORT_FILES.items()):
         report.sections.append((f"{label} (tail)", dt.tail(path, 4000)))
+
+
+@pytest.fixture(scope="session")
+def proxy_cmd():
+    """`dpdk_proxy_cmd` and the start-up timeout, for modules that start their own proxy."""
+    return dpdk_proxy_cmd, STARTUP_TIMEOUT

@@ -449,8 +449,8 @@ def proxy_binary() -> str:
     return str(path)
 
 
-def eal_args(iface: str) -> str:
-    return f"-l 1 --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_af_packet0,iface={iface}"
+def eal_args(iface: str, driver: str = "af_packet") -> str:
+    return f"-l 1 --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_{driver}0,iface={iface}"
 
 
 _ACTIVE_DPDK: list["ProxyRun"] = []
