@@ -143,27 +143,7 @@ pub fn run_port(
 
     let eal = Eal::init(&opts.eal_args)?;
     let all_ports = eal.ports();
-    let info = match &opts.device {
-        Some(name) => all_ports
-            .iter()
-            .find(|p| &p.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                Error::NoPort(format!(
-                    "no port named {name}; the EAL found: {}",
-                    names(&all_ports)
-                ))
-            })?,
-        None => all_ports.first().cloned().ok_or_else(|| {
-            Error::NoPort(
-                "the EAL found no port. For --vdev=net_af_packet0,iface=X (and af_xdp, tap) check \
-                 that interface X exists in this network namespace and that you may open it (root \
-                 or CAP_NET_RAW/CAP_NET_ADMIN); the EAL log above names the device that failed. \
-                 For a PCI NIC (mlx5 on BlueField) pass -a <PCI address> and drop --no-pci"
-                    .into(),
-            )
-        })?,
-    };
+    let info = select_port(&all_ports, opts.device.as_deref())?;
     let cfg = PortConfig::default();
     let plan = MempoolPlan::for_port(&PortShape {
         rx_desc: u32::from(cfg.rx_desc),
@@ -245,6 +225,33 @@ pub fn run_port(
         in_use_at_start,
         in_use_after_close,
     })
+}
+
+/// The port named `device`, or the first one the EAL found, with an error
+/// that tells an operator what to check.
+#[cfg(dpdk)]
+pub(crate) fn select_port(all_ports: &[PortInfo], device: Option<&str>) -> Result<PortInfo> {
+    match device {
+        Some(name) => all_ports
+            .iter()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Error::NoPort(format!(
+                    "no port named {name}; the EAL found: {}",
+                    names(all_ports)
+                ))
+            }),
+        None => all_ports.first().cloned().ok_or_else(|| {
+            Error::NoPort(
+                "the EAL found no port. For --vdev=net_af_packet0,iface=X (and af_xdp, tap) check \
+                 that interface X exists in this network namespace and that you may open it (root \
+                 or CAP_NET_RAW/CAP_NET_ADMIN); the EAL log above names the device that failed. \
+                 For a PCI NIC (mlx5 on BlueField) pass -a <PCI address> and drop --no-pci"
+                    .into(),
+            )
+        }),
+    }
 }
 
 #[cfg(dpdk)]

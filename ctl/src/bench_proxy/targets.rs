@@ -78,15 +78,16 @@ fn pinned(cpus: &str, program: &Path) -> Command {
     }
 }
 
-/// `dpuproxy run --mode kernel`, one worker, on the proxy core.
-pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
-    let exe = std::env::current_exe().context("cannot find the dpuproxy binary")?;
-    let port = free_port()?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let log = job.out_dir.join("kernel.log");
-    let mut cmd = pinned(&job.proxy_cpus, &exe);
-    cmd.args(["run", "--mode", "kernel", "--workers", "1", "--listen"])
-        .arg(addr.to_string())
+/// The arguments every dpuproxy target shares: listen address, TLS files,
+/// the RS256 JWT checks, the backends, quiet logs into `log`.
+fn same_job_args(
+    cmd: &mut Command,
+    job: &Job,
+    listen: SocketAddr,
+    log: &Path,
+) -> anyhow::Result<()> {
+    cmd.arg("--listen")
+        .arg(listen.to_string())
         .arg("--tls-cert")
         .arg(&job.cert)
         .arg("--tls-key")
@@ -99,7 +100,19 @@ pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
     }
     cmd.env("DPUPROXY_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?);
+        .stderr(std::fs::File::create(log)?);
+    Ok(())
+}
+
+/// `dpuproxy run --mode kernel`, one worker, on the proxy core.
+pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
+    let exe = std::env::current_exe().context("cannot find the dpuproxy binary")?;
+    let port = free_port()?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let log = job.out_dir.join("kernel.log");
+    let mut cmd = pinned(&job.proxy_cpus, &exe);
+    cmd.args(["run", "--mode", "kernel", "--workers", "1"]);
+    same_job_args(&mut cmd, job, addr, &log)?;
     let mut child = cmd.spawn().context("cannot start dpuproxy (kernel)")?;
     wait_listening(addr, &mut child, "dpuproxy kernel", WAIT, Some(&log))?;
     Ok(Running {
@@ -133,23 +146,9 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--mode", "dpdk", "--dpdk-eal", &eal, "--dpdk-ip"])
         .arg(format!("{}/24", ns.proxy_ip))
-        .arg("--listen")
-        .arg(addr.to_string())
         .arg("--admin")
-        .arg(admin.to_string())
-        .arg("--tls-cert")
-        .arg(&job.cert)
-        .arg("--tls-key")
-        .arg(&job.key)
-        .arg("--jwt-key")
-        .arg(&job.jwt_pub)
-        .args(["--jwt-issuer", &job.issuer, "--jwt-audience", &job.audience]);
-    for b in &job.backends {
-        cmd.arg("--backend").arg(b.to_string());
-    }
-    cmd.env("DPUPROXY_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?);
+        .arg(admin.to_string());
+    same_job_args(&mut cmd, job, addr, &log)?;
     let mut child = cmd.spawn().context("cannot start dpuproxy (dpdk)")?;
     wait_listening(admin, &mut child, "dpuproxy dpdk (admin)", WAIT, Some(&log))?;
     // The admin listener starts before the EAL: wait for the port.

@@ -653,20 +653,7 @@ pub(super) fn run(
     }
     let eal = Eal::init(&opts.eal_args)?;
     let all_ports = eal.ports();
-    let info = match &opts.device {
-        Some(name) => all_ports
-            .iter()
-            .find(|p| &p.name == name)
-            .cloned()
-            .ok_or_else(|| Error::NoPort(format!("no port named {name}")))?,
-        None => all_ports.first().cloned().ok_or_else(|| {
-            Error::NoPort(
-                "the EAL found no port: check the --vdev interface exists in this network \
-                 namespace and that you are root (or pass -a <PCI address> for a NIC)"
-                    .into(),
-            )
-        })?,
-    };
+    let info = crate::app::select_port(&all_ports, opts.device.as_deref())?;
     let cfg = PortConfig::default();
     let plan = MempoolPlan::for_port(&PortShape {
         rx_desc: u32::from(cfg.rx_desc),
