@@ -652,6 +652,14 @@ pub(super) fn run(
         ));
     }
     let eal = Eal::init(&opts.eal_args)?;
+    let lcores = eal.lcores();
+    if lcores.len() > 1 {
+        tracing::warn!(
+            ?lcores,
+            main = eal.main_lcore(),
+            "this build polls one queue pair on the main lcore only; the other lcores in -l stay idle"
+        );
+    }
     let all_ports = eal.ports();
     let info = crate::app::select_port(&all_ports, opts.device.as_deref())?;
     let cfg = PortConfig::default();
