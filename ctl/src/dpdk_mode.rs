@@ -1,5 +1,6 @@
 //! `dpuproxy run --mode dpdk|auto`: the full-offload data path on the
-//! calling thread, which the EAL pins to the first lcore of `-l`.
+//! thread that calls it (`run` in main.rs gives it a thread of its own),
+//! which the EAL pins to the first lcore of `-l`.
 //!
 //! Threads that must not share the poller's core (admin listener, JWT key
 //! reloader, housekeeping) are started before the EAL initialises, so they

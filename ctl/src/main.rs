@@ -300,7 +300,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             )?),
             None => None,
         };
-        let outcome = dpdk_mode::run(&cfg, &settings, &shared, metrics, &stop);
+        // The EAL pins the thread that initialises it to the poller's core.
+        // Doing that on a thread of its own keeps the main thread (and any
+        // kernel workers an auto-mode fallback starts from it) unpinned.
+        let outcome = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("dpuproxy-lcore".into())
+                .spawn_scoped(s, || {
+                    dpdk_mode::run(&cfg, &settings, &shared, metrics, &stop)
+                })
+                .map_err(anyhow::Error::from)?
+                .join()
+                .map_err(|_| anyhow::anyhow!("the DPDK data path thread panicked"))?
+        });
         if let Some(a) = admin {
             a.shutdown();
         }
@@ -309,6 +321,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 if let Some(r) = reloader {
                     r.shutdown();
                 }
+                return Ok(());
+            }
+            dpdk_mode::Outcome::DidNotStart(e)
+                if cfg.mode == Mode::Auto && stop.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                // Asked to stop while the DPDK attempt was starting.
+                tracing::info!("stopping (the DPDK data path had not started: {e:#})");
                 return Ok(());
             }
             dpdk_mode::Outcome::DidNotStart(e) if cfg.mode == Mode::Auto => {

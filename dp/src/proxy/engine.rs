@@ -25,6 +25,8 @@ const ARP_AND_TCP_MTU: usize = 1514;
 /// Plaintext/ciphertext bytes held for one client before reads stop.
 const MAX_TLS_BUFFER: usize = 256 * 1024;
 const ROUNDS: usize = 32;
+/// How long a closing connection may take to drain to its client.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// smoltcp device over DPDK mbufs: received mbufs are handed to the stack
 /// as they are; transmitted frames are written into fresh mbufs and queued
@@ -136,6 +138,11 @@ struct Client {
     upstream: Option<Upstream>,
     /// `Some(flush)` once the core asked to close.
     closing: Option<bool>,
+    /// When closing began: a client that stops reading is cut off after
+    /// `LINGER` (its TCP keeps answering zero-window probes forever).
+    closing_since: Option<Instant>,
+    /// close_notify is in `outbuf` (or the TLS session cannot send one).
+    close_notify_queued: bool,
     eof: bool,
     accepted_at: Instant,
     armed: Option<Instant>,
@@ -159,6 +166,8 @@ struct Proxy<'s> {
     owners: HashMap<usize, Owner>,
     timers: BTreeSet<(Instant, usize)>,
     dirty: Vec<usize>,
+    /// Connections that used up their rounds: driven again next turn.
+    next_dirty: Vec<usize>,
     origin: Instant,
     pool: HashMap<usize, Vec<(ConnId, Instant)>>,
 }
@@ -265,6 +274,8 @@ impl Proxy<'_> {
             outbuf: Vec::new(),
             upstream: None,
             closing: None,
+            closing_since: None,
+            close_notify_queued: false,
             eof: false,
             accepted_at: now,
             armed: None,
@@ -473,7 +484,9 @@ impl Proxy<'_> {
                         }
                     }
                     Action::CloseDownstream { flush } => {
-                        if c.closing != Some(false) {
+                        // A TLS failure already asked to flush its alert:
+                        // keep that; otherwise take the core's choice.
+                        if c.closing.is_none() {
                             c.closing = Some(flush);
                         }
                     }
@@ -550,9 +563,24 @@ impl Proxy<'_> {
             }
 
             if let Some(flush) = c.closing {
+                c.closing_since.get_or_insert(now);
+                if !flush {
+                    return self.close_client(stack, idx, false, now);
+                }
                 let drained = c.outbuf.is_empty() && c.core.downstream_pending().is_empty();
-                if !flush || drained {
-                    return self.close_client(stack, idx, flush);
+                if drained && !c.close_notify_queued {
+                    // close_notify goes through outbuf like any record, so
+                    // a full send buffer cannot cut it short.
+                    c.close_notify_queued = true;
+                    if let Tls::Established(rl) = &mut c.tls
+                        && rl.send_close_notify().is_ok()
+                    {
+                        let _ = rl.poll_output(&mut c.outbuf);
+                        continue;
+                    }
+                }
+                if drained && c.outbuf.is_empty() {
+                    return self.close_client(stack, idx, true, now);
                 }
             }
             if !progress {
@@ -561,14 +589,20 @@ impl Proxy<'_> {
             }
         }
         // Still busy after the round limit: continue next turn.
-        self.mark(idx);
+        if !self.next_dirty.contains(&idx) {
+            self.next_dirty.push(idx);
+        }
         self.rearm(idx);
     }
 
-    fn close_client(&mut self, stack: &mut Stack, idx: usize, graceful: bool) {
+    fn close_client(&mut self, stack: &mut Stack, idx: usize, graceful: bool, now: Instant) {
         let Some(mut c) = self.clients.try_remove(idx) else {
             return;
         };
+        // The core must see the end of the client even when we noticed it
+        // first (a failed send): it settles backend and SSE counters. A
+        // second EOF is harmless.
+        c.core.handle_downstream_eof(now);
         if let Some(t) = c.armed.take() {
             self.timers.remove(&(t, idx));
         }
@@ -578,12 +612,8 @@ impl Proxy<'_> {
         }
         self.owners.remove(&c.tcp.index());
         if graceful {
-            if let Tls::Established(rl) = &mut c.tls {
-                let _ = rl.send_close_notify();
-                let mut out = Vec::new();
-                let _ = rl.poll_output(&mut out);
-                let _ = stack.send_slice(c.tcp, &out);
-            }
+            // Whatever is still queued (close_notify, an alert) is in the
+            // TCP send buffer; close sends FIN after it.
             let _ = stack.close(c.tcp);
         } else {
             let _ = stack.abort(c.tcp);
@@ -597,8 +627,9 @@ impl Proxy<'_> {
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
-        let deadline = match c.tls {
-            Tls::Handshaking(_) => Some(c.accepted_at + self.opts.handshake_timeout),
+        let deadline = match (&c.tls, c.closing_since) {
+            (_, Some(since)) => Some(since + LINGER),
+            (Tls::Handshaking(_), None) => Some(c.accepted_at + self.opts.handshake_timeout),
             _ => c.core.poll_timeout(),
         };
         if c.armed != deadline {
@@ -622,12 +653,17 @@ impl Proxy<'_> {
                 continue;
             };
             c.armed = None;
+            if c.closing_since.is_some() {
+                // The client did not drain within LINGER.
+                self.close_client(stack, idx, false, now);
+                continue;
+            }
             if matches!(c.tls, Tls::Handshaking(_)) {
                 self.metrics
                     .handshake_failures
                     .fetch_add(1, Ordering::Relaxed);
                 self.shared.metrics.error(ErrorKind::TlsHandshake);
-                self.close_client(stack, idx, false);
+                self.close_client(stack, idx, false, now);
                 continue;
             }
             c.core.handle_timeout(now);
@@ -725,6 +761,7 @@ pub(super) fn run(
         owners: HashMap::new(),
         timers: BTreeSet::new(),
         dirty: Vec::new(),
+        next_dirty: Vec::new(),
         origin,
         pool: HashMap::new(),
     };
@@ -757,6 +794,10 @@ pub(super) fn run(
         while let Some(ev) = stack.poll_event() {
             work += 1;
             proxy.on_event(&mut stack, ev, listener, now);
+        }
+        let carried = std::mem::take(&mut proxy.next_dirty);
+        for idx in carried {
+            proxy.mark(idx);
         }
         while let Some(idx) = proxy.dirty.pop() {
             proxy.drive(&mut stack, idx, now);
@@ -824,7 +865,7 @@ pub(super) fn run(
     // the last frames, stop the port, and account for every mbuf.
     let idxs: Vec<usize> = proxy.clients.iter().map(|(i, _)| i).collect();
     for idx in idxs {
-        proxy.close_client(&mut stack, idx, false);
+        proxy.close_client(&mut stack, idx, false, Instant::now());
     }
     for (_, list) in proxy.pool.drain() {
         for (id, _) in list {
