@@ -12,7 +12,18 @@ import subprocess
 from conftest import proxy_binary
 
 
+def _bench_links() -> set[str]:
+    """Names of network devices the dpdk target creates (`dpb<pid>a`), plus its namespaces."""
+    if not shutil.which("ip"):
+        return set()
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    names = {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ": dpb" in line}
+    spaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return names | {line.split()[0] for line in spaces.splitlines() if line.startswith("dpb")}
+
+
 def test_bench_proxy_smoke(tmp_path):
+    before = _bench_links()
     out = tmp_path / "bench-out"
     cmd = [
         *proxy_binary(), "bench", "proxy", "--targets", "kernel,dpdk,haproxy",
@@ -51,3 +62,5 @@ def test_bench_proxy_smoke(tmp_path):
         assert "kernel/haproxy=n/a" in lines[-1]
     svg = (out / "bench-proxy.svg").read_text()
     assert svg.startswith("<svg") and "requests/s" in svg
+    # The dpdk target's namespace and veth are gone again.
+    assert _bench_links() <= before, f"left behind: {_bench_links() - before}"

@@ -21,6 +21,10 @@ pub struct Netns {
     /// The peers' address inside the namespace.
     pub peer_ip: std::net::Ipv4Addr,
     path: PathBuf,
+    /// The namespace of the thread that created it: the last user may drop
+    /// this from a thread that entered the new namespace, and the clean-up
+    /// commands must run at home.
+    home: File,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -59,6 +63,8 @@ impl Netns {
     /// Create `dpb<pid>` with a veth pair; 10.77.250.1 is the proxy's,
     /// 10.77.250.2/24 the peers'.
     pub fn create() -> anyhow::Result<Self> {
+        let home = File::open("/proc/thread-self/ns/net")
+            .context("cannot open this thread's network namespace")?;
         let pid = std::process::id();
         let name = format!("dpb{pid}");
         let root_if = format!("dpb{pid}a");
@@ -69,6 +75,7 @@ impl Netns {
             proxy_ip: [10, 77, 250, 1].into(),
             peer_ip: [10, 77, 250, 2].into(),
             path: PathBuf::from(format!("/var/run/netns/{name}")),
+            home,
         };
         ip(&["netns", "add", &name])?;
         ip(&[
@@ -108,7 +115,29 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = ip(&["link", "del", &self.root_if]);
-        let _ = ip(&["netns", "del", &self.name]);
+        let (name, root_if, home) = (&self.name, &self.root_if, &self.home);
+        std::thread::scope(|s| {
+            let _ = s.spawn(move || {
+                // A fresh thread, moved home before running `ip`.
+                if rustix::thread::move_into_link_name_space(
+                    home.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .is_err()
+                {
+                    return;
+                }
+                let _ = ip(&["netns", "del", name]);
+                // The veth may outlive a just-killed DPDK process for a
+                // moment: retry until it is gone (bounded).
+                for _ in 0..20 {
+                    if ip(&["link", "show", root_if]).is_err() {
+                        break;
+                    }
+                    let _ = ip(&["link", "del", root_if]);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+        });
     }
 }
