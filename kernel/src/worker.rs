@@ -7,13 +7,14 @@
 //! clears them. TLS may need to write while reading (and the reverse), so
 //! both flags are cleared on either readiness.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use dpuproxy_l7::deadlines::Deadlines;
 use dpuproxy_l7::{Action, Connection, ErrorKind, Shared};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -79,7 +80,6 @@ struct Client {
     closing_since: Option<Instant>,
     /// Set once close_notify and FIN went out: drain input until then.
     lingering_until: Option<Instant>,
-    armed: Option<Instant>,
 }
 
 struct Pooled {
@@ -96,7 +96,7 @@ pub(crate) struct Worker {
     metrics: Arc<KernelMetrics>,
     settings: WorkerSettings,
     clients: Slab<Client>,
-    timers: BTreeSet<(Instant, usize)>,
+    timers: Deadlines,
     pool: HashMap<usize, Vec<Pooled>>,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
@@ -127,7 +127,7 @@ impl Worker {
             metrics,
             settings,
             clients: Slab::new(),
-            timers: BTreeSet::new(),
+            timers: Deadlines::new(),
             pool: HashMap::new(),
             stop,
             buf: vec![0; READ_CHUNK],
@@ -147,8 +147,8 @@ impl Worker {
             let now = Instant::now();
             let timeout = self
                 .timers
-                .first()
-                .map(|(t, _)| t.saturating_duration_since(now))
+                .next()
+                .map(|t| t.saturating_duration_since(now))
                 // Wake at least once a second to expire the idle pool.
                 .map(|d| d.min(Duration::from_secs(1)))
                 .or(Some(Duration::from_secs(1)))
@@ -249,7 +249,6 @@ impl Worker {
             closing: None,
             closing_since: None,
             lingering_until: None,
-            armed: None,
         };
         if let Err(e) = client.tls.register(
             self.poll.registry(),
@@ -599,9 +598,7 @@ impl Worker {
             return;
         }
         let mut c = self.clients.remove(idx);
-        if let Some(t) = c.armed.take() {
-            self.timers.remove(&(t, idx));
-        }
+        self.timers.set(idx, None);
         if let Some(mut u) = c.upstream.take() {
             let _ = self.poll.registry().deregister(&mut u.stream);
         }
@@ -625,27 +622,14 @@ impl Worker {
         } else {
             c.core.poll_timeout()
         };
-        if c.armed != deadline {
-            if let Some(t) = c.armed.take() {
-                self.timers.remove(&(t, idx));
-            }
-            if let Some(t) = deadline {
-                self.timers.insert((t, idx));
-            }
-            c.armed = deadline;
-        }
+        self.timers.set(idx, deadline);
     }
 
     fn fire_timers(&mut self, now: Instant) {
-        while let Some(&(t, idx)) = self.timers.first() {
-            if t > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(idx) = self.timers.pop_due(now) {
             let Some(c) = self.clients.get_mut(idx) else {
                 continue;
             };
-            c.armed = None;
             if !c.handshake_done {
                 self.shared.metrics.error(ErrorKind::TlsHandshake);
                 self.close_client(idx);

@@ -30,7 +30,7 @@ use crate::Shared;
 use crate::auth::{self, Rejection};
 use crate::http::{
     self, BodyFraming, CHUNKED_END, ChunkedDecoder, HttpError, RequestHead, ResponseHead,
-    encode_chunk, header, header_count, is_hop_by_hop, reason_phrase,
+    encode_chunk, header, header_count, header_has_token, is_hop_by_hop, reason_phrase,
 };
 
 /// RFC 9728 well-known path for protected-resource metadata.
@@ -137,6 +137,8 @@ pub struct Connection {
     upstream_in: Vec<u8>,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
+    /// Reused output buffer of the chunked decoder.
+    decode_scratch: Vec<u8>,
     actions: VecDeque<Action>,
     close_after_flush: bool,
 }
@@ -192,6 +194,7 @@ impl Connection {
             upstream_in: Vec::new(),
             to_client: Vec::new(),
             to_upstream: Vec::new(),
+            decode_scratch: Vec::new(),
             actions: VecDeque::new(),
             close_after_flush: false,
         }
@@ -754,7 +757,15 @@ impl Connection {
                 Err(r) => return self.auth_reject(now, r, &host, &[], keep_alive),
             }
         }
-        let route = match mcp::classify(&head.method, &head.headers, &body) {
+        // The body is parsed once: for routing (initialize? method?) and for
+        // scope checks.
+        let parsed = if head.method == "POST" {
+            mcp::jsonrpc_calls(&body)
+        } else {
+            None
+        };
+        let route = match mcp::classify_parsed(&head.headers, mcp::first_method(parsed.as_deref()))
+        {
             Ok(r) => r,
             Err(e) => {
                 shared.metrics.error(ErrorKind::BadMcpHeaders);
@@ -764,7 +775,7 @@ impl Connection {
         };
         if let (Some(auth), Some(p)) = (&shared.auth, &principal) {
             let mut calls = if head.method == "POST" {
-                match mcp::jsonrpc_calls(&body) {
+                match parsed {
                     Some(c) => c,
                     // A body we cannot read is a body whose scopes we cannot
                     // check; a lenient backend might still run it.
@@ -884,26 +895,16 @@ impl Connection {
         out.push(b' ');
         out.extend_from_slice(head.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let connection_tokens: Vec<String> = head
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| {
-                String::from_utf8_lossy(&h.value)
-                    .split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
         for h in &head.headers {
-            let lname = h.name.to_ascii_lowercase();
-            if is_hop_by_hop(&lname)
-                || lname == "expect"
-                || lname == "x-forwarded-for"
-                || lname == "x-forwarded-proto"
-                || connection_tokens.contains(&lname)
-                || (strip_token && lname == "authorization")
-                || (auth.is_some() && folded_name_is(&h.name, SUBJECT_HEADER))
+            let name = h.name.as_str();
+            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            if is_hop_by_hop(name)
+                || is("expect")
+                || is("x-forwarded-for")
+                || is("x-forwarded-proto")
+                || header_has_token(&head.headers, "connection", name)
+                || (strip_token && is("authorization"))
+                || (auth.is_some() && folded_name_is(name, SUBJECT_HEADER))
             {
                 continue;
             }
@@ -1212,35 +1213,48 @@ impl Connection {
         if !self.upstream_in.is_empty() {
             relay.last_upstream = now;
         }
-        let mut decoded = Vec::new();
+        // Body bytes go from `input` to the client buffer in one copy;
+        // only chunked bodies pass through the (reused) decode buffer.
+        let mut input = std::mem::take(&mut self.upstream_in);
         let done = match &mut relay.decoder {
             BodyDecoder::Length(remaining) => {
-                let take = (*remaining).min(self.upstream_in.len() as u64) as usize;
-                decoded.extend_from_slice(&self.upstream_in[..take]);
-                self.upstream_in.drain(..take);
+                let take = (*remaining).min(input.len() as u64) as usize;
+                self.emit_body(&input[..take], &mut relay, now, &req);
+                input.drain(..take);
+                let BodyDecoder::Length(remaining) = &mut relay.decoder else {
+                    unreachable!("matched above")
+                };
                 *remaining -= take as u64;
                 *remaining == 0
             }
-            BodyDecoder::Chunked(d) => match d.decode(&self.upstream_in, &mut decoded) {
-                Ok(used) => {
-                    self.upstream_in.drain(..used);
-                    d.is_done()
+            BodyDecoder::Chunked(d) => {
+                let mut decoded = std::mem::take(&mut self.decode_scratch);
+                decoded.clear();
+                let r = d.decode(&input, &mut decoded);
+                self.emit_body(&decoded, &mut relay, now, &req);
+                self.decode_scratch = decoded;
+                match r {
+                    Ok(used) => {
+                        input.drain(..used);
+                        matches!(&relay.decoder, BodyDecoder::Chunked(d) if d.is_done())
+                    }
+                    Err(_) => {
+                        // What decoded cleanly before the error was forwarded.
+                        self.upstream_in = input;
+                        self.shared.metrics.error(ErrorKind::UpstreamProtocol);
+                        self.shared.backends.request_finished(req.backend);
+                        self.actions.push_back(Action::AbortUpstream);
+                        return self.end_broken_stream(&req, &mut relay);
+                    }
                 }
-                Err(_) => {
-                    self.shared.metrics.error(ErrorKind::UpstreamProtocol);
-                    self.shared.backends.request_finished(req.backend);
-                    self.actions.push_back(Action::AbortUpstream);
-                    // Forward what decoded cleanly before the error.
-                    self.emit_body(&decoded, &mut relay, now, &req);
-                    return self.end_broken_stream(&req, &mut relay);
-                }
-            },
+            }
             BodyDecoder::UntilClose => {
-                decoded.append(&mut self.upstream_in);
+                self.emit_body(&input, &mut relay, now, &req);
+                input.clear();
                 false
             }
         };
-        self.emit_body(&decoded, &mut relay, now, &req);
+        self.upstream_in = input;
         if done {
             let leftover = !self.upstream_in.is_empty();
             self.finish_response(now, req, relay, leftover);

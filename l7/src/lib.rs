@@ -17,6 +17,7 @@
 //! - [`backends`]: health, round-robin and least-outstanding picks;
 //! - [`sse`]: event boundary tracking for keepalives and clean stream ends;
 //! - [`conn`]: the per-connection state machine;
+//! - [`deadlines`]: one timer per connection, for the drivers;
 //! - [`metrics`] and [`config`]: counters and every named limit.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod conn;
+pub mod deadlines;
 pub mod http;
 pub mod mcp;
 pub mod metrics;

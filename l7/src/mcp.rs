@@ -151,20 +151,29 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
     }
 }
 
-/// The JSON-RPC method of a request body (the first message of a batch).
-pub fn jsonrpc_method(body: &[u8]) -> Option<String> {
-    jsonrpc_calls(body)?
-        .into_iter()
-        .next()
-        .and_then(|c| c.method)
-}
-
 fn header_string(headers: &[Header], name: &str) -> Option<String> {
     header(headers, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
 }
 
 /// Classify a complete request for routing.
 pub fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, McpError> {
+    let calls = if method == "POST" {
+        jsonrpc_calls(body)
+    } else {
+        None
+    };
+    classify_parsed(headers, first_method(calls.as_deref()))
+}
+
+/// The method of the first message of already-parsed calls.
+pub fn first_method(calls: Option<&[Call]>) -> Option<&str> {
+    calls?.first()?.method.as_deref()
+}
+
+/// [`classify`] for a caller that already parsed the body with
+/// [`jsonrpc_calls`] (so it is parsed once per request): `body_method` is
+/// the first message's method, `None` for non-POST or unreadable bodies.
+pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<Route, McpError> {
     let era = era(headers)?;
     let sessions = header_count(headers, SESSION_HEADER);
     if sessions > 1 {
@@ -176,11 +185,7 @@ pub fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, 
     {
         return Err(McpError::BadSessionId);
     }
-    let body_method = if method == "POST" {
-        jsonrpc_method(body)
-    } else {
-        None
-    };
+    let body_method = body_method.map(str::to_string);
     match era {
         Era::Stateless => {
             if session.is_some() {
@@ -344,7 +349,9 @@ mod tests {
     #[test]
     fn batch_method_is_first_request() {
         assert_eq!(
-            jsonrpc_method(br#"[{"jsonrpc":"2.0","method":"initialize","id":1}]"#).as_deref(),
+            first_method(
+                jsonrpc_calls(br#"[{"jsonrpc":"2.0","method":"initialize","id":1}]"#).as_deref()
+            ),
             Some("initialize")
         );
     }

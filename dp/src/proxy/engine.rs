@@ -1,10 +1,11 @@
 //! The loop itself (DPDK builds only). See the module above for the turn.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use dpuproxy_l7::deadlines::Deadlines;
 use dpuproxy_l7::{Action, Connection, ErrorKind, Shared};
 use dpuproxy_tcp::smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
@@ -145,7 +146,6 @@ struct Client {
     close_notify_queued: bool,
     eof: bool,
     accepted_at: Instant,
-    armed: Option<Instant>,
 }
 
 /// Which side of a client a TCP connection is.
@@ -164,7 +164,7 @@ struct Proxy<'s> {
     tls_cfg: &'s HandshakeConfig,
     clients: slab::Slab<Client>,
     owners: HashMap<usize, Owner>,
-    timers: BTreeSet<(Instant, usize)>,
+    timers: Deadlines,
     dirty: Vec<usize>,
     /// Connections that used up their rounds: driven again next turn.
     next_dirty: Vec<usize>,
@@ -278,7 +278,6 @@ impl Proxy<'_> {
             close_notify_queued: false,
             eof: false,
             accepted_at: now,
-            armed: None,
         });
         self.owners.insert(id.index(), Owner::Client(idx));
         self.metrics
@@ -603,9 +602,7 @@ impl Proxy<'_> {
         // first (a failed send): it settles backend and SSE counters. A
         // second EOF is harmless.
         c.core.handle_downstream_eof(now);
-        if let Some(t) = c.armed.take() {
-            self.timers.remove(&(t, idx));
-        }
+        self.timers.set(idx, None);
         if let Some(u) = c.upstream.take() {
             self.owners.remove(&u.id.index());
             let _ = stack.abort(u.id);
@@ -632,27 +629,14 @@ impl Proxy<'_> {
             (Tls::Handshaking(_), None) => Some(c.accepted_at + self.opts.handshake_timeout),
             _ => c.core.poll_timeout(),
         };
-        if c.armed != deadline {
-            if let Some(t) = c.armed.take() {
-                self.timers.remove(&(t, idx));
-            }
-            if let Some(t) = deadline {
-                self.timers.insert((t, idx));
-            }
-            c.armed = deadline;
-        }
+        self.timers.set(idx, deadline);
     }
 
     fn fire_timers(&mut self, stack: &mut Stack, now: Instant) {
-        while let Some(&(t, idx)) = self.timers.first() {
-            if t > now {
-                break;
-            }
-            self.timers.pop_first();
+        while let Some(idx) = self.timers.pop_due(now) {
             let Some(c) = self.clients.get_mut(idx) else {
                 continue;
             };
-            c.armed = None;
             if c.closing_since.is_some() {
                 // The client did not drain within LINGER.
                 self.close_client(stack, idx, false, now);
@@ -759,7 +743,7 @@ pub(super) fn run(
         tls_cfg,
         clients: slab::Slab::new(),
         owners: HashMap::new(),
-        timers: BTreeSet::new(),
+        timers: Deadlines::new(),
         dirty: Vec::new(),
         next_dirty: Vec::new(),
         origin,
