@@ -526,6 +526,18 @@ pub fn render_metrics(state: &AdminState) -> String {
             r(&d.tcp_connections),
         );
         o.single(
+            "dpuproxy_client_connections",
+            "gauge",
+            "Open client connections on the DPDK path.",
+            r(&d.client_connections),
+        );
+        o.single(
+            "dpuproxy_tls_handshake_failures_total",
+            "counter",
+            "Failed or timed-out TLS handshakes on the DPDK path.",
+            r(&d.handshake_failures),
+        );
+        o.single(
             "dpuproxy_tls_record_errors_total",
             "counter",
             "Connections ended by a TLS record-layer error.",
