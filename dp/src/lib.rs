@@ -16,6 +16,8 @@
 //!   OVS-DPDK's pmd-stats.
 //! - [`net::Responder`]: ARP and ICMP echo for the port's IPv4 address.
 //! - [`app::run_port`]: all of the above as the `dpuproxy port` command.
+//! - [`proxy::run_proxy`]: the full-offload proxy on one lcore (DPDK port,
+//!   `dpuproxy-tcp`, `dpuproxy-tls` records, the `dpuproxy-l7` core).
 //!
 //! Not yet: launching loops on worker lcores (`rte_eal_remote_launch`)
 //! with one queue each: `Port` is polled from the thread that owns it, and
