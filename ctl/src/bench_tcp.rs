@@ -5,7 +5,7 @@
 //! SYN backlog is never the bottleneck), then every connection carries a
 //! request and a response (64 bytes each, or `--bytes` spread over all
 //! connections in each direction); every byte is checked against a
-//! position-dependent pattern. The client closes first; the run ends when
+//! position-dependent pattern (`dpuproxy_tcp::pattern`). The client closes first; the run ends when
 //! both stacks hold no connection. Faults (`--loss`, `--reorder`,
 //! `--duplicate`, `--corrupt`) are injected on both directions by a seeded
 //! `FaultyDevice`.
@@ -25,6 +25,7 @@
 
 use anyhow::{Context, bail};
 use dpuproxy_tcp::fault::{Faults, FaultyDevice};
+use dpuproxy_tcp::pattern::{Stream, recv_pattern, send_pattern};
 use dpuproxy_tcp::smoltcp::phy::{Device, Medium};
 use dpuproxy_tcp::smoltcp::wire::{HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
@@ -133,11 +134,8 @@ struct Side {
     /// Stream ids of the request and the response.
     req: u64,
     resp: u64,
-    /// Bytes to send and already sent.
-    sent: u64,
-    /// Bytes received and checked.
-    received: u64,
-    bad: u64,
+    /// Bytes sent, and received and checked.
+    io: Stream,
     done: bool,
 }
 
@@ -164,12 +162,6 @@ fn stack_config(addr: Ipv4Address, seed: u64) -> StackConfig {
     c.seed = seed;
     c.ephemeral_ports = 1024..=65535;
     c
-}
-
-fn pattern(id: u64, off: u64) -> u8 {
-    let x = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ off.wrapping_mul(0xbf58_476d_1ce4_e5b9))
-        .wrapping_add(off >> 7);
-    (x ^ (x >> 29) ^ (x >> 47)) as u8
 }
 
 /// Per-connection bench state, indexed by `ConnId::index`.
@@ -338,47 +330,9 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
         }
     }
 
-    fn send_stream(stack: &mut Stack, c: ConnId, id: u64, side: &mut Side, total: u64) {
-        while side.sent < total {
-            let start = side.sent;
-            let n = stack
-                .send(c, |buf| {
-                    let n = buf.len().min((total - start) as usize);
-                    for (i, b) in buf[..n].iter_mut().enumerate() {
-                        *b = pattern(id, start + i as u64);
-                    }
-                    (n, n)
-                })
-                .unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            side.sent += n as u64;
-        }
-    }
-
-    fn recv_stream(stack: &mut Stack, c: ConnId, id: u64, side: &mut Side) -> Result<(), TcpError> {
-        loop {
-            let start = side.received;
-            let (n, bad) = stack.recv(c, |buf| {
-                let bad = buf
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, b)| **b != pattern(id, start + *i as u64))
-                    .count();
-                (buf.len(), (buf.len(), bad as u64))
-            })?;
-            side.received += n as u64;
-            side.bad += bad;
-            if n == 0 {
-                return Ok(());
-            }
-        }
-    }
-
     fn client_send(&mut self, c: ConnId) {
         if let Some(side) = self.clients.get_mut(&c) {
-            Self::send_stream(&mut self.client, c, side.req, side, self.per_conn);
+            send_pattern(&mut self.client, c, side.req, &mut side.io, self.per_conn);
         }
     }
 
@@ -386,15 +340,15 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
         let Some(side) = self.clients.get_mut(&c) else {
             return;
         };
-        let r = Self::recv_stream(&mut self.client, c, side.resp, side);
+        let r = recv_pattern(&mut self.client, c, side.resp, &mut side.io);
         if side.done {
             return;
         }
-        if side.received >= self.per_conn || r.is_err() {
+        if side.io.received >= self.per_conn || r.is_err() {
             side.done = true;
-            if side.bad > 0 || side.received != self.per_conn {
-                self.corrupted += usize::from(side.bad > 0);
-                self.failed += usize::from(side.bad == 0);
+            if side.io.bad > 0 || side.io.received != self.per_conn {
+                self.corrupted += usize::from(side.io.bad > 0);
+                self.failed += usize::from(side.io.bad == 0);
             } else {
                 self.completed += 1;
             }
@@ -428,9 +382,9 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
 
     fn server_send(&mut self, c: ConnId) {
         if let Some(side) = self.servers.get_mut(&c)
-            && side.received >= self.per_conn
+            && side.io.received >= self.per_conn
         {
-            Self::send_stream(&mut self.server, c, side.resp, side, self.per_conn);
+            send_pattern(&mut self.server, c, side.resp, &mut side.io, self.per_conn);
         }
     }
 
@@ -438,13 +392,13 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
         let Some(side) = self.servers.get_mut(&c) else {
             return;
         };
-        let r = Self::recv_stream(&mut self.server, c, side.req, side);
-        if side.bad > 0 && !side.done {
+        let r = recv_pattern(&mut self.server, c, side.req, &mut side.io);
+        if side.io.bad > 0 && !side.done {
             side.done = true;
             self.corrupted += 1;
         }
-        if side.received >= self.per_conn {
-            Self::send_stream(&mut self.server, c, side.resp, side, self.per_conn);
+        if side.io.received >= self.per_conn {
+            send_pattern(&mut self.server, c, side.resp, &mut side.io, self.per_conn);
         }
         if r == Err(TcpError::Finished) {
             // The client closed after reading the whole response.

@@ -102,10 +102,15 @@ fn show() -> anyhow::Result<()> {
     for m in &st.mounts {
         println!("mount: {} ({} pages)", m.path.display(), m.size);
     }
-    let plan = MempoolPlan::for_port(&PortShape::default());
+    let shape = PortShape::default();
+    let plan = MempoolPlan::for_port(&shape);
     let need = plan.bytes + hp::EAL_OVERHEAD;
     println!(
-        "a default port (1 rx + 1 tx queue of 1024, burst 32): pool of {} mbufs, ~{} MiB with EAL overhead",
+        "a default port ({} rx + {} tx queue of {}, burst {}): pool of {} mbufs, ~{} MiB with EAL overhead",
+        shape.rx_queues,
+        shape.tx_queues,
+        shape.rx_desc,
+        shape.burst,
         plan.mbufs,
         need >> 20
     );

@@ -124,7 +124,8 @@
 //! [`wire`] joins two stacks in memory; [`fault::FaultyDevice`] wraps any
 //! device and drops, reorders, duplicates and corrupts frames per direction
 //! with a seeded RNG. Corrupted frames are always caught by the IPv4/TCP
-//! checksums and never delivered (tests check this byte by byte).
+//! checksums and never delivered (tests check this byte by byte, with the
+//! streams of [`pattern`]).
 
 mod adapters;
 mod clock;
@@ -133,6 +134,7 @@ mod error;
 pub mod fault;
 mod flow;
 mod frame;
+pub mod pattern;
 mod stack;
 mod timer;
 pub mod wire;

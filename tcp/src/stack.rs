@@ -202,6 +202,22 @@ struct ListenerSlot {
     listener: Option<Listener>,
 }
 
+/// Take a half-open or queued connection out of its listener's counts.
+fn leave_listener(listeners: &mut [ListenerSlot], role: Role) {
+    let (l, queued) = match role {
+        Role::HalfOpen(l) => (l, false),
+        Role::Queued(l) => (l, true),
+        Role::User | Role::Released => return,
+    };
+    if let Some(l) = listeners[l as usize].listener.as_mut() {
+        if queued {
+            l.queued_count -= 1;
+        } else {
+            l.half_open_count -= 1;
+        }
+    }
+}
+
 /// A userspace TCP stack for one core. See the crate documentation for the
 /// calling contract.
 pub struct Stack {
@@ -931,19 +947,15 @@ impl Stack {
     }
 
     fn feed_empty<T: TxToken>(&mut self, vnow: Instant, frame: &[u8], tx: T) {
-        let mut obs = TxObs::default();
-        let mut dev = OneShot::new(
+        let obs = feed_one(
+            &mut self.iface,
+            self.medium,
+            &self.caps,
+            vnow,
             frame,
-            InspectTx {
-                inner: tx,
-                obs: &mut obs,
-                medium: self.medium,
-            },
-            self.caps.clone(),
+            tx,
+            &mut self.empty,
         );
-        let _ = self
-            .iface
-            .poll_ingress_single(vnow, &mut dev, &mut self.empty);
         self.stats.tx_frames += obs.frames;
     }
 
@@ -961,17 +973,15 @@ impl Stack {
         let Some(set) = conn.set.as_mut() else {
             return;
         };
-        let mut obs = TxObs::default();
-        let mut dev = OneShot::new(
+        let obs = feed_one(
+            &mut self.iface,
+            self.medium,
+            &self.caps,
+            vnow,
             frame,
-            InspectTx {
-                inner: tx,
-                obs: &mut obs,
-                medium: self.medium,
-            },
-            self.caps.clone(),
+            tx,
+            set,
         );
-        let _ = self.iface.poll_ingress_single(vnow, &mut dev, set);
         conn.last_rx_us = self.now.total_micros();
         if seg.rst && set.get::<tcp::Socket>(conn.handle).state() == tcp::State::Closed {
             conn.rst_seen = true;
@@ -1282,11 +1292,8 @@ impl Stack {
     }
 
     fn mark_ready(&mut self, slot: u32) {
-        if let Some(c) = self.slots[slot as usize].conn.as_mut()
-            && !c.in_ready
-        {
-            c.in_ready = true;
-            self.ready.push(slot);
+        if let Some(c) = self.slots[slot as usize].conn.as_mut() {
+            push_ready(c, &mut self.ready, slot);
         }
     }
 
@@ -1302,19 +1309,7 @@ impl Stack {
         if self.flows.get(&conn.tuple) == Some(&FlowEntry::Conn(slot)) {
             self.flows.remove(&conn.tuple);
         }
-        match conn.role {
-            Role::HalfOpen(l) => {
-                if let Some(l) = self.listeners[l as usize].listener.as_mut() {
-                    l.half_open_count -= 1;
-                }
-            }
-            Role::Queued(l) => {
-                if let Some(l) = self.listeners[l as usize].listener.as_mut() {
-                    l.queued_count -= 1;
-                }
-            }
-            Role::User | Role::Released => {}
-        }
+        leave_listener(&mut self.listeners, conn.role);
     }
 
     /// Drop the socket (and its buffers) of a caller-owned connection; the
@@ -1337,19 +1332,7 @@ impl Stack {
         let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
             return;
         };
-        match conn.role {
-            Role::HalfOpen(l) => {
-                if let Some(l) = self.listeners[l as usize].listener.as_mut() {
-                    l.half_open_count -= 1;
-                }
-            }
-            Role::Queued(l) => {
-                if let Some(l) = self.listeners[l as usize].listener.as_mut() {
-                    l.queued_count -= 1;
-                }
-            }
-            Role::User | Role::Released => {}
-        }
+        leave_listener(&mut self.listeners, conn.role);
         conn.role = Role::Released;
         conn.leftover = Vec::new();
         let Some(set) = conn.set.as_mut() else {
@@ -1427,10 +1410,7 @@ impl Stack {
             sock.abort();
             conn.rst_sent = true;
             conn.guard_since = None;
-            if !conn.in_ready {
-                conn.in_ready = true;
-                self.ready.push(slot);
-            }
+            push_ready(conn, &mut self.ready, slot);
             return;
         }
         let rx_queued = sock.recv_queue();
@@ -1524,18 +1504,12 @@ impl Stack {
         if due {
             if sent > 0 || exhausted {
                 // Progress was made (or the device is full): go again next poll.
-                if !conn.in_ready {
-                    conn.in_ready = true;
-                    self.ready.push(slot);
-                }
+                push_ready(conn, &mut self.ready, slot);
             } else {
                 // Due but nothing went out: retry after a short pause rather
                 // than spin.
                 let at = now.total_micros().saturating_add(1000);
-                if conn.timer_at.is_none_or(|t| at < t) {
-                    conn.timer_at = Some(at);
-                    self.timers.push(at, slot, generation);
-                }
+                arm_timer(conn, &mut self.timers, at, slot, generation);
             }
         } else if let Some(at) = next
             .map(|v| self.clock.to_real_ceil(v).total_micros())
@@ -1544,10 +1518,7 @@ impl Stack {
             .min()
         {
             let at = at.max(now.total_micros().saturating_add(1));
-            if conn.timer_at.is_none_or(|t| at < t) {
-                conn.timer_at = Some(at);
-                self.timers.push(at, slot, generation);
-            }
+            arm_timer(conn, &mut self.timers, at, slot, generation);
         }
         if wanted && sent == 0 && !exhausted && !conn.neighbor_wait {
             // Held back for a neighbour (ARP); the ARP reply wakes it.
@@ -1589,6 +1560,47 @@ impl Stack {
             m.tables += (l.half_open.capacity() + l.queue.capacity()) * 8;
         }
         m
+    }
+}
+
+/// Hand smoltcp one received frame, with the reply token the device paired
+/// with it, for the sockets in `set`; returns what smoltcp transmitted.
+fn feed_one<T: TxToken>(
+    iface: &mut Interface,
+    medium: Medium,
+    caps: &DeviceCapabilities,
+    vnow: Instant,
+    frame: &[u8],
+    tx: T,
+    set: &mut SocketSet<'static>,
+) -> TxObs {
+    let mut obs = TxObs::default();
+    let mut dev = OneShot::new(
+        frame,
+        InspectTx {
+            inner: tx,
+            obs: &mut obs,
+            medium,
+        },
+        caps.clone(),
+    );
+    let _ = iface.poll_ingress_single(vnow, &mut dev, set);
+    obs
+}
+
+/// Put the connection in `slot` on the ready list unless it is there.
+fn push_ready(conn: &mut Conn, ready: &mut Vec<u32>, slot: u32) {
+    if !conn.in_ready {
+        conn.in_ready = true;
+        ready.push(slot);
+    }
+}
+
+/// Schedule a visit at `at` (real µs) unless one is due earlier.
+fn arm_timer(conn: &mut Conn, timers: &mut TimerHeap, at: i64, slot: u32, generation: u32) {
+    if conn.timer_at.is_none_or(|t| at < t) {
+        conn.timer_at = Some(at);
+        timers.push(at, slot, generation);
     }
 }
 

@@ -2,10 +2,13 @@
 #![allow(dead_code)]
 
 use dpuproxy_tcp::fault::{Faults, FaultyDevice};
+// Not every test file uses them.
+#[allow(unused_imports)]
+pub use dpuproxy_tcp::pattern::{Stream, recv_pattern, send_pattern};
 use dpuproxy_tcp::smoltcp::phy::{Device, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
-use dpuproxy_tcp::{ConnId, Duration, Event, Instant, Stack, StackConfig};
+use dpuproxy_tcp::{Duration, Event, Instant, Stack, StackConfig};
 
 pub const A: Ipv4Address = Ipv4Address::new(10, 77, 0, 1);
 pub const B: Ipv4Address = Ipv4Address::new(10, 77, 0, 2);
@@ -126,66 +129,5 @@ impl Pair {
 
     pub fn take_b(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.b_events)
-    }
-}
-
-/// The byte at `off` of stream `id` (position-dependent, so a reordered or
-/// shifted byte is caught, not only a flipped one).
-pub fn pattern(id: u64, off: u64) -> u8 {
-    let x = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ off.wrapping_mul(0xbf58_476d_1ce4_e5b9))
-        .wrapping_add(off >> 7);
-    (x ^ (x >> 29) ^ (x >> 47)) as u8
-}
-
-/// Stream state for one direction of one connection.
-#[derive(Debug, Default, Clone)]
-pub struct Stream {
-    pub sent: u64,
-    pub received: u64,
-    pub bad: u64,
-}
-
-pub fn send_pattern(s: &mut Stack, c: ConnId, id: u64, st: &mut Stream, total: u64) {
-    while st.sent < total {
-        let start = st.sent;
-        let n = s
-            .send(c, |buf| {
-                let n = buf.len().min((total - start) as usize);
-                for (i, b) in buf[..n].iter_mut().enumerate() {
-                    *b = pattern(id, start + i as u64);
-                }
-                (n, n)
-            })
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        st.sent += n as u64;
-    }
-}
-
-/// Read and check everything queued; returns Err(Finished) etc. passthrough.
-pub fn recv_pattern(
-    s: &mut Stack,
-    c: ConnId,
-    id: u64,
-    st: &mut Stream,
-) -> Result<(), dpuproxy_tcp::TcpError> {
-    loop {
-        let start = st.received;
-        let n = s.recv(c, |buf| {
-            let mut bad = 0;
-            for (i, b) in buf.iter().enumerate() {
-                if *b != pattern(id, start + i as u64) {
-                    bad += 1;
-                }
-            }
-            (buf.len(), (buf.len(), bad))
-        })?;
-        st.received += n.0 as u64;
-        st.bad += n.1;
-        if n.0 == 0 {
-            return Ok(());
-        }
     }
 }
