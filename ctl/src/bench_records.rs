@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use dpuproxy_tls::{
     CipherSuite, Incoming, Limits, ProtocolVersion, RecordLayer, Secret, SecretMaterial, Secrets,
-    Side, TrafficKeys,
+    Side,
 };
 use openssl::cipher_ctx::CipherCtx;
 
@@ -167,12 +167,11 @@ impl Raw {
     fn new(suite: CipherSuite, header_len: usize) -> anyhow::Result<Self> {
         let mut key = vec![0u8; suite.aead().key_len()];
         openssl::rand::rand_bytes(&mut key)?;
-        let keys = TrafficKeys::new(&key, &[7u8; 12]).context("keys")?;
         let cipher = suite.aead().cipher();
         let mut enc = CipherCtx::new()?;
-        enc.encrypt_init(Some(cipher), Some(keys.key()), None)?;
+        enc.encrypt_init(Some(cipher), Some(&key), None)?;
         let mut dec = CipherCtx::new()?;
-        dec.decrypt_init(Some(cipher), Some(keys.key()), None)?;
+        dec.decrypt_init(Some(cipher), Some(&key), None)?;
         Ok(Raw {
             enc,
             dec,

@@ -10,7 +10,7 @@
 //! KeyUpdate answer always precedes data sealed under the new key.
 
 use crate::error::{AlertDescription, ErrorKind, TlsError};
-use crate::keys::{Secret, Secrets, tls13_next_secret, tls13_traffic_keys};
+use crate::keys::{Secret, Secrets, TrafficKeys, tls13_next_secret, tls13_traffic_keys};
 use crate::ktls::{CryptoInfo, Direction};
 use crate::record::{ContentType, MAX_PLAINTEXT, Opener, Sealer, next_record};
 use crate::suite::{CipherSuite, ProtocolVersion, Side};
@@ -31,8 +31,9 @@ pub struct Limits {
     /// Largest plaintext per record we send (1..=16384). Lowered when the
     /// peer negotiated max_fragment_length.
     pub max_fragment_len: usize,
-    /// TLS 1.3: seal at most this many records under one key, then send a
-    /// KeyUpdate first. `None`: 2^24 for AES-GCM (under the 2^24.5 of RFC
+    /// TLS 1.3: once this many records went under one key, send a KeyUpdate
+    /// (itself the last record under that key) before the next data record.
+    /// `None`: 2^24 for AES-GCM (under the 2^24.5 of RFC
     /// 8446 §5.5), unlimited for ChaCha20-Poly1305. TLS 1.2 cannot rekey,
     /// so there the connection closes at the limit.
     pub key_update_after_records: Option<u64>,
@@ -443,22 +444,14 @@ impl RecordLayer {
     }
 
     fn update_rx_keys(&mut self) -> Result<(), TlsError> {
-        let Some(secret) = &self.rx_secret else {
-            return Err(TlsError::UnexpectedMessage("KeyUpdate outside TLS 1.3"));
-        };
-        let next = tls13_next_secret(self.suite, secret)?;
-        let keys = tls13_traffic_keys(self.suite, next.as_bytes())?;
+        let (next, keys) = next_generation(self.suite, self.rx_secret.as_ref())?;
         self.rx.rekey(&keys)?;
         self.rx_secret = Some(next);
         Ok(())
     }
 
     fn update_tx_keys(&mut self) -> Result<(), TlsError> {
-        let Some(secret) = &self.tx_secret else {
-            return Err(TlsError::UnexpectedMessage("KeyUpdate outside TLS 1.3"));
-        };
-        let next = tls13_next_secret(self.suite, secret)?;
-        let keys = tls13_traffic_keys(self.suite, next.as_bytes())?;
+        let (next, keys) = next_generation(self.suite, self.tx_secret.as_ref())?;
         self.tx.rekey(&keys)?;
         self.tx_secret = Some(next);
         Ok(())
@@ -466,16 +459,12 @@ impl RecordLayer {
 
     fn queue_record(&mut self, ct: ContentType, payload: &[u8]) -> Result<(), TlsError> {
         let start = self.pending.len();
-        seal_append(
-            &mut self.tx,
-            ct,
-            &[payload],
-            payload.len(),
-            &mut self.pending,
-        )
-        .inspect_err(|_| {
+        let parts = [payload];
+        let mut src = Gather::new(&parts);
+        if let Err(e) = seal_append(&mut self.tx, ct, &mut src, payload.len(), &mut self.pending) {
             self.pending.truncate(start);
-        })?;
+            return Err(e);
+        }
         self.stats.records_out += 1;
         Ok(())
     }
@@ -565,7 +554,8 @@ impl RecordLayer {
 
     /// Seal `data` as application-data records of up to
     /// `limits.max_fragment_len` bytes, appended to `out` after any pending
-    /// control records. Empty `data` writes nothing.
+    /// control records. Empty `data` seals no record (pending control
+    /// records still move to `out`).
     pub fn write_app_data(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
         self.write_app_data_vectored(&[data], out)
     }
@@ -582,18 +572,20 @@ impl RecordLayer {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let frag = self.limits.max_fragment_len;
         out.reserve(total + total.div_ceil(frag) * self.tx.overhead() + self.pending.len());
-        let mut cursor = Gather {
-            parts,
-            idx: 0,
-            off: 0,
-        };
+        let mut cursor = Gather::new(parts);
         let mut remaining = total;
         let _ = self.poll_output(out);
         while remaining > 0 {
             self.before_data_record(out)?;
             let n = remaining.min(frag);
             let start = out.len();
-            let sealed = seal_append_gather(&mut self.tx, &mut cursor, n, out);
+            let sealed = seal_append(
+                &mut self.tx,
+                ContentType::ApplicationData,
+                &mut cursor,
+                n,
+                out,
+            );
             if let Err(e) = sealed {
                 out.truncate(start);
                 return Err(self.fail(e));
@@ -656,7 +648,15 @@ struct Gather<'p> {
     off: usize,
 }
 
-impl Gather<'_> {
+impl<'p> Gather<'p> {
+    fn new(parts: &'p [&'p [u8]]) -> Self {
+        Gather {
+            parts,
+            idx: 0,
+            off: 0,
+        }
+    }
+
     /// Append the next `n` bytes to `out`.
     fn copy_to(&mut self, mut n: usize, out: &mut Vec<u8>) {
         while n > 0 {
@@ -673,35 +673,31 @@ impl Gather<'_> {
     }
 }
 
-/// Append one sealed record to `out`: header room, the plaintext copied
-/// once, tag room; then seal in place.
-fn seal_append_gather(
+/// Append one sealed record of the next `n` bytes of `src` to `out`: header
+/// room, the plaintext copied once, tag room; then seal in place.
+fn seal_append(
     tx: &mut Sealer,
+    ct: ContentType,
     src: &mut Gather<'_>,
     n: usize,
     out: &mut Vec<u8>,
 ) -> Result<usize, TlsError> {
     let start = out.len();
-    let hl = tx.header_len();
-    out.resize(start + hl, 0);
+    out.resize(start + tx.header_len(), 0);
     src.copy_to(n, out);
     out.resize(start + n + tx.overhead(), 0);
-    tx.seal_in_place(ContentType::ApplicationData, &mut out[start..], n)
+    tx.seal_in_place(ct, &mut out[start..], n)
 }
 
-fn seal_append(
-    tx: &mut Sealer,
-    ct: ContentType,
-    parts: &[&[u8]],
-    n: usize,
-    out: &mut Vec<u8>,
-) -> Result<usize, TlsError> {
-    let start = out.len();
-    let hl = tx.header_len();
-    out.resize(start + hl, 0);
-    for p in parts {
-        out.extend_from_slice(p);
-    }
-    out.resize(start + n + tx.overhead(), 0);
-    tx.seal_in_place(ct, &mut out[start..], n)
+/// TLS 1.3 KeyUpdate: the next traffic secret after `secret` and its keys.
+fn next_generation(
+    suite: CipherSuite,
+    secret: Option<&Secret>,
+) -> Result<(Secret, TrafficKeys), TlsError> {
+    let Some(secret) = secret else {
+        return Err(TlsError::UnexpectedMessage("KeyUpdate outside TLS 1.3"));
+    };
+    let next = tls13_next_secret(suite, secret)?;
+    let keys = tls13_traffic_keys(suite, next.as_bytes())?;
+    Ok((next, keys))
 }

@@ -33,7 +33,7 @@ use openssl::ssl::{
 use crate::conn::{Limits, RecordLayer};
 use crate::error::TlsError;
 use crate::keys::{Secret, SecretMaterial, Secrets, TrafficKeys};
-use crate::record::{HEADER_LEN, MAX_CIPHERTEXT_TLS12, Opener, RecordHeader};
+use crate::record::{HEADER_LEN, Opener, RecordHeader, next_record};
 use crate::suite::{CipherSuite, ProtocolVersion, Side, TLS12_CIPHER_LIST, TLS13_CIPHERSUITES};
 
 /// Bytes in, bytes out: what a data path needs from a handshake.
@@ -577,28 +577,21 @@ impl Handshake for OpensslHandshake {
         }
         self.inbox.extend_from_slice(input);
         while self.state == State::Handshaking {
-            let Some(h) = RecordHeader::parse(&self.inbox) else {
-                break;
-            };
-            let plausible = (20..=23).contains(&h.content_type)
-                && h.version >> 8 == 3
-                && h.len <= MAX_CIPHERTEXT_TLS12;
-            let take = if plausible {
-                if self.inbox.len() < h.total_len() {
-                    break;
-                }
-                h.total_len()
-            } else {
+            // The TLS 1.2 limits are the looser ones, and hold for any hello.
+            let take = match next_record(&self.inbox, ProtocolVersion::Tls12) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
                 // Not a TLS record: let OpenSSL say so (with its alert).
-                self.inbox.len()
+                Err(_) => self.inbox.len(),
             };
             if self.fed.len() + take > MAX_HANDSHAKE_BYTES {
                 self.state = State::Failed;
                 return Err(HandshakeError::TooLarge(MAX_HANDSHAKE_BYTES));
             }
-            let rec: Vec<u8> = self.inbox.drain(..take).collect();
-            self.fed.extend_from_slice(&rec);
-            self.stream.get_mut().input.extend_from_slice(&rec);
+            let rec = &self.inbox[..take];
+            self.fed.extend_from_slice(rec);
+            self.stream.get_mut().input.extend_from_slice(rec);
+            self.inbox.drain(..take);
             self.drive()?;
             if self.stream.get_ref().output.len() > MAX_HANDSHAKE_BYTES {
                 self.state = State::Failed;

@@ -14,6 +14,7 @@
 
 use std::fmt;
 
+use openssl::cipher::CipherRef;
 use openssl::cipher_ctx::CipherCtx;
 
 use crate::error::TlsError;
@@ -156,66 +157,105 @@ fn tls12_aad(seq: u64, content_type: u8, plaintext_len: usize) -> [u8; 13] {
     aad
 }
 
-/// Seals records for one direction.
-pub struct Sealer {
+/// What [`Sealer`] and [`Opener`] share: the suite, one cipher context keyed
+/// once per key, the keys, and the next sequence number.
+struct Keyed {
     suite: CipherSuite,
     ctx: CipherCtx,
     keys: TrafficKeys,
     seq: u64,
+    encrypt: bool,
 }
 
-impl fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sealer")
+impl Keyed {
+    fn new(
+        suite: CipherSuite,
+        keys: &TrafficKeys,
+        seq: u64,
+        encrypt: bool,
+    ) -> Result<Self, TlsError> {
+        let mut k = Keyed {
+            suite,
+            ctx: CipherCtx::new()?,
+            keys: keys.clone(),
+            seq,
+            encrypt,
+        };
+        k.init(Some(suite.aead().cipher()), keys)?;
+        Ok(k)
+    }
+
+    fn init(&mut self, cipher: Option<&CipherRef>, keys: &TrafficKeys) -> Result<(), TlsError> {
+        if !keys.fits(self.suite) {
+            return Err(TlsError::BadLength(
+                "key or iv length does not fit the suite",
+            ));
+        }
+        if self.encrypt {
+            self.ctx.encrypt_init(cipher, Some(keys.key()), None)?;
+        } else {
+            self.ctx.decrypt_init(cipher, Some(keys.key()), None)?;
+        }
+        Ok(())
+    }
+
+    fn rekey(&mut self, keys: &TrafficKeys) -> Result<(), TlsError> {
+        self.init(None, keys)?;
+        self.keys = keys.clone();
+        self.seq = 0;
+        Ok(())
+    }
+
+    /// The sequence number for the next record, unless the space is used up.
+    fn next_seq(&self) -> Result<u64, TlsError> {
+        if self.seq == u64::MAX {
+            return Err(TlsError::KeyExhausted(self.seq));
+        }
+        Ok(self.seq)
+    }
+
+    fn fmt(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
             .field("suite", &self.suite)
             .field("seq", &self.seq)
             .finish_non_exhaustive()
     }
 }
 
-fn check_keys(suite: CipherSuite, keys: &TrafficKeys) -> Result<(), TlsError> {
-    if keys.fits(suite) {
-        Ok(())
-    } else {
-        Err(TlsError::BadLength(
-            "key or iv length does not fit the suite",
-        ))
+/// Seals records for one direction.
+pub struct Sealer(Keyed);
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt("Sealer", f)
     }
 }
 
 impl Sealer {
     /// A sealer for `suite` whose next record has sequence number `seq`.
     pub fn new(suite: CipherSuite, keys: &TrafficKeys, seq: u64) -> Result<Self, TlsError> {
-        check_keys(suite, keys)?;
-        let mut ctx = CipherCtx::new()?;
-        ctx.encrypt_init(Some(suite.aead().cipher()), Some(keys.key()), None)?;
-        Ok(Sealer {
-            suite,
-            ctx,
-            keys: keys.clone(),
-            seq,
-        })
+        Keyed::new(suite, keys, seq, true).map(Sealer)
     }
 
     /// The suite.
     pub fn suite(&self) -> CipherSuite {
-        self.suite
+        self.0.suite
     }
 
     /// Sequence number of the next record.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.0.seq
     }
 
     /// The current keys (for kTLS hand-over).
     pub fn keys(&self) -> &TrafficKeys {
-        &self.keys
+        &self.0.keys
     }
 
     /// Bytes before the payload: the header, plus the explicit nonce in
     /// TLS 1.2 AES-GCM.
     pub fn header_len(&self) -> usize {
-        if self.suite.tls12_explicit_nonce() {
+        if self.0.suite.tls12_explicit_nonce() {
             HEADER_LEN + EXPLICIT_NONCE_LEN
         } else {
             HEADER_LEN
@@ -224,17 +264,13 @@ impl Sealer {
 
     /// Record size minus payload size.
     pub fn overhead(&self) -> usize {
-        let inner_type = usize::from(self.suite.version() == ProtocolVersion::Tls13);
+        let inner_type = usize::from(self.0.suite.version() == ProtocolVersion::Tls13);
         self.header_len() + inner_type + TAG_LEN
     }
 
     /// Switch to new keys (TLS 1.3 KeyUpdate); the sequence restarts at 0.
     pub fn rekey(&mut self, keys: &TrafficKeys) -> Result<(), TlsError> {
-        check_keys(self.suite, keys)?;
-        self.ctx.encrypt_init(None, Some(keys.key()), None)?;
-        self.keys = keys.clone();
-        self.seq = 0;
-        Ok(())
+        self.0.rekey(keys)
     }
 
     /// Seal one record in place.
@@ -263,7 +299,7 @@ impl Sealer {
         payload_len: usize,
         explicit_nonce: [u8; 8],
     ) -> Result<usize, TlsError> {
-        if !self.suite.tls12_explicit_nonce() {
+        if !self.0.suite.tls12_explicit_nonce() {
             return Err(TlsError::UnexpectedMessage(
                 "explicit nonce for a suite without one",
             ));
@@ -289,48 +325,41 @@ impl Sealer {
         if record.len() < total {
             return Err(TlsError::BadLength("seal buffer shorter than the record"));
         }
-        if self.seq == u64::MAX {
-            return Err(TlsError::KeyExhausted(self.seq));
-        }
-        let seq = self.seq;
+        let seq = self.0.next_seq()?;
         let hl = self.header_len();
-        let body_len = (total - HEADER_LEN) as u16;
-        let nonce = nonce_for(self.suite, self.keys.iv(), seq, explicit);
+        let tls13 = self.0.suite.version() == ProtocolVersion::Tls13;
+        let ct = content_type.code();
+        let nonce = nonce_for(self.0.suite, self.0.keys.iv(), seq, explicit);
         let record = &mut record[..total];
-        match self.suite.version() {
-            ProtocolVersion::Tls13 => {
-                let header = [23, 3, 3, (body_len >> 8) as u8, body_len as u8];
-                record[..HEADER_LEN].copy_from_slice(&header);
-                record[hl + payload_len] = content_type.code();
-                let (inner, tag) = record[hl..].split_at_mut(payload_len + 1);
-                self.ctx.encrypt_init(None, None, Some(&nonce))?;
-                self.ctx.cipher_update(&header, None)?;
-                self.ctx.cipher_update_inplace(inner, payload_len + 1)?;
-                self.ctx.cipher_final(&mut [])?;
-                self.ctx.tag(tag)?;
-            }
-            ProtocolVersion::Tls12 => {
-                let ct = content_type.code();
-                record[..HEADER_LEN].copy_from_slice(&[
-                    ct,
-                    3,
-                    3,
-                    (body_len >> 8) as u8,
-                    body_len as u8,
-                ]);
-                if hl > HEADER_LEN {
-                    record[HEADER_LEN..hl].copy_from_slice(&nonce[4..]);
-                }
-                let aad = tls12_aad(seq, ct, payload_len);
-                let (inner, tag) = record[hl..].split_at_mut(payload_len);
-                self.ctx.encrypt_init(None, None, Some(&nonce))?;
-                self.ctx.cipher_update(&aad, None)?;
-                self.ctx.cipher_update_inplace(inner, payload_len)?;
-                self.ctx.cipher_final(&mut [])?;
-                self.ctx.tag(tag)?;
-            }
+        // TLS 1.3 hides the type inside (the outer one is always 23) and
+        // authenticates the header; TLS 1.2 authenticates seq ‖ type ‖ ver ‖ len.
+        let outer_type = if tls13 {
+            ContentType::ApplicationData.code()
+        } else {
+            ct
+        };
+        let [len_hi, len_lo] = ((total - HEADER_LEN) as u16).to_be_bytes();
+        let header = [outer_type, 3, 3, len_hi, len_lo];
+        record[..HEADER_LEN].copy_from_slice(&header);
+        if hl > HEADER_LEN {
+            record[HEADER_LEN..hl].copy_from_slice(&nonce[4..]);
         }
-        self.seq += 1;
+        let aad12;
+        let (aad, inner_len): (&[u8], usize) = if tls13 {
+            record[hl + payload_len] = ct;
+            (&header, payload_len + 1)
+        } else {
+            aad12 = tls12_aad(seq, ct, payload_len);
+            (&aad12, payload_len)
+        };
+        let (inner, tag) = record[hl..].split_at_mut(inner_len);
+        let ctx = &mut self.0.ctx;
+        ctx.encrypt_init(None, None, Some(&nonce))?;
+        ctx.cipher_update(aad, None)?;
+        ctx.cipher_update_inplace(inner, inner_len)?;
+        ctx.cipher_final(&mut [])?;
+        ctx.tag(tag)?;
+        self.0.seq += 1;
         Ok(total)
     }
 }
@@ -347,58 +376,38 @@ pub struct OpenedRecord<'a> {
 }
 
 /// Opens records for one direction.
-pub struct Opener {
-    suite: CipherSuite,
-    ctx: CipherCtx,
-    keys: TrafficKeys,
-    seq: u64,
-}
+pub struct Opener(Keyed);
 
 impl fmt::Debug for Opener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Opener")
-            .field("suite", &self.suite)
-            .field("seq", &self.seq)
-            .finish_non_exhaustive()
+        self.0.fmt("Opener", f)
     }
 }
 
 impl Opener {
     /// An opener for `suite` whose next record has sequence number `seq`.
     pub fn new(suite: CipherSuite, keys: &TrafficKeys, seq: u64) -> Result<Self, TlsError> {
-        check_keys(suite, keys)?;
-        let mut ctx = CipherCtx::new()?;
-        ctx.decrypt_init(Some(suite.aead().cipher()), Some(keys.key()), None)?;
-        Ok(Opener {
-            suite,
-            ctx,
-            keys: keys.clone(),
-            seq,
-        })
+        Keyed::new(suite, keys, seq, false).map(Opener)
     }
 
     /// The suite.
     pub fn suite(&self) -> CipherSuite {
-        self.suite
+        self.0.suite
     }
 
     /// Sequence number of the next record.
     pub fn seq(&self) -> u64 {
-        self.seq
+        self.0.seq
     }
 
     /// The current keys (for kTLS hand-over).
     pub fn keys(&self) -> &TrafficKeys {
-        &self.keys
+        &self.0.keys
     }
 
     /// Switch to new keys (TLS 1.3 KeyUpdate); the sequence restarts at 0.
     pub fn rekey(&mut self, keys: &TrafficKeys) -> Result<(), TlsError> {
-        check_keys(self.suite, keys)?;
-        self.ctx.decrypt_init(None, Some(keys.key()), None)?;
-        self.keys = keys.clone();
-        self.seq = 0;
-        Ok(())
+        self.0.rekey(keys)
     }
 
     /// Open one whole record (header included) in place.
@@ -417,16 +426,38 @@ impl Opener {
                 "record length disagrees with its header",
             ));
         }
-        if self.seq == u64::MAX {
-            return Err(TlsError::KeyExhausted(self.seq));
-        }
-        let seq = self.seq;
-        let opened = match self.suite.version() {
+        let seq = self.0.next_seq()?;
+        let opened = match self.0.suite.version() {
             ProtocolVersion::Tls13 => self.open13(h, record, seq)?,
             ProtocolVersion::Tls12 => self.open12(h, record, seq)?,
         };
-        self.seq += 1;
+        self.0.seq += 1;
         Ok(opened)
+    }
+
+    /// Decrypt `ct` in place and check `tag`. On a bad tag, leave no
+    /// unauthenticated plaintext in the caller's buffer.
+    fn decrypt(
+        &mut self,
+        nonce: &[u8; Aead::NONCE_LEN],
+        aad: &[u8],
+        ct: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), TlsError> {
+        let ctx = &mut self.0.ctx;
+        let ct_len = ct.len();
+        ctx.decrypt_init(None, None, Some(nonce))?;
+        ctx.cipher_update(aad, None)?;
+        ctx.cipher_update_inplace(ct, ct_len)?;
+        ctx.set_tag(tag)?;
+        if ctx.cipher_final(&mut []).is_err() {
+            // A failed tag check leaves an OpenSSL error on the thread's
+            // queue; drain it so it is not blamed on a later call.
+            let _ = openssl::error::ErrorStack::get();
+            ct.fill(0);
+            return Err(TlsError::BadRecordMac);
+        }
+        Ok(())
     }
 
     fn open13<'a>(
@@ -450,22 +481,10 @@ impl Opener {
         if h.len < TAG_LEN + 1 {
             return Err(TlsError::BadLength("record shorter than tag and type"));
         }
-        let nonce = nonce_for(self.suite, self.keys.iv(), seq, None);
+        let nonce = nonce_for(self.0.suite, self.0.keys.iv(), seq, None);
         let (header, body) = record.split_at_mut(HEADER_LEN);
         let (ct, tag) = body.split_at_mut(h.len - TAG_LEN);
-        let ct_len = ct.len();
-        self.ctx.decrypt_init(None, None, Some(&nonce))?;
-        self.ctx.cipher_update(header, None)?;
-        self.ctx.cipher_update_inplace(ct, ct_len)?;
-        self.ctx.set_tag(tag)?;
-        if self.ctx.cipher_final(&mut []).is_err() {
-            // A failed tag check leaves an OpenSSL error on the thread's
-            // queue; drain it so it is not blamed on a later call. Leave no
-            // unauthenticated plaintext in the caller's buffer.
-            let _ = openssl::error::ErrorStack::get();
-            ct.fill(0);
-            return Err(TlsError::BadRecordMac);
-        }
+        self.decrypt(&nonce, header, ct, tag)?;
         // Inner plaintext: content ‖ type ‖ zeros.
         let Some(type_at) = ct.iter().rposition(|&b| b != 0) else {
             return Err(TlsError::UnexpectedMessage(
@@ -474,7 +493,7 @@ impl Opener {
         };
         if type_at > MAX_PLAINTEXT {
             return Err(TlsError::RecordOverflow {
-                len: ct_len,
+                len: ct.len(),
                 limit: MAX_PLAINTEXT + 1,
                 what: "inner plaintext",
             });
@@ -511,7 +530,7 @@ impl Opener {
                 what: "ciphertext",
             });
         }
-        let explicit_len = if self.suite.tls12_explicit_nonce() {
+        let explicit_len = if self.0.suite.tls12_explicit_nonce() {
             EXPLICIT_NONCE_LEN
         } else {
             0
@@ -527,27 +546,11 @@ impl Opener {
                 what: "plaintext",
             });
         }
-        let (_, body) = record.split_at_mut(HEADER_LEN);
-        let (explicit, rest) = body.split_at_mut(explicit_len);
-        let explicit = if explicit_len > 0 {
-            let mut e = [0u8; 8];
-            e.copy_from_slice(explicit);
-            Some(e)
-        } else {
-            None
-        };
-        let nonce = nonce_for(self.suite, self.keys.iv(), seq, explicit);
+        let explicit = (explicit_len > 0).then(|| explicit_nonce(record)).flatten();
+        let nonce = nonce_for(self.0.suite, self.0.keys.iv(), seq, explicit);
         let aad = tls12_aad(seq, h.content_type, pt_len);
-        let (ct, tag) = rest.split_at_mut(pt_len);
-        self.ctx.decrypt_init(None, None, Some(&nonce))?;
-        self.ctx.cipher_update(&aad, None)?;
-        self.ctx.cipher_update_inplace(ct, pt_len)?;
-        self.ctx.set_tag(tag)?;
-        if self.ctx.cipher_final(&mut []).is_err() {
-            let _ = openssl::error::ErrorStack::get();
-            ct.fill(0);
-            return Err(TlsError::BadRecordMac);
-        }
+        let (ct, tag) = record[HEADER_LEN + explicit_len..].split_at_mut(pt_len);
+        self.decrypt(&nonce, &aad, ct, tag)?;
         Ok(OpenedRecord {
             content_type: h.content_type,
             plaintext: ct,

@@ -87,13 +87,12 @@ fn open_all(rl: &mut RecordLayer, wire: &[u8]) -> Result<Vec<String>, TlsError> 
 /// Expect `wire` to fail with `kind`, counted once, with `alert` queued
 /// (checked by opening the queued record with the peer's keys).
 fn expect_failure(
-    suite: CipherSuite,
-    side: Side,
     wire: &[u8],
     rl: &mut RecordLayer,
     kind: ErrorKind,
     alert: Option<AlertDescription>,
 ) {
+    let (suite, side) = (rl.suite(), rl.side());
     let err = open_all(rl, wire).unwrap_err();
     assert_eq!(err.kind(), kind, "{err}");
     assert_eq!(rl.stats().errors_of(kind), 1);
@@ -166,15 +165,13 @@ fn key_update_variants() {
     ] {
         let (mut rl, mut s) = setup(T13, Side::Server, Limits::default());
         let wire = seal(&mut s, ContentType::Handshake, body);
-        expect_failure(T13, Side::Server, &wire, &mut rl, kind, Some(alert));
+        expect_failure(&wire, &mut rl, kind, Some(alert));
     }
 
     // TLS 1.2 has no KeyUpdate.
     let (mut rl, mut s) = setup(T12, Side::Server, Limits::default());
     let wire = seal(&mut s, ContentType::Handshake, &[24, 0, 0, 1, 0]);
     expect_failure(
-        T12,
-        Side::Server,
         &wire,
         &mut rl,
         ErrorKind::UnexpectedMessage,
@@ -197,8 +194,6 @@ fn tickets_only_from_a_server_and_may_span_records() {
     let mut wire = seal(&mut s, ContentType::Handshake, &ticket[..30]);
     wire.extend(seal(&mut s, ContentType::ApplicationData, b"x"));
     expect_failure(
-        T13,
-        Side::Client,
         &wire,
         &mut rl,
         ErrorKind::UnexpectedMessage,
@@ -209,8 +204,6 @@ fn tickets_only_from_a_server_and_may_span_records() {
     let (mut rl, mut s) = setup(T13, Side::Server, Limits::default());
     let wire = seal(&mut s, ContentType::Handshake, &ticket);
     expect_failure(
-        T13,
-        Side::Server,
         &wire,
         &mut rl,
         ErrorKind::UnexpectedMessage,
@@ -233,8 +226,6 @@ fn handshake_message_limit_is_inclusive() {
     let (mut rl, mut s) = setup(T13, Side::Client, limits);
     let wire = seal(&mut s, ContentType::Handshake, &[4, 0, 0, 201, 1]);
     expect_failure(
-        T13,
-        Side::Client,
         &wire,
         &mut rl,
         ErrorKind::Malformed,
@@ -266,8 +257,6 @@ fn empty_record_limit_is_inclusive() {
         );
         let wire = seal(&mut s, ContentType::ApplicationData, b"");
         expect_failure(
-            suite,
-            Side::Server,
             &wire,
             &mut rl,
             ErrorKind::UnexpectedMessage,
@@ -295,14 +284,7 @@ fn alerts() {
         // A fatal alert from the peer: counted, no alert back.
         let (mut rl, mut s) = setup(suite, Side::Server, Limits::default());
         let wire = seal(&mut s, ContentType::Alert, &[2, 40]);
-        expect_failure(
-            suite,
-            Side::Server,
-            &wire,
-            &mut rl,
-            ErrorKind::PeerAlert,
-            None,
-        );
+        expect_failure(&wire, &mut rl, ErrorKind::PeerAlert, None);
 
         // Wrong length, wrong level.
         for (body, alert) in [
@@ -311,14 +293,7 @@ fn alerts() {
         ] {
             let (mut rl, mut s) = setup(suite, Side::Server, Limits::default());
             let wire = seal(&mut s, ContentType::Alert, body);
-            expect_failure(
-                suite,
-                Side::Server,
-                &wire,
-                &mut rl,
-                ErrorKind::Malformed,
-                Some(alert),
-            );
+            expect_failure(&wire, &mut rl, ErrorKind::Malformed, Some(alert));
         }
 
         // user_canceled is a warning; then close_notify.
@@ -334,14 +309,7 @@ fn alerts() {
     assert_eq!(open_all(&mut rl, &wire).unwrap(), ["control", "data:ok"]);
     let (mut rl, mut s) = setup(T13, Side::Client, Limits::default());
     let wire = seal(&mut s, ContentType::Alert, &[1, 100]);
-    expect_failure(
-        T13,
-        Side::Client,
-        &wire,
-        &mut rl,
-        ErrorKind::PeerAlert,
-        None,
-    );
+    expect_failure(&wire, &mut rl, ErrorKind::PeerAlert, None);
 }
 
 #[test]
@@ -370,8 +338,6 @@ fn unexpected_types() {
         let (mut rl, mut s) = setup(T13, Side::Server, Limits::default());
         let wire = seal13_raw_type(&mut s, ty, body);
         expect_failure(
-            T13,
-            Side::Server,
             &wire,
             &mut rl,
             ErrorKind::UnexpectedMessage,
@@ -387,8 +353,6 @@ fn unexpected_types() {
     ] {
         let (mut rl, _) = setup(suite, Side::Server, Limits::default());
         expect_failure(
-            suite,
-            Side::Server,
             &rec,
             &mut rl,
             ErrorKind::UnexpectedMessage,
@@ -400,8 +364,6 @@ fn unexpected_types() {
     let mut wire = seal(&mut s, ContentType::ApplicationData, b"v");
     wire[2] = 1;
     expect_failure(
-        T12,
-        Side::Server,
         &wire,
         &mut rl,
         ErrorKind::ProtocolVersion,
@@ -418,8 +380,6 @@ fn lengths_and_limits() {
         let len = (limit + 1) as u16;
         let hdr = [23, 3, 3, (len >> 8) as u8, len as u8];
         expect_failure(
-            suite,
-            Side::Server,
             &hdr,
             &mut rl,
             ErrorKind::RecordOverflow,
@@ -432,8 +392,6 @@ fn lengths_and_limits() {
         let mut rec = vec![23, 3, 3, 0, len as u8];
         rec.extend(vec![0; len]);
         expect_failure(
-            suite,
-            Side::Server,
             &rec,
             &mut rl,
             ErrorKind::BadLength,
@@ -447,8 +405,6 @@ fn lengths_and_limits() {
     let mut rec = vec![23, 3, 3, (len >> 8) as u8, len as u8];
     rec.extend(vec![0; len]);
     expect_failure(
-        T12,
-        Side::Server,
         &rec,
         &mut rl,
         ErrorKind::RecordOverflow,
