@@ -11,9 +11,3 @@ wrk.body = '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo
     .. '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
     .. '"io.modelcontextprotocol/clientInfo":{"name":"wrk","version":"1"},'
     .. '"io.modelcontextprotocol/clientCapabilities":{}}}}'
-
-function response(status, headers, body)
-   if status ~= 200 then
-      io.stderr:write("unexpected status " .. status .. "\n")
-   end
-end

@@ -35,6 +35,7 @@ init() { # $1 = base URL, prints the session id
         -H 'Accept: application/json, text/event-stream' \
         -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"wrk","version":"1"}}}'
     local sid; sid=$(awk 'tolower($1)=="mcp-session-id:" {print $2}' "$hdrs" | tr -d '\r')
+    [ -n "$sid" ] || { echo "initialize at $1 returned no Mcp-Session-Id" >&2; exit 1; }
     curl -sk -o /dev/null "$1/mcp" -H 'Content-Type: application/json' -H "Mcp-Session-Id: $sid" \
         -H 'MCP-Protocol-Version: 2025-11-25' -H 'Accept: application/json, text/event-stream' \
         -d '{"jsonrpc":"2.0","method":"notifications/initialized"}'

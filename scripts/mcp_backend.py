@@ -71,12 +71,13 @@ def build_server(name: str) -> MCPServer:
     def headers(ctx: Context) -> str:
         # The streamable-HTTP transport (stateful and 2026-07-28 stateless paths alike) attaches
         # the Starlette Request of the POST carrying this message as request_context.request.
+        # No request there is an error, not an empty header set (a test would read {} as "nothing
+        # was forwarded").
         request = ctx.request_context.request
-        raw = getattr(getattr(request, "headers", None), "raw", None)
-        if raw is None:
-            return json.dumps({})
+        if request is None:
+            raise RuntimeError("no HTTP request attached to this tools/call")
         out: dict[str, str] = {}
-        for k, v in raw:
+        for k, v in request.headers.raw:
             key = k.decode("latin-1").lower()
             val = v.decode("latin-1")
             out[key] = f"{out[key]}, {val}" if key in out else val

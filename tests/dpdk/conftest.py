@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 import dpdk_topo as dt  # noqa: E402
-from auth_helpers import claims, rsa_key, sign  # noqa: E402
+from auth_helpers import AUDIENCE, ISSUER, claims, rsa_key, sign  # noqa: E402
 
 REPO = dt.REPO
 STARTUP_TIMEOUT = float(os.environ.get("DPUPROXY_DPDK_STARTUP_TIMEOUT", "30"))
@@ -112,10 +112,10 @@ class Jwt:
         self.key = rsa_key(None)
         self.pub = workdir / "jwtpub.pem"
         self.pub.write_bytes(self.key.public_pem())
-        self.token = sign(self.key, "RS256", claims(iss=dt.ISSUER, aud=dt.AUDIENCE, lifetime=3600))
+        self.token = sign(self.key, "RS256", claims(iss=ISSUER, aud=AUDIENCE, lifetime=3600))
 
     def args(self) -> list[str]:
-        return ["--jwt-key", str(self.pub), "--jwt-issuer", dt.ISSUER, "--jwt-audience", dt.AUDIENCE]
+        return ["--jwt-key", str(self.pub), "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE]
 
 
 @pytest.fixture(scope="session")
@@ -184,21 +184,35 @@ def dpdk_proxy_cmd(
     return cmd
 
 
-@pytest.fixture(scope="module")
-def dpdk_proxy(topo, ns_backends, tls_cert, jwt_auth, workdir, dpdk_env, request: pytest.FixtureRequest):
-    admin = dt.free_port()
-    mode = dpdk_env  # "dpdk", or "kernel" for the harness self-check
-    cmd = dpdk_proxy_cmd(topo, ns_backends, tls_cert, jwt_auth, admin, mode)
-    name = f"dpuproxy-{request.module.__name__.rsplit('.', 1)[-1]}"
-    run = dt.launch(cmd, workdir, name, mode, f"http://127.0.0.1:{admin}")
-    _REPORT_FILES["dpuproxy stderr"] = run.stderr
-    try:
+@pytest.fixture(scope="session")
+def start_proxy(topo, tls_cert, jwt_auth, workdir):
+    """start_proxy(backends, name, mode, driver="af_packet") -> dt.ProxyRun: launch a proxy and
+    wait until its admin endpoint listens and the namespace reaches it (fails the test, with the
+    proxy stopped, if it does not come up within DPUPROXY_DPDK_STARTUP_TIMEOUT). The caller
+    terminates the returned run."""
+
+    def start(backends: list[dt.NsBackend], name: str, mode: str, driver: str = "af_packet") -> dt.ProxyRun:
+        admin = dt.free_port()
+        cmd = dpdk_proxy_cmd(topo, backends, tls_cert, jwt_auth, admin, mode, driver)
+        run = dt.launch(cmd, workdir, name, mode, f"http://127.0.0.1:{admin}")
         deadline = time.monotonic() + STARTUP_TIMEOUT
         try:
             dt.wait_tcp_local(admin, run, "admin endpoint", deadline)
             dt.wait_proxy_reachable(topo, run, dt.PROXY_PORT, deadline)
         except RuntimeError as e:
-            dt.fail(f"proxy did not come up ({' '.join(cmd)}):\n{e}")
+            run.terminate(timeout=10)
+            dt.fail(f"{name} did not come up ({' '.join(cmd)}):\n{e}")
+        return run
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def dpdk_proxy(topo, ns_backends, tls_cert, jwt_auth, dpdk_env, start_proxy, request: pytest.FixtureRequest):
+    mode = dpdk_env  # "dpdk", or "kernel" for the harness self-check
+    run = start_proxy(ns_backends, f"dpuproxy-{request.module.__name__.rsplit('.', 1)[-1]}", mode)
+    _REPORT_FILES["dpuproxy stderr"] = run.stderr
+    try:
         yield DpdkProxy(run, topo, ns_backends, tls_cert[0], jwt_auth)
     finally:
         if run.alive():
@@ -218,9 +232,3 @@ def pytest_runtest_makereport(item, call):
         return
     for label, path in list(_REPORT_FILES.items()):
         report.sections.append((f"{label} (tail)", dt.tail(path, 4000)))
-
-
-@pytest.fixture(scope="session")
-def proxy_cmd():
-    """`dpdk_proxy_cmd` and the start-up timeout, for modules that start their own proxy."""
-    return dpdk_proxy_cmd, STARTUP_TIMEOUT

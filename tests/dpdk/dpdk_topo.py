@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-E2E_DIR = REPO / "tests" / "e2e"
 BACKEND_SCRIPT = REPO / "scripts" / "mcp_backend.py"
 DEMO_SCRIPT = REPO / "scripts" / "mcp_client_demo.py"
 NS_CLIENT = Path(__file__).resolve().parent / "ns_client.py"
@@ -43,8 +42,6 @@ PYTHON = sys.executable  # the venv interpreter (it has mcp, httpx2, ...)
 BACKEND_NAMES = ("b1", "b2", "b3")
 BACKEND_PORTS = (9001, 9002, 9003)
 PROXY_PORT = 8443
-ISSUER = "https://issuer.test"
-AUDIENCE = "mcp-proxy"
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -205,9 +202,8 @@ def _pid_alive(pid: int) -> bool:
 OWNER_ENV = "DPUPROXY_DPDK_SUITE_OWNER"
 
 
-def child_env(**extra: str) -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(extra)
     env[OWNER_ENV] = str(os.getpid())
     return env
 
@@ -286,10 +282,6 @@ class Topology:
         ns = f"dpx{pid}"
         return cls(pid, n, ns, f"{ns}a", f"{ns}b", f"10.77.{n}.1", f"10.77.{n}.2")
 
-    @property
-    def prefix(self) -> str:
-        return f"10.77.{self.n}.0/24"
-
     def create(self, kernel_ip_on_root: bool = False) -> None:
         with _REGISTRY_LOCK:
             _TOPOS.append(self)
@@ -323,10 +315,6 @@ class Topology:
         _kill_ns_pids(self.ns)
         sh(["ip", "link", "del", self.veth_root], check=False)
         sh(["ip", "netns", "del", self.ns], check=False)
-
-    def exists(self) -> bool:
-        res = sh(["ip", "netns", "list"], check=False)
-        return any(line.split()[0] == self.ns for line in res.stdout.splitlines() if line.strip())
 
     # -- running things inside the namespace
 
@@ -398,10 +386,6 @@ class NsBackend:
     @property
     def addr(self) -> str:
         return f"{self.ip}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.ip}:{self.port}/mcp"
 
 
 def start_backends(topo: Topology, workdir: Path, timeout: float = 30.0) -> list[NsBackend]:

@@ -6,28 +6,23 @@ shutdown line is checked for its presence and a bounded count, not for zero."""
 from __future__ import annotations
 
 import re
-import time
 
 import dpdk_topo as dt
 import pytest
 
 pytestmark = pytest.mark.timeout(120)
 
+# What af_xdp may still hold after close: its UMEM fill ring (DPDK's default, 2048 descriptors)
+# plus slack. Measured with DPDK 22.11: 2052-2053 of 8190. A leak of our own shows up above it.
+AF_XDP_RING_MBUFS = 2048
+AF_XDP_SLACK = 256
 
-def test_demo_client_over_af_xdp(topo, ns_backends, tls_cert, jwt_auth, workdir, dpdk_env, proxy_cmd):
+
+def test_demo_client_over_af_xdp(topo, ns_backends, tls_cert, jwt_auth, dpdk_env, start_proxy):
     if dpdk_env != "dpdk":
         pytest.skip("af_xdp variant only in dpdk suite mode")
-    dpdk_proxy_cmd, startup_timeout = proxy_cmd
-    admin = dt.free_port()
-    cmd = dpdk_proxy_cmd(topo, ns_backends, tls_cert, jwt_auth, admin, "dpdk", driver="af_xdp")
-    run = dt.launch(cmd, workdir, "dpuproxy-af-xdp", "dpdk", f"http://127.0.0.1:{admin}")
+    run = start_proxy(ns_backends, "dpuproxy-af-xdp", "dpdk", driver="af_xdp")
     try:
-        deadline = time.monotonic() + startup_timeout
-        try:
-            dt.wait_tcp_local(admin, run, "admin endpoint", deadline)
-            dt.wait_proxy_reachable(topo, run, dt.PROXY_PORT, deadline)
-        except RuntimeError as e:
-            dt.fail(f"af_xdp proxy did not come up ({' '.join(cmd)}):\n{e}")
         url = f"https://{topo.proxy_ip}:{dt.PROXY_PORT}/mcp"
         res = topo.ns_run(
             [dt.PYTHON, str(dt.DEMO_SCRIPT), "--url", url, "--cafile", tls_cert[0], "--token", jwt_auth.token,
@@ -42,4 +37,5 @@ def test_demo_client_over_af_xdp(topo, ns_backends, tls_cert, jwt_auth, workdir,
     err = dt.strip_ansi(run.stderr_text())
     m = re.search(r"port net_af_xdp0: mempool in_use=(\d+) of (\d+)", err)
     assert m, f"no shutdown accounting line:\n{err[-2000:]}"
-    assert int(m.group(1)) < int(m.group(2)), m.group(0)
+    in_use = int(m.group(1))
+    assert in_use <= AF_XDP_RING_MBUFS + AF_XDP_SLACK, f"more mbufs out than af_xdp's rings hold: {m.group(0)}"

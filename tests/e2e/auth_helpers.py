@@ -136,6 +136,11 @@ def b64url_decode(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
+def b64url_json(doc: dict[str, Any]) -> str:
+    """A compact JSON header/payload segment."""
+    return b64url(json.dumps(doc, separators=(",", ":")).encode())
+
+
 def claims(
     *,
     sub: str | None = SUBJECT,
@@ -174,8 +179,7 @@ def sign(key: Key, alg: str, payload: dict[str, Any], kid: str | None = _KEY_KID
 
 
 def assemble(header: dict[str, Any], payload: dict[str, Any], signature: bytes) -> str:
-    enc = lambda d: b64url(json.dumps(d, separators=(",", ":")).encode())  # noqa: E731
-    return f"{enc(header)}.{enc(payload)}.{b64url(signature)}"
+    return f"{b64url_json(header)}.{b64url_json(payload)}.{b64url(signature)}"
 
 
 def hmac_token(secret: bytes, payload: dict[str, Any], alg: str = "HS256", kid: str | None = None) -> str:
@@ -184,8 +188,7 @@ def hmac_token(secret: bytes, payload: dict[str, Any], alg: str = "HS256", kid: 
     header: dict[str, Any] = {"alg": alg, "typ": "JWT"}
     if kid is not None:
         header["kid"] = kid
-    enc = lambda d: b64url(json.dumps(d, separators=(",", ":")).encode())  # noqa: E731
-    signing_input = f"{enc(header)}.{enc(payload)}"
+    signing_input = f"{b64url_json(header)}.{b64url_json(payload)}"
     sig = hmac.new(secret, signing_input.encode("ascii"), digest).digest()
     return f"{signing_input}.{b64url(sig)}"
 
@@ -203,7 +206,7 @@ def tamper_payload(token: str, **changes: Any) -> str:
     h, p, s = token.split(".")
     payload = json.loads(b64url_decode(p))
     payload.update(changes)
-    return f"{h}.{b64url(json.dumps(payload, separators=(',', ':')).encode())}.{s}"
+    return f"{h}.{b64url_json(payload)}.{s}"
 
 
 def truncate_signature(token: str, nbytes: int = 3) -> str:
@@ -211,10 +214,6 @@ def truncate_signature(token: str, nbytes: int = 3) -> str:
     so the signature is well-formed, just too short)."""
     h, p, s = token.split(".")
     return f"{h}.{p}.{b64url(b64url_decode(s)[:-nbytes])}"
-
-
-def token_header(token: str) -> dict[str, Any]:
-    return json.loads(b64url_decode(token.split(".")[0]))
 
 
 # ---------------------------------------------------------------------------- WWW-Authenticate

@@ -2,8 +2,7 @@
 
 Environment knobs (all optional):
 
-  DPUPROXY_BIN          proxy binary (default <repo>/target/debug/dpuproxy). A path ending
-                        in .py is run with this interpreter.
+  DPUPROXY_BIN          proxy binary (default <repo>/target/debug/dpuproxy).
   DPUPROXY_MODE         value for --mode (default: kernel).
   DPUPROXY_WORKERS      value for --workers (default: 2).
   DPUPROXY_EXTRA_ARGS   extra arguments appended to the proxy command line (shell-split).
@@ -137,8 +136,7 @@ class Proxy:
     cafile: str
     backends: tuple[Backend, ...]
     stderr_path: Path
-    pid: int = 0  # the proxy process (for signals such as SIGHUP)
-    proc: Any = dataclasses.field(default=None, compare=False, repr=False)  # its subprocess.Popen
+    proc: Any = dataclasses.field(default=None, compare=False, repr=False)  # its subprocess.Popen (signals)
 
     def backend_by_name(self, name: str) -> Backend:
         for b in self.backends:
@@ -210,8 +208,6 @@ def proxy_binary() -> list[str]:
             "These end-to-end tests need the real proxy; they do not skip without it.",
             pytrace=False,
         )
-    if path.suffix == ".py":
-        return [sys.executable, str(path)]
     if not os.access(path, os.X_OK):
         pytest.fail(f"dpuproxy binary {path} is not executable", pytrace=False)
     return [str(path)]
@@ -264,7 +260,6 @@ def launch_proxy(
             cafile=cert,
             backends=backends,
             stderr_path=stderr_path,
-            pid=proc.pid,
             proc=proc,
         )
     finally:
