@@ -16,6 +16,8 @@ Tools: ``whoami()`` -> backend name; ``echo(text)`` -> text;
 ``progress(steps=3, delay=0.2)`` -> emits one ``notifications/progress`` per step
 (the client must pass a progress callback, i.e. a ``progressToken``), then returns
 ``"done after N steps from <name>"``;
+``flood(events=100, size=1024)`` -> ``events`` progress notifications at once (a progressToken is
+needed), message i being ``str(i)`` padded with ``.`` to ``size`` bytes, for backpressure tests;
 ``headers()`` -> JSON object text of the HTTP request headers of the POST that carried this
 tools/call, as this backend received them: lowercased names, a header sent more than once
 has its values joined with ``", "`` in arrival order (so a duplicate stays visible).
@@ -66,6 +68,16 @@ def build_server(name: str) -> MCPServer:
             await asyncio.sleep(delay)
             await ctx.report_progress(i, steps, f"step {i}/{steps} on {name}")
         return f"done after {steps} steps from {name}"
+
+    @mcp.tool(description="Send `events` progress notifications of `size` bytes each at once, then finish.")
+    async def flood(ctx: Context, events: int = 100, size: int = 1024) -> str:
+        # For backpressure tests: as fast as the transport takes them. Message i is the decimal
+        # step number padded with '.' to `size` bytes, so a client can check order and length.
+        events = max(0, min(int(events), 100_000))
+        size = max(8, min(int(size), 65_536))
+        for i in range(1, events + 1):
+            await ctx.report_progress(i, events, str(i).ljust(size, "."))
+        return f"flooded {events} x {size} from {name}"
 
     @mcp.tool(description="Return the HTTP request headers this backend received for this call (JSON).")
     def headers(ctx: Context) -> str:

@@ -193,6 +193,9 @@ impl Exposition {
     }
 }
 
+/// Picks one per-lcore counter.
+type LcoreField = fn(&dpuproxy_dp::proxy::LcoreCounters) -> &std::sync::atomic::AtomicU64;
+
 /// The Prometheus text exposition of every counter.
 pub fn render_metrics(state: &AdminState) -> String {
     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -408,33 +411,101 @@ pub fn render_metrics(state: &AdminState) -> String {
         );
     }
     if state.dpdk.is_some() {
-        let lcore = r(&d.lcore).to_string();
-        let port = "0";
-        let dp: [(&str, &str, &str, &str, &str, u64); 13] = [
+        let pollers = d.pollers();
+        let per_lcore = |f: LcoreField| {
+            pollers
+                .iter()
+                .map(move |c| (r(&c.lcore).to_string(), r(f(c))))
+                .collect::<Vec<_>>()
+        };
+        let lcore_families: [(&str, &str, &str, LcoreField); 10] = [
             (
                 "dpuproxy_lcore_busy_cycles_total",
                 "counter",
                 "TSC cycles in loop turns that did work.",
-                "lcore",
-                &lcore,
-                r(&d.busy_cycles),
+                |c| &c.busy_cycles,
             ),
             (
                 "dpuproxy_lcore_idle_cycles_total",
                 "counter",
                 "TSC cycles in empty loop turns.",
-                "lcore",
-                &lcore,
-                r(&d.idle_cycles),
+                |c| &c.idle_cycles,
             ),
             (
-                "dpuproxy_lcore_tsc_hz",
+                "dpuproxy_lcore_queue",
                 "gauge",
-                "TSC ticks per second.",
-                "lcore",
-                &lcore,
-                r(&d.tsc_hz),
+                "The rx/tx queue pair the lcore polls.",
+                |c| &c.queue,
             ),
+            (
+                "dpuproxy_lcore_rx_packets_total",
+                "counter",
+                "Packets the lcore took from its rx queue.",
+                |c| &c.rx_packets,
+            ),
+            (
+                "dpuproxy_lcore_accepted_total",
+                "counter",
+                "Client connections the lcore accepted.",
+                |c| &c.accepted,
+            ),
+            (
+                "dpuproxy_lcore_steered_out_total",
+                "counter",
+                "Packets handed to the lcore that owns their flow.",
+                |c| &c.steered_out,
+            ),
+            (
+                "dpuproxy_lcore_steered_in_total",
+                "counter",
+                "Packets other lcores handed to this one.",
+                |c| &c.steered_in,
+            ),
+            (
+                "dpuproxy_lcore_steer_dropped_total",
+                "counter",
+                "Packets dropped on a full hand-over ring.",
+                |c| &c.steer_dropped,
+            ),
+            (
+                "dpuproxy_lcore_tcp_connections",
+                "gauge",
+                "The lcore's userspace TCP connections.",
+                |c| &c.tcp_connections,
+            ),
+            (
+                "dpuproxy_lcore_buffered_bytes",
+                "gauge",
+                "Bytes held for client connections outside the TCP buffers.",
+                |c| &c.buffered_bytes,
+            ),
+        ];
+        for (name, kind, help, f) in lcore_families {
+            o.labelled(name, kind, help, "lcore", per_lcore(f));
+        }
+        o.labelled(
+            "dpuproxy_lcore_tsc_hz",
+            "gauge",
+            "TSC ticks per second.",
+            "lcore",
+            pollers
+                .iter()
+                .map(|c| (r(&c.lcore).to_string(), r(&d.tsc_hz))),
+        );
+        o.labelled(
+            "dpuproxy_dpdk_steering",
+            "gauge",
+            "How packets reach the lcore owning their flow (1 on the mode in use).",
+            "mode",
+            [
+                dpuproxy_dp::proxy::SteeringMode::Single,
+                dpuproxy_dp::proxy::SteeringMode::Hardware,
+                dpuproxy_dp::proxy::SteeringMode::Software,
+            ]
+            .map(|m| (m.label(), u64::from(d.steering() == m))),
+        );
+        let port = "0";
+        let dp: [(&str, &str, &str, &str, &str, u64); 10] = [
             (
                 "dpuproxy_port_rx_packets_total",
                 "counter",
@@ -497,7 +568,7 @@ pub fn render_metrics(state: &AdminState) -> String {
                 "Frames dropped on a full tx ring or with no free mbuf.",
                 "port",
                 port,
-                r(&d.tx_dropped),
+                d.sum(|c| &c.tx_dropped),
             ),
             (
                 "dpuproxy_mempool_in_use",
@@ -523,7 +594,7 @@ pub fn render_metrics(state: &AdminState) -> String {
             "dpuproxy_tcp_connections",
             "gauge",
             "Userspace TCP connections (clients and backends).",
-            r(&d.tcp_connections),
+            d.sum(|c| &c.tcp_connections),
         );
         o.single(
             "dpuproxy_client_connections",

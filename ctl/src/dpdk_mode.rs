@@ -158,9 +158,18 @@ pub fn run(
     match result {
         Ok(s) => {
             eprintln!(
-                "dpdk: shutdown: port {}: mempool in_use={} of {} after close; lcore busy {} idle {} cycles",
-                s.port, s.pool_in_use_after_close, s.pool_size, s.busy_cycles, s.idle_cycles
+                "dpdk: shutdown: port {}: mempool in_use={} of {} after close; steering {}",
+                s.port,
+                s.pool_in_use_after_close,
+                s.pool_size,
+                s.steering.label()
             );
+            for l in &s.lcores {
+                eprintln!(
+                    "dpdk: lcore {} (queue {}): busy {} idle {} cycles, {} client connections accepted",
+                    l.lcore, l.queue, l.busy_cycles, l.idle_cycles, l.accepted
+                );
+            }
             Ok(Outcome::Stopped)
         }
         Err(e) if !metrics.up.load(Ordering::Relaxed) => {

@@ -125,3 +125,101 @@ where
     let txs = tx.stats();
     (st, txs)
 }
+
+/// A job for one lcore and, after it ran, its outcome.
+struct LaunchSlot<'a, R> {
+    job: Option<Box<dyn FnOnce() -> R + Send + 'a>>,
+    result: Option<std::thread::Result<R>>,
+}
+
+unsafe extern "C" fn run_slot<R>(arg: *mut std::ffi::c_void) -> std::ffi::c_int {
+    // SAFETY: `arg` is the `LaunchSlot<R>` that `run_on_lcores` passed for
+    // this worker only; it outlives the job because `run_on_lcores` waits
+    // for every worker before it returns, and no one else touches it until
+    // then.
+    let slot = unsafe { &mut *arg.cast::<LaunchSlot<'_, R>>() };
+    let Some(job) = slot.job.take() else {
+        return -1;
+    };
+    // A panic must not unwind into DPDK's C frames.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+    let rc = if r.is_ok() { 0 } else { -1 };
+    slot.result = Some(r);
+    rc
+}
+
+/// Runs `jobs[0]` on the calling thread (the main lcore) and `jobs[i]` on
+/// the i-th worker lcore of `-l`/`--lcores` (`rte_eal_remote_launch`),
+/// and returns when all of them have finished, with each one's result (a
+/// panic is caught and returned as `Err`, never unwound through DPDK).
+///
+/// Jobs may borrow from the caller's stack: nothing returns before every
+/// worker is done. Fails without running anything when there are more
+/// jobs than lcores. Should a launch fail part-way (a worker busy),
+/// `cancel` is called so the jobs already running can stop, they are
+/// waited for, and the error is returned.
+pub fn run_on_lcores<'a, R: Send + 'a>(
+    eal: &Eal,
+    jobs: Vec<Box<dyn FnOnce() -> R + Send + 'a>>,
+    cancel: impl FnOnce(),
+) -> crate::Result<Vec<std::thread::Result<R>>> {
+    let main = eal.main_lcore();
+    let workers: Vec<u32> = eal.lcores().into_iter().filter(|&l| l != main).collect();
+    if jobs.len() > workers.len() + 1 {
+        return Err(crate::Error::Config(format!(
+            "{} loops need {} lcores, the EAL has {}",
+            jobs.len(),
+            jobs.len(),
+            workers.len() + 1
+        )));
+    }
+    let mut slots: Vec<Box<LaunchSlot<'a, R>>> = jobs
+        .into_iter()
+        .map(|job| {
+            Box::new(LaunchSlot {
+                job: Some(job),
+                result: None,
+            })
+        })
+        .collect();
+    let mut launched: Vec<u32> = Vec::new();
+    let mut launch_error = None;
+    for (slot, &worker) in slots.iter_mut().skip(1).zip(&workers) {
+        let arg: *mut LaunchSlot<'a, R> = &mut **slot;
+        // SAFETY: run_slot::<R> matches the slot type; the slot is boxed
+        // (stable address) and kept alive until the wait below.
+        let rc = unsafe { sys::rte_eal_remote_launch(Some(run_slot::<R>), arg.cast(), worker) };
+        if rc != 0 {
+            launch_error = Some(crate::Error::Config(format!(
+                "rte_eal_remote_launch on lcore {worker}: {}",
+                crate::eal::strerror(rc)
+            )));
+            break;
+        }
+        launched.push(worker);
+    }
+    if launch_error.is_none()
+        && let Some(first) = slots.first_mut()
+        && let Some(job) = first.job.take()
+    {
+        first.result = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
+    }
+    if launch_error.is_some() {
+        cancel();
+    }
+    for worker in launched {
+        // SAFETY: the worker was launched above; waiting is always allowed
+        // from the main lcore.
+        unsafe { sys::rte_eal_wait_lcore(worker) };
+    }
+    if let Some(e) = launch_error {
+        return Err(e);
+    }
+    Ok(slots
+        .into_iter()
+        .map(|s| {
+            s.result
+                .unwrap_or_else(|| Err(Box::new("the lcore job did not run")))
+        })
+        .collect())
+}

@@ -19,16 +19,17 @@
 //! - [`proxy::run_proxy`]: the full-offload proxy on one lcore (DPDK port,
 //!   `dpuproxy-tcp`, `dpuproxy-tls` records, the `dpuproxy-l7` core).
 //!
-//! Not yet: launching loops on worker lcores (`rte_eal_remote_launch`)
-//! with one queue each: `Port` is polled from the thread that owns it, and
-//! per-queue handles that can move to a worker come with the multi-queue
-//! work. The loop already runs on whichever lcore calls it and reports
-//! that lcore's id.
+//! - [`run_on_lcores`]: one job per lcore of `-l`/`--lcores`
+//!   (`rte_eal_remote_launch`), each polling its own [`QueuePair`], the
+//!   per-queue handle a [`Port`] hands out once per queue.
+//! - [`steer`]: which lcore owns a TCP flow (Toeplitz with our key and
+//!   RETA), for hardware RSS and the software hand-over alike.
 //!
 //! Lifetimes carry DPDK's ordering rules: a [`Mempool`] borrows the
 //! [`Eal`], a [`Port`] and every [`Mbuf`] borrow the pool, so the port is
 //! closed before its pool is freed and the pool before the EAL is cleaned
-//! up. `Port` is neither `Send` nor `Sync`: a queue is polled by one thread.
+//! up. `Port` is neither `Send` nor `Sync`; a [`QueuePair`] is `Send` but
+//! not `Sync`: a queue is polled by one thread.
 //!
 //! # Building without DPDK
 //!
@@ -44,6 +45,7 @@ mod error;
 pub mod net;
 pub mod proxy;
 mod stats;
+pub mod steer;
 
 #[cfg(dpdk)]
 mod eal;
@@ -60,11 +62,11 @@ pub use stats::{LcoreStats, PortInfo, PortStats, TxStats};
 #[cfg(dpdk)]
 pub use eal::Eal;
 #[cfg(dpdk)]
-pub use lcore::{LoopOptions, run_loop, tsc, tsc_hz};
+pub use lcore::{LoopOptions, run_loop, run_on_lcores, tsc, tsc_hz};
 #[cfg(dpdk)]
 pub use mbuf::{Mbuf, Mempool};
 #[cfg(dpdk)]
-pub use port::{Link, Port, PortConfig, TxBatch};
+pub use port::{Link, Port, PortConfig, QueuePair, TxBatch};
 
 /// Whether this build has the DPDK data path.
 pub const AVAILABLE: bool = cfg!(dpdk);

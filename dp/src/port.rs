@@ -59,6 +59,7 @@ pub struct Port<'p> {
     started: bool,
     reta_size: u16,
     hash_key_size: u8,
+    queues_taken: std::sync::atomic::AtomicBool,
     _pool: PhantomData<&'p ()>,
     _single_thread: PhantomData<*const ()>,
 }
@@ -129,6 +130,7 @@ impl<'p> Port<'p> {
             started: false,
             reta_size: dev.reta_size,
             hash_key_size: dev.hash_key_size,
+            queues_taken: std::sync::atomic::AtomicBool::new(false),
             _pool: PhantomData,
             _single_thread: PhantomData,
         };
@@ -224,21 +226,22 @@ impl<'p> Port<'p> {
 
     /// Port counters.
     pub fn stats(&self) -> Result<PortStats> {
-        let mut s = sys::rte_eth_stats::default();
-        // SAFETY: s is a valid out-parameter.
-        check(self.id, "rte_eth_stats_get", unsafe {
-            sys::rte_eth_stats_get(self.id, &mut s)
+        stats_of(self.id)
+    }
+
+    /// Most rx and tx queues the PMD of port `id` allows.
+    pub fn max_queues(id: u16) -> Result<(u16, u16)> {
+        let mut dev = sys::rte_eth_dev_info::default();
+        // SAFETY: dev is a valid out-parameter; a bad id returns -ENODEV.
+        check(id, "rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(id, &mut dev)
         })?;
-        Ok(PortStats {
-            ipackets: s.ipackets,
-            opackets: s.opackets,
-            ibytes: s.ibytes,
-            obytes: s.obytes,
-            imissed: s.imissed,
-            ierrors: s.ierrors,
-            oerrors: s.oerrors,
-            rx_nombuf: s.rx_nombuf,
-        })
+        Ok((dev.max_rx_queues, dev.max_tx_queues))
+    }
+
+    /// RSS key length the PMD expects (0: it takes no key).
+    pub fn hash_key_size(&self) -> u8 {
+        self.hash_key_size
     }
 
     /// Zeroes the port counters.
@@ -349,31 +352,116 @@ impl<'p> Port<'p> {
     /// appending them to `out`; returns how many.
     pub fn rx_burst(&self, queue: u16, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
         assert!(queue < self.rx_queues, "rx queue {queue} not configured");
-        let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); MAX_BURST];
-        let max = max.min(MAX_BURST) as u16;
-        // SAFETY: the queue exists, raw has room for max pointers, and this
-        // type is !Sync so no other thread polls the queue.
-        let n = unsafe { sys::dpuproxy_rte_eth_rx_burst(self.id, queue, raw.as_mut_ptr(), max) };
-        out.extend(raw[..usize::from(n)].iter().map(|&m| {
-            // SAFETY: the PMD handed us these mbufs, filled from our pool.
-            unsafe { Mbuf::from_raw(m) }.expect("rx_burst returned a null mbuf")
-        }));
-        usize::from(n)
+        assert!(
+            !self.queues_taken.load(std::sync::atomic::Ordering::Relaxed),
+            "the queues were handed out as QueuePairs"
+        );
+        rx_burst_raw(self.id, queue, out, max)
     }
 
     /// A transmit batch for `queue` holding up to `burst` packets; on a full
     /// ring a flush calls `tx_burst` at most `1 + retries` times.
     pub fn tx_batch(&self, queue: u16, burst: usize, retries: u32) -> TxBatch<'_, 'p> {
         assert!(queue < self.tx_queues, "tx queue {queue} not configured");
-        TxBatch {
-            port: self,
-            queue,
-            burst: burst.clamp(1, MAX_BURST),
-            retries,
-            pending: Vec::with_capacity(MAX_BURST),
-            stats: TxStats::default(),
-        }
+        TxBatch::new(self.id, queue, burst, retries)
     }
+
+    /// One handle per rx/tx queue pair (`min(rx_queues, tx_queues)` of
+    /// them), each to be moved to the one lcore that polls it. Handles are
+    /// given out once per port: a second call returns an empty list.
+    pub fn queue_pairs(&self) -> Vec<QueuePair<'_, 'p>> {
+        if self
+            .queues_taken
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Vec::new();
+        }
+        (0..self.rx_queues.min(self.tx_queues))
+            .map(|queue| QueuePair {
+                port: self.id,
+                queue,
+                _port: PhantomData,
+                _mbufs: PhantomData,
+            })
+            .collect()
+    }
+}
+
+/// Rx/tx queue `queue` of a started port, polled by exactly one thread
+/// (the lcore it was moved to). Borrows the port, so the port is stopped
+/// only after every handle is gone.
+#[derive(Debug)]
+pub struct QueuePair<'a, 'p> {
+    port: u16,
+    queue: u16,
+    _port: PhantomData<&'a ()>,
+    _mbufs: PhantomData<fn() -> Mbuf<'p>>,
+}
+
+// SAFETY: a QueuePair is the only handle to its queue pair (Port hands each
+// out once); DPDK allows different queues of a port to be polled from
+// different threads, and the mbufs it yields come from a thread-safe pool.
+unsafe impl Send for QueuePair<'_, '_> {}
+
+impl<'p> QueuePair<'_, 'p> {
+    /// Queue index (rx and tx).
+    pub fn queue(&self) -> u16 {
+        self.queue
+    }
+
+    /// Port id.
+    pub fn port_id(&self) -> u16 {
+        self.port
+    }
+
+    /// As [`Port::rx_burst`] on this queue.
+    pub fn rx_burst(&self, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
+        rx_burst_raw(self.port, self.queue, out, max)
+    }
+
+    /// The whole port's counters.
+    pub fn port_stats(&self) -> Result<PortStats> {
+        stats_of(self.port)
+    }
+
+    /// As [`Port::tx_batch`] on this queue.
+    pub fn tx_batch(&self, burst: usize, retries: u32) -> TxBatch<'_, 'p> {
+        TxBatch::new(self.port, self.queue, burst, retries)
+    }
+}
+
+/// Counters of port `id` (safe from any thread: the PMD sums its
+/// per-queue counters).
+fn stats_of(id: u16) -> Result<PortStats> {
+    let mut s = sys::rte_eth_stats::default();
+    // SAFETY: s is a valid out-parameter.
+    check(id, "rte_eth_stats_get", unsafe {
+        sys::rte_eth_stats_get(id, &mut s)
+    })?;
+    Ok(PortStats {
+        ipackets: s.ipackets,
+        opackets: s.opackets,
+        ibytes: s.ibytes,
+        obytes: s.obytes,
+        imissed: s.imissed,
+        ierrors: s.ierrors,
+        oerrors: s.oerrors,
+        rx_nombuf: s.rx_nombuf,
+    })
+}
+
+fn rx_burst_raw<'p>(port: u16, queue: u16, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
+    let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); MAX_BURST];
+    let max = max.min(MAX_BURST) as u16;
+    // SAFETY: the caller checked the queue exists and is the only poller
+    // of it (Port is !Sync; a QueuePair is unique and !Sync); raw has room
+    // for max pointers.
+    let n = unsafe { sys::dpuproxy_rte_eth_rx_burst(port, queue, raw.as_mut_ptr(), max) };
+    out.extend(raw[..usize::from(n)].iter().map(|&m| {
+        // SAFETY: the PMD handed us these mbufs, filled from our pool.
+        unsafe { Mbuf::from_raw(m) }.expect("rx_burst returned a null mbuf")
+    }));
+    usize::from(n)
 }
 
 impl Drop for Port<'_> {
@@ -399,8 +487,10 @@ impl Drop for Port<'_> {
 /// ([`TxStats::dropped_unsent`]).
 #[derive(Debug)]
 pub struct TxBatch<'a, 'p> {
-    port: &'a Port<'p>,
+    port: u16,
     queue: u16,
+    _queue: PhantomData<&'a ()>,
+    _mbufs: PhantomData<fn() -> Mbuf<'p>>,
     burst: usize,
     retries: u32,
     pending: Vec<*mut sys::rte_mbuf>,
@@ -408,6 +498,19 @@ pub struct TxBatch<'a, 'p> {
 }
 
 impl<'p> TxBatch<'_, 'p> {
+    fn new(port: u16, queue: u16, burst: usize, retries: u32) -> Self {
+        TxBatch {
+            port,
+            queue,
+            _queue: PhantomData,
+            _mbufs: PhantomData,
+            burst: burst.clamp(1, MAX_BURST),
+            retries,
+            pending: Vec::with_capacity(MAX_BURST),
+            stats: TxStats::default(),
+        }
+    }
+
     /// Queues one packet; flushes first when `burst` are already pending.
     pub fn push(&mut self, m: Mbuf<'p>) {
         if self.pending.len() >= self.burst {
@@ -440,7 +543,7 @@ impl<'p> TxBatch<'_, 'p> {
             // holds owned mbufs; what tx_burst takes now belongs to the PMD.
             let sent = unsafe {
                 sys::dpuproxy_rte_eth_tx_burst(
-                    self.port.id,
+                    self.port,
                     self.queue,
                     self.pending.as_mut_ptr().add(off),
                     (n - off) as u16,

@@ -243,10 +243,10 @@ def remove_stale_topologies() -> list[str]:
             pass
     res = sh(["ip", "netns", "list"], check=False)
     for line in res.stdout.splitlines():
-        m = re.match(r"^dpx(\d+)\b", line.strip())
+        m = re.match(r"^dpx(\d+)(m?)\b", line.strip())
         if not m or _pid_alive(int(m.group(1))):
             continue
-        ns = f"dpx{m.group(1)}"
+        ns = f"dpx{m.group(1)}{m.group(2)}"
         _kill_ns_pids(ns)
         sh(["ip", "link", "del", f"{ns}a"], check=False)
         sh(["ip", "netns", "del", ns], check=False)
@@ -369,6 +369,49 @@ class Topology:
         except subprocess.TimeoutExpired:
             return False, "timed out"
         return res.returncode == 0, (res.stderr.strip().splitlines() or [""])[-1]
+
+
+@dataclasses.dataclass
+class TapTopology(Topology):
+    """The multi-lcore picture: the proxy itself runs INSIDE netns dpx<pid>m and drives a
+    multi-queue tap (net_tap, one queue pair per lcore) that DPDK creates there; the kernel end of
+    that tap carries 10.79.<n>.2 for the backends and clients in the same namespace. (A tap
+    cannot be handed to another namespace while DPDK holds its queues, so the kernel peers live
+    beside the proxy instead of across a veth.) The tap disappears with the proxy process."""
+
+    @classmethod
+    def for_this_process(cls) -> "TapTopology":
+        pid = os.getpid()
+        n = pid % 200 + 20
+        ns = f"dpx{pid}m"
+        return cls(pid, n, ns, f"dpx{pid}t", f"dpx{pid}t", f"10.79.{n}.1", f"10.79.{n}.2")
+
+    def create(self, kernel_ip_on_root: bool = False) -> None:
+        with _REGISTRY_LOCK:
+            _TOPOS.append(self)
+        self._up = True
+        sh(["ip", "netns", "del", self.ns], check=False)
+        sh(["ip", "netns", "add", self.ns])
+        self.nsh(["ip", "link", "set", "lo", "up"])
+
+    def configure_tap(self, deadline: float) -> None:
+        """Once DPDK has created the tap: the kernel end's address, no IPv6 chatter, tx
+        checksum offload off, up. Bounded by `deadline`."""
+        while self.nsh(["ip", "link", "show", self.veth_ns], check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tap {self.veth_ns} never appeared in netns {self.ns}")
+            time.sleep(0.1)
+        self.nsh(["sysctl", "-q", "-w", f"net.ipv6.conf.{self.veth_ns}.disable_ipv6=1"], check=False)
+        self.nsh(["ip", "addr", "add", f"{self.ns_ip}/24", "dev", self.veth_ns])
+        self.nsh(["ethtool", "-K", self.veth_ns, "tx", "off"], check=False)
+        self.nsh(["ip", "link", "set", self.veth_ns, "up"])
+
+    def destroy(self) -> None:
+        if not self._up:
+            return
+        self._up = False
+        _kill_ns_pids(self.ns)
+        sh(["ip", "netns", "del", self.ns], check=False)
 
 
 # ---------------------------------------------------------------------------- backends

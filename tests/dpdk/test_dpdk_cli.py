@@ -92,3 +92,63 @@ def test_auto_mode_falls_back_to_kernel(topo, tls_cert, workdir):
     finally:
         rc, secs = run.terminate(timeout=10)
     assert rc == 0, f"--mode auto (kernel fallback) exited {rc} after SIGTERM ({secs:.1f}s)\n{dt.tail(run.stderr)}"
+
+
+def _run_briefly(cmd: list[str], workdir, name: str, admin: int) -> tuple[dt.ProxyRun, dict]:
+    """Start a DPDK proxy, wait (bounded) until its admin endpoint reports polling lcores, read
+    the lcore and steering gauges, SIGTERM it. Returns the run and {"lcores": [...], "steering":
+    mode}."""
+    run = dt.launch(cmd, workdir, name, "dpdk", f"http://127.0.0.1:{admin}")
+    seen: dict = {}
+    try:
+        dt.wait_tcp_local(admin, run, "admin endpoint", time.monotonic() + 30)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            s = scrape(f"http://127.0.0.1:{admin}")
+            lcores = sorted(dict(lbl)["lcore"] for lbl in metric_family(s, "dpuproxy_lcore_queue"))
+            modes = [dict(lbl)["mode"] for lbl, v in metric_family(s, "dpuproxy_dpdk_steering").items() if v == 1]
+            if lcores and modes:
+                seen = {"lcores": lcores, "steering": modes[0]}
+                break
+            time.sleep(0.1)
+    finally:
+        rc, secs = run.terminate(timeout=15)
+    assert rc == 0, f"{name}: exit status {rc} after {secs:.1f}s\n{dt.tail(run.stderr)}"
+    assert seen, f"{name}: the admin endpoint never reported polling lcores\n{dt.tail(run.stderr)}"
+    return run, seen
+
+
+def test_two_lcores_program_our_rss_key_where_the_port_takes_it(topo, tls_cert, workdir):
+    """net_null accepts an RSS key and RETA: the proxy programs ours and runs hardware steering on
+    two lcores (no traffic: this checks the set-up, the gauges and the clean stop)."""
+    cert, key = tls_cert
+    admin = dt.free_port()
+    eal = "--lcores=0@1,1@1 --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_null0"
+    cmd = [
+        dt.proxy_binary(), "run", "--mode", "dpdk", "--dpdk-eal", eal, "--dpdk-ip", "10.79.250.1/24",
+        "--listen", "10.79.250.1:8443", "--backend", "10.79.250.2:9001",
+        "--tls-cert", cert, "--tls-key", key, "--admin", f"127.0.0.1:{admin}",
+    ]  # fmt: skip
+    run, seen = _run_briefly(cmd, workdir, "dpuproxy-null-rss", admin)
+    assert seen == {"lcores": ["0", "1"], "steering": "hardware"}, seen
+    err = dt.strip_ansi(run.stderr_text())
+    assert "RSS programmed with our key and RETA" in err, err[-2000:]
+    assert re.search(r"port net_null0: mempool in_use=0 of \d+ after close; steering hardware", err), err[-2000:]
+    assert len(re.findall(r"^dpdk: lcore \d \(queue \d\)", err, re.M)) == 2, err[-2000:]
+
+
+def test_one_queue_vdev_is_polled_by_one_lcore_and_says_so(topo, tls_cert, workdir):
+    """af_packet has one queue pair: with two lcores given, one polls and the log says why."""
+    cert, key = tls_cert
+    admin = dt.free_port()
+    eal = dt.eal_args(topo.veth_root).replace("-l 1 ", "--lcores=0@1,1@1 ")
+    cmd = [
+        dt.proxy_binary(), "run", "--mode", "dpdk", "--dpdk-eal", eal, "--dpdk-ip", f"{topo.proxy_ip}/24",
+        "--listen", f"{topo.proxy_ip}:{dt.PROXY_PORT}", "--backend", f"{topo.ns_ip}:9001",
+        "--tls-cert", cert, "--tls-key", key, "--admin", f"127.0.0.1:{admin}",
+    ]  # fmt: skip
+    run, seen = _run_briefly(cmd, workdir, "dpuproxy-one-queue", admin)
+    assert seen == {"lcores": ["0"], "steering": "single"}, seen
+    err = dt.strip_ansi(run.stderr_text())
+    assert "the port has one rx/tx queue pair: one lcore owns it" in err, err[-2000:]
+    assert re.search(r"idle_lcores=\[1\]", err), err[-2000:]

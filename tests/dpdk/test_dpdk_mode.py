@@ -297,8 +297,9 @@ def test_kill_backend_mid_sse(dpdk_proxy):
 
 
 def test_sigterm_clean_shutdown(dpdk_proxy):
-    """Last: SIGTERM -> exit 0 within 10 s; in dpdk mode stderr ends with `mempool in_use=0`
-    (every mbuf back in the pool, after a backend died mid-stream)."""
+    """Last: SIGTERM -> exit 0 within 10 s; in dpdk mode stderr ends with the shutdown report:
+    `mempool in_use=0` (every mbuf back in the pool, after a backend died mid-stream), then the
+    one polling lcore's line."""
     run = dpdk_proxy.run
     assert run.alive(), f"the proxy died during the suite (status {run.proc.returncode})\n{dt.tail(run.stderr)}"
     rc, secs = run.terminate(timeout=10)
@@ -308,7 +309,8 @@ def test_sigterm_clean_shutdown(dpdk_proxy):
     if dpdk_proxy.mode != "dpdk":
         return
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines and "mempool in_use=0" in lines[-1], (
+    assert len(lines) >= 2 and "mempool in_use=0" in lines[-2] and "steering single" in lines[-2], (
         f"stderr does not end with a 'mempool in_use=0' line (mbufs leaked or no report):\n"
         f"{chr(10).join(lines[-15:])}"
     )
+    assert re.match(r"dpdk: lcore 1 \(queue 0\): busy \d+ idle \d+ cycles, \d+ client", lines[-1]), lines[-1]

@@ -177,8 +177,15 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
     })
 }
 
-/// The first sample of a metric family from an admin listener.
+/// The sum of a metric family's samples (all lcores, say) from an admin
+/// listener; None when it has none.
 pub fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let samples = samples(admin, name)?;
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
+/// Every sample of a metric family, in exposition order.
+fn samples(admin: SocketAddr, name: &str) -> Option<Vec<f64>> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -186,16 +193,22 @@ pub fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(name) && !l.starts_with('#'))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    Some(samples)
 }
 
-/// Busy seconds of the dpdk target's lcore so far.
+/// Busy seconds of the dpdk target's lcores so far (summed).
 pub fn lcore_busy_seconds(admin: SocketAddr) -> Option<f64> {
     let busy = metric(admin, "dpuproxy_lcore_busy_cycles_total")?;
-    let hz = metric(admin, "dpuproxy_lcore_tsc_hz")?;
+    // Every lcore reports the same TSC rate.
+    let hz = *samples(admin, "dpuproxy_lcore_tsc_hz")?.first()?;
     (hz > 0.0).then(|| busy / hz)
 }
 

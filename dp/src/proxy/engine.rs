@@ -1,21 +1,26 @@
 //! The loop itself (DPDK builds only). See the module above for the turn.
 
 use std::collections::{HashMap, VecDeque};
+
+use crossbeam_queue::ArrayQueue;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use dpuproxy_l7::deadlines::Deadlines;
 use dpuproxy_l7::{Action, Connection, ErrorKind, Shared};
 use dpuproxy_tcp::smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
-use dpuproxy_tcp::{ConnId, Event, Stack, StackConfig, TcpError};
+use dpuproxy_tcp::{ConnId, ConnectOptions, Event, Stack, StackConfig, TcpError};
 use dpuproxy_tls::{Handshake, HandshakeConfig, Incoming, OpensslHandshake, RecordLayer};
 
-use super::{DpMetrics, ProxyOptions, ProxySummary};
+use super::{
+    DpMetrics, LcoreCounters, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, SteeringMode,
+};
 use crate::error::{Error, Result};
 use crate::net::{Responder, Verdict};
-use crate::{Eal, Mbuf, Mempool, Port, PortConfig, tsc, tsc_hz};
+use crate::steer::{FrameKind, RSS_KEY, Steering, classify};
+use crate::{Eal, Mbuf, Mempool, Port, PortConfig, QueuePair, run_on_lcores, tsc, tsc_hz};
 
 /// An Ethernet frame carrying IPv4 ICMP.
 fn is_icmpv4(frame: &[u8]) -> bool {
@@ -161,6 +166,11 @@ struct Proxy<'s> {
     shared: &'s Arc<Shared>,
     opts: &'s ProxyOptions,
     metrics: &'s DpMetrics,
+    /// This lcore's counters.
+    mine: &'s LcoreCounters,
+    /// This lcore's queue (its index among the pollers).
+    queue: u16,
+    steering: &'s Steering,
     tls_cfg: &'s HandshakeConfig,
     clients: slab::Slab<Client>,
     owners: HashMap<usize, Owner>,
@@ -283,6 +293,7 @@ impl Proxy<'_> {
         self.metrics
             .client_connections
             .fetch_add(1, Ordering::Relaxed);
+        self.mine.accepted.fetch_add(1, Ordering::Relaxed);
         self.mark(idx);
     }
 
@@ -449,7 +460,14 @@ impl Proxy<'_> {
                             }
                         }
                         let addr = self.opts.backends[backend];
-                        match stack.connect(*addr.ip(), addr.port()) {
+                        // Replies must hash back to this lcore.
+                        let (steering, queue, us) = (self.steering, self.queue, self.opts.ip);
+                        match stack.connect_with(
+                            *addr.ip(),
+                            addr.port(),
+                            &ConnectOptions::default(),
+                            |p| steering.local_port_lands_on(queue, *addr.ip(), addr.port(), us, p),
+                        ) {
                             Ok(id) => {
                                 self.owners.insert(id.index(), Owner::Upstream(idx));
                                 c.upstream = Some(Upstream {
@@ -656,6 +674,189 @@ impl Proxy<'_> {
     }
 }
 
+/// Frames one lcore's hand-over ring holds.
+const STEER_RING: usize = 4096;
+/// Handed-over frames an lcore takes per turn.
+const STEER_BUDGET: usize = 256;
+/// How long an lcore waits for the others to report their CPUs.
+const CPU_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What every polling lcore shares: read-only settings, atomics and the
+/// lock-free hand-over rings. Nothing here takes a lock.
+struct Lanes<'s, 'p> {
+    opts: &'s ProxyOptions,
+    shared: &'s Arc<Shared>,
+    tls_cfg: &'s HandshakeConfig,
+    metrics: &'s DpMetrics,
+    stop: &'s AtomicBool,
+    /// Set when one lcore fails: the others stop too.
+    abort: AtomicBool,
+    pool: &'p Mempool<'p>,
+    mac: [u8; 6],
+    steering: Steering,
+    /// `rings[q]`: frames other lcores received for flows queue `q` owns.
+    rings: Vec<ArrayQueue<Mbuf<'p>>>,
+    /// CPUs each lcore may run on (bit per CPU, first 64), 0 = not yet known.
+    cpu_masks: Vec<AtomicU64>,
+}
+
+impl<'p> Lanes<'_, 'p> {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Decides where a frame goes: `Some` to handle it on `queue`, `None`
+    /// when it was handed to its owner (or dropped on a full ring,
+    /// counted). ARP replies from the wire are also copied to every other
+    /// lcore.
+    fn steer(
+        &self,
+        queue: u16,
+        m: Mbuf<'p>,
+        from_wire: bool,
+        mine: &LcoreCounters,
+    ) -> Option<Mbuf<'p>> {
+        if self.rings.len() < 2 || !from_wire {
+            return Some(m);
+        }
+        match classify(m.data()) {
+            FrameKind::Tcp(t) => {
+                let owner = self.steering.owner(&t);
+                if owner == queue {
+                    return Some(m);
+                }
+                match self.rings[usize::from(owner)].push(m) {
+                    Ok(()) => {
+                        mine.steered_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(dropped) => {
+                        drop(dropped);
+                        mine.steer_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                None
+            }
+            FrameKind::ArpReply => {
+                for (q, ring) in self.rings.iter().enumerate() {
+                    if q == usize::from(queue) {
+                        continue;
+                    }
+                    let copy = self.pool.alloc().and_then(|mut c| {
+                        let data = m.data();
+                        c.extend_from_slice(data).then_some(c)
+                    });
+                    match copy.map(|c| ring.push(c)) {
+                        Some(Ok(())) => {
+                            mine.steered_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            mine.steer_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Some(m)
+            }
+            FrameKind::Other => Some(m),
+        }
+    }
+
+    /// Records this thread's CPUs for `queue` and reports whether another
+    /// polling lcore shares one of them (then idle turns yield the CPU).
+    fn shares_cpu(&self, queue: u16) -> bool {
+        let mine = current_cpu_mask();
+        self.cpu_masks[usize::from(queue)].store(mine, Ordering::Release);
+        let start = Instant::now();
+        loop {
+            let masks: Vec<u64> = self
+                .cpu_masks
+                .iter()
+                .map(|m| m.load(Ordering::Acquire))
+                .collect();
+            if masks.iter().all(|&m| m != 0) || start.elapsed() > CPU_REPORT_WAIT || self.stopping()
+            {
+                return masks
+                    .iter()
+                    .enumerate()
+                    .any(|(q, &m)| q != usize::from(queue) && m & mine != 0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// The calling thread's CPU affinity, one bit per CPU (CPUs past 63 are
+/// folded onto bit 63; u64::MAX when it cannot be read).
+fn current_cpu_mask() -> u64 {
+    // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid out-parameter of the size passed.
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return u64::MAX;
+    }
+    let mut mask = 0u64;
+    for cpu in 0..libc::CPU_SETSIZE as usize {
+        // SAFETY: cpu is below CPU_SETSIZE.
+        if unsafe { libc::CPU_ISSET(cpu, &set) } {
+            mask |= 1 << cpu.min(63);
+        }
+    }
+    mask
+}
+
+/// Programs our RSS key and RETA when the port takes them, and says how
+/// packets will reach their owner.
+fn program_rss(port: &mut Port<'_>, queues: u16) -> (Steering, SteeringMode) {
+    if queues < 2 {
+        return (Steering::new(1, 0), SteeringMode::Single);
+    }
+    let steering = Steering::new(queues, usize::from(port.reta_size()));
+    let attempt = (|| -> Result<()> {
+        // 0: the PMD does not say (the read-back below decides).
+        let key_size = usize::from(port.hash_key_size());
+        if key_size != 0 && key_size != RSS_KEY.len() {
+            return Err(Error::Config(format!(
+                "the PMD takes a {}-byte RSS key, ours has {}",
+                port.hash_key_size(),
+                RSS_KEY.len()
+            )));
+        }
+        let (_, hash_types) = port.rss_key()?;
+        // SAFETY: reads an immutable constant defined in the shim.
+        let tcp = unsafe { dpuproxy_dpdk_sys::DPUPROXY_RTE_ETH_RSS_TCP };
+        if hash_types & tcp == 0 {
+            return Err(Error::Config("the port does not hash TCP ports".into()));
+        }
+        port.set_rss_key(&RSS_KEY, hash_types)?;
+        port.set_reta(steering.reta())?;
+        if port.rss_key()?.0 != RSS_KEY || port.reta()? != steering.reta() {
+            return Err(Error::Config(
+                "the port did not keep our key and RETA".into(),
+            ));
+        }
+        Ok(())
+    })();
+    match attempt {
+        Ok(()) => {
+            tracing::info!(
+                queues,
+                reta = steering.reta().len(),
+                "RSS programmed with our key and RETA: the NIC delivers each flow to the lcore that owns it"
+            );
+            (steering, SteeringMode::Hardware)
+        }
+        Err(e) => {
+            tracing::info!(
+                queues,
+                reason = %e,
+                "no programmable RSS: lcores hand packets of flows they do not own to the owner (software steering)"
+            );
+            (Steering::new(queues, 0), SteeringMode::Software)
+        }
+    }
+}
+
 pub(super) fn run(
     opts: &ProxyOptions,
     shared: &Arc<Shared>,
@@ -672,43 +873,158 @@ pub(super) fn run(
         ));
     }
     let eal = Eal::init(&opts.eal_args)?;
-    let lcores = eal.lcores();
-    if lcores.len() > 1 {
-        tracing::warn!(
-            ?lcores,
-            main = eal.main_lcore(),
-            "this build polls one queue pair on the main lcore only; the other lcores in -l stay idle"
-        );
-    }
+    let main = eal.main_lcore();
+    // Queue 0 is polled by the main lcore, queue i by the i-th worker.
+    let lcores: Vec<u32> = std::iter::once(main)
+        .chain(eal.lcores().into_iter().filter(|&l| l != main))
+        .collect();
     let all_ports = eal.ports();
     let info = crate::app::select_port(&all_ports, opts.device.as_deref())?;
-    let cfg = PortConfig::default();
+    let (max_rx, max_tx) = Port::max_queues(info.id)?;
+    let queues = lcores
+        .len()
+        .min(MAX_POLLERS)
+        .min(usize::from(max_rx))
+        .min(usize::from(max_tx))
+        .max(1) as u16;
+    let (polling, idle) = lcores.split_at(usize::from(queues));
+    if queues == 1 {
+        tracing::info!(
+            port = %info.name,
+            lcore = main,
+            idle_lcores = ?idle,
+            "the port has one rx/tx queue pair: one lcore owns it (no RSS spreading)"
+        );
+    } else if !idle.is_empty() {
+        tracing::warn!(
+            port = %info.name,
+            queues,
+            ?polling,
+            idle_lcores = ?idle,
+            "the port has fewer queue pairs than lcores: the extra lcores stay idle"
+        );
+    }
+    let cfg = PortConfig {
+        rx_queues: queues,
+        tx_queues: queues,
+        ..PortConfig::default()
+    };
     let plan = MempoolPlan::for_port(&PortShape {
+        rx_queues: u32::from(queues),
+        tx_queues: u32::from(queues),
+        lcores: u32::from(queues),
         rx_desc: u32::from(cfg.rx_desc),
         tx_desc: u32::from(cfg.tx_desc),
         burst: opts.burst as u32,
         ..PortShape::default()
     });
-    // Frames waiting in the device queue and the turn's tx batch need room
-    // beyond the rings.
+    // Frames waiting in the device queues, the hand-over rings and the
+    // turns' tx batches need room beyond the rings.
     let pool = Mempool::new(&eal, "proxy", plan.mbufs * 2, plan.cache, None, info.socket)?;
-    let port = Port::open(info.id, &pool, &cfg)?;
+    let mut port = Port::open(info.id, &pool, &cfg)?;
     let mac = port.mac()?;
+    let (steering, mode) = program_rss(&mut port, queues);
     metrics
         .mempool_size
         .store(u64::from(pool.capacity()), Ordering::Relaxed);
-    metrics.lcore.store(
-        u64::from(Eal::current_lcore().unwrap_or(u32::MAX)),
-        Ordering::Relaxed,
-    );
-    let hz = tsc_hz();
-    metrics.tsc_hz.store(hz, Ordering::Relaxed);
-    if port.rx_queues() == 1 {
-        tracing::info!(
-            port = %info.name,
-            "the port has one rx queue: one lcore owns it (no RSS spreading)"
-        );
+    metrics.tsc_hz.store(tsc_hz(), Ordering::Relaxed);
+    metrics.steering.store(mode as u64, Ordering::Relaxed);
+    for (q, &l) in polling.iter().enumerate() {
+        metrics.per_lcore[q]
+            .lcore
+            .store(u64::from(l), Ordering::Relaxed);
+        metrics.per_lcore[q]
+            .queue
+            .store(q as u64, Ordering::Relaxed);
     }
+    metrics.pollers.store(u64::from(queues), Ordering::Relaxed);
+
+    let lanes = Lanes {
+        opts,
+        shared,
+        tls_cfg,
+        metrics,
+        stop,
+        abort: AtomicBool::new(false),
+        pool: &pool,
+        mac,
+        steering,
+        rings: (0..queues).map(|_| ArrayQueue::new(STEER_RING)).collect(),
+        cpu_masks: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+    };
+    metrics.up.store(true, Ordering::Relaxed);
+    on_up(&info.name, mac);
+    tracing::info!(
+        lcores = ?polling,
+        steering = mode.label(),
+        "polling {queues} queue pair(s), one per lcore"
+    );
+
+    let pairs = port.queue_pairs();
+    let lanes_ref = &lanes;
+    let jobs: Vec<Box<dyn FnOnce() -> Result<LcoreSummary> + Send + '_>> = pairs
+        .into_iter()
+        .map(|qp| {
+            Box::new(move || {
+                let r = lcore_loop(lanes_ref, qp);
+                if r.is_err() {
+                    lanes_ref.abort.store(true, Ordering::Relaxed);
+                }
+                r
+            }) as Box<dyn FnOnce() -> Result<LcoreSummary> + Send + '_>
+        })
+        .collect();
+    let outcomes = run_on_lcores(&eal, jobs, || lanes.abort.store(true, Ordering::Relaxed));
+
+    // Every lcore has stopped: free what is still in the hand-over rings,
+    // stop the port, and account for every mbuf.
+    for ring in &lanes.rings {
+        while let Some(m) = ring.pop() {
+            drop(m);
+        }
+    }
+    metrics.up.store(false, Ordering::Relaxed);
+    drop(lanes);
+    drop(port);
+    let in_use = pool.in_use();
+    let size = pool.capacity();
+    drop(pool);
+    drop(eal);
+    let mut lcores_done = Vec::new();
+    for (q, outcome) in outcomes?.into_iter().enumerate() {
+        match outcome {
+            Ok(Ok(s)) => lcores_done.push(s),
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(Error::Config(format!(
+                    "the loop of queue {q} panicked: {what}"
+                )));
+            }
+        }
+    }
+    Ok(ProxySummary {
+        port: info.name,
+        pool_size: size,
+        pool_in_use_after_close: in_use,
+        steering: mode,
+        lcores: lcores_done,
+    })
+}
+
+/// One lcore: its own TCP stack, connections and timers over queue pair
+/// `qp`, until the proxy stops. Resets its connections on the way out.
+fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreSummary> {
+    let opts = lanes.opts;
+    let queue = qp.queue();
+    let mine = &lanes.metrics.per_lcore[usize::from(queue)];
+    let lcore = Eal::current_lcore().unwrap_or(u32::MAX);
+    mine.lcore.store(u64::from(lcore), Ordering::Relaxed);
+    let hz = tsc_hz();
 
     let origin = Instant::now();
     let mut caps = DeviceCapabilities::default();
@@ -717,11 +1033,12 @@ pub(super) fn run(
     caps.max_burst_size = Some(opts.burst);
     caps.checksum = ChecksumCapabilities::default();
     let mut scfg = StackConfig::new(
-        HardwareAddress::Ethernet(EthernetAddress(mac)),
+        HardwareAddress::Ethernet(EthernetAddress(lanes.mac)),
         Ipv4Cidr::new(opts.ip, opts.prefix_len),
     );
     scfg.gateway = opts.gateway;
-    scfg.seed = opts.seed;
+    // Each lcore draws its own initial sequence numbers and hash keys.
+    scfg.seed = opts.seed ^ u64::from(queue).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     scfg.rx_burst = opts.burst.max(32);
     let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
         .map_err(|e| Error::NoPort(format!("TCP stack: {e}")))?;
@@ -730,17 +1047,20 @@ pub(super) fn run(
         .map_err(|e| Error::NoPort(format!("listen on port {}: {e}", opts.listen_port)))?;
 
     let mut dev = MbufDevice {
-        pool: &pool,
+        pool: lanes.pool,
         rx: VecDeque::new(),
         tx: Vec::new(),
         tx_nombuf: 0,
         caps,
     };
     let mut proxy = Proxy {
-        shared,
+        shared: lanes.shared,
         opts,
-        metrics,
-        tls_cfg,
+        metrics: lanes.metrics,
+        mine,
+        queue,
+        steering: &lanes.steering,
+        tls_cfg: lanes.tls_cfg,
         clients: slab::Slab::new(),
         owners: HashMap::new(),
         timers: Deadlines::new(),
@@ -749,19 +1069,46 @@ pub(super) fn run(
         origin,
         pool: HashMap::new(),
     };
-    metrics.up.store(true, Ordering::Relaxed);
-    on_up(&info.name, mac);
+    let yield_when_idle = lanes.rings.len() > 1 && lanes.shares_cpu(queue);
+    if yield_when_idle {
+        tracing::warn!(
+            lcore,
+            queue,
+            "this lcore shares a CPU with another polling lcore: idle turns yield the CPU (fine for tests; give each lcore a core of its own in production)"
+        );
+    }
 
-    let mut txb = port.tx_batch(0, opts.burst, 4);
-    let mut responder = Responder::new(mac, opts.ip);
+    let mut txb = qp.tx_batch(opts.burst, 4);
+    let mut responder = Responder::new(lanes.mac, opts.ip);
     let mut rxv: Vec<Mbuf<'_>> = Vec::with_capacity(crate::MAX_BURST);
     let (mut busy, mut idle) = (0u64, 0u64);
+    let mut rx_packets = 0u64;
     let report_every = hz / 10;
     let mut next_report = tsc() + report_every;
     let mut t0 = tsc();
+    let ring = &lanes.rings[usize::from(queue)];
     loop {
-        let n = port.rx_burst(0, &mut rxv, opts.burst);
-        for mut m in rxv.drain(..) {
+        let n = qp.rx_burst(&mut rxv, opts.burst);
+        rx_packets += n as u64;
+        let mut handed_in = 0usize;
+        let from_wire = rxv.drain(..).map(|m| (m, true));
+        let from_ring = std::iter::from_fn(|| {
+            if handed_in >= STEER_BUDGET {
+                return None;
+            }
+            let m = ring.pop()?;
+            handed_in += 1;
+            Some((m, false))
+        });
+        let mut work = n;
+        for (m, wire) in from_wire.chain(from_ring) {
+            if !wire {
+                mine.steered_in.fetch_add(1, Ordering::Relaxed);
+                work += 1;
+            }
+            let Some(mut m) = lanes.steer(queue, m, wire, mine) else {
+                continue;
+            };
             // ICMP echo is answered here (smoltcp's interface only sees
             // what the TCP stack hands it); everything else goes to TCP.
             if is_icmpv4(m.data()) {
@@ -774,7 +1121,7 @@ pub(super) fn run(
         }
         let now = Instant::now();
         let snow = proxy.smol(now);
-        let mut work = n + stack.poll(snow, &mut dev);
+        work += stack.poll(snow, &mut dev);
         while let Some(ev) = stack.poll_event() {
             work += 1;
             proxy.on_event(&mut stack, ev, listener, now);
@@ -802,8 +1149,11 @@ pub(super) fn run(
             busy += t1 - t0;
         } else {
             idle += t1 - t0;
+            if yield_when_idle {
+                std::thread::yield_now();
+            }
         }
-        t0 = t1;
+        t0 = tsc();
         if t1 >= next_report {
             next_report = t1 + report_every;
             let now = Instant::now();
@@ -817,36 +1167,50 @@ pub(super) fn run(
                     keep
                 });
             }
-            metrics.busy_cycles.store(busy, Ordering::Relaxed);
-            metrics.idle_cycles.store(idle, Ordering::Relaxed);
-            if let Ok(s) = port.stats() {
-                metrics.port_rx_packets.store(s.ipackets, Ordering::Relaxed);
-                metrics.port_tx_packets.store(s.opackets, Ordering::Relaxed);
-                metrics.port_rx_bytes.store(s.ibytes, Ordering::Relaxed);
-                metrics.port_tx_bytes.store(s.obytes, Ordering::Relaxed);
-                metrics.port_imissed.store(s.imissed, Ordering::Relaxed);
-                metrics.port_ierrors.store(s.ierrors, Ordering::Relaxed);
-                metrics.port_oerrors.store(s.oerrors, Ordering::Relaxed);
-            }
+            mine.busy_cycles.store(busy, Ordering::Relaxed);
+            mine.idle_cycles.store(idle, Ordering::Relaxed);
+            mine.rx_packets.store(rx_packets, Ordering::Relaxed);
             let tx = txb.stats();
-            metrics.tx_dropped.store(
+            mine.tx_dropped.store(
                 tx.dropped_full + tx.dropped_unsent + dev.tx_nombuf,
                 Ordering::Relaxed,
             );
-            metrics
-                .mempool_in_use
-                .store(u64::from(pool.in_use()), Ordering::Relaxed);
-            metrics
-                .tcp_connections
+            mine.tcp_connections
                 .store(stack.connection_count() as u64, Ordering::Relaxed);
+            let buffered: usize = proxy
+                .clients
+                .iter()
+                .map(|(_, c)| {
+                    c.inbuf.len()
+                        + c.outbuf.len()
+                        + c.core.downstream_pending().len()
+                        + c.core.upstream_pending().len()
+                })
+                .sum();
+            mine.buffered_bytes
+                .store(buffered as u64, Ordering::Relaxed);
+            if queue == 0 {
+                let m = lanes.metrics;
+                if let Ok(s) = qp.port_stats() {
+                    m.port_rx_packets.store(s.ipackets, Ordering::Relaxed);
+                    m.port_tx_packets.store(s.opackets, Ordering::Relaxed);
+                    m.port_rx_bytes.store(s.ibytes, Ordering::Relaxed);
+                    m.port_tx_bytes.store(s.obytes, Ordering::Relaxed);
+                    m.port_imissed.store(s.imissed, Ordering::Relaxed);
+                    m.port_ierrors.store(s.ierrors, Ordering::Relaxed);
+                    m.port_oerrors.store(s.oerrors, Ordering::Relaxed);
+                }
+                m.mempool_in_use
+                    .store(u64::from(lanes.pool.in_use()), Ordering::Relaxed);
+            }
         }
-        if stop.load(Ordering::Relaxed) {
+        if lanes.stopping() {
             break;
         }
     }
 
-    // Shutdown: reset every connection (clients and backends see RST), send
-    // the last frames, stop the port, and account for every mbuf.
+    // Shutdown: reset every connection (clients and backends see RST) and
+    // send the last frames.
     let idxs: Vec<usize> = proxy.clients.iter().map(|(i, _)| i).collect();
     for idx in idxs {
         proxy.close_client(&mut stack, idx, false, Instant::now());
@@ -867,20 +1231,15 @@ pub(super) fn run(
     dev.rx.clear();
     drop(rxv);
     drop(stack);
-    metrics.up.store(false, Ordering::Relaxed);
-    metrics.busy_cycles.store(busy, Ordering::Relaxed);
-    metrics.idle_cycles.store(idle, Ordering::Relaxed);
-    drop(dev);
-    drop(port);
-    let in_use = pool.in_use();
-    let size = pool.capacity();
-    drop(pool);
-    drop(eal);
-    Ok(ProxySummary {
-        port: info.name,
-        pool_size: size,
-        pool_in_use_after_close: in_use,
+    mine.busy_cycles.store(busy, Ordering::Relaxed);
+    mine.idle_cycles.store(idle, Ordering::Relaxed);
+    mine.tcp_connections.store(0, Ordering::Relaxed);
+    mine.buffered_bytes.store(0, Ordering::Relaxed);
+    Ok(LcoreSummary {
+        lcore,
+        queue,
         busy_cycles: busy,
         idle_cycles: idle,
+        accepted: mine.accepted.load(Ordering::Relaxed),
     })
 }

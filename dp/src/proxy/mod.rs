@@ -13,18 +13,44 @@
 //! 5. TCP egress (frames written straight into fresh mbufs);
 //! 6. one tx burst.
 //!
-//! There are no locks on the path except the L7 core's shared tables
-//! (affinity, backend health), which are sharded and shared with other
-//! lcores or workers. Backends are plain HTTP/1.1 over the same stack and
-//! port; they must be on-link or behind `gateway`.
+//! Backends are plain HTTP/1.1 over the same stack and port; they must be
+//! on-link or behind `gateway`.
 //!
-//! This first version polls one rx/tx queue pair on the lcore that called
-//! it (with `-l 1`, core 1). A vdev with one queue (af_packet) is always
-//! polled that way; multi-queue RSS with one loop per lcore is future work.
+//! # Several lcores
+//!
+//! Every lcore of `-l`/`--lcores` (up to the port's queue count) runs this
+//! loop on a queue pair of its own, with a TCP stack, connection table,
+//! backend pool and timers of its own: nothing on the path is shared
+//! between lcores except as listed here.
+//!
+//! - **Flow ownership** is [`crate::steer`]'s function of the 4-tuple
+//!   (Toeplitz with our key, our RETA). A port that takes our key and
+//!   RETA (mlx5) delivers each packet to its owner; otherwise (net_tap,
+//!   memif, af_packet with `qpairs`) a packet that lands elsewhere is
+//!   handed to its owner over a bounded lock-free ring (counted as
+//!   steered; a full ring drops the frame like a full NIC queue, and TCP
+//!   retransmits it). Backend connections pick a source port whose replies
+//!   hash to the lcore that opened them.
+//! - **Session affinity across lcores** uses the shared, sharded affinity
+//!   table of the L7 core (the same one kernel-mode workers share): a
+//!   session learned on one lcore is found by any other, with one shard
+//!   lock per lookup and no global lock. We chose it over sealing the
+//!   backend into the session id because it needs no change to the ids
+//!   clients see, keeps DELETE/404 eviction and idle expiry in one place,
+//!   and works the same in kernel mode; proxies behind an L4 balancer need
+//!   the balancer to keep a client's connections on one proxy (a sealed id
+//!   is the way to lift that, and is not done). Backend health is shared
+//!   the same way (atomics).
+//! - **ARP**: each stack has its own neighbour cache; an ARP reply is
+//!   copied to every lcore. ARP requests and ICMP echo are answered by the
+//!   lcore they reach.
+//!
+//! A vdev with one queue (af_packet without `qpairs`) is polled by one
+//! lcore; the others in `-l` stay idle, and the log says so.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dpuproxy_l7::Shared;
@@ -62,18 +88,88 @@ pub struct ProxyOptions {
     pub max_connections: usize,
 }
 
-/// Counters the admin endpoint reads (relaxed atomics, refreshed by the
-/// loop every 100 ms).
+/// Most lcores that poll (one queue pair each).
+pub const MAX_POLLERS: usize = 16;
+
+/// How packets reach the lcore that owns their flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SteeringMode {
+    /// One lcore polls everything.
+    Single = 0,
+    /// The NIC took our RSS key and RETA; software hand-over is a safety
+    /// net that should stay at zero.
+    Hardware = 1,
+    /// The port spreads packets its own way (or not at all); lcores hand
+    /// misdelivered packets to their owner.
+    Software = 2,
+}
+
+impl SteeringMode {
+    /// Label for logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            SteeringMode::Single => "single",
+            SteeringMode::Hardware => "hardware",
+            SteeringMode::Software => "software",
+        }
+    }
+
+    fn from_u64(v: u64) -> SteeringMode {
+        match v {
+            1 => SteeringMode::Hardware,
+            2 => SteeringMode::Software,
+            _ => SteeringMode::Single,
+        }
+    }
+}
+
+/// One polling lcore's counters (relaxed atomics, refreshed by that lcore
+/// every 100 ms, except `accepted` and the steering counters, which move
+/// as they happen).
 #[derive(Debug, Default)]
-pub struct DpMetrics {
-    /// The polling lcore.
+pub struct LcoreCounters {
+    /// EAL lcore id.
     pub lcore: AtomicU64,
-    /// TSC ticks per second.
-    pub tsc_hz: AtomicU64,
+    /// Queue pair it polls.
+    pub queue: AtomicU64,
     /// Cycles in turns that did work.
     pub busy_cycles: AtomicU64,
     /// Cycles in empty turns.
     pub idle_cycles: AtomicU64,
+    /// Packets taken from its rx queue.
+    pub rx_packets: AtomicU64,
+    /// Client connections it accepted.
+    pub accepted: AtomicU64,
+    /// Packets it handed to the lcore owning their flow.
+    pub steered_out: AtomicU64,
+    /// Packets other lcores handed to it.
+    pub steered_in: AtomicU64,
+    /// Packets dropped because the owner's ring was full (or no mbuf was
+    /// free for an ARP copy).
+    pub steer_dropped: AtomicU64,
+    /// Its open TCP connections (clients and backends).
+    pub tcp_connections: AtomicU64,
+    /// Frames it dropped on a full tx ring or with no free mbuf.
+    pub tx_dropped: AtomicU64,
+    /// Bytes its client connections hold outside the TCP buffers (TLS
+    /// records in and out, plaintext waiting for the client or the
+    /// backend). Bounded per connection: a slow client stops the backend
+    /// reads, and the backend's TCP window closes.
+    pub buffered_bytes: AtomicU64,
+}
+
+/// Counters the admin endpoint reads (relaxed atomics, refreshed by the
+/// loops every 100 ms).
+#[derive(Debug, Default)]
+pub struct DpMetrics {
+    /// Lcores polling (entries of `per_lcore` in use).
+    pub pollers: AtomicU64,
+    /// [`SteeringMode`] as a number.
+    pub steering: AtomicU64,
+    /// Per polling lcore, index = queue.
+    pub per_lcore: [LcoreCounters; MAX_POLLERS],
+    /// TSC ticks per second.
+    pub tsc_hz: AtomicU64,
     /// ethdev rx packets.
     pub port_rx_packets: AtomicU64,
     /// ethdev tx packets.
@@ -88,8 +184,6 @@ pub struct DpMetrics {
     pub port_ierrors: AtomicU64,
     /// ethdev tx errors.
     pub port_oerrors: AtomicU64,
-    /// Frames dropped because the tx ring stayed full or no mbuf was free.
-    pub tx_dropped: AtomicU64,
     /// Mbufs out of the pool.
     pub mempool_in_use: AtomicU64,
     /// Mbufs in the pool.
@@ -102,10 +196,44 @@ pub struct DpMetrics {
     pub record_errors: AtomicU64,
     /// Open client connections.
     pub client_connections: AtomicU64,
-    /// Open TCP connections (clients and backends).
-    pub tcp_connections: AtomicU64,
     /// Set once the port is up and polling.
     pub up: AtomicBool,
+}
+
+impl DpMetrics {
+    /// The counters of the lcores that poll.
+    pub fn pollers(&self) -> &[LcoreCounters] {
+        let n = (self.pollers.load(Ordering::Relaxed) as usize).min(MAX_POLLERS);
+        &self.per_lcore[..n]
+    }
+
+    /// How packets reach their lcore.
+    pub fn steering(&self) -> SteeringMode {
+        SteeringMode::from_u64(self.steering.load(Ordering::Relaxed))
+    }
+
+    /// A per-lcore counter summed over the polling lcores.
+    pub fn sum(&self, f: impl Fn(&LcoreCounters) -> &AtomicU64) -> u64 {
+        self.pollers()
+            .iter()
+            .map(|c| f(c).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// One lcore's share of a run.
+#[derive(Debug, Clone)]
+pub struct LcoreSummary {
+    /// EAL lcore id.
+    pub lcore: u32,
+    /// Queue pair.
+    pub queue: u16,
+    /// Busy cycles over the run.
+    pub busy_cycles: u64,
+    /// Idle cycles over the run.
+    pub idle_cycles: u64,
+    /// Client connections accepted.
+    pub accepted: u64,
 }
 
 /// The end of a run.
@@ -118,14 +246,15 @@ pub struct ProxySummary {
     /// Mbufs out of the pool after everything was closed and the port
     /// stopped (0 means none leaked).
     pub pool_in_use_after_close: u32,
-    /// Busy cycles over the run.
-    pub busy_cycles: u64,
-    /// Idle cycles over the run.
-    pub idle_cycles: u64,
+    /// How packets reached their lcore.
+    pub steering: SteeringMode,
+    /// Per polling lcore.
+    pub lcores: Vec<LcoreSummary>,
 }
 
-/// Run the proxy on this lcore until `stop` is set. `on_up` is called once
-/// the port is polling, with its name and MAC.
+/// Run the proxy on the lcores of the EAL arguments until `stop` is set
+/// (the calling thread becomes the main lcore and polls queue 0). `on_up`
+/// is called once the port is up, with its name and MAC.
 #[cfg(dpdk)]
 pub fn run_proxy(
     opts: &ProxyOptions,
