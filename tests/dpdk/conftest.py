@@ -79,16 +79,8 @@ def topo(dpdk_env: str):
     stale = dt.remove_stale_topologies()
     if stale:
         sys.stderr.write(f"\n[dpdk] cleaned up after dead runs: {stale}\n")
-    t = dt.Topology.for_this_process()
-    try:
-        t.create(kernel_ip_on_root=(dpdk_env == "kernel"))
-    except Exception as e:
-        t.destroy()
-        dt.fail(f"could not build the namespace topology: {e}")
-    try:
+    with dt.built(dt.Topology.for_this_process(), kernel_ip_on_root=(dpdk_env == "kernel")) as t:
         yield t
-    finally:
-        t.destroy()
 
 
 @pytest.fixture(scope="session")

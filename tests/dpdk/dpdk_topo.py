@@ -19,6 +19,7 @@ veth, the namespace). Every wait is bounded.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import re
@@ -412,6 +413,21 @@ class TapTopology(Topology):
         self._up = False
         _kill_ns_pids(self.ns)
         sh(["ip", "netns", "del", self.ns], check=False)
+
+
+@contextlib.contextmanager
+def built(t: Topology, **create_args: Any):
+    """Create `t`, yield it, destroy it (also when creation fails half-way: then the test fails
+    with the reason)."""
+    try:
+        t.create(**create_args)
+    except Exception as e:
+        t.destroy()
+        fail(f"could not build the namespace topology {t.ns}: {e}")
+    try:
+        yield t
+    finally:
+        t.destroy()
 
 
 # ---------------------------------------------------------------------------- backends

@@ -33,16 +33,8 @@ EAL = "--lcores=0@1,1@1 --in-memory --no-telemetry --iova-mode=va --no-pci --vde
 def tap_topo(dpdk_env):
     if dpdk_env != "dpdk":
         pytest.skip("the multi-lcore test needs the DPDK path")
-    t = dt.TapTopology.for_this_process()
-    try:
-        t.create()
-    except Exception as e:
-        t.destroy()
-        dt.fail(f"could not create netns {t.ns}: {e}")
-    try:
+    with dt.built(dt.TapTopology.for_this_process()) as t:
         yield t
-    finally:
-        t.destroy()
 
 
 @pytest.fixture(scope="module")
