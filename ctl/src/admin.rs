@@ -464,7 +464,7 @@ pub fn render_metrics(state: &AdminState) -> String {
             (
                 "dpuproxy_lcore_steer_dropped_total",
                 "counter",
-                "Packets dropped on a full hand-over ring.",
+                "Packets dropped on a full hand-over ring, and ARP copies that found no mbuf or a full ring.",
                 |c| &c.steer_dropped,
             ),
             (

@@ -172,7 +172,7 @@ pub fn run(
             }
             Ok(Outcome::Stopped)
         }
-        Err(e) if !metrics.up.load(Ordering::Relaxed) => {
+        Err(e) if !metrics.started.load(Ordering::Relaxed) => {
             Ok(Outcome::DidNotStart(anyhow::anyhow!("{e}")))
         }
         Err(e) => Err(anyhow::anyhow!("dpdk data path failed: {e}")),

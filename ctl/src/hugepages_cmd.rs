@@ -114,7 +114,15 @@ fn show() -> anyhow::Result<()> {
         plan.mbufs,
         need >> 20
     );
-    println!("advice: {}", hp::advise(&st, need));
+    for lcores in [1u16, 4] {
+        let p = dpuproxy_dp::proxy::pool_plan(lcores, 32);
+        println!(
+            "`run --mode dpdk` with {lcores} polling lcore(s): pool of {} mbufs, ~{} MiB with EAL overhead",
+            p.mbufs,
+            (p.bytes + hp::EAL_OVERHEAD) >> 20
+        );
+    }
+    println!("advice (default port): {}", hp::advise(&st, need));
     let left = hp::leftover_files(&st, "rtemap_");
     if !left.is_empty() {
         println!(

@@ -205,7 +205,9 @@ pub fn run_on_lcores<'a, R: Send + 'a>(
         first.result = Some(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)));
     }
     if launch_error.is_some() {
-        cancel();
+        // The workers must be waited for even if `cancel` panics: they
+        // borrow the slots and the caller's stack.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(cancel));
     }
     for worker in launched {
         // SAFETY: the worker was launched above; waiting is always allowed

@@ -23,6 +23,9 @@ pub struct PortConfig {
     pub tx_desc: u16,
     /// Receive frames for any MAC.
     pub promiscuous: bool,
+    /// RSS key to configure the port with (multi-queue only; used when its
+    /// length is the PMD's key size, else left to `set_rss_key`).
+    pub rss_key: Option<Vec<u8>>,
 }
 
 impl Default for PortConfig {
@@ -33,6 +36,7 @@ impl Default for PortConfig {
             rx_desc: 1024,
             tx_desc: 1024,
             promiscuous: true,
+            rss_key: None,
         }
     }
 }
@@ -109,7 +113,14 @@ impl<'p> Port<'p> {
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = wanted & dev.flow_type_rss_offloads;
         }
-        // SAFETY: conf is a valid rte_eth_conf that DPDK copies.
+        // Kept alive until configure copied it.
+        let mut key = cfg.rss_key.clone().unwrap_or_default();
+        if cfg.rx_queues > 1 && !key.is_empty() && key.len() == usize::from(dev.hash_key_size) {
+            conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
+            conf.rx_adv_conf.rss_conf.rss_key_len = dev.hash_key_size;
+        }
+        // SAFETY: conf is a valid rte_eth_conf that DPDK copies; its key
+        // pointer (if set) points at rss_key_len bytes of `key`.
         check(id, "rte_eth_dev_configure", unsafe {
             sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf)
         })?;
@@ -152,6 +163,14 @@ impl<'p> Port<'p> {
             // support it; that is not an error for us.
             let _ = unsafe { sys::rte_eth_promiscuous_enable(id) };
         }
+        // Some PMDs size their RETA only once configured.
+        let mut dev_now = sys::rte_eth_dev_info::default();
+        // SAFETY: dev_now is a valid out-parameter.
+        if unsafe { sys::rte_eth_dev_info_get(id, &mut dev_now) } == 0 {
+            port.reta_size = dev_now.reta_size;
+            port.hash_key_size = dev_now.hash_key_size;
+        }
+        drop(key);
         port.start()?;
         Ok(port)
     }
@@ -363,6 +382,10 @@ impl<'p> Port<'p> {
     /// ring a flush calls `tx_burst` at most `1 + retries` times.
     pub fn tx_batch(&self, queue: u16, burst: usize, retries: u32) -> TxBatch<'_, 'p> {
         assert!(queue < self.tx_queues, "tx queue {queue} not configured");
+        assert!(
+            !self.queues_taken.load(std::sync::atomic::Ordering::Relaxed),
+            "the queues were handed out as QueuePairs"
+        );
         TxBatch::new(self.id, queue, burst, retries)
     }
 
@@ -382,6 +405,7 @@ impl<'p> Port<'p> {
                 queue,
                 _port: PhantomData,
                 _mbufs: PhantomData,
+                _one_poller: PhantomData,
             })
             .collect()
     }
@@ -396,12 +420,9 @@ pub struct QueuePair<'a, 'p> {
     queue: u16,
     _port: PhantomData<&'a ()>,
     _mbufs: PhantomData<fn() -> Mbuf<'p>>,
+    /// `Send` (it moves to its lcore) but not `Sync`: one thread polls it.
+    _one_poller: PhantomData<std::cell::Cell<()>>,
 }
-
-// SAFETY: a QueuePair is the only handle to its queue pair (Port hands each
-// out once); DPDK allows different queues of a port to be polled from
-// different threads, and the mbufs it yields come from a thread-safe pool.
-unsafe impl Send for QueuePair<'_, '_> {}
 
 impl<'p> QueuePair<'_, 'p> {
     /// Queue index (rx and tx).
@@ -453,9 +474,10 @@ fn stats_of(id: u16) -> Result<PortStats> {
 fn rx_burst_raw<'p>(port: u16, queue: u16, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
     let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); MAX_BURST];
     let max = max.min(MAX_BURST) as u16;
-    // SAFETY: the caller checked the queue exists and is the only poller
-    // of it (Port is !Sync; a QueuePair is unique and !Sync); raw has room
-    // for max pointers.
+    // SAFETY: the caller checked the queue exists and is its only poller:
+    // Port is !Sync and refuses its own bursts once the queues are handed
+    // out; a QueuePair is unique per queue and !Sync. raw has room for max
+    // pointers.
     let n = unsafe { sys::dpuproxy_rte_eth_rx_burst(port, queue, raw.as_mut_ptr(), max) };
     out.extend(raw[..usize::from(n)].iter().map(|&m| {
         // SAFETY: the PMD handed us these mbufs, filled from our pool.

@@ -70,6 +70,7 @@ unsigned dpuproxy_rte_ring_dequeue_burst(struct rte_ring *r, void **objs,
 /* Constants defined through function-like macros (RTE_BIT64 etc.). */
 extern const uint64_t DPUPROXY_RTE_ETH_RSS_IP;
 extern const uint64_t DPUPROXY_RTE_ETH_RSS_TCP;
+extern const uint64_t DPUPROXY_RTE_ETH_RSS_NONFRAG_IPV4_TCP;
 extern const uint64_t DPUPROXY_RTE_ETH_RSS_UDP;
 extern const uint16_t DPUPROXY_RTE_MBUF_DEFAULT_BUF_SIZE;
 extern const uint16_t DPUPROXY_RTE_PKTMBUF_HEADROOM;

@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use dpuproxy_l7::deadlines::Deadlines;
@@ -15,7 +15,8 @@ use dpuproxy_tcp::{ConnId, ConnectOptions, Event, Stack, StackConfig, TcpError};
 use dpuproxy_tls::{Handshake, HandshakeConfig, Incoming, OpensslHandshake, RecordLayer};
 
 use super::{
-    DpMetrics, LcoreCounters, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, SteeringMode,
+    DpMetrics, LcoreCounters, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, STEER_RING,
+    SteeringMode,
 };
 use crate::error::{Error, Result};
 use crate::net::{Responder, Verdict};
@@ -674,15 +675,15 @@ impl Proxy<'_> {
     }
 }
 
-/// Frames one lcore's hand-over ring holds.
-const STEER_RING: usize = 4096;
 /// Handed-over frames an lcore takes per turn.
 const STEER_BUDGET: usize = 256;
 /// How long an lcore waits for the others to report their CPUs.
 const CPU_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What every polling lcore shares: read-only settings, atomics and the
-/// lock-free hand-over rings. Nothing here takes a lock.
+/// lock-free hand-over rings. The only locks behind it are the L7 core's
+/// shard locks (`shared`: affinity table, token cache) and the CPU report
+/// taken once at start.
 struct Lanes<'s, 'p> {
     opts: &'s ProxyOptions,
     shared: &'s Arc<Shared>,
@@ -696,8 +697,37 @@ struct Lanes<'s, 'p> {
     steering: Steering,
     /// `rings[q]`: frames other lcores received for flows queue `q` owns.
     rings: Vec<ArrayQueue<Mbuf<'p>>>,
-    /// CPUs each lcore may run on (bit per CPU, first 64), 0 = not yet known.
-    cpu_masks: Vec<AtomicU64>,
+    /// CPUs each lcore may run on, once it has reported them (at start).
+    cpu_sets: std::sync::Mutex<Vec<Option<libc::cpu_set_t>>>,
+}
+
+/// Frames an lcore handed over or dropped, counted locally and published
+/// with the other counters (no shared cache line written per packet).
+#[derive(Default)]
+struct SteerCounts {
+    out: u64,
+    dropped: u64,
+    handed_in: u64,
+}
+
+impl SteerCounts {
+    fn publish(&self, to: &LcoreCounters) {
+        to.steered_out.store(self.out, Ordering::Relaxed);
+        to.steer_dropped.store(self.dropped, Ordering::Relaxed);
+        to.steered_in.store(self.handed_in, Ordering::Relaxed);
+    }
+}
+
+/// Sets `abort` when dropped armed: an lcore that fails or panics stops
+/// the others.
+struct AbortOnDrop<'a>(&'a AtomicBool, bool);
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<'p> Lanes<'_, 'p> {
@@ -714,7 +744,7 @@ impl<'p> Lanes<'_, 'p> {
         queue: u16,
         m: Mbuf<'p>,
         from_wire: bool,
-        mine: &LcoreCounters,
+        counts: &mut SteerCounts,
     ) -> Option<Mbuf<'p>> {
         if self.rings.len() < 2 || !from_wire {
             return Some(m);
@@ -726,12 +756,10 @@ impl<'p> Lanes<'_, 'p> {
                     return Some(m);
                 }
                 match self.rings[usize::from(owner)].push(m) {
-                    Ok(()) => {
-                        mine.steered_out.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Ok(()) => counts.out += 1,
                     Err(dropped) => {
                         drop(dropped);
-                        mine.steer_dropped.fetch_add(1, Ordering::Relaxed);
+                        counts.dropped += 1;
                     }
                 }
                 None
@@ -741,17 +769,14 @@ impl<'p> Lanes<'_, 'p> {
                     if q == usize::from(queue) {
                         continue;
                     }
-                    let copy = self.pool.alloc().and_then(|mut c| {
-                        let data = m.data();
-                        c.extend_from_slice(data).then_some(c)
-                    });
+                    let copy = self
+                        .pool
+                        .alloc()
+                        .and_then(|mut c| c.extend_from_slice(m.data()).then_some(c));
                     match copy.map(|c| ring.push(c)) {
-                        Some(Ok(())) => {
-                            mine.steered_out.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            mine.steer_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
+                        Some(Ok(())) => counts.out += 1,
+                        // A refused push hands the copy back; it is freed here.
+                        _ => counts.dropped += 1,
                     }
                 }
                 Some(m)
@@ -761,48 +786,51 @@ impl<'p> Lanes<'_, 'p> {
     }
 
     /// Records this thread's CPUs for `queue` and reports whether another
-    /// polling lcore shares one of them (then idle turns yield the CPU).
+    /// polling lcore may run on one of them (then idle turns yield the
+    /// CPU). Waits, bounded, for the others to report.
     fn shares_cpu(&self, queue: u16) -> bool {
-        let mine = current_cpu_mask();
-        self.cpu_masks[usize::from(queue)].store(mine, Ordering::Release);
+        let mine = current_cpu_set();
+        if let Ok(mut sets) = self.cpu_sets.lock() {
+            sets[usize::from(queue)] = mine;
+        }
+        let Some(mine) = mine else {
+            return false;
+        };
         let start = Instant::now();
         loop {
-            let masks: Vec<u64> = self
-                .cpu_masks
-                .iter()
-                .map(|m| m.load(Ordering::Acquire))
-                .collect();
-            if masks.iter().all(|&m| m != 0) || start.elapsed() > CPU_REPORT_WAIT || self.stopping()
-            {
-                return masks
-                    .iter()
-                    .enumerate()
-                    .any(|(q, &m)| q != usize::from(queue) && m & mine != 0);
+            let (all_known, shared) = match self.cpu_sets.lock() {
+                Ok(sets) => (
+                    sets.iter().all(Option::is_some),
+                    sets.iter().enumerate().any(|(q, other)| {
+                        q != usize::from(queue) && other.is_some_and(|o| cpu_sets_meet(&mine, &o))
+                    }),
+                ),
+                Err(_) => return false,
+            };
+            if all_known || start.elapsed() > CPU_REPORT_WAIT || self.stopping() {
+                return shared;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 }
 
-/// The calling thread's CPU affinity, one bit per CPU (CPUs past 63 are
-/// folded onto bit 63; u64::MAX when it cannot be read).
-fn current_cpu_mask() -> u64 {
+/// The calling thread's CPU affinity (None when it cannot be read).
+fn current_cpu_set() -> Option<libc::cpu_set_t> {
     // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: set is a valid out-parameter of the size passed.
     let rc =
         unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return u64::MAX;
-    }
-    let mut mask = 0u64;
-    for cpu in 0..libc::CPU_SETSIZE as usize {
-        // SAFETY: cpu is below CPU_SETSIZE.
-        if unsafe { libc::CPU_ISSET(cpu, &set) } {
-            mask |= 1 << cpu.min(63);
-        }
-    }
-    mask
+    (rc == 0).then_some(set)
+}
+
+/// Whether two CPU sets have a CPU in common.
+fn cpu_sets_meet(a: &libc::cpu_set_t, b: &libc::cpu_set_t) -> bool {
+    (0..libc::CPU_SETSIZE as usize).any(|cpu| {
+        // SAFETY: cpu is below CPU_SETSIZE, the size of both sets.
+        unsafe { libc::CPU_ISSET(cpu, a) && libc::CPU_ISSET(cpu, b) }
+    })
 }
 
 /// Programs our RSS key and RETA when the port takes them, and says how
@@ -813,6 +841,14 @@ fn program_rss(port: &mut Port<'_>, queues: u16) -> (Steering, SteeringMode) {
     }
     let steering = Steering::new(queues, usize::from(port.reta_size()));
     let attempt = (|| -> Result<()> {
+        // The NIC picks the bucket from the hash's low bits; our `%` agrees
+        // only for a power-of-two table.
+        if !steering.reta().len().is_power_of_two() || port.reta_size() == 0 {
+            return Err(Error::Config(format!(
+                "the port's redirection table has {} entries (not a power of two)",
+                port.reta_size()
+            )));
+        }
         // 0: the PMD does not say (the read-back below decides).
         let key_size = usize::from(port.hash_key_size());
         if key_size != 0 && key_size != RSS_KEY.len() {
@@ -824,9 +860,11 @@ fn program_rss(port: &mut Port<'_>, queues: u16) -> (Steering, SteeringMode) {
         }
         let (_, hash_types) = port.rss_key()?;
         // SAFETY: reads an immutable constant defined in the shim.
-        let tcp = unsafe { dpuproxy_dpdk_sys::DPUPROXY_RTE_ETH_RSS_TCP };
-        if hash_types & tcp == 0 {
-            return Err(Error::Config("the port does not hash TCP ports".into()));
+        let tcp4 = unsafe { dpuproxy_dpdk_sys::DPUPROXY_RTE_ETH_RSS_NONFRAG_IPV4_TCP };
+        if hash_types & tcp4 == 0 {
+            return Err(Error::Config(
+                "the port does not hash the ports of IPv4 TCP".into(),
+            ));
         }
         port.set_rss_key(&RSS_KEY, hash_types)?;
         port.set_reta(steering.reta())?;
@@ -865,8 +903,6 @@ pub(super) fn run(
     stop: &AtomicBool,
     on_up: impl FnOnce(&str, [u8; 6]),
 ) -> Result<ProxySummary> {
-    use dpuproxy_hugepages::{MempoolPlan, PortShape};
-
     if opts.backends.len() != shared.backends.len() {
         return Err(Error::NoPort(
             "backend list and shared state disagree".into(),
@@ -888,39 +924,39 @@ pub(super) fn run(
         .min(usize::from(max_tx))
         .max(1) as u16;
     let (polling, idle) = lcores.split_at(usize::from(queues));
-    if queues == 1 {
+    let port_queues = max_rx.min(max_tx);
+    if port_queues == 1 {
         tracing::info!(
             port = %info.name,
             lcore = main,
             idle_lcores = ?idle,
-            "the port has one rx/tx queue pair: one lcore owns it (no RSS spreading)"
+            "the port has one rx/tx queue pair: one lcore owns it (no RSS spreading); any other lcores stay idle"
         );
-    } else if !idle.is_empty() {
+    } else if usize::from(port_queues) == usize::from(queues) && !idle.is_empty() {
         tracing::warn!(
             port = %info.name,
             queues,
             ?polling,
             idle_lcores = ?idle,
-            "the port has fewer queue pairs than lcores: the extra lcores stay idle"
+            "the port has fewer rx/tx queue pairs than lcores: one lcore owns each queue, the extra lcores stay idle"
+        );
+    } else if !idle.is_empty() {
+        tracing::warn!(
+            ?polling,
+            idle_lcores = ?idle,
+            "at most {MAX_POLLERS} lcores poll: the extra lcores stay idle"
         );
     }
     let cfg = PortConfig {
         rx_queues: queues,
         tx_queues: queues,
+        rx_desc: super::QUEUE_DESCRIPTORS,
+        tx_desc: super::QUEUE_DESCRIPTORS,
+        rss_key: Some(RSS_KEY.to_vec()),
         ..PortConfig::default()
     };
-    let plan = MempoolPlan::for_port(&PortShape {
-        rx_queues: u32::from(queues),
-        tx_queues: u32::from(queues),
-        lcores: u32::from(queues),
-        rx_desc: u32::from(cfg.rx_desc),
-        tx_desc: u32::from(cfg.tx_desc),
-        burst: opts.burst as u32,
-        ..PortShape::default()
-    });
-    // Frames waiting in the device queues, the hand-over rings and the
-    // turns' tx batches need room beyond the rings.
-    let pool = Mempool::new(&eal, "proxy", plan.mbufs * 2, plan.cache, None, info.socket)?;
+    let plan = super::pool_plan(queues, opts.burst);
+    let pool = Mempool::new(&eal, "proxy", plan.mbufs, plan.cache, None, info.socket)?;
     let mut port = Port::open(info.id, &pool, &cfg)?;
     let mac = port.mac()?;
     let (steering, mode) = program_rss(&mut port, queues);
@@ -950,9 +986,12 @@ pub(super) fn run(
         mac,
         steering,
         rings: (0..queues).map(|_| ArrayQueue::new(STEER_RING)).collect(),
-        cpu_masks: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+        cpu_sets: std::sync::Mutex::new(vec![None; usize::from(queues)]),
     };
+    // What every lcore will build must work before we say we are up.
+    drop(build_stack(opts, mac, 0)?);
     metrics.up.store(true, Ordering::Relaxed);
+    metrics.started.store(true, Ordering::Relaxed);
     on_up(&info.name, mac);
     tracing::info!(
         lcores = ?polling,
@@ -966,10 +1005,11 @@ pub(super) fn run(
         .into_iter()
         .map(|qp| {
             Box::new(move || {
+                // Armed until the loop returns Ok: an error or a panic
+                // stops every other lcore too.
+                let mut guard = AbortOnDrop(&lanes_ref.abort, true);
                 let r = lcore_loop(lanes_ref, qp);
-                if r.is_err() {
-                    lanes_ref.abort.store(true, Ordering::Relaxed);
-                }
+                guard.1 = r.is_err();
                 r
             }) as Box<dyn FnOnce() -> Result<LcoreSummary> + Send + '_>
         })
@@ -1016,24 +1056,20 @@ pub(super) fn run(
     })
 }
 
-/// One lcore: its own TCP stack, connections and timers over queue pair
-/// `qp`, until the proxy stops. Resets its connections on the way out.
-fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreSummary> {
-    let opts = lanes.opts;
-    let queue = qp.queue();
-    let mine = &lanes.metrics.per_lcore[usize::from(queue)];
-    let lcore = Eal::current_lcore().unwrap_or(u32::MAX);
-    mine.lcore.store(u64::from(lcore), Ordering::Relaxed);
-    let hz = tsc_hz();
-
-    let origin = Instant::now();
+/// One lcore's TCP stack, listening on the proxy port, and the device
+/// capabilities it was built for.
+fn build_stack(
+    opts: &ProxyOptions,
+    mac: [u8; 6],
+    queue: u16,
+) -> Result<(Stack, dpuproxy_tcp::ListenerId, DeviceCapabilities)> {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
     caps.max_transmission_unit = ARP_AND_TCP_MTU;
     caps.max_burst_size = Some(opts.burst);
     caps.checksum = ChecksumCapabilities::default();
     let mut scfg = StackConfig::new(
-        HardwareAddress::Ethernet(EthernetAddress(lanes.mac)),
+        HardwareAddress::Ethernet(EthernetAddress(mac)),
         Ipv4Cidr::new(opts.ip, opts.prefix_len),
     );
     scfg.gateway = opts.gateway;
@@ -1045,6 +1081,21 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
     let listener = stack
         .listen(opts.listen_port, 1024)
         .map_err(|e| Error::NoPort(format!("listen on port {}: {e}", opts.listen_port)))?;
+    Ok((stack, listener, caps))
+}
+
+/// One lcore: its own TCP stack, connections and timers over queue pair
+/// `qp`, until the proxy stops. Resets its connections on the way out.
+fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreSummary> {
+    let opts = lanes.opts;
+    let queue = qp.queue();
+    let mine = &lanes.metrics.per_lcore[usize::from(queue)];
+    let lcore = Eal::current_lcore().unwrap_or(u32::MAX);
+    mine.lcore.store(u64::from(lcore), Ordering::Relaxed);
+    let hz = tsc_hz();
+
+    let origin = Instant::now();
+    let (mut stack, listener, caps) = build_stack(opts, lanes.mac, queue)?;
 
     let mut dev = MbufDevice {
         pool: lanes.pool,
@@ -1083,6 +1134,7 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
     let mut rxv: Vec<Mbuf<'_>> = Vec::with_capacity(crate::MAX_BURST);
     let (mut busy, mut idle) = (0u64, 0u64);
     let mut rx_packets = 0u64;
+    let mut counts = SteerCounts::default();
     let report_every = hz / 10;
     let mut next_report = tsc() + report_every;
     let mut t0 = tsc();
@@ -1103,10 +1155,10 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
         let mut work = n;
         for (m, wire) in from_wire.chain(from_ring) {
             if !wire {
-                mine.steered_in.fetch_add(1, Ordering::Relaxed);
+                counts.handed_in += 1;
                 work += 1;
             }
-            let Some(mut m) = lanes.steer(queue, m, wire, mine) else {
+            let Some(mut m) = lanes.steer(queue, m, wire, &mut counts) else {
                 continue;
             };
             // ICMP echo is answered here (smoltcp's interface only sees
@@ -1170,6 +1222,7 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
             mine.busy_cycles.store(busy, Ordering::Relaxed);
             mine.idle_cycles.store(idle, Ordering::Relaxed);
             mine.rx_packets.store(rx_packets, Ordering::Relaxed);
+            counts.publish(mine);
             let tx = txb.stats();
             mine.tx_dropped.store(
                 tx.dropped_full + tx.dropped_unsent + dev.tx_nombuf,
@@ -1235,6 +1288,8 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
     mine.idle_cycles.store(idle, Ordering::Relaxed);
     mine.tcp_connections.store(0, Ordering::Relaxed);
     mine.buffered_bytes.store(0, Ordering::Relaxed);
+    mine.rx_packets.store(rx_packets, Ordering::Relaxed);
+    counts.publish(mine);
     Ok(LcoreSummary {
         lcore,
         queue,

@@ -61,6 +61,31 @@ use crate::error::Result;
 #[cfg(dpdk)]
 mod engine;
 
+/// Frames one lcore's hand-over ring holds (software steering).
+pub const STEER_RING: usize = 1024;
+/// Rx and tx descriptors per queue the proxy asks for.
+pub const QUEUE_DESCRIPTORS: u16 = 1024;
+
+/// The mbuf pool the DPDK proxy creates for `queues` queue pairs: the rx
+/// and tx rings, the lcores' caches and bursts, as much again for frames
+/// in flight (in the device, in the turn's batches, in TCP), and, with
+/// several lcores, the hand-over rings.
+pub fn pool_plan(queues: u16, burst: usize) -> dpuproxy_hugepages::MempoolPlan {
+    let q = u32::from(queues.max(1));
+    let desc = u32::from(QUEUE_DESCRIPTORS);
+    let rings = if q > 1 { q * STEER_RING as u32 } else { 0 };
+    dpuproxy_hugepages::MempoolPlan::for_port(&dpuproxy_hugepages::PortShape {
+        rx_queues: q,
+        tx_queues: q,
+        lcores: q,
+        rx_desc: desc,
+        tx_desc: desc,
+        burst: burst as u32,
+        in_flight: q * 2 * desc + rings,
+        ..dpuproxy_hugepages::PortShape::default()
+    })
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
@@ -124,9 +149,11 @@ impl SteeringMode {
 }
 
 /// One polling lcore's counters (relaxed atomics, refreshed by that lcore
-/// every 100 ms, except `accepted` and the steering counters, which move
-/// as they happen).
+/// every 100 ms, except `accepted`, which moves as connections arrive).
+/// Aligned to 128 bytes so that two lcores' counters never share a cache
+/// line (or an adjacent-line prefetch pair).
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct LcoreCounters {
     /// EAL lcore id.
     pub lcore: AtomicU64,
@@ -144,8 +171,8 @@ pub struct LcoreCounters {
     pub steered_out: AtomicU64,
     /// Packets other lcores handed to it.
     pub steered_in: AtomicU64,
-    /// Packets dropped because the owner's ring was full (or no mbuf was
-    /// free for an ARP copy).
+    /// Packets dropped because the owner's ring was full, and ARP copies
+    /// that found no free mbuf or a full ring.
     pub steer_dropped: AtomicU64,
     /// Its open TCP connections (clients and backends).
     pub tcp_connections: AtomicU64,
@@ -196,8 +223,11 @@ pub struct DpMetrics {
     pub record_errors: AtomicU64,
     /// Open client connections.
     pub client_connections: AtomicU64,
-    /// Set once the port is up and polling.
+    /// Set while the port is up and polling.
     pub up: AtomicBool,
+    /// Set once the port came up; never cleared (a failure after this is
+    /// a failure of the running data path, not a failure to start).
+    pub started: AtomicBool,
 }
 
 impl DpMetrics {
