@@ -162,10 +162,11 @@ def dpdk_proxy_cmd(
     admin: int,
     mode: str,
     driver: str = "af_packet",
+    eal: str | None = None,
 ) -> list[str]:
     cmd = [dt.proxy_binary(), "run", "--mode", mode]
     if mode == "dpdk":
-        cmd += ["--dpdk-eal", dt.eal_args(topo.veth_root, driver), "--dpdk-ip", f"{topo.proxy_ip}/24"]
+        cmd += ["--dpdk-eal", eal or dt.eal_args(topo.veth_root, driver), "--dpdk-ip", f"{topo.proxy_ip}/24"]
     cmd += ["--listen", f"{topo.proxy_ip}:{dt.PROXY_PORT}"]
     for b in backends:
         cmd += ["--backend", b.addr]
@@ -178,14 +179,17 @@ def dpdk_proxy_cmd(
 
 @pytest.fixture(scope="session")
 def start_proxy(topo, tls_cert, jwt_auth, workdir):
-    """start_proxy(backends, name, mode, driver="af_packet") -> dt.ProxyRun: launch a proxy and
+    """start_proxy(backends, name, mode, driver="af_packet", eal=None) -> dt.ProxyRun: launch a
+    proxy (`eal` replaces the EAL arguments built for `driver`) and
     wait until its admin endpoint listens and the namespace reaches it (fails the test, with the
     proxy stopped, if it does not come up within DPUPROXY_DPDK_STARTUP_TIMEOUT). The caller
     terminates the returned run."""
 
-    def start(backends: list[dt.NsBackend], name: str, mode: str, driver: str = "af_packet") -> dt.ProxyRun:
+    def start(
+        backends: list[dt.NsBackend], name: str, mode: str, driver: str = "af_packet", eal: str | None = None
+    ) -> dt.ProxyRun:
         admin = dt.free_port()
-        cmd = dpdk_proxy_cmd(topo, backends, tls_cert, jwt_auth, admin, mode, driver)
+        cmd = dpdk_proxy_cmd(topo, backends, tls_cert, jwt_auth, admin, mode, driver, eal)
         run = dt.launch(cmd, workdir, name, mode, f"http://127.0.0.1:{admin}")
         deadline = time.monotonic() + STARTUP_TIMEOUT
         try:

@@ -1,0 +1,82 @@
+"""Two lcores over `net_af_packet` with `qpairs=2` on the veth: the kernel fans packets out to the
+two AF_PACKET sockets by its own flow hash, per direction, and never learns from our transmits
+(unlike a tap), so this is software steering at its busiest. One MCP session, every request on a
+fresh connection made by curl in the namespace; between requests the test reads the admin
+counters (root namespace) to see which lcore accepted it. The session must keep its backend on
+both lcores, and the pool must be whole at SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import dpdk_topo as dt
+import pytest
+from http_raw import MCP_ACCEPT, curl, initialize_via_curl, server_name
+from mcp_helpers import LEGACY_VERSION, jsonrpc, metric, metric_family, scrape, sse_messages
+
+pytestmark = pytest.mark.timeout(150)
+
+CALLS = 14
+
+
+class _Target:
+    """What the curl helpers need: the namespace, the URL, the CA file, the token."""
+
+    def __init__(self, topo: dt.Topology, cafile: str, token: str):
+        self.topo, self.cafile, self.token = topo, cafile, token
+        self.url = f"https://{topo.proxy_ip}:{dt.PROXY_PORT}/mcp"
+
+
+def accepted(admin: str) -> dict[str, float]:
+    return {dict(lbl)["lcore"]: v for lbl, v in metric_family(scrape(admin), "dpuproxy_lcore_accepted_total").items()}
+
+
+def which_lcore(admin: str, before: dict[str, float]) -> str:
+    after = accepted(admin)
+    rose = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+    assert len(rose) == 1 and list(rose.values()) == [1.0], f"one connection, but accept counts moved by {rose}"
+    return next(iter(rose))
+
+
+def test_session_keeps_its_backend_across_lcores_over_af_packet_fanout(
+    topo, ns_backends, tls_cert, jwt_auth, dpdk_env, start_proxy
+):
+    if dpdk_env != "dpdk":
+        pytest.skip("needs the DPDK path")
+    eal = dt.eal_args(topo.veth_root).replace("-l 1 ", "--lcores=0@1,1@1 ") + ",qpairs=2"
+    run = start_proxy(ns_backends, "dpuproxy-af-packet-qpairs", "dpdk", eal=eal)
+    try:
+        target = _Target(topo, tls_cert[0], jwt_auth.token)
+        s = scrape(run.admin_url)
+        assert metric(s, "dpuproxy_dpdk_steering", mode="software") == 1.0, "expected software steering"
+        assert sorted(dict(lbl)["lcore"] for lbl in metric_family(s, "dpuproxy_lcore_queue")) == ["0", "1"]
+
+        before = accepted(run.admin_url)
+        status, headers, body = initialize_via_curl(target)
+        assert status == 200, (status, body[:300])
+        lcores = [which_lcore(run.admin_url, before)]
+        sid = headers["mcp-session-id"]
+        backend = server_name(body, headers.get("content-type", ""))
+        mcp = ["-H", "Content-Type: application/json", "-H", f"Accept: {MCP_ACCEPT}",
+               "-H", f"Mcp-Session-Id: {sid}", "-H", f"MCP-Protocol-Version: {LEGACY_VERSION}"]  # fmt: skip
+        status, _, _ = curl(target, mcp, body=jsonrpc("notifications/initialized", id=None))
+        assert status in (200, 202), status
+        served_by = []
+        for i in range(CALLS):
+            before = accepted(run.admin_url)
+            status, h, body = curl(target, mcp, body=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, id=i + 2))
+            assert status == 200, (status, body[:300])
+            lcores.append(which_lcore(run.admin_url, before))
+            msgs = sse_messages(body) if "text/event-stream" in h.get("content-type", "") else [json.loads(body)]
+            served_by.append(next(m for m in msgs if "result" in m)["result"]["content"][0]["text"])
+        assert set(served_by) == {backend}, f"session on {backend}, calls served by {served_by}"
+        # 15 fresh connections: both lcores took some (all on one lcore has odds 2^-14).
+        assert set(lcores) == {"0", "1"}, f"connections by lcore: {lcores}"
+        handed = sum(metric_family(scrape(run.admin_url), "dpuproxy_lcore_steered_out_total").values())
+        print(f"\naf_packet qpairs=2: connections by lcore {lcores}; {handed:.0f} packets handed over so far")
+    finally:
+        rc, secs = run.terminate(timeout=15)
+    assert rc == 0, f"exit status {rc} after {secs:.1f}s:\n{dt.tail(run.stderr)}"
+    err = dt.strip_ansi(run.stderr_text())
+    assert re.search(r"port net_af_packet0: mempool in_use=0 of \d+ after close; steering software", err), err[-2000:]
