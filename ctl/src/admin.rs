@@ -418,7 +418,7 @@ pub fn render_metrics(state: &AdminState) -> String {
                 .map(move |c| (r(&c.lcore).to_string(), r(f(c))))
                 .collect::<Vec<_>>()
         };
-        let lcore_families: [(&str, &str, &str, LcoreField); 10] = [
+        let lcore_families: [(&str, &str, &str, LcoreField); 11] = [
             (
                 "dpuproxy_lcore_busy_cycles_total",
                 "counter",
@@ -478,6 +478,12 @@ pub fn render_metrics(state: &AdminState) -> String {
                 "gauge",
                 "Bytes held for client connections outside the TCP buffers.",
                 |c| &c.buffered_bytes,
+            ),
+            (
+                "dpuproxy_lcore_rss_hash_mismatch_total",
+                "counter",
+                "Hardware steering: TCP packets whose NIC RSS hash is not ours.",
+                |c| &c.rss_hash_mismatch,
             ),
         ];
         for (name, kind, help, f) in lcore_families {

@@ -304,10 +304,14 @@ impl<'p> Mbuf<'p> {
         unsafe { sys::dpuproxy_rte_mbuf_port(self.raw.as_ptr()) }
     }
 
-    /// The RSS hash the NIC computed (meaningful when the port uses RSS).
-    pub fn rss_hash(&self) -> u32 {
-        // SAFETY: raw is a valid owned mbuf.
-        unsafe { sys::dpuproxy_rte_mbuf_rss_hash(self.raw.as_ptr()) }
+    /// The RSS hash the NIC computed, when it says it did
+    /// (`RTE_MBUF_F_RX_RSS_HASH`).
+    pub fn rss_hash(&self) -> Option<u32> {
+        // SAFETY: raw is a valid owned mbuf; both read plain fields.
+        unsafe {
+            (sys::dpuproxy_rte_mbuf_has_rss_hash(self.raw.as_ptr()) != 0)
+                .then(|| sys::dpuproxy_rte_mbuf_rss_hash(self.raw.as_ptr()))
+        }
     }
 }
 

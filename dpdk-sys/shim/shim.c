@@ -71,6 +71,7 @@ uint16_t dpuproxy_rte_pktmbuf_headroom(const struct rte_mbuf *m) { return rte_pk
 uint16_t dpuproxy_rte_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
 uint16_t dpuproxy_rte_mbuf_port(const struct rte_mbuf *m) { return m->port; }
 uint32_t dpuproxy_rte_mbuf_rss_hash(const struct rte_mbuf *m) { return m->hash.rss; }
+int dpuproxy_rte_mbuf_has_rss_hash(const struct rte_mbuf *m) { return (m->ol_flags & RTE_MBUF_F_RX_RSS_HASH) != 0; }
 uint64_t dpuproxy_rte_mbuf_ol_flags(const struct rte_mbuf *m) { return m->ol_flags; }
 
 unsigned dpuproxy_rte_ring_count(const struct rte_ring *r) { return rte_ring_count(r); }

@@ -58,6 +58,7 @@ uint16_t dpuproxy_rte_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t dpuproxy_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
 uint16_t dpuproxy_rte_mbuf_port(const struct rte_mbuf *m);
 uint32_t dpuproxy_rte_mbuf_rss_hash(const struct rte_mbuf *m);
+int dpuproxy_rte_mbuf_has_rss_hash(const struct rte_mbuf *m);
 uint64_t dpuproxy_rte_mbuf_ol_flags(const struct rte_mbuf *m);
 
 /* Rings (the burst calls are inline). */

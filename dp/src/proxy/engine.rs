@@ -695,6 +695,8 @@ struct Lanes<'s, 'p> {
     pool: &'p Mempool<'p>,
     mac: [u8; 6],
     steering: Steering,
+    /// Our key and RETA are programmed into the port.
+    hardware: bool,
     /// `rings[q]`: frames other lcores received for flows queue `q` owns.
     rings: Vec<ArrayQueue<Mbuf<'p>>>,
     /// CPUs each lcore may run on, once it has reported them (at start).
@@ -708,6 +710,7 @@ struct SteerCounts {
     out: u64,
     dropped: u64,
     handed_in: u64,
+    hash_mismatch: u64,
 }
 
 impl SteerCounts {
@@ -715,6 +718,8 @@ impl SteerCounts {
         to.steered_out.store(self.out, Ordering::Relaxed);
         to.steer_dropped.store(self.dropped, Ordering::Relaxed);
         to.steered_in.store(self.handed_in, Ordering::Relaxed);
+        to.rss_hash_mismatch
+            .store(self.hash_mismatch, Ordering::Relaxed);
     }
 }
 
@@ -751,6 +756,15 @@ impl<'p> Lanes<'_, 'p> {
         }
         match classify(m.data()) {
             FrameKind::Tcp(t) => {
+                // With our key programmed, the NIC's hash must be ours: a
+                // difference means the hardware hashes otherwise (counted;
+                // the hand-over keeps the flow correct either way).
+                if self.hardware
+                    && let Some(nic) = m.rss_hash()
+                    && nic != self.steering.hash(&t)
+                {
+                    counts.hash_mismatch += 1;
+                }
                 let owner = self.steering.owner(&t);
                 if owner == queue {
                     return Some(m);
@@ -985,6 +999,7 @@ pub(super) fn run(
         pool: &pool,
         mac,
         steering,
+        hardware: mode == SteeringMode::Hardware,
         rings: (0..queues).map(|_| ArrayQueue::new(STEER_RING)).collect(),
         cpu_sets: std::sync::Mutex::new(vec![None; usize::from(queues)]),
     };

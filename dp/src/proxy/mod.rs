@@ -176,6 +176,10 @@ pub struct LcoreCounters {
     pub steer_dropped: AtomicU64,
     /// Its open TCP connections (clients and backends).
     pub tcp_connections: AtomicU64,
+    /// Hardware steering only: TCP packets whose NIC RSS hash differs from
+    /// ours (the NIC does not hash with our key; flows stay correct through
+    /// the hand-over, but cost more).
+    pub rss_hash_mismatch: AtomicU64,
     /// Frames it dropped on a full tx ring or with no free mbuf.
     pub tx_dropped: AtomicU64,
     /// Bytes its client connections hold outside the TCP buffers (TLS
