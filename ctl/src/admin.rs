@@ -418,7 +418,7 @@ pub fn render_metrics(state: &AdminState) -> String {
                 .map(move |c| (r(&c.lcore).to_string(), r(f(c))))
                 .collect::<Vec<_>>()
         };
-        let lcore_families: [(&str, &str, &str, LcoreField); 11] = [
+        let lcore_families: [(&str, &str, &str, LcoreField); 12] = [
             (
                 "dpuproxy_lcore_busy_cycles_total",
                 "counter",
@@ -480,6 +480,12 @@ pub fn render_metrics(state: &AdminState) -> String {
                 |c| &c.buffered_bytes,
             ),
             (
+                "dpuproxy_lcore_rss_hash_checked_total",
+                "counter",
+                "Hardware steering: TCP packets whose NIC RSS hash was compared with ours.",
+                |c| &c.rss_hash_checked,
+            ),
+            (
                 "dpuproxy_lcore_rss_hash_mismatch_total",
                 "counter",
                 "Hardware steering: TCP packets whose NIC RSS hash is not ours.",
@@ -497,6 +503,12 @@ pub fn render_metrics(state: &AdminState) -> String {
             pollers
                 .iter()
                 .map(|c| (r(&c.lcore).to_string(), r(&d.tsc_hz))),
+        );
+        o.single(
+            "dpuproxy_dpdk_up",
+            "gauge",
+            "1 while the DPDK port is up and its lcores poll.",
+            u64::from(d.up.load(Ordering::Relaxed)),
         );
         o.labelled(
             "dpuproxy_dpdk_steering",

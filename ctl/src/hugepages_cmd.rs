@@ -122,7 +122,11 @@ fn show() -> anyhow::Result<()> {
             (p.bytes + hp::EAL_OVERHEAD) >> 20
         );
     }
-    println!("advice (default port): {}", hp::advise(&st, need));
+    let one_lcore = dpuproxy_dp::proxy::pool_plan(1, 32);
+    println!(
+        "advice (`run --mode dpdk`, one lcore): {}",
+        hp::advise(&st, one_lcore.bytes + hp::EAL_OVERHEAD)
+    );
     let left = hp::leftover_files(&st, "rtemap_");
     if !left.is_empty() {
         println!(

@@ -63,7 +63,10 @@ pub struct Port<'p> {
     started: bool,
     reta_size: u16,
     hash_key_size: u8,
-    queues_taken: std::sync::atomic::AtomicBool,
+    /// Every RSS key handed to DPDK: ethdev keeps configure's pointer (and
+    /// some PMDs read the bytes at every start), so they live as long as
+    /// the port.
+    rss_keys: Vec<Vec<u8>>,
     _pool: PhantomData<&'p ()>,
     _single_thread: PhantomData<*const ()>,
 }
@@ -113,14 +116,15 @@ impl<'p> Port<'p> {
             conf.rxmode.mq_mode = sys::RTE_ETH_MQ_RX_RSS;
             conf.rx_adv_conf.rss_conf.rss_hf = wanted & dev.flow_type_rss_offloads;
         }
-        // Kept alive until configure copied it.
+        // Moved into the port below, which outlives every use of it.
         let mut key = cfg.rss_key.clone().unwrap_or_default();
         if cfg.rx_queues > 1 && !key.is_empty() && key.len() == usize::from(dev.hash_key_size) {
             conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
             conf.rx_adv_conf.rss_conf.rss_key_len = dev.hash_key_size;
         }
         // SAFETY: conf is a valid rte_eth_conf that DPDK copies; its key
-        // pointer (if set) points at rss_key_len bytes of `key`.
+        // pointer (if set) points at rss_key_len bytes of `key`, whose heap
+        // buffer the port keeps until after rte_eth_dev_close.
         check(id, "rte_eth_dev_configure", unsafe {
             sys::rte_eth_dev_configure(id, cfg.rx_queues, cfg.tx_queues, &conf)
         })?;
@@ -141,7 +145,7 @@ impl<'p> Port<'p> {
             started: false,
             reta_size: dev.reta_size,
             hash_key_size: dev.hash_key_size,
-            queues_taken: std::sync::atomic::AtomicBool::new(false),
+            rss_keys: Vec::new(),
             _pool: PhantomData,
             _single_thread: PhantomData,
         };
@@ -170,7 +174,7 @@ impl<'p> Port<'p> {
             port.reta_size = dev_now.reta_size;
             port.hash_key_size = dev_now.hash_key_size;
         }
-        drop(key);
+        port.rss_keys.push(key);
         port.start()?;
         Ok(port)
     }
@@ -296,10 +300,13 @@ impl<'p> Port<'p> {
                 .map_err(|_| Error::Config("RSS key longer than 255 bytes".into()))?,
             rss_hf: hash_types,
         };
-        // SAFETY: rss_key points at rss_key_len bytes that DPDK copies.
-        check(self.id, "rte_eth_dev_rss_hash_update", unsafe {
+        // SAFETY: rss_key points at rss_key_len bytes, kept with the port
+        // (below) in case the PMD holds on to the pointer.
+        let r = check(self.id, "rte_eth_dev_rss_hash_update", unsafe {
             sys::rte_eth_dev_rss_hash_update(self.id, &mut conf)
-        })
+        });
+        self.rss_keys.push(key);
+        r
     }
 
     /// Redirection table size (0 when the PMD has none).
@@ -371,10 +378,6 @@ impl<'p> Port<'p> {
     /// appending them to `out`; returns how many.
     pub fn rx_burst(&self, queue: u16, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
         assert!(queue < self.rx_queues, "rx queue {queue} not configured");
-        assert!(
-            !self.queues_taken.load(std::sync::atomic::Ordering::Relaxed),
-            "the queues were handed out as QueuePairs"
-        );
         rx_burst_raw(self.id, queue, out, max)
     }
 
@@ -382,23 +385,14 @@ impl<'p> Port<'p> {
     /// ring a flush calls `tx_burst` at most `1 + retries` times.
     pub fn tx_batch(&self, queue: u16, burst: usize, retries: u32) -> TxBatch<'_, 'p> {
         assert!(queue < self.tx_queues, "tx queue {queue} not configured");
-        assert!(
-            !self.queues_taken.load(std::sync::atomic::Ordering::Relaxed),
-            "the queues were handed out as QueuePairs"
-        );
         TxBatch::new(self.id, queue, burst, retries)
     }
 
     /// One handle per rx/tx queue pair (`min(rx_queues, tx_queues)` of
-    /// them), each to be moved to the one lcore that polls it. Handles are
-    /// given out once per port: a second call returns an empty list.
-    pub fn queue_pairs(&self) -> Vec<QueuePair<'_, 'p>> {
-        if self
-            .queues_taken
-            .swap(true, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Vec::new();
-        }
+    /// them), each to be moved to the one lcore that polls it. They borrow
+    /// the port exclusively: while they live, nothing else (no
+    /// [`Port::rx_burst`], no [`TxBatch`]) touches its queues.
+    pub fn queue_pairs(&mut self) -> Vec<QueuePair<'_, 'p>> {
         (0..self.rx_queues.min(self.tx_queues))
             .map(|queue| QueuePair {
                 port: self.id,
@@ -475,9 +469,9 @@ fn rx_burst_raw<'p>(port: u16, queue: u16, out: &mut Vec<Mbuf<'p>>, max: usize) 
     let mut raw = [std::ptr::null_mut::<sys::rte_mbuf>(); MAX_BURST];
     let max = max.min(MAX_BURST) as u16;
     // SAFETY: the caller checked the queue exists and is its only poller:
-    // Port is !Sync and refuses its own bursts once the queues are handed
-    // out; a QueuePair is unique per queue and !Sync. raw has room for max
-    // pointers.
+    // Port is !Sync, and its QueuePairs (one per queue, !Sync) borrow it
+    // exclusively, so the two kinds of access never overlap. raw has room
+    // for max pointers.
     let n = unsafe { sys::dpuproxy_rte_eth_rx_burst(port, queue, raw.as_mut_ptr(), max) };
     out.extend(raw[..usize::from(n)].iter().map(|&m| {
         // SAFETY: the PMD handed us these mbufs, filled from our pool.

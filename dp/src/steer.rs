@@ -88,8 +88,7 @@ impl FlowTuple {
 /// What a received Ethernet frame is, for steering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
-    /// IPv4 TCP (not a non-first fragment): belongs to the owner of the
-    /// tuple.
+    /// IPv4 TCP, not fragmented: belongs to the owner of the tuple.
     Tcp(FlowTuple),
     /// An ARP reply: every lcore's neighbour cache wants it.
     ArpReply,
@@ -119,8 +118,10 @@ pub fn classify(frame: &[u8]) -> FrameKind {
                 return FrameKind::Other;
             }
             let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let frag_offset = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
-            if ihl < 20 || ip.len() < ihl + 4 || frag_offset != 0 {
+            // Any fragment (more-fragments bit or an offset): the NIC hashes
+            // it by addresses only, and our stack does not reassemble.
+            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+            if ihl < 20 || ip.len() < ihl + 4 || fragment {
                 return FrameKind::Other;
             }
             let tcp = &ip[ihl..];
@@ -217,7 +218,12 @@ impl Steering {
         if self.queues == 1 {
             return 0;
         }
-        self.reta[self.hash(t) as usize % self.reta.len()]
+        self.owner_of_hash(self.hash(t))
+    }
+
+    /// The queue for an RSS hash already computed ([`Steering::hash`]).
+    pub fn owner_of_hash(&self, hash: u32) -> u16 {
+        self.reta[hash as usize % self.reta.len()]
     }
 
     /// Whether a connection from `local` (port `local_port`) to `remote`
@@ -387,10 +393,18 @@ mod tests {
         assert!(
             matches!(classify(&frame([0x08, 0x00], &opt)), FrameKind::Tcp(t) if t.sport == 9001)
         );
-        // A non-first fragment has no ports; UDP and ICMP stay local.
+        // Fragments (a later one has no ports; the first is hashed by
+        // addresses only) and UDP stay local. DF alone is no fragment.
         let mut frag = ip.clone();
         frag[7] = 1;
         assert_eq!(classify(&frame([0x08, 0x00], &frag)), FrameKind::Other);
+        let mut first = ip.clone();
+        first[6] = 0x20;
+        assert_eq!(classify(&frame([0x08, 0x00], &first)), FrameKind::Other);
+        assert!(
+            matches!(classify(&frame([0x08, 0x00], &ip)), FrameKind::Tcp(_)),
+            "DF set"
+        );
         let mut udp = ip.clone();
         udp[9] = 17;
         assert_eq!(classify(&frame([0x08, 0x00], &udp)), FrameKind::Other);

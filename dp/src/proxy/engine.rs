@@ -710,6 +710,7 @@ struct SteerCounts {
     out: u64,
     dropped: u64,
     handed_in: u64,
+    hash_checked: u64,
     hash_mismatch: u64,
 }
 
@@ -718,6 +719,8 @@ impl SteerCounts {
         to.steered_out.store(self.out, Ordering::Relaxed);
         to.steer_dropped.store(self.dropped, Ordering::Relaxed);
         to.steered_in.store(self.handed_in, Ordering::Relaxed);
+        to.rss_hash_checked
+            .store(self.hash_checked, Ordering::Relaxed);
         to.rss_hash_mismatch
             .store(self.hash_mismatch, Ordering::Relaxed);
     }
@@ -759,13 +762,16 @@ impl<'p> Lanes<'_, 'p> {
                 // With our key programmed, the NIC's hash must be ours: a
                 // difference means the hardware hashes otherwise (counted;
                 // the hand-over keeps the flow correct either way).
+                let hash = self.steering.hash(&t);
                 if self.hardware
                     && let Some(nic) = m.rss_hash()
-                    && nic != self.steering.hash(&t)
                 {
-                    counts.hash_mismatch += 1;
+                    counts.hash_checked += 1;
+                    if nic != hash {
+                        counts.hash_mismatch += 1;
+                    }
                 }
-                let owner = self.steering.owner(&t);
+                let owner = self.steering.owner_of_hash(hash);
                 if owner == queue {
                     return Some(m);
                 }

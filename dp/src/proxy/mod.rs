@@ -176,6 +176,9 @@ pub struct LcoreCounters {
     pub steer_dropped: AtomicU64,
     /// Its open TCP connections (clients and backends).
     pub tcp_connections: AtomicU64,
+    /// Hardware steering only: TCP packets the NIC marked as hashed, whose
+    /// hash was compared with ours.
+    pub rss_hash_checked: AtomicU64,
     /// Hardware steering only: TCP packets whose NIC RSS hash differs from
     /// ours (the NIC does not hash with our key; flows stay correct through
     /// the hand-over, but cost more).
