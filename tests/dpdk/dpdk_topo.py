@@ -283,10 +283,14 @@ class Topology:
         ns = f"dpx{pid}"
         return cls(pid, n, ns, f"{ns}a", f"{ns}b", f"10.77.{n}.1", f"10.77.{n}.2")
 
-    def create(self, kernel_ip_on_root: bool = False) -> None:
+    def _register(self) -> None:
+        """From here on destroy() (and the atexit hook) clean up whatever exists."""
         with _REGISTRY_LOCK:
             _TOPOS.append(self)
         self._up = True
+
+    def create(self, kernel_ip_on_root: bool = False) -> None:
+        self._register()
         # Leftovers of an earlier run of this very pid (pid reuse) would make `add` fail.
         sh(["ip", "link", "del", self.veth_root], check=False)
         sh(["ip", "netns", "del", self.ns], check=False)
@@ -382,15 +386,11 @@ class TapTopology(Topology):
 
     @classmethod
     def for_this_process(cls) -> "TapTopology":
-        pid = os.getpid()
-        n = pid % 200 + 20
-        ns = f"dpx{pid}m"
-        return cls(pid, n, ns, f"dpx{pid}t", f"dpx{pid}t", f"10.79.{n}.1", f"10.79.{n}.2")
+        pid, n = os.getpid(), os.getpid() % 200 + 20
+        return cls(pid, n, f"dpx{pid}m", f"dpx{pid}t", f"dpx{pid}t", f"10.79.{n}.1", f"10.79.{n}.2")
 
     def create(self, kernel_ip_on_root: bool = False) -> None:
-        with _REGISTRY_LOCK:
-            _TOPOS.append(self)
-        self._up = True
+        self._register()
         sh(["ip", "netns", "del", self.ns], check=False)
         sh(["ip", "netns", "add", self.ns])
         self.nsh(["ip", "link", "set", "lo", "up"])
