@@ -80,31 +80,21 @@ fn main() {
         // EAL, lcore, launch, errno.
         .allowlist_function("rte_eal_.*")
         .allowlist_function("rte_strerror")
-        .allowlist_function("rte_socket_id")
         .allowlist_function("rte_lcore_.*")
         .allowlist_function("rte_get_main_lcore")
         .allowlist_function("rte_get_next_lcore")
         .allowlist_function("rte_get_tsc_hz")
-        .allowlist_function("rte_thread_.*")
-        .allowlist_function("rte_dev_probe")
-        .allowlist_function("rte_dev_remove")
-        .allowlist_function("rte_vdev_init")
-        .allowlist_function("rte_vdev_uninit")
         // ethdev.
         .allowlist_function("rte_eth_.*")
         .allowlist_type("rte_eth_.*")
         .allowlist_var("RTE_ETH_.*")
-        // mbuf, mempool, ring.
+        // mbuf, mempool.
         .allowlist_function("rte_pktmbuf_pool_create")
-        .allowlist_function("rte_mempool_(free|lookup|avail_count|in_use_count)")
-        .allowlist_function("rte_ring_(create|free|lookup)")
+        .allowlist_function("rte_mempool_(free|avail_count|in_use_count)")
         .allowlist_type("rte_mbuf")
         .allowlist_type("rte_mempool")
-        .allowlist_type("rte_ring")
         .allowlist_var("RTE_MAX_.*")
-        .allowlist_var("RING_F_.*")
         .allowlist_var("SOCKET_ID_ANY")
-        .allowlist_var("LCORE_ID_ANY")
         .allowlist_var("RTE_MBUF_.*")
         .allowlist_var("RTE_PKTMBUF_.*")
         // The shim itself.

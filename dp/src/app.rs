@@ -193,7 +193,6 @@ pub fn run_port(
                 }
                 last_ref.set(responder_ref.stats());
             },
-            |_, _| {},
             |lc, txs| {
                 let r = PortReport {
                     elapsed: started.elapsed(),

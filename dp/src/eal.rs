@@ -151,10 +151,8 @@ pub(crate) fn port_info(id: u16) -> PortInfo {
     } else {
         format!("port{id}")
     };
-    let mut info = sys::rte_eth_dev_info::default();
-    // SAFETY: info is a valid, writable rte_eth_dev_info.
-    let ok = unsafe { sys::rte_eth_dev_info_get(id, &mut info) } == 0;
-    let driver = if ok && !info.driver_name.is_null() {
+    let info = crate::port::dev_info(id).unwrap_or_default();
+    let driver = if !info.driver_name.is_null() {
         // SAFETY: driver_name points at the driver's static name.
         unsafe { CStr::from_ptr(info.driver_name) }
             .to_string_lossy()

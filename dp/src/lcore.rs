@@ -1,7 +1,7 @@
 //! The per-lcore run-to-completion loop skeleton.
 //!
 //! One turn: `rx_burst` → the handler for each packet (it may queue
-//! packets on the [`TxBatch`]) → `tick` → one tx flush. A turn that
+//! packets on the [`TxBatch`]) → one tx flush. A turn that
 //! received, queued or sent anything counts its TSC cycles as busy,
 //! otherwise as idle, like OVS-DPDK's pmd-stats: busy / (busy + idle) is
 //! the lcore's load and busy cycles per packet is the cost of the work.
@@ -61,20 +61,17 @@ fn cycles(hz: u64, d: Duration) -> u64 {
 /// Polls `port` until `stop` is set or `opts.run_for` has passed.
 ///
 /// `handler` gets each received packet and the batch to queue replies on;
-/// `tick` runs once per turn after the packets (timers go there);
 /// `report` runs every `opts.report_every` on this lcore with the counters
 /// so far. Returns the final counters; the batch is flushed before return.
-pub fn run_loop<'p, H, T, R>(
+pub fn run_loop<'p, H, R>(
     port: &Port<'p>,
     opts: &LoopOptions,
     stop: &AtomicBool,
     mut handler: H,
-    mut tick: T,
     mut report: R,
 ) -> (LcoreStats, TxStats)
 where
     H: FnMut(Mbuf<'p>, &mut TxBatch<'_, 'p>),
-    T: FnMut(u64, &mut TxBatch<'_, 'p>),
     R: FnMut(&LcoreStats, &TxStats),
 {
     let hz = tsc_hz();
@@ -97,7 +94,6 @@ where
         for m in rx.drain(..) {
             handler(m, &mut tx);
         }
-        tick(t0, &mut tx);
         let sent = tx.flush();
         let t1 = tsc();
         let queued = tx.stats().queued - queued_before;

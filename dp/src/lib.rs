@@ -16,8 +16,9 @@
 //!   OVS-DPDK's pmd-stats.
 //! - [`net::Responder`]: ARP and ICMP echo for the port's IPv4 address.
 //! - [`app::run_port`]: all of the above as the `dpuproxy port` command.
-//! - [`proxy::run_proxy`]: the full-offload proxy on one lcore (DPDK port,
-//!   `dpuproxy-tcp`, `dpuproxy-tls` records, the `dpuproxy-l7` core).
+//! - [`proxy::run_proxy`]: the full-offload proxy, one loop per lcore and
+//!   queue pair (DPDK port, `dpuproxy-tcp`, `dpuproxy-tls` records, the
+//!   `dpuproxy-l7` core).
 //!
 //! - [`run_on_lcores`]: one job per lcore of `-l`/`--lcores`
 //!   (`rte_eal_remote_launch`), each polling its own [`QueuePair`], the

@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct Mempool<'e> {
     raw: NonNull<sys::rte_mempool>,
-    name: String,
     size: u32,
     _eal: PhantomData<&'e Eal>,
 }
@@ -72,7 +71,7 @@ impl<'e> Mempool<'e> {
         let raw = NonNull::new(raw).ok_or_else(|| {
             let code = rte_errno();
             Error::Mempool {
-                name: name.clone(),
+                name,
                 n,
                 msg: strerror(code),
                 hint: if code == 12 {
@@ -84,15 +83,9 @@ impl<'e> Mempool<'e> {
         })?;
         Ok(Mempool {
             raw,
-            name,
             size: n,
             _eal: PhantomData,
         })
-    }
-
-    /// The pool's EAL-wide name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Mbufs in the pool when none is in use.
@@ -296,12 +289,6 @@ impl<'p> Mbuf<'p> {
     pub fn reset(&mut self) {
         // SAFETY: raw is a valid owned mbuf.
         unsafe { sys::dpuproxy_rte_pktmbuf_reset(self.raw.as_ptr()) }
-    }
-
-    /// The port it arrived on.
-    pub fn port(&self) -> u16 {
-        // SAFETY: raw is a valid owned mbuf.
-        unsafe { sys::dpuproxy_rte_mbuf_port(self.raw.as_ptr()) }
     }
 
     /// The RSS hash the NIC computed, when it says it did

@@ -48,8 +48,6 @@ pub struct Link {
     pub up: bool,
     /// Mbit/s as the PMD reports it (0 when unknown).
     pub speed_mbps: u32,
-    /// Full duplex.
-    pub full_duplex: bool,
 }
 
 /// A configured and started port whose rx queues fill from the pool `'p`.
@@ -88,11 +86,7 @@ impl<'p> Port<'p> {
     /// Configures port `id` with `cfg`, fills its rx queues from `pool`,
     /// and starts it.
     pub fn open(id: u16, pool: &'p Mempool<'_>, cfg: &PortConfig) -> Result<Port<'p>> {
-        let mut dev = sys::rte_eth_dev_info::default();
-        // SAFETY: dev is a valid out-parameter; a bad id returns -ENODEV.
-        check(id, "rte_eth_dev_info_get", unsafe {
-            sys::rte_eth_dev_info_get(id, &mut dev)
-        })?;
+        let dev = dev_info(id)?;
         if cfg.rx_queues == 0 || cfg.rx_queues > dev.max_rx_queues {
             return Err(Error::Config(format!(
                 "port {id}: {} rx queues requested, the PMD allows 1..={}",
@@ -168,9 +162,7 @@ impl<'p> Port<'p> {
             let _ = unsafe { sys::rte_eth_promiscuous_enable(id) };
         }
         // Some PMDs size their RETA only once configured.
-        let mut dev_now = sys::rte_eth_dev_info::default();
-        // SAFETY: dev_now is a valid out-parameter.
-        if unsafe { sys::rte_eth_dev_info_get(id, &mut dev_now) } == 0 {
+        if let Ok(dev_now) = dev_info(id) {
             port.reta_size = dev_now.reta_size;
             port.hash_key_size = dev_now.hash_key_size;
         }
@@ -203,24 +195,9 @@ impl<'p> Port<'p> {
         Ok(())
     }
 
-    /// Port id.
-    pub fn id(&self) -> u16 {
-        self.id
-    }
-
     /// Name, driver, socket.
     pub fn info(&self) -> &PortInfo {
         &self.info
-    }
-
-    /// Configured rx queues.
-    pub fn rx_queues(&self) -> u16 {
-        self.rx_queues
-    }
-
-    /// Configured tx queues.
-    pub fn tx_queues(&self) -> u16 {
-        self.tx_queues
     }
 
     /// The port's MAC address.
@@ -243,7 +220,6 @@ impl<'p> Port<'p> {
         Ok(Link {
             up: l.link_status() != 0,
             speed_mbps: l.link_speed,
-            full_duplex: l.link_duplex() != 0,
         })
     }
 
@@ -254,11 +230,7 @@ impl<'p> Port<'p> {
 
     /// Most rx and tx queues the PMD of port `id` allows.
     pub fn max_queues(id: u16) -> Result<(u16, u16)> {
-        let mut dev = sys::rte_eth_dev_info::default();
-        // SAFETY: dev is a valid out-parameter; a bad id returns -ENODEV.
-        check(id, "rte_eth_dev_info_get", unsafe {
-            sys::rte_eth_dev_info_get(id, &mut dev)
-        })?;
+        let dev = dev_info(id)?;
         Ok((dev.max_rx_queues, dev.max_tx_queues))
     }
 
@@ -424,11 +396,6 @@ impl<'p> QueuePair<'_, 'p> {
         self.queue
     }
 
-    /// Port id.
-    pub fn port_id(&self) -> u16 {
-        self.port
-    }
-
     /// As [`Port::rx_burst`] on this queue.
     pub fn rx_burst(&self, out: &mut Vec<Mbuf<'p>>, max: usize) -> usize {
         rx_burst_raw(self.port, self.queue, out, max)
@@ -443,6 +410,16 @@ impl<'p> QueuePair<'_, 'p> {
     pub fn tx_batch(&self, burst: usize, retries: u32) -> TxBatch<'_, 'p> {
         TxBatch::new(self.port, self.queue, burst, retries)
     }
+}
+
+/// What the PMD of port `id` says about it.
+pub(crate) fn dev_info(id: u16) -> Result<sys::rte_eth_dev_info> {
+    let mut dev = sys::rte_eth_dev_info::default();
+    // SAFETY: dev is a valid out-parameter; a bad id returns -ENODEV.
+    check(id, "rte_eth_dev_info_get", unsafe {
+        sys::rte_eth_dev_info_get(id, &mut dev)
+    })?;
+    Ok(dev)
 }
 
 /// Counters of port `id` (safe from any thread: the PMD sums its
@@ -534,11 +511,6 @@ impl<'p> TxBatch<'_, 'p> {
         }
         self.pending.push(m.into_raw());
         self.stats.queued += 1;
-    }
-
-    /// Packets waiting.
-    pub fn pending(&self) -> usize {
-        self.pending.len()
     }
 
     /// Counters so far.

@@ -202,11 +202,6 @@ impl Steering {
         &self.reta
     }
 
-    /// Number of queues (lcores).
-    pub fn queues(&self) -> u16 {
-        self.queues
-    }
-
     /// The RSS hash of a flow (what [`toeplitz`] with [`RSS_KEY`] gives,
     /// by table).
     pub fn hash(&self, t: &FlowTuple) -> u32 {

@@ -78,7 +78,9 @@ fn mbuf_operations(pool: &Mempool<'_>) {
     assert!(m.is_empty());
     assert_eq!(pool.in_use(), 1);
     let (head, tail) = (m.headroom(), m.tailroom());
-    assert_eq!(head, 128, "RTE_PKTMBUF_HEADROOM");
+    // SAFETY: reads an immutable constant defined in the shim.
+    let headroom = unsafe { dpuproxy_dpdk_sys::DPUPROXY_RTE_PKTMBUF_HEADROOM };
+    assert_eq!(head, headroom, "RTE_PKTMBUF_HEADROOM");
     assert_eq!(m.append(10).map(|b| b.len()), Some(10));
     m.data_mut().copy_from_slice(b"0123456789");
     assert_eq!(m.tailroom(), tail - 10);
@@ -273,7 +275,6 @@ fn run_loop_answers_arp_over_ring(pool: &Mempool<'_>, id: u16) {
                 tx.push(m);
             }
         },
-        |_, _| {},
         |_, _| reports += 1,
     );
     let r = responder.stats();

@@ -2,7 +2,6 @@
 #include "shim.h"
 
 int dpuproxy_rte_errno(void) { return rte_errno; }
-void dpuproxy_rte_errno_set(int value) { rte_errno = value; }
 unsigned dpuproxy_rte_lcore_id(void) { return rte_lcore_id(); }
 
 uint64_t dpuproxy_rte_rdtsc(void) { return rte_get_tsc_cycles(); }
@@ -69,24 +68,8 @@ uint32_t dpuproxy_rte_pktmbuf_pkt_len(const struct rte_mbuf *m) { return m->pkt_
 uint16_t dpuproxy_rte_pktmbuf_nb_segs(const struct rte_mbuf *m) { return m->nb_segs; }
 uint16_t dpuproxy_rte_pktmbuf_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_headroom(m); }
 uint16_t dpuproxy_rte_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
-uint16_t dpuproxy_rte_mbuf_port(const struct rte_mbuf *m) { return m->port; }
 uint32_t dpuproxy_rte_mbuf_rss_hash(const struct rte_mbuf *m) { return m->hash.rss; }
 int dpuproxy_rte_mbuf_has_rss_hash(const struct rte_mbuf *m) { return (m->ol_flags & RTE_MBUF_F_RX_RSS_HASH) != 0; }
-uint64_t dpuproxy_rte_mbuf_ol_flags(const struct rte_mbuf *m) { return m->ol_flags; }
-
-unsigned dpuproxy_rte_ring_count(const struct rte_ring *r) { return rte_ring_count(r); }
-
-unsigned dpuproxy_rte_ring_enqueue_burst(struct rte_ring *r, void *const *objs,
-                                         unsigned n)
-{
-	return rte_ring_enqueue_burst(r, objs, n, NULL);
-}
-
-unsigned dpuproxy_rte_ring_dequeue_burst(struct rte_ring *r, void **objs,
-                                         unsigned n)
-{
-	return rte_ring_dequeue_burst(r, objs, n, NULL);
-}
 
 const uint64_t DPUPROXY_RTE_ETH_RSS_IP = RTE_ETH_RSS_IP;
 const uint64_t DPUPROXY_RTE_ETH_RSS_TCP = RTE_ETH_RSS_TCP;
@@ -94,4 +77,3 @@ const uint64_t DPUPROXY_RTE_ETH_RSS_NONFRAG_IPV4_TCP = RTE_ETH_RSS_NONFRAG_IPV4_
 const uint64_t DPUPROXY_RTE_ETH_RSS_UDP = RTE_ETH_RSS_UDP;
 const uint16_t DPUPROXY_RTE_MBUF_DEFAULT_BUF_SIZE = RTE_MBUF_DEFAULT_BUF_SIZE;
 const uint16_t DPUPROXY_RTE_PKTMBUF_HEADROOM = RTE_PKTMBUF_HEADROOM;
-const uint32_t DPUPROXY_RTE_ETH_RETA_GROUP_SIZE = RTE_ETH_RETA_GROUP_SIZE;

@@ -3,7 +3,7 @@
  * functions and macros, which have no symbol in the shared libraries and so
  * cannot be bound by bindgen directly. Everything here is a one-line
  * forward; the semantics are DPDK's own. No architecture-specific code: the
- * TSC read goes through rte_get_timer_cycles()'s portable rte_rdtsc(),
+ * TSC read goes through DPDK's portable rte_get_tsc_cycles(),
  * which is rdtsc on x86 and cntvct_el0 (or the PMU) on aarch64.
  */
 #ifndef DPUPROXY_DPDK_SHIM_H
@@ -21,13 +21,9 @@
 #include <rte_lcore.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
-#include <rte_ring.h>
-#include <rte_dev.h>
-#include <rte_bus_vdev.h>
 
 /* errno and lcore (per-lcore TLS variables behind macros). */
 int dpuproxy_rte_errno(void);
-void dpuproxy_rte_errno_set(int value);
 unsigned dpuproxy_rte_lcore_id(void);
 
 /* Cycles. */
@@ -56,17 +52,8 @@ uint32_t dpuproxy_rte_pktmbuf_pkt_len(const struct rte_mbuf *m);
 uint16_t dpuproxy_rte_pktmbuf_nb_segs(const struct rte_mbuf *m);
 uint16_t dpuproxy_rte_pktmbuf_headroom(const struct rte_mbuf *m);
 uint16_t dpuproxy_rte_pktmbuf_tailroom(const struct rte_mbuf *m);
-uint16_t dpuproxy_rte_mbuf_port(const struct rte_mbuf *m);
 uint32_t dpuproxy_rte_mbuf_rss_hash(const struct rte_mbuf *m);
 int dpuproxy_rte_mbuf_has_rss_hash(const struct rte_mbuf *m);
-uint64_t dpuproxy_rte_mbuf_ol_flags(const struct rte_mbuf *m);
-
-/* Rings (the burst calls are inline). */
-unsigned dpuproxy_rte_ring_count(const struct rte_ring *r);
-unsigned dpuproxy_rte_ring_enqueue_burst(struct rte_ring *r, void *const *objs,
-                                         unsigned n);
-unsigned dpuproxy_rte_ring_dequeue_burst(struct rte_ring *r, void **objs,
-                                         unsigned n);
 
 /* Constants defined through function-like macros (RTE_BIT64 etc.). */
 extern const uint64_t DPUPROXY_RTE_ETH_RSS_IP;
@@ -75,6 +62,5 @@ extern const uint64_t DPUPROXY_RTE_ETH_RSS_NONFRAG_IPV4_TCP;
 extern const uint64_t DPUPROXY_RTE_ETH_RSS_UDP;
 extern const uint16_t DPUPROXY_RTE_MBUF_DEFAULT_BUF_SIZE;
 extern const uint16_t DPUPROXY_RTE_PKTMBUF_HEADROOM;
-extern const uint32_t DPUPROXY_RTE_ETH_RETA_GROUP_SIZE;
 
 #endif

@@ -1,9 +1,9 @@
 //! dpuproxy-dpdk-sys: bindgen-generated DPDK bindings (EAL, lcore, ethdev,
-//! mbuf, mempool, ring, errno) over pkg-config `libdpdk` (22.11 or later),
+//! mbuf, mempool, errno) over pkg-config `libdpdk` (22.11 or later),
 //! plus a small hand-written C shim (`shim/shim.c`, compiled with `cc`) for
 //! DPDK's `static inline` functions: `rte_eth_rx_burst`/`tx_burst`, the
-//! `rte_pktmbuf_*` helpers, `rte_lcore_id`, `rte_errno`, the TSC read and
-//! the ring bursts. A shim was chosen over bindgen's experimental
+//! `rte_pktmbuf_*` helpers, `rte_lcore_id`, `rte_errno` and the TSC read.
+//! A shim was chosen over bindgen's experimental
 //! `wrap_static_fns` because it names exactly the functions the data path
 //! calls, and compiles no wrapper for inline code we never use.
 //!

@@ -16,8 +16,8 @@
 //! - [`leftover_files`] lists hugepage files a DPDK run left behind.
 //!
 //! No unsafe code: mount(2) goes through rustix. Paths are parameters
-//! ([`Sysfs`]) so tests can also read fixture trees, but the functions
-//! default to the real `/sys` and `/proc`.
+//! ([`Sysfs`], defaulting to the real `/sys` and `/proc`), so the tree
+//! read can be moved (a chroot, a container's view).
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -371,13 +371,6 @@ pub struct Reservation {
     pub requested: u64,
     /// Pages the kernel holds now.
     pub got: u64,
-}
-
-impl Reservation {
-    /// Whether the kernel gave all that was asked.
-    pub fn complete(&self) -> bool {
-        self.got == self.requested
-    }
 }
 
 impl fmt::Display for Reservation {

@@ -1,6 +1,6 @@
 //! The loop itself (DPDK builds only). See the module above for the turn.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use crossbeam_queue::ArrayQueue;
 use std::sync::Arc;
@@ -82,8 +82,11 @@ impl phy::TxToken for TxTok<'_, '_> {
                 // No mbuf: the frame is lost like on a busy wire; TCP
                 // retransmits. Counted.
                 self.dev.tx_nombuf += 1;
-                let mut scratch = vec![0u8; len];
-                f(&mut scratch)
+                let mut scratch = [0u8; ARP_AND_TCP_MTU];
+                match scratch.get_mut(..len) {
+                    Some(frame) => f(frame),
+                    None => f(&mut vec![0u8; len]),
+                }
             }
         }
     }
@@ -141,7 +144,9 @@ struct Client {
     /// TLS bytes received and not yet opened.
     inbuf: Vec<u8>,
     /// TLS bytes sealed and not yet taken by the TCP send buffer.
-    outbuf: Vec<u8>,
+    outbuf: OutBuf,
+    /// In `Proxy::dirty` (driven this turn).
+    queued: bool,
     upstream: Option<Upstream>,
     /// `Some(flush)` once the core asked to close.
     closing: Option<bool>,
@@ -152,6 +157,48 @@ struct Client {
     close_notify_queued: bool,
     eof: bool,
     accepted_at: Instant,
+}
+
+/// Sealed TLS bytes waiting for the client's TCP send buffer. A partial
+/// send moves a cursor instead of shifting the rest to the front; the space
+/// before the cursor is reclaimed when the buffer empties, or when it is at
+/// least half the buffer and more is appended.
+#[derive(Default)]
+struct OutBuf {
+    buf: Vec<u8>,
+    sent: usize,
+}
+
+impl OutBuf {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.sent..]
+    }
+
+    fn len(&self) -> usize {
+        self.buf.len() - self.sent
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// `n` bytes were taken by TCP.
+    fn consume(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.buf.len());
+        if self.sent == self.buf.len() {
+            self.buf.clear();
+            self.sent = 0;
+        }
+    }
+
+    /// The vector to append sealed records to.
+    fn appender(&mut self) -> &mut Vec<u8> {
+        if self.sent > 0 && self.sent * 2 >= self.buf.len() {
+            self.buf.drain(..self.sent);
+            self.sent = 0;
+        }
+        &mut self.buf
+    }
 }
 
 /// Which side of a client a TCP connection is.
@@ -174,13 +221,38 @@ struct Proxy<'s> {
     steering: &'s Steering,
     tls_cfg: &'s HandshakeConfig,
     clients: slab::Slab<Client>,
-    owners: HashMap<usize, Owner>,
+    /// Indexed by `ConnId::index()`.
+    owners: Owners,
     timers: Deadlines,
+    /// Clients to drive this turn (each once: `Client::queued`).
     dirty: Vec<usize>,
     /// Connections that used up their rounds: driven again next turn.
     next_dirty: Vec<usize>,
     origin: Instant,
-    pool: HashMap<usize, Vec<(ConnId, Instant)>>,
+    /// Idle connections per backend index.
+    pool: Vec<Vec<(ConnId, Instant)>>,
+}
+
+/// Which client each TCP connection belongs to, by `ConnId::index()` (the
+/// stack's dense slot index, meant for callers' own tables).
+#[derive(Default)]
+struct Owners(Vec<Option<Owner>>);
+
+impl Owners {
+    fn get(&self, conn: &usize) -> Option<&Owner> {
+        self.0.get(*conn).and_then(Option::as_ref)
+    }
+
+    fn insert(&mut self, conn: usize, owner: Owner) {
+        if conn >= self.0.len() {
+            self.0.resize(conn + 1, None);
+        }
+        self.0[conn] = Some(owner);
+    }
+
+    fn remove(&mut self, conn: &usize) -> Option<Owner> {
+        self.0.get_mut(*conn).and_then(Option::take)
+    }
 }
 
 impl Proxy<'_> {
@@ -191,7 +263,10 @@ impl Proxy<'_> {
     }
 
     fn mark(&mut self, idx: usize) {
-        if !self.dirty.contains(&idx) {
+        if let Some(c) = self.clients.get_mut(idx)
+            && !c.queued
+        {
+            c.queued = true;
             self.dirty.push(idx);
         }
     }
@@ -227,7 +302,7 @@ impl Proxy<'_> {
                 // A pooled connection the backend closed (or wrote to out
                 // of turn): it can no longer be reused.
                 if let Some(Owner::Pooled(b)) = self.owners.remove(&id.index())
-                    && let Some(list) = self.pool.get_mut(&b)
+                    && let Some(list) = self.pool.get_mut(b)
                 {
                     list.retain(|(c, _)| *c != id);
                 }
@@ -282,7 +357,8 @@ impl Proxy<'_> {
             tls: Tls::Handshaking(Box::new(hs)),
             core: Connection::new(self.shared.clone(), peer, now),
             inbuf: Vec::new(),
-            outbuf: Vec::new(),
+            outbuf: OutBuf::default(),
+            queued: false,
             upstream: None,
             closing: None,
             closing_since: None,
@@ -340,7 +416,7 @@ impl Proxy<'_> {
                     if !c.inbuf.is_empty() {
                         let r = hs.feed(&c.inbuf);
                         c.inbuf.clear();
-                        let _ = hs.poll_output(&mut c.outbuf);
+                        let _ = hs.poll_output(c.outbuf.appender());
                         match r {
                             Err(e) => {
                                 tracing::debug!(error = %e, "TLS handshake failed");
@@ -359,7 +435,7 @@ impl Proxy<'_> {
                                 };
                                 match hs.into_established() {
                                     Ok(est) => {
-                                        c.outbuf.extend_from_slice(&est.output);
+                                        c.outbuf.appender().extend_from_slice(&est.output);
                                         c.inbuf = est.leftover;
                                         c.tls = Tls::Established(Box::new(est.record_layer));
                                         self.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
@@ -416,7 +492,7 @@ impl Proxy<'_> {
                         }
                     }
                     c.inbuf.drain(..used.min(c.inbuf.len()));
-                    let _ = rl.poll_output(&mut c.outbuf);
+                    let _ = rl.poll_output(c.outbuf.appender());
                     if failed {
                         c.inbuf.clear();
                         if !c.eof {
@@ -436,7 +512,7 @@ impl Proxy<'_> {
                 match a {
                     Action::ConnectUpstream { backend, fresh } => {
                         if !fresh {
-                            let list = self.pool.entry(backend).or_default();
+                            let list = &mut self.pool[backend];
                             let mut reused = None;
                             while let Some((id, since)) = list.pop() {
                                 let alive = now.saturating_duration_since(since) < POOL_IDLE
@@ -485,7 +561,7 @@ impl Proxy<'_> {
                     }
                     Action::ReleaseUpstream { reusable } => {
                         if let Some(u) = c.upstream.take() {
-                            let list = self.pool.entry(u.backend).or_default();
+                            let list = &mut self.pool[u.backend];
                             if reusable && list.len() < POOL_MAX_PER_BACKEND {
                                 self.owners.insert(u.id.index(), Owner::Pooled(u.backend));
                                 list.push((u.id, now));
@@ -558,7 +634,7 @@ impl Proxy<'_> {
                 && !c.core.downstream_pending().is_empty()
             {
                 let n = c.core.downstream_pending().len();
-                match rl.write_app_data(c.core.downstream_pending(), &mut c.outbuf) {
+                match rl.write_app_data(c.core.downstream_pending(), c.outbuf.appender()) {
                     Ok(()) => {
                         c.core.downstream_consumed(now, n);
                         progress = true;
@@ -570,9 +646,9 @@ impl Proxy<'_> {
                 }
             }
             if !c.outbuf.is_empty() {
-                match stack.send_slice(c.tcp, &c.outbuf) {
+                match stack.send_slice(c.tcp, c.outbuf.pending()) {
                     Ok(n) if n > 0 => {
-                        c.outbuf.drain(..n);
+                        c.outbuf.consume(n);
                         progress = true;
                     }
                     Ok(_) => {}
@@ -593,7 +669,7 @@ impl Proxy<'_> {
                     if let Tls::Established(rl) = &mut c.tls
                         && rl.send_close_notify().is_ok()
                     {
-                        let _ = rl.poll_output(&mut c.outbuf);
+                        let _ = rl.poll_output(c.outbuf.appender());
                         continue;
                     }
                 }
@@ -606,10 +682,9 @@ impl Proxy<'_> {
                 return;
             }
         }
-        // Still busy after the round limit: continue next turn.
-        if !self.next_dirty.contains(&idx) {
-            self.next_dirty.push(idx);
-        }
+        // Still busy after the round limit: continue next turn (`mark`
+        // drops repeats then).
+        self.next_dirty.push(idx);
         self.rearm(idx);
     }
 
@@ -703,10 +778,13 @@ struct Lanes<'s, 'p> {
     cpu_sets: std::sync::Mutex<Vec<Option<libc::cpu_set_t>>>,
 }
 
-/// Frames an lcore handed over or dropped, counted locally and published
-/// with the other counters (no shared cache line written per packet).
+/// An lcore's loop counters, counted locally and published every 100 ms
+/// (no shared cache line written per packet).
 #[derive(Default)]
-struct SteerCounts {
+struct LoopCounts {
+    busy: u64,
+    idle: u64,
+    rx_packets: u64,
     out: u64,
     dropped: u64,
     handed_in: u64,
@@ -714,8 +792,11 @@ struct SteerCounts {
     hash_mismatch: u64,
 }
 
-impl SteerCounts {
+impl LoopCounts {
     fn publish(&self, to: &LcoreCounters) {
+        to.busy_cycles.store(self.busy, Ordering::Relaxed);
+        to.idle_cycles.store(self.idle, Ordering::Relaxed);
+        to.rx_packets.store(self.rx_packets, Ordering::Relaxed);
         to.steered_out.store(self.out, Ordering::Relaxed);
         to.steer_dropped.store(self.dropped, Ordering::Relaxed);
         to.steered_in.store(self.handed_in, Ordering::Relaxed);
@@ -743,18 +824,12 @@ impl<'p> Lanes<'_, 'p> {
         self.stop.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
     }
 
-    /// Decides where a frame goes: `Some` to handle it on `queue`, `None`
-    /// when it was handed to its owner (or dropped on a full ring,
-    /// counted). ARP replies from the wire are also copied to every other
+    /// Decides where a frame from the wire goes: `Some` to handle it on
+    /// `queue`, `None` when it was handed to its owner (or dropped on a
+    /// full ring, counted). ARP replies are also copied to every other
     /// lcore.
-    fn steer(
-        &self,
-        queue: u16,
-        m: Mbuf<'p>,
-        from_wire: bool,
-        counts: &mut SteerCounts,
-    ) -> Option<Mbuf<'p>> {
-        if self.rings.len() < 2 || !from_wire {
+    fn steer(&self, queue: u16, m: Mbuf<'p>, counts: &mut LoopCounts) -> Option<Mbuf<'p>> {
+        if self.rings.len() < 2 {
             return Some(m);
         }
         match classify(m.data()) {
@@ -863,7 +938,10 @@ fn program_rss(port: &mut Port<'_>, queues: u16) -> (Steering, SteeringMode) {
     let attempt = (|| -> Result<()> {
         // The NIC picks the bucket from the hash's low bits; our `%` agrees
         // only for a power-of-two table.
-        if !steering.reta().len().is_power_of_two() || port.reta_size() == 0 {
+        if port.reta_size() == 0 {
+            return Err(Error::Config("the port has no redirection table".into()));
+        }
+        if !steering.reta().len().is_power_of_two() {
             return Err(Error::Config(format!(
                 "the port's redirection table has {} entries (not a power of two)",
                 port.reta_size()
@@ -915,6 +993,7 @@ fn program_rss(port: &mut Port<'_>, queues: u16) -> (Steering, SteeringMode) {
     }
 }
 
+/// See [`super::run_proxy`].
 pub(super) fn run(
     opts: &ProxyOptions,
     shared: &Arc<Shared>,
@@ -1037,13 +1116,9 @@ pub(super) fn run(
         .collect();
     let outcomes = run_on_lcores(&eal, jobs, || lanes.abort.store(true, Ordering::Relaxed));
 
-    // Every lcore has stopped: free what is still in the hand-over rings,
-    // stop the port, and account for every mbuf.
-    for ring in &lanes.rings {
-        while let Some(m) = ring.pop() {
-            drop(m);
-        }
-    }
+    // Every lcore has stopped: free what is still in the hand-over rings
+    // (dropping a ring drops its mbufs), stop the port, and account for
+    // every mbuf.
     metrics.up.store(false, Ordering::Relaxed);
     drop(lanes);
     drop(port);
@@ -1134,12 +1209,12 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
         steering: &lanes.steering,
         tls_cfg: lanes.tls_cfg,
         clients: slab::Slab::new(),
-        owners: HashMap::new(),
+        owners: Owners::default(),
         timers: Deadlines::new(),
         dirty: Vec::new(),
         next_dirty: Vec::new(),
         origin,
-        pool: HashMap::new(),
+        pool: vec![Vec::new(); opts.backends.len()],
     };
     let yield_when_idle = lanes.rings.len() > 1 && lanes.shares_cpu(queue);
     if yield_when_idle {
@@ -1153,37 +1228,20 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
     let mut txb = qp.tx_batch(opts.burst, 4);
     let mut responder = Responder::new(lanes.mac, opts.ip);
     let mut rxv: Vec<Mbuf<'_>> = Vec::with_capacity(crate::MAX_BURST);
-    let (mut busy, mut idle) = (0u64, 0u64);
-    let mut rx_packets = 0u64;
-    let mut counts = SteerCounts::default();
+    let mut counts = LoopCounts::default();
     let report_every = hz / 10;
     let mut next_report = tsc() + report_every;
     let mut t0 = tsc();
     let ring = &lanes.rings[usize::from(queue)];
     loop {
         let n = qp.rx_burst(&mut rxv, opts.burst);
-        rx_packets += n as u64;
-        let mut handed_in = 0usize;
-        let from_wire = rxv.drain(..).map(|m| (m, true));
-        let from_ring = std::iter::from_fn(|| {
-            if handed_in >= STEER_BUDGET {
-                return None;
-            }
-            let m = ring.pop()?;
-            handed_in += 1;
-            Some((m, false))
-        });
+        counts.rx_packets += n as u64;
         let mut work = n;
-        for (m, wire) in from_wire.chain(from_ring) {
-            if !wire {
-                counts.handed_in += 1;
-                work += 1;
-            }
-            let Some(mut m) = lanes.steer(queue, m, wire, &mut counts) else {
-                continue;
-            };
-            // ICMP echo is answered here (smoltcp's interface only sees
-            // what the TCP stack hands it); everything else goes to TCP.
+        // ICMP echo is answered here, in place in the received mbuf (no
+        // neighbour lookup, no new mbuf); other ICMP is dropped. Everything
+        // else goes to the TCP stack (which hands ARP and non-TCP IPv4 to
+        // smoltcp's interface).
+        let mut deliver = |mut m: Mbuf<'p>| {
             if is_icmpv4(m.data()) {
                 if responder.handle(m.data_mut()) == Verdict::Reply {
                     txb.push(m);
@@ -1191,6 +1249,16 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
             } else {
                 dev.rx.push_back(m);
             }
+        };
+        for m in rxv.drain(..) {
+            if let Some(m) = lanes.steer(queue, m, &mut counts) {
+                deliver(m);
+            }
+        }
+        for m in std::iter::from_fn(|| ring.pop()).take(STEER_BUDGET) {
+            counts.handed_in += 1;
+            work += 1;
+            deliver(m);
         }
         let now = Instant::now();
         let snow = proxy.smol(now);
@@ -1199,11 +1267,16 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
             work += 1;
             proxy.on_event(&mut stack, ev, listener, now);
         }
-        let carried = std::mem::take(&mut proxy.next_dirty);
-        for idx in carried {
+        let mut carried = std::mem::take(&mut proxy.next_dirty);
+        for &idx in &carried {
             proxy.mark(idx);
         }
+        carried.clear();
+        proxy.next_dirty = carried;
         while let Some(idx) = proxy.dirty.pop() {
+            if let Some(c) = proxy.clients.get_mut(idx) {
+                c.queued = false;
+            }
             proxy.drive(&mut stack, idx, now);
             work += 1;
         }
@@ -1219,9 +1292,9 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
         let sent = txb.flush();
         let t1 = tsc();
         if work > 0 || sent > 0 {
-            busy += t1 - t0;
+            counts.busy += t1 - t0;
         } else {
-            idle += t1 - t0;
+            counts.idle += t1 - t0;
             if yield_when_idle {
                 std::thread::yield_now();
             }
@@ -1230,7 +1303,7 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
         if t1 >= next_report {
             next_report = t1 + report_every;
             let now = Instant::now();
-            for list in proxy.pool.values_mut() {
+            for list in &mut proxy.pool {
                 list.retain(|(id, since)| {
                     let keep = now.saturating_duration_since(*since) < POOL_IDLE;
                     if !keep {
@@ -1240,9 +1313,6 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
                     keep
                 });
             }
-            mine.busy_cycles.store(busy, Ordering::Relaxed);
-            mine.idle_cycles.store(idle, Ordering::Relaxed);
-            mine.rx_packets.store(rx_packets, Ordering::Relaxed);
             counts.publish(mine);
             let tx = txb.stats();
             mine.tx_dropped.store(
@@ -1289,7 +1359,7 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
     for idx in idxs {
         proxy.close_client(&mut stack, idx, false, Instant::now());
     }
-    for (_, list) in proxy.pool.drain() {
+    for list in proxy.pool.drain(..) {
         for (id, _) in list {
             let _ = stack.abort(id);
         }
@@ -1305,17 +1375,14 @@ fn lcore_loop<'p>(lanes: &Lanes<'_, 'p>, qp: QueuePair<'_, 'p>) -> Result<LcoreS
     dev.rx.clear();
     drop(rxv);
     drop(stack);
-    mine.busy_cycles.store(busy, Ordering::Relaxed);
-    mine.idle_cycles.store(idle, Ordering::Relaxed);
     mine.tcp_connections.store(0, Ordering::Relaxed);
     mine.buffered_bytes.store(0, Ordering::Relaxed);
-    mine.rx_packets.store(rx_packets, Ordering::Relaxed);
     counts.publish(mine);
     Ok(LcoreSummary {
         lcore,
         queue,
-        busy_cycles: busy,
-        idle_cycles: idle,
+        busy_cycles: counts.busy,
+        idle_cycles: counts.idle,
         accepted: mine.accepted.load(Ordering::Relaxed),
     })
 }

@@ -1,4 +1,4 @@
-//! The full-offload proxy on one lcore: DPDK port → userspace TCP
+//! The full-offload proxy, on each polling lcore: DPDK port → userspace TCP
 //! (`dpuproxy-tcp`) → userspace TLS records (`dpuproxy-tls`) → the same L7
 //! core as kernel mode (`dpuproxy-l7`) → back out, run to completion.
 //!
