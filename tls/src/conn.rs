@@ -10,10 +10,11 @@
 //! KeyUpdate answer always precedes data sealed under the new key.
 
 use crate::error::{AlertDescription, ErrorKind, TlsError};
+use crate::handshake::Reader;
 use crate::keys::{Secret, Secrets, TrafficKeys, tls13_next_secret, tls13_traffic_keys};
 use crate::ktls::{CryptoInfo, Direction};
 use crate::record::{ContentType, MAX_PLAINTEXT, Opener, Sealer, next_record};
-use crate::suite::{CipherSuite, ProtocolVersion, Side};
+use crate::suite::{Aead, CipherSuite, ProtocolVersion, Side};
 
 /// Handshake message types seen after the handshake.
 const HS_HELLO_REQUEST: u8 = 0;
@@ -217,7 +218,9 @@ impl RecordLayer {
     }
 
     /// kTLS `crypto_info` for one direction, from the current keys and
-    /// sequence number (what `setsockopt(SOL_TLS, TLS_TX/TLS_RX)` takes).
+    /// sequence number (the layout `setsockopt(SOL_TLS, TLS_TX/TLS_RX)`
+    /// takes). Nothing in the proxy installs it: the fuzz target's
+    /// reference AEAD and the tests read the keys from it.
     pub fn ktls_crypto_info(&self, direction: Direction) -> CryptoInfo {
         match direction {
             Direction::Tx => CryptoInfo::new(self.suite, self.tx.keys(), self.tx.seq()),
@@ -360,23 +363,21 @@ impl RecordLayer {
         buf.extend_from_slice(data);
         let mut pos = 0;
         let result = loop {
-            let rest = &buf[pos..];
-            if rest.len() < 4 {
+            let mut rest = Reader(&buf[pos..]);
+            let (Some(typ), Some(len)) = (rest.u8(), rest.u24()) else {
                 break Ok(());
-            }
-            let typ = rest[0];
-            let len = usize::from(rest[1]) << 16 | usize::from(rest[2]) << 8 | usize::from(rest[3]);
+            };
             if len > self.limits.max_handshake_message_len {
                 break Err(TlsError::Malformed {
                     what: "post-handshake message over the limit",
                     alert: AlertDescription::IllegalParameter,
                 });
             }
-            if rest.len() < 4 + len {
+            let Some(body) = rest.take(len) else {
                 break Ok(());
-            }
-            let at_record_end = rest.len() == 4 + len;
-            if let Err(e) = self.handle_message(typ, &rest[4..4 + len], at_record_end) {
+            };
+            let at_record_end = rest.0.is_empty();
+            if let Err(e) = self.handle_message(typ, body, at_record_end) {
                 break Err(e);
             }
             pos += 4 + len;
@@ -526,9 +527,10 @@ impl RecordLayer {
     fn key_limit(&self) -> u64 {
         self.limits
             .key_update_after_records
-            .unwrap_or(match self.suite.aead().record_limit() {
-                u64::MAX => u64::MAX - 1,
-                _ => DEFAULT_AES_GCM_KEY_UPDATE_AFTER,
+            .unwrap_or(match self.suite.aead() {
+                Aead::Aes128Gcm | Aead::Aes256Gcm => DEFAULT_AES_GCM_KEY_UPDATE_AFTER,
+                // No practical limit before the sequence number would wrap.
+                Aead::Chacha20Poly1305 => u64::MAX - 1,
             })
     }
 

@@ -88,8 +88,11 @@ impl fmt::Display for AlertDescription {
 pub enum ErrorKind {
     /// A record failed AEAD authentication.
     BadRecordMac,
-    /// A record too short to hold its tag (and explicit nonce), or a
-    /// control message of the wrong length.
+    /// A length that cannot be right: a record shorter than its header, or
+    /// than its tag plus explicit nonce (TLS 1.2 AES-GCM) or inner type
+    /// (TLS 1.3); a record whose length disagrees with its header; a seal
+    /// buffer shorter than the record; keys that do not fit the suite. (A
+    /// control message of the wrong length is [`Self::Malformed`].)
     BadLength,
     /// A record or plaintext over the protocol limit.
     RecordOverflow,
@@ -97,8 +100,9 @@ pub enum ErrorKind {
     UnexpectedMessage,
     /// A malformed control message or field value.
     Malformed,
-    /// A TLS 1.2 record with a version other than 0x0303, or a header that
-    /// is not TLS at all.
+    /// A record header whose major version is not 3, or a TLS 1.2 record
+    /// whose version is not 0x0303. (A header whose type byte is not a TLS
+    /// content type, such as plain HTTP, is [`Self::UnexpectedMessage`].)
     ProtocolVersion,
     /// The peer sent a fatal alert.
     PeerAlert,
@@ -159,7 +163,8 @@ pub enum TlsError {
     /// AEAD authentication failed.
     #[error("record failed authentication")]
     BadRecordMac,
-    /// Length field impossible for this record or message.
+    /// A record, seal buffer or key whose length is impossible here (see
+    /// [`ErrorKind::BadLength`]).
     #[error("bad length: {0}")]
     BadLength(&'static str),
     /// Over the 2^14 plaintext / ciphertext limit.

@@ -17,14 +17,18 @@
 //!   and AAD built separately from the kTLS view of the keys) authenticates
 //!   and decrypts to exactly those bytes;
 //! - an error is final, counted once by kind, and queues its alert.
+//!
+//! [`reference_open`] and [`reference_seal13`], the independent one-shot
+//! AEAD, also serve the tests.
 
+use openssl::error::ErrorStack;
 use openssl::symm;
 
 use crate::conn::{Incoming, Limits, RecordLayer};
-use crate::keys::{Secret, SecretMaterial, Secrets};
+use crate::keys::{Secret, SecretMaterial, Secrets, TrafficKeys};
 use crate::ktls::{CryptoInfo, Direction};
 use crate::record::{ContentType, HEADER_LEN, RecordHeader, Sealer};
-use crate::suite::{CipherSuite, ProtocolVersion, Side};
+use crate::suite::{Aead, CipherSuite, ProtocolVersion, Side};
 
 /// Suites selected by the low two bits of byte 0.
 pub const FUZZ_SUITES: [CipherSuite; 4] = [
@@ -83,13 +87,7 @@ pub fn fuzz_secrets(suite: CipherSuite, side: Side) -> Secrets {
             server_random: [0x55; 32],
         },
     };
-    Secrets {
-        side,
-        suite,
-        material,
-        tx_seq: 0,
-        rx_seq: 0,
-    }
+    Secrets::new(side, suite, material)
 }
 
 /// Limits for the fuzz receiver: small enough that the corpus reaches them.
@@ -114,6 +112,48 @@ pub struct Outcome {
     pub output_len: usize,
 }
 
+/// The one-shot (`symm`) cipher of an AEAD, for the reference functions.
+fn symm_cipher(aead: Aead) -> symm::Cipher {
+    match aead {
+        Aead::Aes128Gcm => symm::Cipher::aes_128_gcm(),
+        Aead::Aes256Gcm => symm::Cipher::aes_256_gcm(),
+        Aead::Chacha20Poly1305 => symm::Cipher::chacha20_poly1305(),
+    }
+}
+
+/// Seal one TLS 1.3 record with an independent one-shot AEAD
+/// (`symm::encrypt_aead`) under `keys` at sequence number `seq`. `inner` is
+/// the whole inner plaintext (content ‖ type ‖ zeros), so callers can pad
+/// it, give it any type, or leave the type out; it must stay under 2^16 - 16
+/// bytes.
+pub fn reference_seal13(
+    suite: CipherSuite,
+    keys: &TrafficKeys,
+    seq: u64,
+    inner: &[u8],
+) -> Result<Vec<u8>, ErrorStack> {
+    let mut nonce = keys.iv().to_vec();
+    for (b, s) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
+        *b ^= s;
+    }
+    let len = u16::try_from(inner.len() + Aead::TAG_LEN).expect("inner plaintext under 2^16 - 16");
+    let [len_hi, len_lo] = len.to_be_bytes();
+    let header = [ContentType::ApplicationData.code(), 3, 3, len_hi, len_lo];
+    let mut tag = [0u8; Aead::TAG_LEN];
+    let ct = symm::encrypt_aead(
+        symm_cipher(suite.aead()),
+        keys.key(),
+        Some(&nonce),
+        &header,
+        inner,
+        &mut tag,
+    )?;
+    let mut rec = header.to_vec();
+    rec.extend_from_slice(&ct);
+    rec.extend_from_slice(&tag);
+    Ok(rec)
+}
+
 /// Open one record with an independent one-shot AEAD, from the kTLS view of
 /// the receive keys. Returns the content type and content, or `None`.
 pub fn reference_open(suite: CipherSuite, rx: &CryptoInfo, record: &[u8]) -> Option<(u8, Vec<u8>)> {
@@ -123,11 +163,7 @@ pub fn reference_open(suite: CipherSuite, rx: &CryptoInfo, record: &[u8]) -> Opt
         CryptoInfo::AesGcm256(c) => (&c.key, &c.salt, &c.iv, c.rec_seq),
         CryptoInfo::Chacha20Poly1305(c) => (&c.key, &[], &c.iv, c.rec_seq),
     };
-    let cipher = match suite.aead() {
-        crate::suite::Aead::Aes128Gcm => symm::Cipher::aes_128_gcm(),
-        crate::suite::Aead::Aes256Gcm => symm::Cipher::aes_256_gcm(),
-        crate::suite::Aead::Chacha20Poly1305 => symm::Cipher::chacha20_poly1305(),
-    };
+    let cipher = symm_cipher(suite.aead());
     let body = record.get(HEADER_LEN..)?;
     if body.len() != h.len {
         return None;

@@ -208,11 +208,6 @@ impl HandshakeConfig {
         })
     }
 
-    /// The OpenSSL context.
-    pub fn context(&self) -> &SslContext {
-        &self.ctx
-    }
-
     /// Which side handshakes from this config take.
     pub fn side(&self) -> Side {
         self.side
@@ -316,13 +311,7 @@ impl KeyLog {
                 server_random: *server_random,
             },
         };
-        Ok(Secrets {
-            side,
-            suite,
-            material,
-            tx_seq: 0,
-            rx_seq: 0,
-        })
+        Ok(Secrets::new(side, suite, material))
     }
 }
 
@@ -461,11 +450,6 @@ impl OpensslHandshake {
     /// True after a failed handshake.
     pub fn is_failed(&self) -> bool {
         self.state == State::Failed
-    }
-
-    /// The max_fragment_length the client negotiated, if any (server side).
-    pub fn max_fragment_len(&self) -> Option<usize> {
-        self.max_fragment_len
     }
 
     /// Hand over to the record layer.
@@ -636,7 +620,7 @@ pub(crate) fn split_records(bytes: &[u8]) -> Vec<&[u8]> {
 /// How many records at the end of `transcript` are protected under `keys`
 /// (they must open in sequence from 0). This is the sequence number the
 /// direction continues from.
-pub fn records_under_key(
+fn records_under_key(
     transcript: &[u8],
     suite: CipherSuite,
     keys: &TrafficKeys,
@@ -711,10 +695,11 @@ fn client_hello_mfl(body: &[u8]) -> Option<usize> {
     None
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Big-endian fields off the front of a byte string (handshake messages).
+pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         if self.0.len() < n {
             return None;
         }
@@ -722,13 +707,13 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Some(a)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
     }
     fn u16(&mut self) -> Option<u16> {
         self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u24(&mut self) -> Option<usize> {
+    pub(crate) fn u24(&mut self) -> Option<usize> {
         self.take(3)
             .map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
     }

@@ -14,7 +14,7 @@ use openssl::pkey_ctx::{HkdfMode, PkeyCtx};
 use openssl::sign::Signer;
 use zeroize::Zeroize;
 
-use crate::suite::{Aead, CipherSuite, HashAlg, ProtocolVersion, Side};
+use crate::suite::{Aead, CipherSuite, HashAlg, Side};
 
 /// A secret of up to 48 bytes (a SHA-384 traffic secret or a TLS 1.2 master
 /// secret). Wiped on drop; `Debug` does not print it.
@@ -288,9 +288,16 @@ pub struct DirectionalKeys {
 }
 
 impl Secrets {
-    /// The protocol version.
-    pub fn version(&self) -> ProtocolVersion {
-        self.suite.version()
+    /// Secrets at the start of the traffic keys: both sequence numbers 0
+    /// (callers that continue a connection set them).
+    pub fn new(side: Side, suite: CipherSuite, material: SecretMaterial) -> Self {
+        Secrets {
+            side,
+            suite,
+            material,
+            tx_seq: 0,
+            rx_seq: 0,
+        }
     }
 
     /// Derive both directions' keys, oriented for `self.side`.

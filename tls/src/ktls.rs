@@ -5,6 +5,12 @@
 //! `setsockopt(fd, SOL_TLS, TLS_TX | TLS_RX, optval, optlen)`. The same
 //! struct names serve TLS 1.2 and 1.3 (the `version` field tells them apart).
 //!
+//! Nothing in the proxy passes them to the kernel: kernel mode lets OpenSSL
+//! install kTLS itself (`SSL_OP_ENABLE_KTLS`). Here they are an independent
+//! view of the keys: the fuzz target's reference AEAD
+//! ([`crate::fuzz::reference_open`]) opens records from it, and the tests
+//! check the layouts and bytes against known values.
+//!
 //! How the 12-byte nonce material splits: AES-GCM puts 4 bytes in `salt`
 //! and 8 in `iv`; ChaCha20-Poly1305 has no salt and a 12-byte `iv`. For
 //! TLS 1.2 AES-GCM, `iv` is the next explicit nonce, which our sealer keeps
@@ -19,16 +25,6 @@ use zeroize::Zeroize;
 use crate::keys::TrafficKeys;
 use crate::suite::{Aead, CipherSuite};
 
-/// `SOL_TLS` socket level.
-pub const SOL_TLS: i32 = 282;
-/// `TLS_TX` option: install send keys.
-pub const TLS_TX: i32 = 1;
-/// `TLS_RX` option: install receive keys.
-pub const TLS_RX: i32 = 2;
-/// `TLS_1_2_VERSION`.
-pub const TLS_1_2_VERSION: u16 = 0x0303;
-/// `TLS_1_3_VERSION`.
-pub const TLS_1_3_VERSION: u16 = 0x0304;
 /// `TLS_CIPHER_AES_GCM_128`.
 pub const TLS_CIPHER_AES_GCM_128: u16 = 51;
 /// `TLS_CIPHER_AES_GCM_256`.
@@ -45,21 +41,12 @@ pub enum Direction {
     Rx,
 }
 
-impl Direction {
-    /// The setsockopt option name.
-    pub fn optname(self) -> i32 {
-        match self {
-            Self::Tx => TLS_TX,
-            Self::Rx => TLS_RX,
-        }
-    }
-}
-
 /// `struct tls_crypto_info`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, IntoBytes, Immutable, KnownLayout)]
 pub struct TlsCryptoInfo {
-    /// `TLS_1_2_VERSION` or `TLS_1_3_VERSION`.
+    /// The wire version (`TLS_1_2_VERSION` 0x0303 or `TLS_1_3_VERSION`
+    /// 0x0304, see [`crate::ProtocolVersion::wire`]).
     pub version: u16,
     /// `TLS_CIPHER_*`.
     pub cipher_type: u16,

@@ -1,8 +1,9 @@
 //! dpuproxy-tls: TLS for both data paths, without any I/O of its own.
 //!
 //! In DPDK mode there is no kernel socket and so no kernel TLS; this crate
-//! does in userspace what the kernel's tls module would, and builds the
-//! kTLS `crypto_info` for kernel mode from the same secrets.
+//! does in userspace what the kernel's tls module would. (Kernel mode does
+//! not use this crate: OpenSSL runs on the socket there and installs kTLS
+//! itself.)
 //!
 //! Contract:
 //! - [`OpensslHandshake`] runs OpenSSL's handshake over memory buffers
@@ -21,7 +22,10 @@
 //!   record over the limit) queues an alert, is counted by kind, and ends
 //!   the connection; unauthenticated bytes are never returned, and no input
 //!   makes it panic.
-//! - [`CryptoInfo`] is the kTLS `crypto_info` for either direction.
+//! - [`CryptoInfo`] is the kTLS `crypto_info` (linux/tls.h layout) of
+//!   either direction's current keys. Nothing installs it in a kernel; it
+//!   is the independent view of the keys that the fuzz target's reference
+//!   AEAD ([`fuzz::reference_open`]) and the tests check against.
 //!
 //! Poll order for a data path, per loop turn: `feed`/`open_next` everything
 //! received; then `poll_output`; then write application data. Nothing here

@@ -76,17 +76,6 @@ impl Aead {
             Self::Chacha20Poly1305 => Cipher::chacha20_poly1305(),
         }
     }
-
-    /// Records that may be sealed under one key before the confidentiality
-    /// margin runs out (RFC 8446 §5.5: 2^24.5 full-size records for AES-GCM;
-    /// ChaCha20-Poly1305 has no practical limit before the sequence number
-    /// would wrap).
-    pub fn record_limit(self) -> u64 {
-        match self {
-            Self::Aes128Gcm | Self::Aes256Gcm => 23_726_566, // floor(2^24.5)
-            Self::Chacha20Poly1305 => u64::MAX,
-        }
-    }
 }
 
 /// The handshake hash of a suite (HKDF in TLS 1.3, PRF in TLS 1.2).
@@ -100,16 +89,12 @@ pub enum HashAlg {
 
 impl HashAlg {
     /// Output length in bytes.
+    #[allow(clippy::len_without_is_empty)]
     pub fn len(self) -> usize {
         match self {
             Self::Sha256 => 32,
             Self::Sha384 => 48,
         }
-    }
-
-    /// Always false; present for clippy's `len_without_is_empty`.
-    pub fn is_empty(self) -> bool {
-        false
     }
 
     /// The OpenSSL digest.

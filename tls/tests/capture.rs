@@ -121,7 +121,6 @@ fn verify(
 fn run(suite: CipherSuite) {
     let mut sb = server_builder(key_kind_for(suite));
     force_suite(&mut sb, suite);
-    let _slog = capture_keylog(&mut sb);
     let mut cb = client_builder();
     force_suite(&mut cb, suite);
     let clog = capture_keylog(&mut cb);

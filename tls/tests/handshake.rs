@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use dpuproxy_tls::record::{HEADER_LEN, RecordHeader};
 use dpuproxy_tls::{
     CipherSuite, ErrorKind, Established, Handshake, HandshakeConfig, HandshakeError,
     HandshakeOptions, Incoming, OpensslHandshake, ProtocolVersion, RecordLayer, Side, TlsError,
@@ -434,12 +435,16 @@ fn max_fragment_length_from_the_client_is_honoured() {
         // Every record carries at most 512 bytes of plaintext.
         let mut rest = &out[..];
         let mut records = 0;
-        while !rest.is_empty() {
-            let len = usize::from(u16::from_be_bytes([rest[3], rest[4]]));
-            assert!(len <= 512 + ours.rl.tx_overhead() - 5, "{suite}: {len}");
-            rest = &rest[5 + len..];
+        while let Some(h) = RecordHeader::parse(rest) {
+            assert!(
+                h.len <= 512 + ours.rl.tx_overhead() - HEADER_LEN,
+                "{suite}: {}",
+                h.len
+            );
+            rest = &rest[h.total_len()..];
             records += 1;
         }
+        assert!(rest.is_empty(), "{suite}: a partial record at the end");
         assert_eq!(records, 5000usize.div_ceil(512));
         client.inbound.push(&out);
         assert_eq!(client.read_available().unwrap().0, data, "{suite}");

@@ -2,7 +2,7 @@
 //! accepted, what is answered, and which alert every bad input gets (and
 //! that it is counted by kind and ends the connection).
 
-use dpuproxy_tls::fuzz::fuzz_secrets;
+use dpuproxy_tls::fuzz::{fuzz_secrets, reference_seal13};
 use dpuproxy_tls::{
     AlertDescription, CipherSuite, ContentType, ErrorKind, Incoming, Limits, ProtocolVersion,
     RecordLayer, Sealer, Side, TlsError,
@@ -35,31 +35,13 @@ fn seal(s: &mut Sealer, ct: ContentType, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A TLS 1.3 record with an arbitrary inner content type (e.g. 24).
-fn seal13_raw_type(s: &mut Sealer, inner_type: u8, payload: &[u8]) -> Vec<u8> {
+fn seal13_raw_type(s: &mut Sealer, suite: CipherSuite, inner_type: u8, payload: &[u8]) -> Vec<u8> {
     // The sealer always appends a real content type; build the inner
-    // plaintext by hand with one-shot AEAD under the same key and sequence.
-    let keys = s.keys().clone();
-    let seq = s.seq();
-    let mut nonce = keys.iv().to_vec();
-    for (b, q) in nonce[4..].iter_mut().zip(seq.to_be_bytes()) {
-        *b ^= q;
-    }
+    // plaintext by hand and seal it with the reference one-shot AEAD under
+    // the same key and sequence.
     let mut inner = payload.to_vec();
     inner.push(inner_type);
-    let len = (inner.len() + 16) as u16;
-    let mut rec = vec![23, 3, 3, (len >> 8) as u8, len as u8];
-    let mut tag = [0u8; 16];
-    let ct = openssl::symm::encrypt_aead(
-        openssl::symm::Cipher::aes_128_gcm(),
-        keys.key(),
-        Some(&nonce),
-        &rec.clone(),
-        &inner,
-        &mut tag,
-    )
-    .unwrap();
-    rec.extend_from_slice(&ct);
-    rec.extend_from_slice(&tag);
+    let rec = reference_seal13(suite, s.keys(), s.seq(), &inner).unwrap();
     // Keep the sealer's sequence in step.
     let mut scratch = vec![0u8; s.overhead()];
     s.seal_in_place(ContentType::ApplicationData, &mut scratch, 0)
@@ -118,6 +100,16 @@ fn expect_failure(
     ));
 }
 
+/// [`expect_failure`] with unexpected_message, the commonest case.
+fn expect_unexpected_message(wire: &[u8], rl: &mut RecordLayer) {
+    expect_failure(
+        wire,
+        rl,
+        ErrorKind::UnexpectedMessage,
+        Some(AlertDescription::UnexpectedMessage),
+    );
+}
+
 #[test]
 fn key_update_variants() {
     // Not requested: rekey rx only.
@@ -171,12 +163,7 @@ fn key_update_variants() {
     // TLS 1.2 has no KeyUpdate.
     let (mut rl, mut s) = setup(T12, Side::Server, Limits::default());
     let wire = seal(&mut s, ContentType::Handshake, &[24, 0, 0, 1, 0]);
-    expect_failure(
-        &wire,
-        &mut rl,
-        ErrorKind::UnexpectedMessage,
-        Some(AlertDescription::UnexpectedMessage),
-    );
+    expect_unexpected_message(&wire, &mut rl);
 }
 
 #[test]
@@ -193,22 +180,12 @@ fn tickets_only_from_a_server_and_may_span_records() {
     let (mut rl, mut s) = setup(T13, Side::Client, Limits::default());
     let mut wire = seal(&mut s, ContentType::Handshake, &ticket[..30]);
     wire.extend(seal(&mut s, ContentType::ApplicationData, b"x"));
-    expect_failure(
-        &wire,
-        &mut rl,
-        ErrorKind::UnexpectedMessage,
-        Some(AlertDescription::UnexpectedMessage),
-    );
+    expect_unexpected_message(&wire, &mut rl);
 
     // A client does not send tickets.
     let (mut rl, mut s) = setup(T13, Side::Server, Limits::default());
     let wire = seal(&mut s, ContentType::Handshake, &ticket);
-    expect_failure(
-        &wire,
-        &mut rl,
-        ErrorKind::UnexpectedMessage,
-        Some(AlertDescription::UnexpectedMessage),
-    );
+    expect_unexpected_message(&wire, &mut rl);
 }
 
 #[test]
@@ -256,12 +233,7 @@ fn empty_record_limit_is_inclusive() {
             ]
         );
         let wire = seal(&mut s, ContentType::ApplicationData, b"");
-        expect_failure(
-            &wire,
-            &mut rl,
-            ErrorKind::UnexpectedMessage,
-            Some(AlertDescription::UnexpectedMessage),
-        );
+        expect_unexpected_message(&wire, &mut rl);
     }
 }
 
@@ -336,13 +308,8 @@ fn unexpected_types() {
     // TLS 1.3: inner ChangeCipherSpec, inner heartbeat, empty handshake.
     for (ty, body) in [(20u8, &[1u8][..]), (24, &[1, 0][..]), (22, &[][..])] {
         let (mut rl, mut s) = setup(T13, Side::Server, Limits::default());
-        let wire = seal13_raw_type(&mut s, ty, body);
-        expect_failure(
-            &wire,
-            &mut rl,
-            ErrorKind::UnexpectedMessage,
-            Some(AlertDescription::UnexpectedMessage),
-        );
+        let wire = seal13_raw_type(&mut s, T13, ty, body);
+        expect_unexpected_message(&wire, &mut rl);
     }
     // An outer type other than application data in 1.3, an unknown outer
     // type, and ChangeCipherSpec after a TLS 1.2 handshake.
@@ -352,12 +319,7 @@ fn unexpected_types() {
         (T12, vec![20, 3, 3, 0, 1, 1]),
     ] {
         let (mut rl, _) = setup(suite, Side::Server, Limits::default());
-        expect_failure(
-            &rec,
-            &mut rl,
-            ErrorKind::UnexpectedMessage,
-            Some(AlertDescription::UnexpectedMessage),
-        );
+        expect_unexpected_message(&rec, &mut rl);
     }
     // TLS 1.2 records must say 0x0303.
     let (mut rl, mut s) = setup(T12, Side::Server, Limits::default());
