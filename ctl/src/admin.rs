@@ -81,7 +81,6 @@ fn serve(listener: TcpListener, state: AdminState, stop: Arc<AtomicBool>) {
 
 fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -522,91 +521,70 @@ pub fn render_metrics(state: &AdminState) -> String {
             ]
             .map(|m| (m.label(), u64::from(d.steering() == m))),
         );
-        let port = "0";
-        let dp: [(&str, &str, &str, &str, &str, u64); 10] = [
+        let port_families: [(&str, &str, &str, u64); 10] = [
             (
                 "dpuproxy_port_rx_packets_total",
                 "counter",
                 "Packets received by the port.",
-                "port",
-                port,
                 r(&d.port_rx_packets),
             ),
             (
                 "dpuproxy_port_tx_packets_total",
                 "counter",
                 "Packets sent by the port.",
-                "port",
-                port,
                 r(&d.port_tx_packets),
             ),
             (
                 "dpuproxy_port_rx_bytes_total",
                 "counter",
                 "Bytes received by the port.",
-                "port",
-                port,
                 r(&d.port_rx_bytes),
             ),
             (
                 "dpuproxy_port_tx_bytes_total",
                 "counter",
                 "Bytes sent by the port.",
-                "port",
-                port,
                 r(&d.port_tx_bytes),
             ),
             (
                 "dpuproxy_port_rx_missed_total",
                 "counter",
                 "Packets dropped on a full rx queue.",
-                "port",
-                port,
                 r(&d.port_imissed),
             ),
             (
                 "dpuproxy_port_rx_errors_total",
                 "counter",
                 "Erroneous packets received.",
-                "port",
-                port,
                 r(&d.port_ierrors),
             ),
             (
                 "dpuproxy_port_tx_errors_total",
                 "counter",
                 "Failed transmits.",
-                "port",
-                port,
                 r(&d.port_oerrors),
             ),
             (
                 "dpuproxy_port_tx_dropped_total",
                 "counter",
                 "Frames dropped on a full tx ring or with no free mbuf.",
-                "port",
-                port,
                 d.sum(|c| &c.tx_dropped),
             ),
             (
                 "dpuproxy_mempool_in_use",
                 "gauge",
                 "Mbufs out of the pool.",
-                "port",
-                port,
                 r(&d.mempool_in_use),
             ),
             (
                 "dpuproxy_mempool_size",
                 "gauge",
                 "Mbufs in the pool.",
-                "port",
-                port,
                 r(&d.mempool_size),
             ),
         ];
-        for (name, kind, help, key, label, v) in dp {
-            o.labelled(name, kind, help, key, [(label, v)]);
+        for (name, kind, help, v) in port_families {
+            o.labelled(name, kind, help, "port", [("0", v)]);
         }
         o.single(
             "dpuproxy_tcp_connections",

@@ -35,7 +35,7 @@ pub struct FileConfig {
     pub backends: Option<Vec<String>>,
     /// Worker threads.
     pub workers: Option<usize>,
-    /// Admin listener (plain HTTP: /metrics, /sessions, /backends).
+    /// Admin listener (plain HTTP: /metrics, /sessions, /backends, /healthz).
     pub admin: Option<SocketAddr>,
     /// TLS files.
     #[serde(default)]
@@ -83,21 +83,27 @@ pub struct DpdkSettings {
     pub device: Option<String>,
 }
 
+/// Overlay: a value given on the command line replaces the file's.
+fn over<T>(file: &mut Option<T>, cli: Option<T>) {
+    if cli.is_some() {
+        *file = cli;
+    }
+}
+
+/// Overlay: a non-empty list given on the command line replaces the file's.
+fn over_vec<T>(file: &mut Vec<T>, cli: Vec<T>) {
+    if !cli.is_empty() {
+        *file = cli;
+    }
+}
+
 impl DpdkSection {
     /// Overlay CLI values.
     pub fn overlay(&mut self, cli: DpdkSection) {
-        if cli.eal.is_some() {
-            self.eal = cli.eal;
-        }
-        if cli.ip.is_some() {
-            self.ip = cli.ip;
-        }
-        if cli.gateway.is_some() {
-            self.gateway = cli.gateway;
-        }
-        if cli.device.is_some() {
-            self.device = cli.device;
-        }
+        over(&mut self.eal, cli.eal);
+        over(&mut self.ip, cli.ip);
+        over(&mut self.gateway, cli.gateway);
+        over(&mut self.device, cli.device);
     }
 
     /// Check and resolve; `None` when nothing DPDK-related was given.
@@ -124,7 +130,7 @@ impl DpdkSection {
             .ok()
             .filter(|p| (1..=32).contains(p))
             .with_context(|| format!("`dpdk.ip`: prefix {prefix:?} must be 1-32"))?;
-        let eal_args: Vec<String> = eal.split_whitespace().map(str::to_string).collect();
+        let eal_args = dpuproxy_dp::app::split_eal_args(eal);
         if eal_args.is_empty() {
             bail!("`dpdk.eal` is empty");
         }
@@ -198,36 +204,16 @@ impl AuthSection {
 
     /// Overlay CLI values (lists replace, flags add).
     pub fn overlay(&mut self, cli: AuthSection) {
-        if !cli.keys.is_empty() {
-            self.keys = cli.keys;
-        }
-        if cli.jwks.is_some() {
-            self.jwks = cli.jwks;
-        }
-        if cli.hs256_secret_file.is_some() {
-            self.hs256_secret_file = cli.hs256_secret_file;
-        }
-        if !cli.issuers.is_empty() {
-            self.issuers = cli.issuers;
-        }
-        if !cli.audiences.is_empty() {
-            self.audiences = cli.audiences;
-        }
-        if cli.leeway.is_some() {
-            self.leeway = cli.leeway;
-        }
-        if cli.max_token_bytes.is_some() {
-            self.max_token_bytes = cli.max_token_bytes;
-        }
-        if !cli.require_scopes.is_empty() {
-            self.require_scopes = cli.require_scopes;
-        }
-        if !cli.authorization_servers.is_empty() {
-            self.authorization_servers = cli.authorization_servers;
-        }
-        if cli.resource.is_some() {
-            self.resource = cli.resource;
-        }
+        over_vec(&mut self.keys, cli.keys);
+        over(&mut self.jwks, cli.jwks);
+        over(&mut self.hs256_secret_file, cli.hs256_secret_file);
+        over_vec(&mut self.issuers, cli.issuers);
+        over_vec(&mut self.audiences, cli.audiences);
+        over(&mut self.leeway, cli.leeway);
+        over(&mut self.max_token_bytes, cli.max_token_bytes);
+        over_vec(&mut self.require_scopes, cli.require_scopes);
+        over_vec(&mut self.authorization_servers, cli.authorization_servers);
+        over(&mut self.resource, cli.resource);
         self.forward_token |= cli.forward_token;
         self.subject_header |= cli.subject_header;
     }

@@ -9,12 +9,12 @@
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use dpuproxy_dp::proxy::{DpMetrics, ProxyOptions, run_proxy};
 use dpuproxy_l7::Shared;
-use openssl::ssl::{AlpnError, SslContextBuilder, SslFiletype, SslMethod};
+use openssl::ssl::AlpnError;
 
 use crate::background::Background;
 use crate::config::{DpdkSettings, RunConfig};
@@ -47,14 +47,7 @@ fn backends_v4(cfg: &RunConfig) -> anyhow::Result<Vec<SocketAddrV4>> {
 }
 
 fn tls_config(cfg: &RunConfig) -> anyhow::Result<dpuproxy_tls::HandshakeConfig> {
-    let (cert, key) = (&cfg.kernel.tls_cert, &cfg.kernel.tls_key);
-    let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
-    b.set_certificate_chain_file(cert)
-        .with_context(|| format!("cannot load certificate {}", cert.display()))?;
-    b.set_private_key_file(key, SslFiletype::PEM)
-        .with_context(|| format!("cannot load private key {}", key.display()))?;
-    b.check_private_key()
-        .context("certificate and key do not match")?;
+    let mut b = dpuproxy_kernel::server_builder(&cfg.kernel.tls_cert, &cfg.kernel.tls_key)?;
     b.set_alpn_select_callback(|_, client| {
         openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
     });
@@ -66,33 +59,17 @@ fn tls_config(cfg: &RunConfig) -> anyhow::Result<dpuproxy_tls::HandshakeConfig> 
 /// kernel route to them, so there is no separate prober: the next new
 /// session tries the backend again and a failed connect marks it down
 /// anew).
-fn housekeeping(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+fn housekeeping(shared: &Shared, stop: &AtomicBool) {
     const COOL_DOWN: Duration = Duration::from_secs(5);
-    let mut down_since: Vec<Option<Instant>> = vec![None; shared.backends.len()];
-    let mut last_sweep = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let unix_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let now = Instant::now();
-        shared.wall.set(now, unix_ms);
-        for (i, since) in down_since.iter_mut().enumerate() {
-            if shared.backends.get(i).is_healthy() {
-                *since = None;
-            } else if since.is_none() {
-                *since = Some(now);
-            } else if since.is_some_and(|s| now.duration_since(s) >= COOL_DOWN) {
-                shared.backends.mark_up(i);
-                tracing::info!(backend = %shared.backends.get(i).addr, "backend cool-down over: new sessions may try it again");
-                *since = None;
-            }
+    let step = Duration::from_millis(200);
+    dpuproxy_kernel::housekeeping(shared, stop, step, step, |i, down_for| {
+        if down_for < COOL_DOWN {
+            return false;
         }
-        if now.duration_since(last_sweep) >= Duration::from_secs(5) {
-            shared.affinity.sweep(now);
-            last_sweep = now;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        shared.backends.mark_up(i);
+        tracing::info!(backend = %shared.backends.get(i).addr, "backend cool-down over: new sessions may try it again");
+        true
+    });
 }
 
 fn seed() -> u64 {
@@ -105,8 +82,8 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Run the DPDK data path until `stop`. `admin` starts the admin listener
-/// with the DPDK counters (called before the EAL pins this thread).
+/// Run the DPDK data path until `stop`; `metrics` are its counters (the
+/// admin listener, started by the caller, reports them).
 pub fn run(
     cfg: &RunConfig,
     settings: &DpdkSettings,
@@ -130,7 +107,7 @@ pub fn run(
     let tls = tls_config(cfg)?;
     let house = {
         let shared = shared.clone();
-        Background::spawn("dpuproxy-house", move |stop| housekeeping(shared, stop))?
+        Background::spawn("dpuproxy-house", move |stop| housekeeping(&shared, &stop))?
     };
     let opts = ProxyOptions {
         eal_args: settings.eal_args.clone(),
@@ -148,7 +125,7 @@ pub fn run(
     let result = run_proxy(&opts, shared, &tls, &metrics, stop, |port, mac| {
         tracing::info!(
             port,
-            mac = %mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            mac = %crate::port_cmd::mac(&mac),
             listen = %cfg.kernel.listen,
             backends = cfg.kernel.backends.len(),
             "dpdk data path running (userspace TCP and TLS records)"

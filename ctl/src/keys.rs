@@ -47,7 +47,7 @@ pub fn load_keys(a: &AuthSection) -> anyhow::Result<Vec<KeyEntry>> {
     if let Some(p) = &a.hs256_secret_file {
         let secret = std::fs::read(p)
             .with_context(|| format!("cannot read HS256 secret {}", p.display()))?;
-        let secret = trim_ascii_end(&secret);
+        let secret = secret.trim_ascii_end();
         if secret.len() < 32 {
             bail!(
                 "HS256 secret {} is {} bytes; use at least 32 (RFC 7518 §3.2)",
@@ -61,14 +61,6 @@ pub fn load_keys(a: &AuthSection) -> anyhow::Result<Vec<KeyEntry>> {
         bail!("the configured key sources hold no usable key");
     }
     Ok(keys)
-}
-
-fn trim_ascii_end(b: &[u8]) -> &[u8] {
-    let end = b
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    &b[..end]
 }
 
 fn load_jwks(p: &Path) -> anyhow::Result<Vec<KeyEntry>> {

@@ -102,7 +102,7 @@ struct RunArgs {
     /// Worker threads, one epoll loop each (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
-    /// Admin listener for /metrics, /sessions, /backends (plain HTTP).
+    /// Admin listener for /metrics, /sessions, /backends, /healthz (plain HTTP).
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// TOML config file; flags override it.

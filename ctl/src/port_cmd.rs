@@ -45,7 +45,8 @@ fn parse_cidr(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
     Ok((ip, len))
 }
 
-fn mac(m: &[u8; 6]) -> String {
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac(m: &[u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

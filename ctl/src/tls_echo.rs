@@ -25,7 +25,6 @@ use dpuproxy_tls::{
     Handshake, HandshakeConfig, HandshakeOptions, Incoming, OpensslHandshake, RecordLayer, Side,
     TlsError,
 };
-use openssl::ssl::{SslContext, SslFiletype, SslMethod};
 
 /// `dpuproxy tls-echo` arguments.
 #[derive(clap::Args, Debug)]
@@ -103,16 +102,7 @@ fn accept_loop(
 }
 
 fn server_config(args: &TlsEchoArgs) -> anyhow::Result<HandshakeConfig> {
-    let mut builder = SslContext::builder(SslMethod::tls_server())?;
-    builder
-        .set_certificate_chain_file(&args.tls_cert)
-        .with_context(|| format!("loading {}", args.tls_cert.display()))?;
-    builder
-        .set_private_key_file(&args.tls_key, SslFiletype::PEM)
-        .with_context(|| format!("loading {}", args.tls_key.display()))?;
-    builder
-        .check_private_key()
-        .context("certificate and key do not match")?;
+    let builder = dpuproxy_kernel::server_builder(&args.tls_cert, &args.tls_key)?;
     let mut opts = HandshakeOptions::default();
     if let Some(s) = &args.tls13_ciphersuites {
         opts.tls13_ciphersuites = s.clone();
@@ -293,7 +283,7 @@ fn echo(rl: &mut RecordLayer, sock: &mut TcpStream, leftover: Vec<u8>) -> End {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openssl::ssl::{SslConnector, SslVerifyMode};
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 
     #[test]
     fn echoes_for_an_openssl_client_through_our_record_layer() {

@@ -22,7 +22,7 @@ pub struct KtlsSupport {
 }
 
 /// Attach the `tls` ULP to a connected TCP socket.
-pub fn set_tls_ulp(sock: &TcpStream) -> io::Result<()> {
+fn set_tls_ulp(sock: &TcpStream) -> io::Result<()> {
     const ULP: &[u8] = b"tls";
     // SAFETY: the fd is a valid open TCP socket owned by `sock`; the option
     // value points to 3 readable bytes and its length is passed exactly.

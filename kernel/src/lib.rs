@@ -14,11 +14,11 @@
 //! - Backend health: a failed connect marks a backend down (in the core);
 //!   the prober marks it up again when a TCP connect succeeds.
 //!
-//! Unsafe code is confined to [`tls_fd`] (OpenSSL FFI) and [`ktls`]
+//! Unsafe code is confined to `tls_fd` (OpenSSL FFI) and [`ktls`]
 //! (`setsockopt`).
 
 pub mod ktls;
-pub mod tls_fd;
+mod tls_fd;
 mod worker;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -36,7 +36,7 @@ use openssl::ssl::{
 
 pub use ktls::KtlsSupport;
 pub use tls_fd::RecordPath;
-pub use worker::WorkerSettings;
+use worker::WorkerSettings;
 
 /// Errors that stop the kernel data path from starting.
 #[derive(Debug, thiserror::Error)]
@@ -148,9 +148,10 @@ impl KernelConfig {
     }
 }
 
-/// Build the server TLS context: TLS 1.2 and 1.3, kTLS allowed, partial
-/// writes, HTTP/1.1 as the only ALPN protocol.
-pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
+/// A server TLS context builder holding the PEM certificate chain `cert`
+/// and private key `key`, checked to match. Errors name the file. Callers
+/// add their own protocol options.
+pub fn server_builder(cert: &Path, key: &Path) -> Result<SslContextBuilder, StartError> {
     let tls = |what: &str, e: openssl::error::ErrorStack| StartError::Tls(format!("{what}: {e}"));
     for (what, path) in [("certificate", cert), ("private key", key)] {
         std::fs::File::open(path)
@@ -163,8 +164,15 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
         .map_err(|e| tls(&format!("private key {}", key.display()), e))?;
     b.check_private_key()
         .map_err(|e| tls("certificate and key do not match", e))?;
+    Ok(b)
+}
+
+/// Build the server TLS context: TLS 1.2 and 1.3, kTLS allowed, partial
+/// writes, HTTP/1.1 as the only ALPN protocol.
+pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
+    let mut b = server_builder(cert, key)?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(|e| tls("min version", e))?;
+        .map_err(|e| StartError::Tls(format!("min version: {e}")))?;
     b.set_options(
         SslOptions::NO_RENEGOTIATION
             | SslOptions::CIPHER_SERVER_PREFERENCE
@@ -333,27 +341,33 @@ fn anchor_wall_clock(shared: &Shared) {
     shared.wall.set(Instant::now(), unix_ms);
 }
 
-/// Probe down backends, expire idle sessions and re-anchor the wall clock
-/// until `stop`.
-fn probe_loop(
-    shared: Arc<Shared>,
-    addrs: Vec<SocketAddr>,
+/// Upkeep of the shared L7 state until `stop`: each turn re-anchors the
+/// wall clock, offers every backend marked down to `revive`, expires idle
+/// sessions every 5 s, then waits `interval` in sleeps of `step` (so that
+/// shutdown stays prompt).
+///
+/// `revive(i, down_for)` gets the backend's index and how long this loop
+/// has seen it down. It marks the backend up itself (and logs why) and
+/// returns true when it did, which restarts that backend's clock.
+pub fn housekeeping(
+    shared: &Shared,
+    stop: &AtomicBool,
     interval: Duration,
-    stop: Arc<AtomicBool>,
+    step: Duration,
+    mut revive: impl FnMut(usize, Duration) -> bool,
 ) {
+    let mut down_since: Vec<Option<Instant>> = vec![None; shared.backends.len()];
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        for (i, addr) in addrs.iter().enumerate() {
-            if shared.backends.get(i).is_healthy() {
-                continue;
-            }
-            if TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok()
-                && shared.backends.mark_up(i)
+        anchor_wall_clock(shared);
+        let now = Instant::now();
+        for (i, since) in down_since.iter_mut().enumerate() {
+            if shared.backends.get(i).is_healthy()
+                || revive(i, now.duration_since(*since.get_or_insert(now)))
             {
-                tracing::info!(backend = %addr, "backend is back (probe connected)");
+                *since = None;
             }
         }
-        anchor_wall_clock(&shared);
         let now = Instant::now();
         if now.duration_since(last_sweep) >= Duration::from_secs(5) {
             let n = shared.affinity.sweep(now);
@@ -362,10 +376,75 @@ fn probe_loop(
             }
             last_sweep = now;
         }
-        // Sleep in short steps so shutdown stays prompt.
         let until = Instant::now() + interval;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(step);
         }
+    }
+}
+
+/// The kernel path's prober: a down backend is up again as soon as a TCP
+/// connect to it succeeds.
+fn probe_loop(
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    interval: Duration,
+    stop: Arc<AtomicBool>,
+) {
+    housekeeping(
+        &shared,
+        &stop,
+        interval,
+        Duration::from_millis(50),
+        |i, _| {
+            let Some(addr) = addrs.get(i) else {
+                return false;
+            };
+            let back = TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok()
+                && shared.backends.mark_up(i);
+            if back {
+                tracing::info!(backend = %addr, "backend is back (probe connected)");
+            }
+            back
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dpuproxy_l7::CoreConfig;
+
+    #[test]
+    fn housekeeping_offers_only_down_backends_and_restarts_their_clock() {
+        let shared = Shared::new(CoreConfig::default(), vec!["a:1".into(), "b:1".into()]);
+        assert!(shared.wall.unix_secs(Instant::now()).is_none());
+        shared.backends.mark_down(1);
+        let stop = AtomicBool::new(false);
+        let mut calls: Vec<(usize, Duration)> = Vec::new();
+        let step = Duration::from_millis(5);
+        housekeeping(&shared, &stop, step, step, |i, down_for| {
+            calls.push((i, down_for));
+            if calls.len() == 3 {
+                // Reported revived although it stays down: its clock
+                // restarts at the next sighting.
+                return true;
+            }
+            if calls.len() == 5 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            false
+        });
+        assert!(calls.iter().all(|(i, _)| *i == 1), "{calls:?}");
+        assert_eq!(calls[0].1, Duration::ZERO, "first sighting");
+        assert!(
+            calls[1].1 > Duration::ZERO && calls[2].1 > calls[1].1,
+            "{calls:?}"
+        );
+        assert_eq!(calls[3].1, Duration::ZERO, "clock restarted after a revive");
+        assert!(
+            shared.wall.unix_secs(Instant::now()).is_some(),
+            "wall clock anchored"
+        );
     }
 }

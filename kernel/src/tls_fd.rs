@@ -145,11 +145,6 @@ impl FdTls {
         registry.deregister(&mut self.stream)
     }
 
-    /// Read access to the socket.
-    pub fn stream_ref(&self) -> &TcpStream {
-        &self.stream
-    }
-
     /// Stop sending (TCP FIN) after close_notify, keeping the read side
     /// open so that a lingering close can drain what the client still sends.
     pub fn shutdown_write(&self) {

@@ -7,7 +7,6 @@
 //! clears them. TLS may need to write while reading (and the reverse), so
 //! both flags are cleared on either readiness.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -32,6 +31,8 @@ const READ_CHUNK: usize = 16 * 1024;
 const MAX_ROUNDS: usize = 64;
 /// How long a closing connection drains client input after our FIN.
 const LINGER_DRAIN: Duration = Duration::from_secs(2);
+/// How often idle pooled connections past their lifetime are closed.
+const POOL_EXPIRY_EVERY: Duration = Duration::from_secs(1);
 
 fn client_token(i: usize) -> Token {
     Token(i * 2)
@@ -42,7 +43,7 @@ fn upstream_token(i: usize) -> Token {
 
 /// Static settings of a worker.
 #[derive(Debug, Clone)]
-pub struct WorkerSettings {
+pub(crate) struct WorkerSettings {
     /// Resolved backend addresses, index-aligned with `Shared::backends`.
     pub backend_addrs: Vec<SocketAddr>,
     /// A TLS handshake must finish within this time.
@@ -97,11 +98,16 @@ pub(crate) struct Worker {
     settings: WorkerSettings,
     clients: Slab<Client>,
     timers: Deadlines,
-    pool: HashMap<usize, Vec<Pooled>>,
+    /// Idle backend connections, indexed by backend.
+    pool: Vec<Vec<Pooled>>,
+    /// When the idle pool is next expired.
+    next_pool_expiry: Instant,
     stop: Arc<AtomicBool>,
     buf: Vec<u8>,
     /// Connections to drive again without waiting for an event.
     ready: Vec<usize>,
+    /// Spare list swapped with `ready` each turn, so neither reallocates.
+    ready_spare: Vec<usize>,
 }
 
 impl Worker {
@@ -118,6 +124,7 @@ impl Worker {
     ) -> io::Result<Self> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let pool = settings.backend_addrs.iter().map(|_| Vec::new()).collect();
         Ok(Self {
             id,
             poll,
@@ -128,10 +135,12 @@ impl Worker {
             settings,
             clients: Slab::new(),
             timers: Deadlines::new(),
-            pool: HashMap::new(),
+            pool,
+            next_pool_expiry: Instant::now() + POOL_EXPIRY_EVERY,
             stop,
             buf: vec![0; READ_CHUNK],
             ready: Vec::new(),
+            ready_spare: Vec::new(),
         })
     }
 
@@ -144,23 +153,19 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         tracing::debug!(worker = self.id, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            let timeout = self
-                .timers
-                .next()
-                .map(|t| t.saturating_duration_since(now))
-                // Wake at least once a second to expire the idle pool.
-                .map(|d| d.min(Duration::from_secs(1)))
-                .or(Some(Duration::from_secs(1)))
-                // Connections with work left over are driven again at once.
-                .map(|d| {
-                    if self.ready.is_empty() {
-                        d
-                    } else {
-                        Duration::ZERO
-                    }
-                });
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            // Wake for the next timer, and at least once a second to
+            // expire the idle pool. Connections with work left over are
+            // driven again at once.
+            let timeout = if self.ready.is_empty() {
+                let wake = self
+                    .timers
+                    .next()
+                    .map_or(self.next_pool_expiry, |t| t.min(self.next_pool_expiry));
+                wake.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -190,12 +195,19 @@ impl Worker {
                 }
             }
             self.fire_timers(Instant::now());
-            let ready = std::mem::take(&mut self.ready);
+            // `drive` may queue connections again; they go on the other list.
+            let mut ready =
+                std::mem::replace(&mut self.ready, std::mem::take(&mut self.ready_spare));
             let now = Instant::now();
-            for idx in ready {
+            for idx in ready.drain(..) {
                 self.drive(idx, now);
             }
-            self.expire_pool(Instant::now());
+            self.ready_spare = ready;
+            let now = Instant::now();
+            if now >= self.next_pool_expiry {
+                self.expire_pool(now);
+                self.next_pool_expiry = now + POOL_EXPIRY_EVERY;
+            }
         }
         let n = self.clients.len();
         for mut c in self.clients.drain() {
@@ -452,7 +464,7 @@ impl Worker {
         if exhausted && self.clients.contains(idx) {
             self.ready.push(idx);
         }
-        self.rearm(idx, now);
+        self.rearm(idx);
     }
 
     fn apply(&mut self, idx: usize, action: Action, now: Instant) {
@@ -463,7 +475,7 @@ impl Worker {
                 if let Some(mut u) = c.upstream.take() {
                     let _ = self.poll.registry().deregister(&mut u.stream);
                     if reusable {
-                        let list = self.pool.entry(u.backend).or_default();
+                        let list = &mut self.pool[u.backend];
                         if list.len() < self.settings.pool_max_per_backend {
                             list.push(Pooled {
                                 stream: u.stream,
@@ -490,7 +502,7 @@ impl Worker {
 
     /// Take a live pooled connection to `backend`, if any.
     fn take_pooled(&mut self, backend: usize, now: Instant) -> Option<TcpStream> {
-        let list = self.pool.get_mut(&backend)?;
+        let list = self.pool.get_mut(backend)?;
         while let Some(p) = list.pop() {
             if now.saturating_duration_since(p.since) >= self.settings.pool_idle_timeout {
                 continue;
@@ -568,29 +580,23 @@ impl Worker {
         if !u.connecting {
             return;
         }
-        match u.stream.take_error() {
-            Ok(Some(e)) | Err(e) => {
-                let addr = self.settings.backend_addrs[u.backend];
-                tracing::warn!(backend = %addr, error = %e, "backend connect failed");
-                let mut u = c.upstream.take().expect("checked above");
-                let _ = self.poll.registry().deregister(&mut u.stream);
-                c.core.handle_upstream_connect_failed(now);
-            }
+        let failed = match u.stream.take_error() {
+            Ok(Some(e)) | Err(e) => e,
             Ok(None) => match u.stream.peer_addr() {
                 Ok(_) => {
                     u.connecting = false;
                     c.core.handle_upstream_connected(now, false);
+                    return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                Err(e) => {
-                    let addr = self.settings.backend_addrs[u.backend];
-                    tracing::warn!(backend = %addr, error = %e, "backend connect failed");
-                    let mut u = c.upstream.take().expect("checked above");
-                    let _ = self.poll.registry().deregister(&mut u.stream);
-                    c.core.handle_upstream_connect_failed(now);
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => e,
             },
-        }
+        };
+        let addr = self.settings.backend_addrs[u.backend];
+        tracing::warn!(backend = %addr, error = %failed, "backend connect failed");
+        let mut u = c.upstream.take().expect("checked above");
+        let _ = self.poll.registry().deregister(&mut u.stream);
+        c.core.handle_upstream_connect_failed(now);
     }
 
     fn close_client(&mut self, idx: usize) {
@@ -609,7 +615,7 @@ impl Worker {
         self.metrics.closed.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn rearm(&mut self, idx: usize, _now: Instant) {
+    fn rearm(&mut self, idx: usize) {
         let Some(c) = self.clients.get_mut(idx) else {
             return;
         };
@@ -648,7 +654,7 @@ impl Worker {
 
     fn expire_pool(&mut self, now: Instant) {
         let limit = self.settings.pool_idle_timeout;
-        for list in self.pool.values_mut() {
+        for list in &mut self.pool {
             list.retain(|p| now.saturating_duration_since(p.since) < limit);
         }
     }

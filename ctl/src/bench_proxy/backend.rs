@@ -19,10 +19,11 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use dpuproxy_l7::http::{self, BodyFraming, header};
+
+use crate::background::Background;
 
 /// Counters of one backend.
 #[derive(Debug, Default)]
@@ -33,15 +34,14 @@ pub struct BackendStats {
     pub unknown_session: AtomicU64,
 }
 
-/// A running native backend.
+/// A running native backend; dropping it stops the listener thread.
 #[derive(Debug)]
 pub struct NativeBackend {
     /// Bound port on 127.0.0.1.
     pub port: u16,
     /// Counters.
     pub stats: Arc<BackendStats>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background,
 }
 
 struct State {
@@ -69,7 +69,6 @@ impl NativeBackend {
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let stats = Arc::new(BackendStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
         let state = Arc::new(State {
             name: name.to_string(),
             sse,
@@ -77,59 +76,46 @@ impl NativeBackend {
             next: AtomicU64::new(1),
             stats: stats.clone(),
         });
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("bench-backend-{name}"))
-            .spawn(move || {
-                let bound = (|| -> std::io::Result<TcpListener> {
-                    if let Some(ns) = &netns {
-                        ns.enter().map_err(std::io::Error::other)?;
-                    }
-                    let l = TcpListener::bind((ip, 0))?;
-                    l.set_nonblocking(true)?;
-                    Ok(l)
-                })();
-                let listener = match bound {
-                    Ok(l) => {
-                        let _ = tx.send(l.local_addr().map(|a| a.port()));
-                        l
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
-                    }
-                };
-                while !s.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let st = state.clone();
-                            let stop = s.clone();
-                            let _ = std::thread::Builder::new()
-                                .name("bench-backend-conn".into())
-                                .spawn(move || serve(stream, &st, &stop));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                    }
+        let thread = Background::spawn(&format!("bench-backend-{name}"), move |s| {
+            let bound = (|| -> std::io::Result<TcpListener> {
+                if let Some(ns) = &netns {
+                    ns.enter().map_err(std::io::Error::other)?;
                 }
-            })?;
+                let l = TcpListener::bind((ip, 0))?;
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })();
+            let listener = match bound {
+                Ok(l) => {
+                    let _ = tx.send(l.local_addr().map(|a| a.port()));
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let st = state.clone();
+                        let stop = s.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("bench-backend-conn".into())
+                            .spawn(move || serve(stream, &st, &stop));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })?;
         let port = rx
             .recv()
             .map_err(|_| std::io::Error::other("backend thread ended before binding"))??;
         Ok(Self {
             port,
             stats,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
-    }
-}
-
-impl Drop for NativeBackend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

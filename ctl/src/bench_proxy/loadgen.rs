@@ -49,7 +49,8 @@ pub struct LoadConfig {
 pub struct RunFigures {
     /// Completed 2xx `tools/call` responses.
     pub ok: u64,
-    /// Non-2xx responses, resets and timeouts.
+    /// Non-2xx or unparsable responses, and requests lost to a broken
+    /// connection.
     pub errors: u64,
     /// Latency histogram (µs).
     pub latency: Histogram<u64>,
@@ -61,7 +62,8 @@ pub struct RunFigures {
 pub struct Phase {
     /// Current phase.
     pub current: AtomicUsize,
-    /// Set when every connection has finished its `initialize`.
+    /// Connections whose first `initialize` succeeded (the controller
+    /// starts the clock when all have).
     pub ready: AtomicUsize,
     /// Abort flag.
     pub abort: AtomicBool,
@@ -252,7 +254,7 @@ pub fn thread_main(
             .collect();
         for i in touched.into_iter().chain(pending) {
             let Some(c) = conns.get_mut(i) else { continue };
-            drive(c, &connector, cfg, &mut buf, &mut figures, phase, runs);
+            drive(c, &connector, &mut buf, &mut figures, phase, runs);
         }
     }
     Ok(figures)
@@ -261,7 +263,6 @@ pub fn thread_main(
 fn drive(
     c: &mut Conn,
     connector: &SslConnector,
-    cfg: &LoadConfig,
     buf: &mut [u8],
     figures: &mut [RunFigures],
     phase: &Phase,
@@ -397,7 +398,6 @@ fn drive(
         }
         c.tls = None;
     }
-    let _ = cfg;
 }
 
 /// Drive the load: warm-up, then `runs` runs of `duration`. `on_phase` is

@@ -238,9 +238,7 @@ fn start_backends(args: &ProxyArgs) -> anyhow::Result<(Backends, Vec<SocketAddr>
             let mut children = Vec::new();
             let mut addrs = Vec::new();
             for i in 0..args.backend_count {
-                let port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-                    .local_addr()?
-                    .port();
+                let port = crate::procs::free_port()?;
                 let child = Command::new(&python)
                     .arg(&script)
                     .args([
@@ -258,14 +256,17 @@ fn start_backends(args: &ProxyArgs) -> anyhow::Result<(Backends, Vec<SocketAddr>
                 children.push(child);
                 addrs.push(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
             }
-            let all = Backends::Sdk(children);
-            for a in &addrs {
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                while std::net::TcpStream::connect_timeout(a, Duration::from_millis(200)).is_err() {
-                    if std::time::Instant::now() > deadline {
-                        bail!("SDK backend {a} did not start");
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
+            // Wrapped first, so that an early return kills every child.
+            let mut all = Backends::Sdk(children);
+            if let Backends::Sdk(children) = &mut all {
+                for (child, a) in children.iter_mut().zip(&addrs) {
+                    crate::procs::wait_listening(
+                        *a,
+                        child,
+                        "SDK backend",
+                        Duration::from_secs(30),
+                        None,
+                    )?;
                 }
             }
             Ok((all, addrs))
