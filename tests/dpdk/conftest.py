@@ -22,7 +22,6 @@ Environment:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 import dpdk_topo as dt  # noqa: E402
 from auth_helpers import AUDIENCE, ISSUER, claims, rsa_key, sign  # noqa: E402
+from proc_helpers import free_port, self_signed_cert, stop_process  # noqa: E402
 
 REPO = dt.REPO
 STARTUP_TIMEOUT = float(os.environ.get("DPUPROXY_DPDK_STARTUP_TIMEOUT", "30"))
@@ -87,16 +87,11 @@ def topo(dpdk_env: str):
 def tls_cert(workdir: Path, topo: dt.Topology) -> tuple[str, str]:
     """Self-signed EC cert whose SAN is the proxy's DPDK address (plus 127.0.0.1 for the
     --mode auto fallback test, which listens on loopback)."""
-    cert, key = workdir / "cert.pem", workdir / "key.pem"
-    cmd = [
-        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={topo.proxy_ip}",
-        "-addext", f"subjectAltName=IP:{topo.proxy_ip},IP:127.0.0.1,DNS:localhost",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, timeout=30)
-    if res.returncode != 0:
-        pytest.fail(f"openssl failed ({res.returncode}): {res.stderr.decode(errors='replace')}", pytrace=False)
-    return str(cert), str(key)
+    sans = [f"IP:{topo.proxy_ip}", "IP:127.0.0.1", "DNS:localhost"]
+    try:
+        return self_signed_cert(workdir / "cert.pem", workdir / "key.pem", topo.proxy_ip, sans)
+    except RuntimeError as e:
+        dt.fail(str(e))
 
 
 class Jwt:
@@ -133,20 +128,17 @@ def ns_backends(topo: dt.Topology, workdir: Path, request: pytest.FixtureRequest
         yield started
     finally:
         for b in started:
-            dt.stop_gently(b.proc, grace=3)
+            stop_process(b.proc, grace=3)
             _REPORT_FILES.pop(f"backend {b.name} stderr", None)
 
 
-class DpdkProxy:
+class DpdkProxy(dt.ProxyTarget):
     """The proxy under test plus what a test needs to talk to it."""
 
     def __init__(self, run: dt.ProxyRun, topo: dt.Topology, backends: list[dt.NsBackend], cafile: str, jwt: Jwt):
+        super().__init__(topo, cafile, jwt.token)
         self.run = run
-        self.topo = topo
         self.backends = backends
-        self.cafile = cafile
-        self.token = jwt.token
-        self.url = f"https://{topo.proxy_ip}:{dt.PROXY_PORT}/mcp"
         self.admin_url = run.admin_url
         self.mode = run.mode
 
@@ -188,7 +180,7 @@ def start_proxy(topo, tls_cert, jwt_auth, workdir):
     def start(
         backends: list[dt.NsBackend], name: str, mode: str, driver: str = "af_packet", eal: str | None = None
     ) -> dt.ProxyRun:
-        admin = dt.free_port()
+        admin = free_port()
         cmd = dpdk_proxy_cmd(topo, backends, tls_cert, jwt_auth, admin, mode, driver, eal)
         run = dt.launch(cmd, workdir, name, mode, f"http://127.0.0.1:{admin}")
         deadline = time.monotonic() + STARTUP_TIMEOUT

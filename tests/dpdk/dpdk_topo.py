@@ -34,28 +34,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+from mcp_helpers import BACKEND_NAMES
+from proc_helpers import REPO, kill_hard, require_proxy_binary, strip_ansi, tail
+
 BACKEND_SCRIPT = REPO / "scripts" / "mcp_backend.py"
 DEMO_SCRIPT = REPO / "scripts" / "mcp_client_demo.py"
 NS_CLIENT = Path(__file__).resolve().parent / "ns_client.py"
 PYTHON = sys.executable  # the venv interpreter (it has mcp, httpx2, ...)
 
-BACKEND_NAMES = ("b1", "b2", "b3")
 BACKEND_PORTS = (9001, 9002, 9003)
 PROXY_PORT = 8443
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
-
-
-def tail(path: Path | None, limit: int = 6000) -> str:
-    if path is None or not path.exists():
-        return "<no output captured>"
-    data = path.read_bytes()[-limit:]
-    return strip_ansi(data.decode("utf-8", "replace")) or "<empty>"
 
 
 def fail(msg: str) -> None:
@@ -64,12 +52,6 @@ def fail(msg: str) -> None:
     import pytest
 
     raise pytest.fail.Exception(msg, pytrace=False) from None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sh(args: list[str], timeout: float = 20, check: bool = True) -> subprocess.CompletedProcess:
@@ -90,35 +72,6 @@ def register(proc: subprocess.Popen) -> subprocess.Popen:
     with _REGISTRY_LOCK:
         _PROCS.append(proc)
     return proc
-
-
-def kill_hard(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    for target in (lambda: os.killpg(proc.pid, signal.SIGKILL), lambda: proc.kill()):
-        try:
-            target()
-            break
-        except (ProcessLookupError, PermissionError):
-            continue
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def stop_gently(proc: subprocess.Popen, grace: float = 5.0) -> int | None:
-    """SIGTERM (the process group we made for it), SIGKILL after `grace` seconds."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            kill_hard(proc)
-    return proc.returncode
 
 
 def _cleanup_everything() -> None:
@@ -170,7 +123,7 @@ def environment_problem() -> str | None:
 
 
 def require_dpdk() -> bool:
-    return os.environ.get("DPUPROXY_REQUIRE_DPDK", "") not in ("", "0")
+    return os.environ.get("DPUPROXY_REQUIRE_DPDK") == "1"
 
 
 def suite_mode() -> str:
@@ -273,7 +226,6 @@ class Topology:
     veth_ns: str  # the kernel end inside the namespace
     proxy_ip: str  # 10.77.<n>.1
     ns_ip: str  # 10.77.<n>.2
-    kernel_ip_on_root: bool = False  # suite mode "kernel": proxy_ip lives on veth_root
     _up: bool = False
 
     @classmethod
@@ -290,6 +242,7 @@ class Topology:
         self._up = True
 
     def create(self, kernel_ip_on_root: bool = False) -> None:
+        """kernel_ip_on_root (suite mode "kernel"): put proxy_ip on veth_root for a kernel-mode proxy."""
         self._register()
         # Leftovers of an earlier run of this very pid (pid reuse) would make `add` fail.
         sh(["ip", "link", "del", self.veth_root], check=False)
@@ -303,7 +256,6 @@ class Topology:
         sh(["ethtool", "-K", self.veth_root, "tx", "off"], check=False)
         if kernel_ip_on_root:
             sh(["ip", "addr", "add", f"{self.proxy_ip}/24", "dev", self.veth_root])
-            self.kernel_ip_on_root = True
         sh(["ip", "link", "set", self.veth_root, "up"])
         # Namespace end: the backends' and clients' address; tx checksum offload OFF, else the
         # kernel sends TCP with partial checksums that DPDK (af_packet) sees as bad.
@@ -481,19 +433,21 @@ def start_backends(topo: Topology, workdir: Path, timeout: float = 30.0) -> list
 
 
 def proxy_binary() -> str:
-    raw = os.environ.get("DPUPROXY_BIN") or str(REPO / "target" / "debug" / "dpuproxy")
-    path = Path(raw)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"dpuproxy binary not found at {path} (set DPUPROXY_BIN, or build it: cargo build -p dpuproxy)"
-        )
-    if not os.access(path, os.X_OK):
-        raise PermissionError(f"dpuproxy binary {path} is not executable")
-    return str(path)
+    """The proxy binary; FileNotFoundError / PermissionError if it is missing or not executable."""
+    return str(require_proxy_binary())
 
 
 def eal_args(iface: str, driver: str = "af_packet") -> str:
     return f"-l 1 --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_{driver}0,iface={iface}"
+
+
+class ProxyTarget:
+    """What a client in the namespace needs to reach the proxy: the topology, the URL, the CA
+    file and the bearer token (the curl helpers of http_raw.py take one of these)."""
+
+    def __init__(self, topo: Topology, cafile: str, token: str):
+        self.topo, self.cafile, self.token = topo, cafile, token
+        self.url = f"https://{topo.proxy_ip}:{PROXY_PORT}/mcp"
 
 
 _ACTIVE_DPDK: list["ProxyRun"] = []

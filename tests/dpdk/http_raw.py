@@ -1,12 +1,11 @@
-"""Raw HTTP/1.1 through the proxy from inside the namespace: curl --http1.1 as the client, and
-parsers for what curl -i or openssl s_client print."""
+"""Raw HTTP/1.1 through the proxy from inside the namespace: curl --http1.1 as the client,
+parsers for what curl -i or openssl s_client print, and which lcore accepted a connection."""
 
 from __future__ import annotations
 
-import json
 import re
 
-from mcp_helpers import INITIALIZE_PARAMS, jsonrpc, sse_messages
+from mcp_helpers import INITIALIZE_PARAMS, jsonrpc, metric_family, rpc_messages, scrape
 
 MCP_ACCEPT = "application/json, text/event-stream"
 
@@ -74,7 +73,18 @@ def initialize_via_curl(proxy, token: str | None = "default"):
 
 
 def server_name(body: str, ctype: str) -> str:
-    msgs = sse_messages(body) if "text/event-stream" in ctype else [json.loads(body)]
-    results = [m for m in msgs if "result" in m]
+    results = [m for m in rpc_messages(body, ctype) if "result" in m]
     assert results, f"no JSON-RPC result in {body[:500]!r}"
     return results[0]["result"]["serverInfo"]["name"]
+
+
+def accepted_per_lcore(admin_url: str) -> dict[str, float]:
+    """dpuproxy_lcore_accepted_total by lcore, from the admin endpoint."""
+    fam = metric_family(scrape(admin_url), "dpuproxy_lcore_accepted_total")
+    return {dict(labels)["lcore"]: v for labels, v in fam.items()}
+
+
+def lcore_that_accepted(before: dict[str, float], after: dict[str, float]) -> str | None:
+    """The lcore whose accept count moved by exactly one while no other moved (None otherwise)."""
+    moved = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+    return next(iter(moved)) if list(moved.values()) == [1.0] else None

@@ -30,7 +30,8 @@
         sendq], ...], "events": k, "in_order": bool, "sizes_ok": bool, "result": text,
         "body_bytes": n}; exit 0 once the response was read to its end.
 
-Every request carries Authorization: Bearer <token>. Helpers come from tests/e2e/mcp_helpers.py.
+Every request carries Authorization: Bearer <token>. Helpers come from tests/e2e/mcp_helpers.py
+and http_raw.py.
 """
 
 from __future__ import annotations
@@ -46,14 +47,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 import anyio  # noqa: E402
 import httpx2  # noqa: E402
+from http_raw import accepted_per_lcore, dechunk, lcore_that_accepted  # noqa: E402
 from mcp_helpers import (  # noqa: E402
     INITIALIZE_PARAMS,
     LEGACY_VERSION,
     jsonrpc,
     legacy_session,
     mcp_headers,
+    metric_family,
     result_text,
+    rpc_messages,
+    scrape,
     sse_messages,
+    tool_body,
     whoami,
 )
 
@@ -101,10 +107,7 @@ def describe(e: BaseException) -> str:
 
 def first_result(resp: httpx2.Response) -> dict:
     ctype = resp.headers.get("content-type", "")
-    if "text/event-stream" in ctype:
-        msgs = [m for m in sse_messages(resp.text) if "id" in m]
-    else:
-        msgs = [resp.json()]
+    msgs = [m for m in rpc_messages(resp.text, ctype) if "id" in m]
     if not msgs:
         raise RuntimeError(f"no JSON-RPC response in {resp.status_code} {ctype}: {resp.text[:300]!r}")
     return msgs[0]
@@ -126,7 +129,7 @@ def sse_victim(args: argparse.Namespace) -> int:
         if r.status_code not in (200, 202):
             out(f"FAIL notifications/initialized -> {r.status_code}")
             return 2
-        r = http.post(args.url, headers=h, content=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, id=2))
+        r = http.post(args.url, headers=h, content=tool_body("whoami", id=2))
         msg = first_result(r)
         backend = msg["result"]["content"][0]["text"]
         out(f"BACKEND {backend}")
@@ -171,21 +174,6 @@ def sse_victim(args: argparse.Namespace) -> int:
     return 0
 
 
-def accepted_per_lcore(admin: str) -> dict[str, float]:
-    from mcp_helpers import metric_family, scrape
-
-    fam = metric_family(scrape(admin), "dpuproxy_lcore_accepted_total")
-    return {dict(labels)["lcore"]: v for labels, v in fam.items()}
-
-
-def which_lcore(before: dict[str, float], after: dict[str, float]) -> str | None:
-    """The one lcore whose accept count rose by exactly one (None if not exactly one did)."""
-    rose = [k for k in after if after[k] - before.get(k, 0.0) > 0]
-    if len(rose) == 1 and after[rose[0]] - before.get(rose[0], 0.0) == 1:
-        return rose[0]
-    return None
-
-
 def spread(args: argparse.Namespace) -> int:
     auth = {"Authorization": f"Bearer {args.token}"}
     ctx = ssl.create_default_context(cafile=args.cafile)
@@ -198,7 +186,7 @@ def spread(args: argparse.Namespace) -> int:
         # A new client per request: a new TCP connection and TLS handshake every time.
         with httpx2.Client(verify=ctx, timeout=10.0) as c:
             resp = c.post(args.url, content=body, headers=headers)
-        return resp, which_lcore(before, accepted_per_lcore(args.admin))
+        return resp, lcore_that_accepted(before, accepted_per_lcore(args.admin))
 
     for s in range(args.sessions):
         try:
@@ -214,7 +202,7 @@ def spread(args: argparse.Namespace) -> int:
                 continue
             calls = []
             for i in range(args.calls):
-                resp, lcore = post(jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, id=10 + i), sid)
+                resp, lcore = post(tool_body("whoami", id=10 + i), sid)
                 if resp.status_code != 200:
                     errors.append(f"session {s} call {i}: HTTP {resp.status_code}")
                     continue
@@ -241,22 +229,9 @@ def backend_send_queue(ports: list[int]) -> int:
     return best
 
 
-def dechunk_bytes(data: bytes) -> bytes:
-    out, i = bytearray(), 0
-    while True:
-        j = data.index(b"\r\n", i)
-        n = int(data[i:j].split(b";")[0], 16)
-        if n == 0:
-            return bytes(out)
-        out += data[j + 2 : j + 2 + n]
-        i = j + 2 + n + 2
-
-
 def stall(args: argparse.Namespace) -> int:
     import socket
     import urllib.parse
-
-    from mcp_helpers import metric_family, scrape
 
     auth = {"Authorization": f"Bearer {args.token}"}
     ctx = ssl.create_default_context(cafile=args.cafile)
@@ -302,7 +277,8 @@ def stall(args: argparse.Namespace) -> int:
     head_text = data[:head_end].decode("latin-1").lower()
     payload = bytes(data[head_end + 4 :])
     if "transfer-encoding: chunked" in head_text:
-        payload = dechunk_bytes(payload)
+        # latin-1 keeps every byte as one character: chunk sizes count bytes; framing is checked.
+        payload = dechunk(payload.decode("latin-1")).encode("latin-1")
     msgs = sse_messages(payload.decode())
     progress = [m["params"]["message"] for m in msgs if m.get("method") == "notifications/progress"]
     results = [m for m in msgs if m.get("id") == 7]

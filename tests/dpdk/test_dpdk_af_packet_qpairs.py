@@ -7,37 +7,24 @@ both lcores, and the pool must be whole at SIGTERM."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
 import dpdk_topo as dt
 import pytest
-from http_raw import MCP_ACCEPT, curl, initialize_via_curl, server_name
-from mcp_helpers import LEGACY_VERSION, jsonrpc, metric, metric_family, scrape, sse_messages
+from http_raw import MCP_ACCEPT, accepted_per_lcore, curl, initialize_via_curl, lcore_that_accepted, server_name
+from mcp_helpers import LEGACY_VERSION, jsonrpc, metric, metric_family, rpc_messages, scrape, tool_body
 
 pytestmark = pytest.mark.timeout(150)
 
 CALLS = 14
 
 
-class _Target:
-    """What the curl helpers need: the namespace, the URL, the CA file, the token."""
-
-    def __init__(self, topo: dt.Topology, cafile: str, token: str):
-        self.topo, self.cafile, self.token = topo, cafile, token
-        self.url = f"https://{topo.proxy_ip}:{dt.PROXY_PORT}/mcp"
-
-
-def accepted(admin: str) -> dict[str, float]:
-    return {dict(lbl)["lcore"]: v for lbl, v in metric_family(scrape(admin), "dpuproxy_lcore_accepted_total").items()}
-
-
 def which_lcore(admin: str, before: dict[str, float]) -> str:
-    after = accepted(admin)
-    rose = {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
-    assert len(rose) == 1 and list(rose.values()) == [1.0], f"one connection, but accept counts moved by {rose}"
-    return next(iter(rose))
+    after = accepted_per_lcore(admin)
+    lcore = lcore_that_accepted(before, after)
+    assert lcore is not None, f"one connection, but accept counts went {before} -> {after}"
+    return lcore
 
 
 def test_session_keeps_its_backend_across_lcores_over_af_packet_fanout(
@@ -48,12 +35,12 @@ def test_session_keeps_its_backend_across_lcores_over_af_packet_fanout(
     eal = dt.eal_args(topo.veth_root).replace("-l 1 ", "--lcores=0@1,1@1 ") + ",qpairs=2"
     run = start_proxy(ns_backends, "dpuproxy-af-packet-qpairs", "dpdk", eal=eal)
     try:
-        target = _Target(topo, tls_cert[0], jwt_auth.token)
+        target = dt.ProxyTarget(topo, tls_cert[0], jwt_auth.token)
         s = scrape(run.admin_url)
         assert metric(s, "dpuproxy_dpdk_steering", mode="software") == 1.0, "expected software steering"
         assert sorted(dict(lbl)["lcore"] for lbl in metric_family(s, "dpuproxy_lcore_queue")) == ["0", "1"]
 
-        before = accepted(run.admin_url)
+        before = accepted_per_lcore(run.admin_url)
         status, headers, body = initialize_via_curl(target)
         assert status == 200, (status, body[:300])
         lcores = [which_lcore(run.admin_url, before)]
@@ -65,11 +52,11 @@ def test_session_keeps_its_backend_across_lcores_over_af_packet_fanout(
         assert status in (200, 202), status
         served_by = []
         for i in range(CALLS):
-            before = accepted(run.admin_url)
-            status, h, body = curl(target, mcp, body=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, id=i + 2))
+            before = accepted_per_lcore(run.admin_url)
+            status, h, body = curl(target, mcp, body=tool_body("whoami", id=i + 2))
             assert status == 200, (status, body[:300])
             lcores.append(which_lcore(run.admin_url, before))
-            msgs = sse_messages(body) if "text/event-stream" in h.get("content-type", "") else [json.loads(body)]
+            msgs = rpc_messages(body, h.get("content-type", ""))
             served_by.append(next(m for m in msgs if "result" in m)["result"]["content"][0]["text"])
         assert set(served_by) == {backend}, f"session on {backend}, calls served by {served_by}"
         # 15 fresh connections: both lcores took some (all on one lcore has odds 2^-14).

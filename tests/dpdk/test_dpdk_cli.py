@@ -16,6 +16,7 @@ import time
 import dpdk_topo as dt
 import pytest
 from mcp_helpers import metric_family, scrape
+from proc_helpers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,7 +53,7 @@ def test_dpdk_mode_bad_eal_exits_with_one_line_error(topo, tls_cert, workdir):
 
 def test_auto_mode_falls_back_to_kernel(topo, tls_cert, workdir):
     cert, key = tls_cert
-    port, admin, backend = dt.free_port(), dt.free_port(), dt.free_port()
+    port, admin, backend = free_port(), free_port(), free_port()
     cmd = [
         dt.proxy_binary(), "run", "--mode", "auto",
         "--dpdk-eal", dt.eal_args(BAD_IFACE), "--dpdk-ip", f"{topo.proxy_ip}/24",
@@ -122,7 +123,7 @@ def test_two_lcores_program_our_rss_key_where_the_port_takes_it(topo, tls_cert, 
     """net_null accepts an RSS key and RETA: the proxy programs ours and runs hardware steering on
     two lcores (no traffic: this checks the set-up, the gauges and the clean stop)."""
     cert, key = tls_cert
-    admin = dt.free_port()
+    admin = free_port()
     eal = "--lcores=0@1,1@1 --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_null0"
     cmd = [
         dt.proxy_binary(), "run", "--mode", "dpdk", "--dpdk-eal", eal, "--dpdk-ip", "10.79.250.1/24",
@@ -140,7 +141,7 @@ def test_two_lcores_program_our_rss_key_where_the_port_takes_it(topo, tls_cert, 
 def test_one_queue_vdev_is_polled_by_one_lcore_and_says_so(topo, tls_cert, workdir):
     """af_packet has one queue pair: with two lcores given, one polls and the log says why."""
     cert, key = tls_cert
-    admin = dt.free_port()
+    admin = free_port()
     eal = dt.eal_args(topo.veth_root).replace("-l 1 ", "--lcores=0@1,1@1 ")
     cmd = [
         dt.proxy_binary(), "run", "--mode", "dpdk", "--dpdk-eal", eal, "--dpdk-ip", f"{topo.proxy_ip}/24",

@@ -18,11 +18,11 @@ import time
 import dpdk_topo as dt
 import pytest
 from http_raw import MCP_ACCEPT, curl, dechunk, initialize_via_curl, parse_http, server_name
-from mcp_helpers import INITIALIZE_PARAMS, backend_requests, jsonrpc, metric, metric_family, scrape
+from mcp_helpers import BACKEND_NAMES, INITIALIZE_PARAMS, backend_requests, jsonrpc, metric, metric_family, scrape
 
 pytestmark = pytest.mark.timeout(120)
 
-NAMES = {"b1", "b2", "b3"}
+
 def auth_rejections(admin_url: str) -> float:
     return sum(metric_family(scrape(admin_url), "dpuproxy_auth_rejections_total").values())
 
@@ -70,7 +70,7 @@ def test_curl_http11_initialize(dpdk_proxy):
     sid = headers.get("mcp-session-id")
     assert sid, f"no Mcp-Session-Id in {headers}"
     # curl has already decoded any chunked transfer coding.
-    assert server_name(body, headers.get("content-type", "")) in NAMES
+    assert server_name(body, headers.get("content-type", "")) in BACKEND_NAMES
     # And end the session: DELETE routed by affinity to the backend that minted it.
     status, headers, body = curl(
         p, ["-X", "DELETE", "-H", f"Mcp-Session-Id: {sid}", "-H", "MCP-Protocol-Version: 2025-11-25"]
@@ -107,7 +107,7 @@ def test_openssl_s_client_initialize(dpdk_proxy):
     status, headers, raw_body = parse_http(out)
     assert headers.get("mcp-session-id"), headers
     text = dechunk(raw_body) if "chunked" in headers.get("transfer-encoding", "") else raw_body
-    assert server_name(text, headers.get("content-type", "")) in NAMES
+    assert server_name(text, headers.get("content-type", "")) in BACKEND_NAMES
 
 
 def test_missing_token_401_without_backend_hit(dpdk_proxy):

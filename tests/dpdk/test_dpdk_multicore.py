@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import dpdk_topo as dt
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from mcp_helpers import metric, metric_family, parse_prometheus  # noqa: E402
+from mcp_helpers import metric, metric_family, parse_prometheus
+from proc_helpers import free_port, self_signed_cert, stop_process
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -39,20 +37,14 @@ def tap_topo(dpdk_env):
 
 @pytest.fixture(scope="module")
 def cert(workdir: Path, tap_topo) -> tuple[str, str]:
-    c, k = workdir / "mc-cert.pem", workdir / "mc-key.pem"
-    dt.sh(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(k), "-out", str(c), "-days", "2", "-subj", f"/CN={tap_topo.proxy_ip}",
-         "-addext", f"subjectAltName=IP:{tap_topo.proxy_ip}"],  # fmt: skip
-        timeout=30,
-    )
-    return str(c), str(k)
+    ip = tap_topo.proxy_ip
+    return self_signed_cert(workdir / "mc-cert.pem", workdir / "mc-key.pem", ip, [f"IP:{ip}"])
 
 
-class TwoLcoreProxy:
+class TwoLcoreProxy(dt.ProxyTarget):
     def __init__(self, run: dt.ProxyRun, topo: dt.TapTopology, admin: str, cafile: str, token: str):
-        self.run, self.topo, self.admin, self.cafile, self.token = run, topo, admin, cafile, token
-        self.url = f"https://{topo.proxy_ip}:{dt.PROXY_PORT}/mcp"
+        super().__init__(topo, cafile, token)
+        self.run, self.admin = run, admin
 
     def metrics(self):
         res = self.topo.nsh(["curl", "-sS", "-m", "5", f"{self.admin}/metrics"], timeout=10)
@@ -61,7 +53,7 @@ class TwoLcoreProxy:
 
 @pytest.fixture(scope="module")
 def proxy(tap_topo, cert, jwt_auth, workdir: Path):
-    admin_port = dt.free_port()
+    admin_port = free_port()
     cmd = tap_topo.ns_cmd(
         [dt.proxy_binary(), "run", "--mode", "dpdk", "--dpdk-eal", EAL.format(tap=tap_topo.veth_ns),
          "--dpdk-ip", f"{tap_topo.proxy_ip}/24", "--listen", f"{tap_topo.proxy_ip}:{dt.PROXY_PORT}",
@@ -84,7 +76,7 @@ def proxy(tap_topo, cert, jwt_auth, workdir: Path):
         if run.alive():
             run.terminate(timeout=10)
         for b in backends:
-            dt.stop_gently(b.proc, grace=3)
+            stop_process(b.proc, grace=3)
 
 
 def test_two_lcores_poll_with_software_steering(proxy):

@@ -30,29 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mcp_helpers import BACKEND_NAMES
+from proc_helpers import REPO, free_port, require_proxy_binary, self_signed_cert, stop_process, tail
 
-REPO = Path(__file__).resolve().parents[2]
 BACKEND_SCRIPT = REPO / "scripts" / "mcp_backend.py"
-BACKEND_NAMES = ("b1", "b2", "b3")
 STARTUP_TIMEOUT = float(os.environ.get("DPUPROXY_STARTUP_TIMEOUT", "20"))
 
 _PROXY_STDERR: Path | None = None
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tail(path: Path | None, limit: int = 6000) -> str:
-    if path is None or not path.exists():
-        return "<no output captured>"
-    data = path.read_bytes()[-limit:]
-    return data.decode("utf-8", "replace") or "<empty>"
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, logs: list[Path], timeout: float) -> None:
@@ -70,24 +57,6 @@ def wait_for_port(port: int, proc: subprocess.Popen, what: str, logs: list[Path]
             time.sleep(0.05)
     out = "\n".join(f"--- {p.name} ---\n{tail(p)}" for p in logs)
     pytest.fail(f"{what} did not listen on 127.0.0.1:{port} within {timeout:g}s\n{out}", pytrace=False)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group we created for `proc`, then SIGKILL it after 5 s."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=5)
 
 
 def kernel_tls_available() -> bool:
@@ -144,12 +113,6 @@ class Proxy:
                 return b
         raise KeyError(name)
 
-    def backend_by_addr(self, addr: str) -> Backend:
-        for b in self.backends:
-            if b.addr == addr:
-                return b
-        raise KeyError(addr)
-
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -184,33 +147,20 @@ def backends(workdir: Path):
 
 @pytest.fixture(scope="session")
 def tls_cert(workdir: Path) -> tuple[str, str]:
-    cert, key = workdir / "cert.pem", workdir / "key.pem"
-    cmd = [
-        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-    ]  # fmt: skip
     try:
-        res = subprocess.run(cmd, capture_output=True, timeout=30)
+        sans = ["IP:127.0.0.1", "DNS:localhost"]
+        return self_signed_cert(workdir / "cert.pem", workdir / "key.pem", "localhost", sans)
     except FileNotFoundError:
         pytest.fail("the openssl CLI is needed to make the test certificate (apt-get install openssl)", pytrace=False)
-    if res.returncode != 0:
-        pytest.fail(f"openssl failed ({res.returncode}): {res.stderr.decode(errors='replace')}", pytrace=False)
-    return str(cert), str(key)
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def proxy_binary() -> list[str]:
-    raw = os.environ.get("DPUPROXY_BIN") or str(REPO / "target" / "debug" / "dpuproxy")
-    path = Path(raw)
-    if not path.is_file():
-        pytest.fail(
-            f"dpuproxy binary not found at {path} (set DPUPROXY_BIN, or build it: cargo build). "
-            "These end-to-end tests need the real proxy; they do not skip without it.",
-            pytrace=False,
-        )
-    if not os.access(path, os.X_OK):
-        pytest.fail(f"dpuproxy binary {path} is not executable", pytrace=False)
-    return [str(path)]
+    try:
+        return [str(require_proxy_binary())]
+    except (FileNotFoundError, PermissionError) as e:
+        pytest.fail(f"{e}. These end-to-end tests need the real proxy; they do not skip without it.", pytrace=False)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 LEGACY_VERSION = "2025-11-25"  # what the SDK's handshake-era client negotiates
 MODERN_VERSION = "2026-07-28"
 READ_TIMEOUT = 15.0  # per MCP request
+BACKEND_NAMES = ("b1", "b2", "b3")  # the demo backends every suite starts (scripts/mcp_backend.py --name)
 
 T = TypeVar("T")
 
@@ -134,6 +135,11 @@ def jsonrpc(method: str, params: dict | None = None, id: int | None = 1) -> byte
     return json.dumps(msg).encode()
 
 
+def tool_body(tool: str, arguments: dict | None = None, id: int = 2) -> bytes:
+    """A handshake-era tools/call request body."""
+    return jsonrpc("tools/call", {"name": tool, "arguments": arguments or {}}, id)
+
+
 INITIALIZE_PARAMS = {
     "protocolVersion": LEGACY_VERSION,
     "capabilities": {},
@@ -150,6 +156,12 @@ def sse_messages(body: str) -> list[dict]:
             if data:
                 out.append(json.loads(data))
     return out
+
+
+def rpc_messages(text: str, ctype: str) -> list[dict]:
+    """The JSON-RPC messages of a POST's response body: the SSE events' payloads for
+    text/event-stream, else the body itself as one JSON document."""
+    return sse_messages(text) if "text/event-stream" in ctype else [json.loads(text)]
 
 
 # ---------------------------------------------------------------------------- admin

@@ -22,7 +22,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ from auth_helpers import (
 )
 from conftest import Proxy, launch_proxy
 from mcp_helpers import (
+    BACKEND_NAMES,
     INITIALIZE_PARAMS,
     MODERN_VERSION,
     Metrics,
@@ -67,15 +68,15 @@ from mcp_helpers import (
     modern_client,
     raw_client,
     result_text,
+    rpc_messages,
     run,
     scrape,
-    sse_messages,
+    tool_body,
     whoami,
 )
 
 pytestmark = pytest.mark.timeout(120)
 
-NAMES = {"b1", "b2", "b3"}
 SCOPE_RULE = "tools/call:echo=mcp:echo"
 RELOAD_WITHIN = 5.0  # seconds a JWKS change may take to be picked up (poll 1 s / SIGHUP)
 JWKS_PAD = 16384  # rotating JWKS files are padded to this size so the size never changes
@@ -101,7 +102,7 @@ class AuthProxy:
 
     @property
     def resource(self) -> str:
-        return f"https://{self.host}/mcp"
+        return self.proxy.url
 
 
 @pytest.fixture(scope="module")
@@ -301,8 +302,7 @@ def rpc_result(resp: httpx2.Response | RawResponse) -> dict:
     """The JSON-RPC response of a POST answered with application/json or an SSE stream."""
     ctype = header_of(resp, "content-type") or ""
     text = body_of(resp).decode("utf-8", "replace")
-    msgs = sse_messages(text) if ctype.startswith("text/event-stream") else [json.loads(text)]
-    responses = [m for m in msgs if "id" in m and ("result" in m or "error" in m)]
+    responses = [m for m in rpc_messages(text, ctype) if "id" in m and ("result" in m or "error" in m)]
     assert responses, f"no JSON-RPC response in {text[:300]!r}"
     return responses[-1]
 
@@ -350,7 +350,7 @@ def token_accepted(ap: AuthProxy, token: str) -> int:
     r = modern_call(ap, token)
     if r.status_code == 200:
         res = rpc_result(r)
-        assert "result" in res and res["result"]["content"][0]["text"] in NAMES, res
+        assert "result" in res and res["result"]["content"][0]["text"] in BACKEND_NAMES, res
     return r.status_code
 
 
@@ -372,7 +372,7 @@ def raw_initialize(ap: AuthProxy, token: str) -> httpx2.Response:
                       content=jsonrpc("initialize", INITIALIZE_PARAMS))  # fmt: skip
         if r.status_code == 200:
             res = rpc_result(r)
-            assert res["result"]["serverInfo"]["name"] in NAMES, res
+            assert res["result"]["serverInfo"]["name"] in BACKEND_NAMES, res
             sid = r.headers.get("mcp-session-id")
             assert sid, "initialize through the proxy returned no Mcp-Session-Id"
             d = http.delete(ap.proxy.url, headers={**mcp_headers(sid), **bearer(token)})
@@ -398,19 +398,16 @@ def legacy_call(
     return http.post(ap.proxy.url, headers={**mcp_headers(sid), **bearer(token), **(extra or {})}, content=body)
 
 
-def tool_body(tool: str, arguments: dict | None = None, id: int = 2) -> bytes:
-    return jsonrpc("tools/call", {"name": tool, "arguments": arguments or {}}, id)
-
-
-def assert_tool_text(resp: httpx2.Response, expected: str | set[str]) -> None:
+def assert_tool_text(resp: httpx2.Response, expected: str | Collection[str]) -> None:
+    """A successful tools/call whose text is `expected` (a string) or one of `expected`."""
     assert resp.status_code == 200, f"tools/call -> {resp.status_code} {resp.text[:300]}"
     res = rpc_result(resp)
     assert "result" in res and not res["result"].get("isError"), res
     text = res["result"]["content"][0]["text"]
-    if isinstance(expected, set):
-        assert text in expected, text
-    else:
+    if isinstance(expected, str):
         assert text == expected, text
+    else:
+        assert text in expected, text
 
 
 # ---------------------------------------------------------------------------- (a) valid token, SDK session
@@ -433,7 +430,7 @@ def test_valid_token_sdk_session_and_forwarded_headers(auth_proxy, keys, mode):
 
     version, who, echoed, seen = run(body)
     assert version == ("2025-11-25" if mode == "legacy" else MODERN_VERSION)
-    assert who in NAMES
+    assert who in BACKEND_NAMES
     assert echoed == "through auth"
     assert "authorization" not in seen, f"the bearer token reached the backend: {seen.get('authorization')!r}"
     assert seen.get("x-authenticated-subject") == SUBJECT, (
@@ -630,7 +627,7 @@ def test_token_accepted(auth_proxy, keys, build):
         r = http.post(ap.proxy.url, headers={**modern_headers(None, "whoami"), "authorization": value},
                       content=modern_tool_body("whoami"))  # fmt: skip
     assert r.status_code == 200, f"{r.status_code} {r.headers.get('www-authenticate')} {r.text[:300]}"
-    assert_tool_text(r, NAMES)
+    assert_tool_text(r, BACKEND_NAMES)
 
 
 # ---------------------------------------------------------------------------- (c) algorithms
@@ -654,7 +651,7 @@ def test_scope_rule_per_tool(scope_proxy, keys):
     with_scope = rs256(keys["rsa1"], scope="mcp:read mcp:echo")
     with raw_client(ap.proxy.cafile) as http:
         sid = raw_legacy_session(http, ap, no_scope)  # initialize needs no scope
-        assert_tool_text(legacy_call(http, ap, sid, no_scope, tool_body("whoami")), NAMES)
+        assert_tool_text(legacy_call(http, ap, sid, no_scope, tool_body("whoami")), BACKEND_NAMES)
 
         before = scrape(ap.proxy.admin_url)
         r = legacy_call(http, ap, sid, no_scope, tool_body("echo", {"text": "x"}, 3))
@@ -676,7 +673,7 @@ def test_scope_sdk_session_with_scope(scope_proxy, keys):
             return await whoami(client), result_text(await client.call_tool("echo", {"text": "ok"}))
 
     who, echoed = run(body)
-    assert who in NAMES and echoed == "ok"
+    assert who in BACKEND_NAMES and echoed == "ok"
 
 
 SCOPE_VARIANTS = [

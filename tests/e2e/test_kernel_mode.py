@@ -12,6 +12,7 @@ import time
 import httpx2
 import pytest
 from mcp_helpers import (
+    BACKEND_NAMES,
     INITIALIZE_PARAMS,
     backend_requests,
     jsonrpc,
@@ -20,31 +21,31 @@ from mcp_helpers import (
     metric,
     metric_family,
     modern_client,
+    parse_prometheus,
     raw_client,
     result_text,
     run,
     scrape,
     sessions,
     sse_messages,
+    tool_body,
     whoami,
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-NAMES = {"b1", "b2", "b3"}
 
 
 def test_affinity_within_session(proxy):
     async def body():
         async with legacy_session(proxy.url, proxy.cafile) as (client, tracker):
             assert client.protocol_version == "2025-11-25"
-            assert client.server_info is not None and client.server_info.name in NAMES
+            assert client.server_info is not None and client.server_info.name in BACKEND_NAMES
             answers = [await whoami(client) for _ in range(6)]
             echoed = result_text(await client.call_tool("echo", {"text": "affinity"}))
             return client.server_info.name, answers, echoed, tracker
 
     server_name, answers, echoed, tracker = run(body)
-    assert set(answers) <= NAMES, answers
+    assert set(answers) <= set(BACKEND_NAMES), answers
     assert len(set(answers)) == 1, f"one session was served by several backends: {answers}"
     assert answers[0] == server_name, f"initialize went to {server_name}, later calls to {answers[0]}"
     assert echoed == "affinity"
@@ -114,15 +115,13 @@ def test_get_sse_stream_is_routed_and_ends_on_delete(proxy):
         assert sid, f"initialize response without Mcp-Session-Id: {dict(r.headers)}"
         assert r.headers["content-type"].startswith("text/event-stream")
         init = sse_messages(r.text)
-        assert init and init[-1]["id"] == 1 and init[-1]["result"]["serverInfo"]["name"] in NAMES
+        assert init and init[-1]["id"] == 1 and init[-1]["result"]["serverInfo"]["name"] in BACKEND_NAMES
         backend = init[-1]["result"]["serverInfo"]["name"]
 
         r = http.post(proxy.url, headers=mcp_headers(sid), content=jsonrpc("notifications/initialized", id=None))
         assert r.status_code == 202, f"notifications/initialized -> {r.status_code} {r.text[:300]}"
 
-        r = http.post(
-            proxy.url, headers=mcp_headers(sid), content=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, 2)
-        )
+        r = http.post(proxy.url, headers=mcp_headers(sid), content=tool_body("whoami", id=2))
         assert r.status_code == 200
         assert sse_messages(r.text)[-1]["result"]["content"][0]["text"] == backend
 
@@ -156,9 +155,7 @@ def test_get_sse_stream_is_routed_and_ends_on_delete(proxy):
         assert got["headers_after"] < 5, f"GET stream headers took {got['headers_after']:.1f}s"
         assert ended.is_set(), f"GET stream did not end after DELETE: {got.get('error')}"
 
-        r = http.post(
-            proxy.url, headers=mcp_headers(sid), content=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, 3)
-        )
+        r = http.post(proxy.url, headers=mcp_headers(sid), content=tool_body("whoami", id=3))
         assert r.status_code == 404, f"POST on deleted session -> {r.status_code}"
 
 
@@ -175,9 +172,7 @@ def test_delete_then_404(proxy):
     assert tracker.delete_statuses == [200], f"SDK DELETE on close got {tracker.delete_statuses}"
 
     with raw_client(proxy.cafile) as http:
-        r = http.post(
-            proxy.url, headers=mcp_headers(sid), content=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, 7)
-        )
+        r = http.post(proxy.url, headers=mcp_headers(sid), content=tool_body("whoami", id=7))
     assert r.status_code == 404, f"reusing terminated session {sid[:8]} (on {who}) gave HTTP {r.status_code}"
 
     deadline = time.monotonic() + 5
@@ -195,7 +190,7 @@ def test_unknown_session_id_404_without_touching_backends(proxy):
         r = http.post(
             proxy.url,
             headers=mcp_headers("nosuchsession"),
-            content=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, 1),
+            content=tool_body("whoami", id=1),
         )
     assert r.status_code == 404, f"unknown Mcp-Session-Id -> HTTP {r.status_code} {r.text[:300]}"
     after = backend_requests(scrape(proxy.admin_url))
@@ -208,7 +203,7 @@ def test_session_id_with_invisible_char_is_400(proxy):
         r = http.post(
             proxy.url,
             headers=mcp_headers("bad session"),  # a space (0x20) is outside the allowed 0x21-0x7E
-            content=jsonrpc("tools/call", {"name": "whoami", "arguments": {}}, 1),
+            content=tool_body("whoami", id=1),
         )
     assert r.status_code == 400, f"Mcp-Session-Id with a space -> HTTP {r.status_code} {r.text[:300]}"
     after = backend_requests(scrape(proxy.admin_url))
@@ -232,7 +227,7 @@ def test_stateless_2026_client(proxy):
         return who, echoed, seen, done, tracker
 
     who, echoed, seen, done, tracker = run(body)
-    assert who in NAMES
+    assert who in BACKEND_NAMES
     assert echoed == "stateless"
     assert seen == [1.0, 2.0], f"2026-07-28 progress notifications: {seen}"
     assert done.startswith("done after 2 steps from b")
@@ -279,7 +274,9 @@ def test_metrics_and_sessions(proxy, expect_ktls):
         assert v is not None, f'dpuproxy_tls_record_path_total{{path="{path}"}} missing'
         if not expect_ktls:
             assert v == 0, f"kTLS is unavailable here but path {path} counted {v}"
-    for labels, v in metric_family(samples, "dpuproxy_errors_total").items():
+    errors = metric_family(samples, "dpuproxy_errors_total")
+    assert errors, "dpuproxy_errors_total{kind=...} missing from /metrics"
+    for labels, v in errors.items():
         assert "kind" in dict(labels) and v >= 0, (labels, v)
 
 
@@ -287,7 +284,7 @@ def test_metrics_endpoint_is_prometheus_text(proxy):
     r = httpx2.get(f"{proxy.admin_url}/metrics", timeout=5.0)
     assert r.status_code == 200
     assert r.headers.get("content-type", "").startswith("text/plain"), r.headers.get("content-type")
-    names = {line.split("{")[0].split()[0] for line in r.text.splitlines() if line and not line.startswith("#")}
+    names = {name for name, _ in parse_prometheus(r.text)}  # every sample line must parse
     for needed in (
         "dpuproxy_requests_total",
         "dpuproxy_sessions_active",

@@ -18,24 +18,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("DPUPROXY_BIN", REPO / "target" / "debug" / "dpuproxy"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))  # the shared proc_helpers
+
+from proc_helpers import require_proxy_binary, self_signed_cert, stop_process, strip_ansi, tail  # noqa: E402
+
 STARTUP_TIMEOUT = float(os.environ.get("DPUPROXY_STARTUP_TIMEOUT", "20"))
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def tail(path: Path, limit: int = 4000) -> str:
-    if not path.exists():
-        return "<none>"
-    return ANSI.sub("", path.read_bytes()[-limit:].decode("utf-8", "replace")) or "<empty>"
 
 
 @dataclasses.dataclass
@@ -51,38 +46,31 @@ class EchoServer:
         want = f"peer=127.0.0.1:{local_port} " if local_port is not None else ""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = ANSI.sub("", self.stderr_path.read_text(errors="replace"))
+            text = self.log_text()
             lines = [ln for ln in text.splitlines() if "tls-echo connection" in ln and want in ln]
             if lines:
                 assert len(lines) == 1, lines
                 return {k: v.strip('"') for k, v in FIELD.findall(lines[0])}
             time.sleep(0.05)
-        pytest.fail(f"no connection log for local port {local_port}\n{tail(self.stderr_path)}", pytrace=False)
+        pytest.fail(f"no connection log for local port {local_port}\n{tail(self.stderr_path, 4000)}", pytrace=False)
 
     def log_text(self) -> str:
-        return ANSI.sub("", self.stderr_path.read_text(errors="replace"))
+        return strip_ansi(self.stderr_path.read_text(errors="replace"))
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
+def proxy_binary() -> str:
+    """The dpuproxy binary (DPUPROXY_BIN or target/debug); a clear failure if it is missing."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+        return str(require_proxy_binary())
+    except (FileNotFoundError, PermissionError) as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 def _start(workdir: Path, name: str, cert: Path, key: Path):
-    if not BIN.exists():
-        pytest.fail(f"{BIN} is missing: run `cargo build -p dpuproxy` first", pytrace=False)
     out, err = workdir / f"{name}.stdout", workdir / f"{name}.stderr"
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(
-            [str(BIN), "tls-echo", "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)],
+            [proxy_binary(), "tls-echo", "--listen", "127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key)],
             stdin=subprocess.DEVNULL,
             stdout=fo,
             stderr=fe,
@@ -95,10 +83,10 @@ def _start(workdir: Path, name: str, cert: Path, key: Path):
         if m:
             return EchoServer(int(m.group(1)), str(cert), err, proc)
         if proc.poll() is not None:
-            pytest.fail(f"tls-echo exited with {proc.returncode}\n{tail(err)}", pytrace=False)
+            pytest.fail(f"tls-echo exited with {proc.returncode}\n{tail(err, 4000)}", pytrace=False)
         time.sleep(0.05)
-    _stop(proc)
-    pytest.fail(f"tls-echo did not listen within {STARTUP_TIMEOUT:g}s\n{tail(err)}", pytrace=False)
+    stop_process(proc)
+    pytest.fail(f"tls-echo did not listen within {STARTUP_TIMEOUT:g}s\n{tail(err, 4000)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +98,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def ec_cert(workdir: Path) -> tuple[Path, Path]:
     """EC P-256, made by `dpuproxy gen-cert` (for ECDSA suites and TLS 1.3)."""
     cert, key = workdir / "ec-cert.pem", workdir / "ec-key.pem"
-    res = subprocess.run([str(BIN), "gen-cert", "--cert", str(cert), "--key", str(key)], capture_output=True, timeout=60)
+    cmd = [proxy_binary(), "gen-cert", "--cert", str(cert), "--key", str(key)]
+    res = subprocess.run(cmd, capture_output=True, timeout=60)
     assert res.returncode == 0, res.stderr.decode(errors="replace")
     return cert, key
 
@@ -119,12 +108,7 @@ def ec_cert(workdir: Path) -> tuple[Path, Path]:
 def rsa_cert(workdir: Path) -> tuple[Path, Path]:
     """RSA 2048 (for ECDHE-RSA suites), made by the openssl CLI."""
     cert, key = workdir / "rsa-cert.pem", workdir / "rsa-key.pem"
-    cmd = [
-        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-        "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, timeout=60)
-    assert res.returncode == 0, res.stderr.decode(errors="replace")
+    self_signed_cert(cert, key, "localhost", ["IP:127.0.0.1", "DNS:localhost"], newkey="rsa:2048", timeout=60)
     return cert, key
 
 
@@ -132,14 +116,14 @@ def rsa_cert(workdir: Path) -> tuple[Path, Path]:
 def echo_ec(workdir: Path, ec_cert):
     srv = _start(workdir, "echo-ec", *ec_cert)
     yield srv
-    _stop(srv.proc)
+    stop_process(srv.proc)
 
 
 @pytest.fixture(scope="session")
 def echo_rsa(workdir: Path, rsa_cert):
     srv = _start(workdir, "echo-rsa", *rsa_cert)
     yield srv
-    _stop(srv.proc)
+    stop_process(srv.proc)
 
 
 @pytest.fixture
@@ -147,4 +131,4 @@ def echo_fresh(tmp_path: Path, ec_cert):
     """A server of its own, for tests whose client cannot tell its local port (s_client)."""
     srv = _start(tmp_path, "echo", *ec_cert)
     yield srv
-    _stop(srv.proc)
+    stop_process(srv.proc)
