@@ -26,6 +26,8 @@ use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
+use crate::mcp::Call;
+
 /// Why a request was refused. Each has a metric label and a status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -559,8 +561,8 @@ pub struct Authenticator {
     /// Counters.
     pub stats: AuthStats,
     unknown_kid: AtomicBool,
-    /// Key-set replacements so far.
-    pub key_generation: AtomicU64,
+    /// Key-set replacements so far (tags cache entries).
+    key_generation: AtomicU64,
 }
 
 impl Authenticator {
@@ -782,23 +784,21 @@ impl Authenticator {
         })
     }
 
-    /// Scopes this request needs that the principal lacks (empty: allowed).
-    pub fn missing_scopes(
-        &self,
-        principal: &Principal,
-        method: Option<&str>,
-        name: Option<&str>,
-    ) -> Vec<String> {
+    /// Scopes that the calls of one request need and the principal lacks,
+    /// each once, in call then rule order (empty: allowed).
+    pub fn missing_scopes(&self, principal: &Principal, calls: &[Call]) -> Vec<String> {
         let mut missing = Vec::new();
-        for rule in self
-            .config
-            .scope_rules
-            .iter()
-            .filter(|r| r.matches(method, name))
-        {
-            for s in &rule.scopes {
-                if !principal.scopes.contains(s) && !missing.contains(s) {
-                    missing.push(s.clone());
+        for c in calls {
+            for rule in self
+                .config
+                .scope_rules
+                .iter()
+                .filter(|r| r.matches(c.method.as_deref(), c.name.as_deref()))
+            {
+                for s in &rule.scopes {
+                    if !principal.scopes.contains(s) && !missing.contains(s) {
+                        missing.push(s.clone());
+                    }
                 }
             }
         }
@@ -829,9 +829,12 @@ pub fn sanitized_host(host: Option<&[u8]>) -> Option<String> {
     ok.then(|| h.to_string())
 }
 
+/// RFC 9728 well-known path for protected-resource metadata.
+pub(crate) const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
 /// The metadata URL advertised in challenges.
-pub fn metadata_url(host: &str) -> String {
-    format!("https://{host}/.well-known/oauth-protected-resource")
+pub(crate) fn metadata_url(host: &str) -> String {
+    format!("https://{host}{WELL_KNOWN}")
 }
 
 /// The `WWW-Authenticate` value for a rejection (RFC 6750 §3).

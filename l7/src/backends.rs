@@ -8,7 +8,9 @@
 //!   the fewest requests in flight, ties broken round-robin (stateless
 //!   requests).
 //! - Health changes come from the data path: a failed connect marks a
-//!   backend down for new sessions; a successful probe marks it up.
+//!   backend down, so neither pick returns it (no new session and no
+//!   stateless request goes there; requests of sessions already bound to it
+//!   still do); a successful probe or connect marks it up.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -26,7 +28,8 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Whether new sessions may go here.
+    /// Whether the picks may choose it (new sessions and stateless
+    /// requests); requests of sessions already bound to it ignore this.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }

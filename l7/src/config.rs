@@ -1,7 +1,9 @@
 //! Every limit and timeout of the L7 core, with its default.
 //!
 //! Each value is named here once; the CLI/TOML layer in `ctl` maps onto
-//! these fields, and each has a test at its limit in the core tests.
+//! these fields. Most are tested at their limit in the core tests; not yet
+//! `connect_timeout`, `max_response_header_bytes`, `max_pipelined_bytes`
+//! and `max_sessions` (the affinity table's bound has a unit test).
 
 use std::time::Duration;
 

@@ -26,20 +26,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::Shared;
 use crate::auth::{self, Rejection};
 use crate::http::{
     self, BodyFraming, CHUNKED_END, ChunkedDecoder, HttpError, RequestHead, ResponseHead,
     encode_chunk, header, header_count, header_has_token, is_hop_by_hop, reason_phrase,
 };
-
-/// RFC 9728 well-known path for protected-resource metadata.
-const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
-/// Header that carries the token's `sub` to backends (lowercase).
-const SUBJECT_HEADER: &str = "x-authenticated-subject";
 use crate::mcp::{self, McpError, Route};
 use crate::metrics::ErrorKind;
 use crate::sse::{KEEPALIVE, SseTracker};
+use crate::{CoreConfig, Shared};
+
+/// Header that carries the token's `sub` to backends (lowercase).
+const SUBJECT_HEADER: &str = "x-authenticated-subject";
 
 /// Something only the driver can do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +83,16 @@ struct InFlight {
     retried_fresh: bool,
 }
 
+impl InFlight {
+    /// Whether a backend close before any response byte may be answered by
+    /// sending the request again on a fresh connection: only after a pooled
+    /// connection, only once, and only for idempotent methods (RFC 9110
+    /// §9.2.2: a POST may have been read and run).
+    fn may_retry_fresh(&self) -> bool {
+        self.reused && !self.retried_fresh && is_idempotent(&self.method)
+    }
+}
+
 #[derive(Debug)]
 enum BodyDecoder {
     Length(u64),
@@ -103,12 +111,35 @@ struct Relay {
     last_downstream: Instant,
 }
 
+impl Relay {
+    /// When the backend has been silent for too long.
+    fn idle_deadline(&self, cfg: &CoreConfig) -> Instant {
+        let idle = if self.sse.is_some() {
+            cfg.sse_idle_timeout
+        } else {
+            cfg.response_timeout
+        };
+        self.last_upstream + idle
+    }
+
+    /// When the next SSE keepalive is due, if one may be sent at all:
+    /// keepalives are on, the stream is re-chunked towards the client, and
+    /// it is between events (mid-event the stream is not idle, and the next
+    /// backend bytes move the deadline).
+    fn keepalive_due(&self, cfg: &CoreConfig) -> Option<Instant> {
+        let ka = cfg.sse_keepalive_interval;
+        (!ka.is_zero() && self.chunked_down && self.sse.as_ref().is_some_and(|s| s.at_boundary()))
+            .then(|| self.last_downstream + ka)
+    }
+}
+
 #[derive(Debug)]
 enum State {
     /// Between requests on a keep-alive connection.
     Idle { since: Instant },
-    /// Part of a head has arrived.
-    ReadingHead { since: Instant },
+    /// Part of a head has arrived; the first `scanned` bytes of it hold
+    /// no terminator and no bare LF.
+    ReadingHead { since: Instant, scanned: usize },
     /// The head is in; reading the body.
     ReadingBody {
         since: Instant,
@@ -140,7 +171,6 @@ pub struct Connection {
     /// Reused output buffer of the chunked decoder.
     decode_scratch: Vec<u8>,
     actions: VecDeque<Action>,
-    close_after_flush: bool,
 }
 
 /// Methods whose requests may be sent again (RFC 9110 §9.2.2).
@@ -164,6 +194,17 @@ fn folded_name_is(name: &str, lower_dashed: &str) -> bool {
             .bytes()
             .zip(lower_dashed.bytes())
             .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
+/// Whether a `Content-Type` value is `text/event-stream` (ASCII case
+/// insensitive, after leading whitespace as [`str::trim_start`] sees it).
+fn is_event_stream(content_type: &[u8]) -> bool {
+    const SSE: &[u8] = b"text/event-stream";
+    // The type is ASCII, so it can only sit in the leading valid UTF-8.
+    let valid = content_type.utf8_chunks().next().map_or("", |c| c.valid());
+    let v = valid.trim_start().as_bytes();
+    v.get(..SSE.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(SSE))
 }
 
 fn jsonrpc_error_body(status: u16, message: &str) -> Vec<u8> {
@@ -196,7 +237,6 @@ impl Connection {
             to_upstream: Vec::new(),
             decode_scratch: Vec::new(),
             actions: VecDeque::new(),
-            close_after_flush: false,
         }
     }
 
@@ -204,7 +244,7 @@ impl Connection {
 
     /// Plaintext bytes from the client.
     pub fn handle_downstream_data(&mut self, now: Instant, data: &[u8]) {
-        if matches!(self.state, State::Closed) || self.close_after_flush {
+        if matches!(self.state, State::Closed) {
             return;
         }
         self.client_in.extend_from_slice(data);
@@ -256,8 +296,13 @@ impl Connection {
         }
         req.reused = reused;
         self.shared.backends.request_started(req.backend);
-        self.to_upstream = std::mem::take(&mut req.request_bytes);
-        req.request_bytes = self.to_upstream.clone();
+        // The request is kept only while a fresh-connection retry is
+        // still possible (see `upstream_ended`).
+        self.to_upstream = if req.may_retry_fresh() {
+            req.request_bytes.clone()
+        } else {
+            std::mem::take(&mut req.request_bytes)
+        };
         self.upstream_in.clear();
         self.state = State::AwaitingResponse { since: now, req };
     }
@@ -307,16 +352,7 @@ impl Connection {
                 });
                 self.state = State::Connecting { since: now, req };
             }
-            None => {
-                shared.metrics.error(ErrorKind::NoBackend);
-                self.local_response(
-                    now,
-                    503,
-                    "no healthy backend",
-                    req.client_keep_alive,
-                    &[("Retry-After", "1")],
-                );
-            }
+            None => self.no_backend(now, req.client_keep_alive),
         }
     }
 
@@ -348,14 +384,8 @@ impl Connection {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::AwaitingResponse { mut req, .. } => {
                 self.shared.backends.request_finished(req.backend);
-                if req.reused
-                    && !req.retried_fresh
-                    && self.upstream_in.is_empty()
-                    && is_idempotent(&req.method)
-                {
+                if self.upstream_in.is_empty() && req.may_retry_fresh() {
                     // A pooled connection the backend had already closed.
-                    // Only idempotent requests are sent again (RFC 9110
-                    // §9.2.2): a POST may have been read and run.
                     req.retried_fresh = true;
                     self.to_upstream.clear();
                     self.actions.push_back(Action::AbortUpstream);
@@ -384,7 +414,7 @@ impl Connection {
                 self.shared.backends.request_finished(req.backend);
                 self.shared.metrics.error(ErrorKind::UpstreamReset);
                 self.actions.push_back(Action::AbortUpstream);
-                self.end_broken_stream(&req, &mut relay);
+                self.end_broken_stream(&mut relay);
             }
             other => self.state = other,
         }
@@ -394,7 +424,7 @@ impl Connection {
     /// cleanly (terminating chunk, then close) so the client can reconnect;
     /// anything else is cut hard so the client cannot mistake a truncated
     /// body for a whole one.
-    fn end_broken_stream(&mut self, _req: &InFlight, relay: &mut Relay) {
+    fn end_broken_stream(&mut self, relay: &mut Relay) {
         let clean = relay.chunked_down && relay.sse.as_ref().is_some_and(|s| s.at_boundary());
         if relay.sse.is_some() {
             self.shared.metrics.sse_ended();
@@ -402,7 +432,6 @@ impl Connection {
         self.state = State::Closed;
         if clean {
             self.to_client.extend_from_slice(CHUNKED_END);
-            self.close_after_flush = true;
             self.actions
                 .push_back(Action::CloseDownstream { flush: true });
         } else {
@@ -423,7 +452,7 @@ impl Connection {
                         .push_back(Action::CloseDownstream { flush: true });
                 }
             }
-            State::ReadingHead { since } | State::ReadingBody { since, .. } => {
+            State::ReadingHead { since, .. } | State::ReadingBody { since, .. } => {
                 if now >= *since + cfg.request_timeout {
                     self.shared.metrics.error(ErrorKind::ClientTimeout);
                     self.local_response(now, 408, "request not received in time", false, &[]);
@@ -461,31 +490,20 @@ impl Connection {
                 }
             }
             State::Relaying { relay, req } => {
-                let idle_limit = if relay.sse.is_some() {
-                    cfg.sse_idle_timeout
-                } else {
-                    cfg.response_timeout
-                };
-                if now >= relay.last_upstream + idle_limit {
+                if now >= relay.idle_deadline(cfg) {
                     self.shared.backends.request_finished(req.backend);
                     self.shared.metrics.error(ErrorKind::UpstreamTimeout);
                     self.to_upstream.clear();
                     self.actions.push_back(Action::AbortUpstream);
-                    let State::Relaying { req, mut relay } =
+                    let State::Relaying { mut relay, .. } =
                         std::mem::replace(&mut self.state, State::Closed)
                     else {
                         unreachable!("matched above")
                     };
-                    self.end_broken_stream(&req, &mut relay);
+                    self.end_broken_stream(&mut relay);
                     return;
                 }
-                let ka = cfg.sse_keepalive_interval;
-                if let Some(sse) = &relay.sse
-                    && !ka.is_zero()
-                    && relay.chunked_down
-                    && sse.at_boundary()
-                    && now >= relay.last_downstream + ka
-                {
+                if relay.keepalive_due(cfg).is_some_and(|t| now >= t) {
                     encode_chunk(KEEPALIVE, &mut self.to_client);
                     relay.last_downstream = now;
                     self.shared
@@ -539,7 +557,6 @@ impl Connection {
         // unparsed input to one head or a window of pipelined requests.
         let input_limit = cfg.max_pipelined_bytes.max(cfg.max_header_bytes);
         !matches!(self.state, State::Closed)
-            && !self.close_after_flush
             && self.client_in.len() < input_limit
             && self.to_client.len() < cfg.max_downstream_buffer
     }
@@ -559,35 +576,17 @@ impl Connection {
         let cfg = &self.shared.config;
         match &self.state {
             State::Idle { since } => Some(*since + cfg.client_idle_timeout),
-            State::ReadingHead { since } | State::ReadingBody { since, .. } => {
+            State::ReadingHead { since, .. } | State::ReadingBody { since, .. } => {
                 Some(*since + cfg.request_timeout)
             }
             State::Connecting { since, .. } => Some(*since + cfg.connect_timeout),
             State::AwaitingResponse { since, .. } => Some(*since + cfg.response_timeout),
             State::Relaying { relay, .. } => {
-                let idle = if relay.sse.is_some() {
-                    cfg.sse_idle_timeout
-                } else {
-                    cfg.response_timeout
-                };
-                let mut t = relay.last_upstream + idle;
-                // Keepalives only go between events; mid-event the stream is
-                // not idle, and the next backend bytes move the deadline.
-                if relay.sse.as_ref().is_some_and(|s| s.at_boundary())
-                    && relay.chunked_down
-                    && !cfg.sse_keepalive_interval.is_zero()
-                {
-                    t = t.min(relay.last_downstream + cfg.sse_keepalive_interval);
-                }
-                Some(t)
+                let idle = relay.idle_deadline(cfg);
+                Some(relay.keepalive_due(cfg).map_or(idle, |ka| idle.min(ka)))
             }
             State::Closed => None,
         }
-    }
-
-    /// Whether the connection is finished (closed or closing).
-    pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed)
     }
 
     /// Whether an SSE response is being relayed right now.
@@ -608,13 +607,17 @@ impl Connection {
                     {
                         return;
                     }
-                    self.state = State::ReadingHead { since: now };
+                    self.state = State::ReadingHead {
+                        since: now,
+                        scanned: 0,
+                    };
                 }
-                State::ReadingHead { since } => {
+                State::ReadingHead { since, scanned } => {
                     let since = *since;
                     let cfg = &self.shared.config;
-                    match http::parse_request_head(
+                    match http::parse_request_head_resume(
                         &self.client_in,
+                        scanned,
                         cfg.max_header_bytes,
                         cfg.max_headers,
                     ) {
@@ -733,15 +736,20 @@ impl Connection {
                 &[],
             );
         }
+        // Only needed for metadata and challenges, so built on demand.
+        let host = || {
+            auth::sanitized_host(header(&head.headers, "host"))
+                .unwrap_or_else(|| "localhost".to_string())
+        };
         let mut principal = None;
         if let Some(auth) = &shared.auth {
-            let host = auth::sanitized_host(header(&head.headers, "host"))
-                .unwrap_or_else(|| "localhost".to_string());
             let path = head.target.split('?').next().unwrap_or("");
             if head.method == "GET"
-                && (path == WELL_KNOWN || path.starts_with(&format!("{WELL_KNOWN}/")))
+                && path
+                    .strip_prefix(auth::WELL_KNOWN)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             {
-                return self.metadata_response(now, auth, &host, keep_alive);
+                return self.metadata_response(now, auth, &host(), keep_alive);
             }
             let Some(unix) = shared.wall.unix_secs(now) else {
                 return self.local_response(now, 503, "proxy clock not set", keep_alive, &[]);
@@ -754,7 +762,7 @@ impl Connection {
             };
             match verdict {
                 Ok(p) => principal = Some(p),
-                Err(r) => return self.auth_reject(now, r, &host, &[], keep_alive),
+                Err(r) => return self.auth_reject(now, r, &host(), &[], keep_alive),
             }
         }
         // The body is parsed once: for routing (initialize? method?) and for
@@ -803,22 +811,13 @@ impl Connection {
             if calls.is_empty() {
                 calls.push(mcp::Call::default());
             }
-            let mut missing = Vec::new();
-            for c in &calls {
-                for s in auth.missing_scopes(p, c.method.as_deref(), c.name.as_deref()) {
-                    if !missing.contains(&s) {
-                        missing.push(s);
-                    }
-                }
-            }
+            let missing = auth.missing_scopes(p, &calls);
             if !missing.is_empty() {
                 auth.stats.reject(Rejection::InsufficientScope);
-                let host = auth::sanitized_host(header(&head.headers, "host"))
-                    .unwrap_or_else(|| "localhost".to_string());
                 return self.auth_reject(
                     now,
                     Rejection::InsufficientScope,
-                    &host,
+                    &host(),
                     &missing,
                     keep_alive,
                 );
@@ -848,14 +847,7 @@ impl Connection {
             }
         };
         let Some(backend) = backend else {
-            shared.metrics.error(ErrorKind::NoBackend);
-            return self.local_response(
-                now,
-                503,
-                "no healthy backend",
-                keep_alive,
-                &[("Retry-After", "1")],
-            );
+            return self.no_backend(now, keep_alive);
         };
         let request_bytes = self.upstream_request(&head, &body, principal.as_deref());
         self.actions.push_back(Action::ConnectUpstream {
@@ -982,6 +974,18 @@ impl Connection {
         );
     }
 
+    /// 503: no backend may take the request right now.
+    fn no_backend(&mut self, now: Instant, keep_alive: bool) {
+        self.shared.metrics.error(ErrorKind::NoBackend);
+        self.local_response(
+            now,
+            503,
+            "no healthy backend",
+            keep_alive,
+            &[("Retry-After", "1")],
+        );
+    }
+
     /// A response generated by the proxy. `keep_alive == false` closes the
     /// client connection once it is written.
     fn local_response(
@@ -1032,7 +1036,6 @@ impl Connection {
             self.state = State::Idle { since: now };
         } else {
             self.state = State::Closed;
-            self.close_after_flush = true;
             self.actions
                 .push_back(Action::CloseDownstream { flush: true });
         }
@@ -1125,12 +1128,7 @@ impl Connection {
             }
             Route::Stateless { .. } => {}
         }
-        let is_sse = header(&head.headers, "content-type").is_some_and(|v| {
-            String::from_utf8_lossy(v)
-                .trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
+        let is_sse = header(&head.headers, "content-type").is_some_and(is_event_stream);
         let client_keep_alive = req.client_keep_alive && req.client_minor == 1;
         let (decoder, chunked_down, down_len) = match head.framing {
             BodyFraming::None => (BodyDecoder::Length(0), false, Some(0)),
@@ -1244,7 +1242,7 @@ impl Connection {
                         self.shared.metrics.error(ErrorKind::UpstreamProtocol);
                         self.shared.backends.request_finished(req.backend);
                         self.actions.push_back(Action::AbortUpstream);
-                        return self.end_broken_stream(&req, &mut relay);
+                        return self.end_broken_stream(&mut relay);
                     }
                 }
             }
@@ -1304,12 +1302,53 @@ impl Connection {
         self.actions.push_back(Action::ReleaseUpstream { reusable });
         if relay.close_client_after {
             self.state = State::Closed;
-            self.close_after_flush = true;
             self.actions
                 .push_back(Action::CloseDownstream { flush: true });
         } else {
             // The caller's `resume_client` picks up pipelined requests.
             self.state = State::Idle { since: now };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_event_stream;
+
+    #[test]
+    fn event_stream_content_types() {
+        for yes in [
+            &b"text/event-stream"[..],
+            b"Text/Event-Stream; charset=utf-8",
+            b" \ttext/event-stream",
+            "\u{a0}text/event-stream".as_bytes(),
+            b"text/event-stream\xff",
+        ] {
+            assert!(is_event_stream(yes), "{yes:?}");
+        }
+        for no in [
+            &b""[..],
+            b"text/event-strea",
+            b"application/json",
+            b"\xfftext/event-stream",
+            b"x text/event-stream",
+        ] {
+            assert!(!is_event_stream(no), "{no:?}");
+        }
+        // Same verdicts as reading the value lossily and lowercasing it.
+        let old = |v: &[u8]| {
+            String::from_utf8_lossy(v)
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        };
+        for v in [
+            &b"TEXT/EVENT-STREAM"[..],
+            "\u{2003}text/event-stream".as_bytes(),
+            b" \xc3text/event-stream",
+            b"text/\xc3\xa9vent-stream",
+        ] {
+            assert_eq!(is_event_stream(v), old(v), "{v:?}");
         }
     }
 }

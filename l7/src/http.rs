@@ -158,10 +158,16 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 
 /// Find the end of the head (`\r\n\r\n`), rejecting bare LF anywhere in it.
 /// Returns `Ok(None)` when the terminator has not arrived yet.
-fn find_head_end(buf: &[u8], max: usize) -> Result<Option<usize>, HttpError> {
+///
+/// `scanned` bytes at the start of `buf` were checked by an earlier call on
+/// the same (since grown) buffer; the scan resumes there and records how far
+/// it got, so a head that trickles in is scanned once, not once per read.
+fn find_head_end(buf: &[u8], scanned: &mut usize, max: usize) -> Result<Option<usize>, HttpError> {
     let scan = &buf[..buf.len().min(max)];
-    for (i, &b) in scan.iter().enumerate() {
-        if b == b'\n' {
+    // Each position is checked together with the bytes before it, so the
+    // positions already checked need no second look.
+    for i in *scanned..scan.len() {
+        if scan[i] == b'\n' {
             if i == 0 || scan[i - 1] != b'\r' {
                 return Err(HttpError::Smuggling("bare LF line ending"));
             }
@@ -170,6 +176,7 @@ fn find_head_end(buf: &[u8], max: usize) -> Result<Option<usize>, HttpError> {
             }
         }
     }
+    *scanned = scan.len();
     if buf.len() >= max {
         return Err(HttpError::HeadTooLarge(max));
     }
@@ -252,7 +259,19 @@ pub fn parse_request_head(
     max_head_bytes: usize,
     max_headers: usize,
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
-    let Some(end) = find_head_end(buf, max_head_bytes)? else {
+    parse_request_head_resume(buf, &mut 0, max_head_bytes, max_headers)
+}
+
+/// [`parse_request_head`] for a buffer that only grows between calls:
+/// `scanned` starts at 0 for a new head and carries the terminator search
+/// from one call to the next.
+pub(crate) fn parse_request_head_resume(
+    buf: &[u8],
+    scanned: &mut usize,
+    max_head_bytes: usize,
+    max_headers: usize,
+) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let Some(end) = find_head_end(buf, scanned, max_head_bytes)? else {
         return Ok(None);
     };
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
@@ -302,7 +321,7 @@ pub fn parse_response_head(
     max_head_bytes: usize,
     max_headers: usize,
 ) -> Result<Option<(ResponseHead, usize)>, HttpError> {
-    let Some(end) = find_head_end(buf, max_head_bytes)? else {
+    let Some(end) = find_head_end(buf, &mut 0, max_head_bytes)? else {
         return Ok(None);
     };
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
@@ -514,7 +533,20 @@ pub fn encode_chunk(data: &[u8], out: &mut Vec<u8>) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    // The size line in lowercase hex, built on the stack.
+    let mut hex = [0u8; 2 * size_of::<usize>()];
+    let mut i = hex.len();
+    let mut n = data.len();
+    loop {
+        i -= 1;
+        hex[i] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&hex[i..]);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
@@ -658,6 +690,50 @@ mod tests {
         ] {
             let mut d = ChunkedDecoder::new();
             assert!(d.decode(bad, &mut Vec::new()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn head_scan_resumes_across_reads() {
+        let wire = b"POST /mcp HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\nNEXT";
+        let head_len = wire.len() - 4;
+        // Every split point: the resumed scan finds the same end.
+        for cut in 0..head_len {
+            let mut scanned = 0;
+            assert!(
+                parse_request_head_resume(&wire[..cut], &mut scanned, 8192, 32)
+                    .unwrap()
+                    .is_none(),
+                "cut {cut}"
+            );
+            assert_eq!(scanned, cut);
+            let (h, n) = parse_request_head_resume(wire, &mut scanned, 8192, 32)
+                .unwrap()
+                .unwrap();
+            assert_eq!((h.method.as_str(), n), ("POST", head_len), "cut {cut}");
+        }
+        // A bare LF right after the resume point is still caught.
+        let bad = b"GET / HTTP/1.1\r\nHost: a\n\r\n";
+        let mut scanned = 0;
+        assert!(
+            parse_request_head_resume(&bad[..23], &mut scanned, 8192, 32)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            parse_request_head_resume(bad, &mut scanned, 8192, 32).unwrap_err(),
+            HttpError::Smuggling("bare LF line ending")
+        );
+    }
+
+    #[test]
+    fn chunk_sizes_are_lowercase_hex() {
+        for len in [1usize, 9, 10, 15, 16, 255, 256, 4095, 65_536, 1_000_000] {
+            let mut out = Vec::new();
+            encode_chunk(&vec![b'x'; len], &mut out);
+            let size_line = format!("{len:x}\r\n");
+            assert!(out.starts_with(size_line.as_bytes()), "{len}");
+            assert_eq!(out.len(), size_line.len() + len + 2, "{len}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! MCP request classification: protocol era, session ids, JSON-RPC sniffing.
 //!
-//! Contract: [`classify`] looks at a complete request (head and decoded
-//! body) and says how it must be routed, or why it must be refused. It never
+//! Contract: [`classify_parsed`] looks at a complete request (its head, and
+//! the method of the body's first JSON-RPC message from [`jsonrpc_calls`])
+//! and says how it must be routed, or why it must be refused. It never
 //! guesses: a malformed version, session id or header/body disagreement is
 //! an error the caller answers with 400.
 
@@ -155,23 +156,13 @@ fn header_string(headers: &[Header], name: &str) -> Option<String> {
     header(headers, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
 }
 
-/// Classify a complete request for routing.
-pub fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, McpError> {
-    let calls = if method == "POST" {
-        jsonrpc_calls(body)
-    } else {
-        None
-    };
-    classify_parsed(headers, first_method(calls.as_deref()))
-}
-
 /// The method of the first message of already-parsed calls.
 pub fn first_method(calls: Option<&[Call]>) -> Option<&str> {
     calls?.first()?.method.as_deref()
 }
 
-/// [`classify`] for a caller that already parsed the body with
-/// [`jsonrpc_calls`] (so it is parsed once per request): `body_method` is
+/// Classify a complete request for routing. The caller parses the body
+/// once with [`jsonrpc_calls`] (scope checks need it too): `body_method` is
 /// the first message's method, `None` for non-POST or unreadable bodies.
 pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<Route, McpError> {
     let era = era(headers)?;
@@ -185,7 +176,6 @@ pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<
     {
         return Err(McpError::BadSessionId);
     }
-    let body_method = body_method.map(str::to_string);
     match era {
         Era::Stateless => {
             if session.is_some() {
@@ -193,16 +183,16 @@ pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<
                 return Err(McpError::StraySessionId(v));
             }
             let header_method = header_string(headers, "mcp-method");
-            if let (Some(h), Some(b)) = (&header_method, &body_method)
+            if let (Some(h), Some(b)) = (&header_method, body_method)
                 && h != b
             {
                 return Err(McpError::MethodMismatch {
                     header: h.clone(),
-                    body: b.clone(),
+                    body: b.to_string(),
                 });
             }
             Ok(Route::Stateless {
-                method: header_method.or(body_method),
+                method: header_method.or_else(|| body_method.map(str::to_string)),
                 name: header_string(headers, "mcp-name"),
             })
         }
@@ -212,7 +202,7 @@ pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<
                 id: String::from_utf8_lossy(id).into_owned(),
             }),
             None => Ok(Route::NewSession {
-                initialize: body_method.as_deref() == Some("initialize"),
+                initialize: body_method == Some("initialize"),
             }),
         },
     }
@@ -230,6 +220,17 @@ mod tests {
                 value: v.as_bytes().to_vec(),
             })
             .collect()
+    }
+
+    /// The request as the connection classifies it: the body is read as
+    /// JSON-RPC for POST only.
+    fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, McpError> {
+        let calls = if method == "POST" {
+            jsonrpc_calls(body)
+        } else {
+            None
+        };
+        classify_parsed(headers, first_method(calls.as_deref()))
     }
 
     const INIT: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;

@@ -90,12 +90,13 @@ mod tests {
     }
 
     #[test]
-    fn keepalive_is_a_comment_not_an_event() {
+    fn keepalive_counts_as_one_block_and_ends_at_a_boundary() {
         let mut t = SseTracker::new();
         // A comment line followed by a blank line dispatches nothing in a
-        // browser, but we count it as a block; the relay does not feed its
-        // own keepalives to the tracker.
-        t.feed(KEEPALIVE);
+        // browser, but the tracker counts it as a block; so the relay does
+        // not feed its own keepalives to the tracker (the core tests check
+        // that `sse_events` counts backend events only).
+        assert_eq!(t.feed(KEEPALIVE), 1);
         assert!(t.at_boundary());
     }
 }

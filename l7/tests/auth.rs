@@ -38,6 +38,11 @@ fn claims() -> serde_json::Value {
     json!({"iss": ISS, "aud": AUD, "sub": "alice", "exp": NOW + 600, "iat": NOW - 5, "scope": "mcp:read mcp:echo"})
 }
 
+/// A token signed by the test RSA key as JWK `rsa1` with RS256.
+fn rs256(claims: &serde_json::Value) -> String {
+    keys().rsa.sign(Algorithm::RS256, Some("rsa1"), claims)
+}
+
 fn key_set() -> Vec<KeyEntry> {
     let k = keys();
     let mut set = KeyEntry::from_jwks(
@@ -174,79 +179,39 @@ fn valid_token_for_each_algorithm() {
 
 #[test]
 fn time_and_identity_claims() {
-    let k = keys();
     let mut c = claims();
     c["exp"] = json!(NOW - 31);
-    expect_reject(
-        Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)),
-        401,
-        Rejection::Expired,
-    );
+    expect_reject(Some(&rs256(&c)), 401, Rejection::Expired);
     // Within leeway (30 s) still fine.
     let mut c = claims();
     c["exp"] = json!(NOW - 29);
     let (sh, t0) = shared();
-    assert!(
-        send(
-            &sh,
-            t0,
-            &call(Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)), "x")
-        )
-        .connected
-    );
+    assert!(send(&sh, t0, &call(Some(&rs256(&c)), "x")).connected);
     let mut c = claims();
     c["nbf"] = json!(NOW + 31);
-    expect_reject(
-        Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)),
-        401,
-        Rejection::NotYetValid,
-    );
+    expect_reject(Some(&rs256(&c)), 401, Rejection::NotYetValid);
     let mut c = claims();
     c["iat"] = json!(NOW + 3600);
-    expect_reject(
-        Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)),
-        401,
-        Rejection::IssuedInFuture,
-    );
+    expect_reject(Some(&rs256(&c)), 401, Rejection::IssuedInFuture);
     let mut c = claims();
     c["iss"] = json!("https://evil.test");
-    expect_reject(
-        Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)),
-        401,
-        Rejection::WrongIssuer,
-    );
+    expect_reject(Some(&rs256(&c)), 401, Rejection::WrongIssuer);
     let mut c = claims();
     c["aud"] = json!(["other", "another"]);
-    expect_reject(
-        Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)),
-        401,
-        Rejection::WrongAudience,
-    );
+    expect_reject(Some(&rs256(&c)), 401, Rejection::WrongAudience);
     // An audience array containing ours is fine.
     let mut c = claims();
     c["aud"] = json!(["other", AUD]);
     let (sh, t0) = shared();
-    assert!(
-        send(
-            &sh,
-            t0,
-            &call(Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)), "x")
-        )
-        .connected
-    );
+    assert!(send(&sh, t0, &call(Some(&rs256(&c)), "x")).connected);
     let mut c = claims();
     c.as_object_mut().unwrap().remove("exp");
-    expect_reject(
-        Some(&k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c)),
-        401,
-        Rejection::Malformed,
-    );
+    expect_reject(Some(&rs256(&c)), 401, Rejection::Malformed);
 }
 
 #[test]
 fn tampered_and_truncated() {
-    let k = keys();
-    let token = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &claims());
+    let token = rs256(&claims());
     let parts: Vec<&str> = token.split('.').collect();
     let mut evil = claims();
     evil["sub"] = json!("mallory");
@@ -362,10 +327,9 @@ fn unknown_kid_garbage_empty_huge_non_ascii() {
 
 #[test]
 fn scopes_per_method_and_name() {
-    let k = keys();
     let mut c = claims();
     c["scope"] = json!("mcp:read");
-    let token = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c);
+    let token = rs256(&c);
     let (sh, t0) = shared();
     let o = send(&sh, t0, &call(Some(&token), "echo"));
     assert_eq!(o.status, 403, "{}", o.text);
@@ -403,7 +367,7 @@ fn scopes_per_method_and_name() {
     let mut c = claims();
     c.as_object_mut().unwrap().remove("scope");
     c["scp"] = json!(["mcp:echo"]);
-    let token = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c);
+    let token = rs256(&c);
     assert!(send(&sh, t0, &call(Some(&token), "echo")).connected);
     assert!(ScopeRule::parse("=x").is_err());
     assert!(ScopeRule::parse("tools/call:=x").is_err());
@@ -434,10 +398,9 @@ fn metadata_served_without_a_token() {
 
 #[test]
 fn cache_hits_skip_the_signature_and_expire_with_the_token() {
-    let k = keys();
     let mut c = claims();
     c["exp"] = json!(NOW + 60);
-    let token = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &c);
+    let token = rs256(&c);
     let (sh, t0) = shared();
     let auth = sh.auth.as_ref().unwrap();
     for _ in 0..5 {
@@ -454,13 +417,12 @@ fn cache_hits_skip_the_signature_and_expire_with_the_token() {
 
 #[test]
 fn forward_token_when_asked() {
-    let k = keys();
     let cfg = AuthConfig {
         forward_token: true,
         ..auth_config()
     };
     let (s, t0) = shared_with(cfg, key_set());
-    let token = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &claims());
+    let token = rs256(&claims());
     let req = call(Some(&token), "x").replace(
         "Content-Type",
         "X-Authenticated-Subject: mallory\r\nContent-Type",
@@ -477,11 +439,10 @@ fn forward_token_when_asked() {
 
 #[test]
 fn jwks_rotation() {
-    let k = keys();
     let new_rsa = TestKey::new(Kind::Rsa);
     let (sh, t0) = shared();
     let auth = sh.auth.as_ref().unwrap();
-    let old = k.rsa.sign(Algorithm::RS256, Some("rsa1"), &claims());
+    let old = rs256(&claims());
     let new = new_rsa.sign(Algorithm::RS256, Some("rsa2"), &claims());
     assert!(send(&sh, t0, &call(Some(&old), "x")).connected);
     assert_eq!(send(&sh, t0, &call(Some(&new), "x")).status, 401);

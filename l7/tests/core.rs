@@ -417,16 +417,6 @@ fn delete_is_forwarded_then_binding_dropped() {
 }
 
 #[test]
-fn delete_answered_405_keeps_binding() {
-    let shared = shared_with(CoreConfig::default(), 1);
-    let mut sim = Sim::new(shared.clone());
-    initialize(&mut sim, "keep");
-    sim.client("DELETE /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: keep\r\n\r\n");
-    sim.backend("HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n");
-    assert_eq!(shared.affinity.lookup("keep", sim.now), Some(0));
-}
-
-#[test]
 fn unknown_session_gets_404_without_a_backend() {
     let shared = shared_with(CoreConfig::default(), 3);
     let mut sim = Sim::new(shared.clone());
@@ -446,15 +436,29 @@ fn unknown_session_gets_404_without_a_backend() {
 fn invalid_session_id_is_400() {
     let shared = shared_with(CoreConfig::default(), 1);
     let mut sim = Sim::new(shared.clone());
-    // 0x7f and a high byte are outside visible ASCII.
-    let req =
-        "POST /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: ab\u{7f}c\r\nContent-Length: 2\r\n\r\n{}";
-    sim.conn.handle_downstream_data(sim.now, req.as_bytes());
-    sim.pump();
+    // A space and high bytes are valid in a field value but outside the
+    // visible ASCII a session id may use: the MCP check answers, and the
+    // connection stays open.
+    for (i, id) in ["a b", "\u{e9}t\u{e9}"].into_iter().enumerate() {
+        sim.client(&post(CALL, &format!("Mcp-Session-Id: {id}\r\n")));
+        let got = sim.take_client();
+        assert_eq!(status_of(&got), 400, "{id:?}: {got}");
+        assert!(got.contains("visible ASCII"), "{id:?}: {got}");
+        assert_eq!(
+            shared.metrics.errors(ErrorKind::BadMcpHeaders),
+            i as u64 + 1
+        );
+        assert_eq!(sim.client_closed, None, "{id:?}");
+    }
     assert!(sim.connects.is_empty());
-    let got = sim.take_client();
-    // httparse refuses DEL in a value outright; either way it is a 400.
-    assert_eq!(status_of(&got), 400, "{got}");
+    // DEL is refused earlier, by the HTTP parser: a 400 and a close.
+    let mut sim = Sim::new(shared.clone());
+    sim.client(&post(CALL, "Mcp-Session-Id: ab\u{7f}c\r\n"));
+    assert_eq!(status_of(&sim.take_client()), 400);
+    assert_eq!(sim.client_closed, Some(true));
+    assert_eq!(shared.metrics.errors(ErrorKind::BadRequest), 1);
+    assert_eq!(shared.metrics.errors(ErrorKind::BadMcpHeaders), 2);
+    assert!(sim.connects.is_empty());
 }
 
 #[test]
@@ -576,9 +580,13 @@ fn connect_failure_fails_over_and_marks_down() {
     sim.down.insert(0);
     sim.down.insert(1);
     sim.client(&post(INIT, ""));
-    let tried: Vec<_> = sim.connects.iter().map(|c| c.0).collect();
-    assert_eq!(*tried.last().unwrap(), 2, "{tried:?}");
-    assert!(!shared.backends.get(0).is_healthy() || !tried.contains(&0));
+    // Round-robin from a fresh set starts at 0; each failure marks its
+    // backend down and moves on.
+    assert_eq!(sim.connects, vec![(0, false), (1, false), (2, false)]);
+    assert!(!shared.backends.get(0).is_healthy());
+    assert!(!shared.backends.get(1).is_healthy());
+    assert!(shared.backends.get(2).is_healthy());
+    assert_eq!(shared.metrics.errors(ErrorKind::UpstreamConnect), 2);
     sim.backend(&json_response(Some("x"), "{}"));
     assert_eq!(status_of(&sim.take_client()), 200);
     // Every backend down: 503 with Retry-After.
@@ -663,6 +671,11 @@ fn sse_stream_of_one_hour_in_virtual_time() {
     assert_eq!(sim.client_closed, None);
     let text = sim.client_text();
     assert_eq!(text.matches("data: tick").count(), sent);
+    // Keepalives are not events.
+    assert_eq!(
+        shared.metrics.sse_events.load(Ordering::Relaxed),
+        sent as u64
+    );
     let keepalives = shared.metrics.sse_keepalives.load(Ordering::Relaxed);
     assert!(
         keepalives >= 2 * (sent as u64 - 1),
@@ -695,11 +708,21 @@ fn client_gone_mid_sse_closes_backend_stream() {
     assert_eq!(sim.client_closed, Some(false));
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
     assert_eq!(shared.backends.get(0).outstanding(), 0);
-    // Spurious inputs after close are harmless.
+    // Spurious inputs after close are harmless: nothing more is sent,
+    // aborted, connected or closed, and no timer is left.
+    let (rx, connects) = (sim.client_rx.len(), sim.connects.len());
     sim.conn.handle_upstream_data(sim.now, b"data: late\n\n");
     sim.conn.handle_downstream_eof(sim.now);
     sim.conn.handle_timeout(sim.now + Duration::from_secs(9999));
     sim.pump();
+    assert_eq!(sim.client_rx.len(), rx);
+    assert_eq!(sim.aborts, aborts + 1);
+    assert_eq!(sim.connects.len(), connects);
+    assert_eq!(sim.client_closed, Some(false));
+    assert_eq!(sim.conn.poll_timeout(), None);
+    assert!(!sim.conn.wants_downstream_read());
+    assert!(!sim.conn.wants_upstream_read());
+    assert_eq!(shared.backends.get(0).outstanding(), 0);
 }
 
 #[test]
@@ -831,6 +854,8 @@ fn delete_that_fails_keeps_the_binding() {
     let mut sim = Sim::new(shared.clone());
     initialize(&mut sim, "k");
     for status in [
+        // 405: the server does not let clients end sessions.
+        "405 Method Not Allowed",
         "500 Internal Server Error",
         "429 Too Many Requests",
         "401 Unauthorized",
