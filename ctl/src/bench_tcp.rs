@@ -121,7 +121,7 @@ impl FaultReport for WirePort {
 
 impl FaultReport for FaultyDevice<WirePort> {
     fn report(&self) -> Option<String> {
-        let (_, tx) = self.stats();
+        let tx = self.stats();
         Some(format!(
             "{} frames: {} dropped, {} reordered, {} duplicated, {} corrupted",
             tx.frames, tx.dropped, tx.reordered, tx.duplicated, tx.corrupted

@@ -86,6 +86,18 @@ impl<'f, T> OneShot<'f, T> {
     }
 }
 
+impl OneShot<'static, NoTx> {
+    /// A device with nothing to receive or send that only reports
+    /// capabilities (for `Interface::new`).
+    pub(crate) fn idle(caps: DeviceCapabilities) -> Self {
+        Self {
+            frame: None,
+            tx: None,
+            caps,
+        }
+    }
+}
+
 impl<'f, T: phy::TxToken> Device for OneShot<'f, T> {
     type RxToken<'a>
         = OneRx<'f>
@@ -158,30 +170,7 @@ impl<D: Device + ?Sized> Device for EgressDev<'_, '_, D> {
     }
 }
 
-/// A device that only reports capabilities (for `Interface::new`).
-pub(crate) struct CapsOnly(pub DeviceCapabilities);
-
-impl Device for CapsOnly {
-    type RxToken<'a>
-        = OneRx<'a>
-    where
-        Self: 'a;
-    type TxToken<'a>
-        = NoTx
-    where
-        Self: 'a;
-    fn receive(&mut self, _timestamp: Instant) -> Option<(OneRx<'_>, NoTx)> {
-        None
-    }
-    fn transmit(&mut self, _timestamp: Instant) -> Option<NoTx> {
-        None
-    }
-    fn capabilities(&self) -> DeviceCapabilities {
-        self.0.clone()
-    }
-}
-
-/// Never constructed (`CapsOnly` never hands out a token).
+/// The token type of an idle `OneShot`: never constructed.
 pub(crate) enum NoTx {}
 
 impl phy::TxToken for NoTx {

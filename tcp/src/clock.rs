@@ -4,11 +4,13 @@
 //! with no setter. A data-centre proxy wants a floor of tens of milliseconds.
 //! Rather than carry a patched smoltcp, the stack runs smoltcp on a dilated clock:
 //! smoltcp sees `virtual = real * (1 s / min_rto)`. Every duration smoltcp
-//! measures (RTT samples) or is handed (ACK delay, keep-alive, user timeout) is
-//! scaled by the same factor, so the only things that change in real time are
-//! smoltcp's own constants: the RTO floor, the initial RTO (1 s) and the RTO
-//! ceiling (60 s) all become `* min_rto / 1 s`. Deadlines smoltcp reports are
-//! converted back (rounded up, so a timer never fires early in smoltcp's view).
+//! measures (RTT samples) or is handed (ACK delay, keep-alive, handshake
+//! timeout) is scaled by the same factor, so the only things that change in
+//! real time are smoltcp's own constants: the RTO floor, the initial RTO (1 s)
+//! and the RTO ceiling (60 s) all become `* min_rto / 1 s`. Deadlines smoltcp
+//! reports are converted back (rounded up, so a timer never fires early in
+//! smoltcp's view). The user timeout is not smoltcp's: the stack enforces it
+//! on the real clock.
 //!
 //! Side effects, all accounted for in the stack: smoltcp's TIME-WAIT (10 s) is
 //! never used (the stack keeps its own compact TIME-WAIT records); the ARP

@@ -86,7 +86,9 @@ pub struct StackConfig {
     /// `HardwareAddress::Ip` for an L3 device (the in-memory wire),
     /// `HardwareAddress::Ethernet(mac)` for an L2 one (tap, DPDK port).
     pub hardware_addr: HardwareAddress,
-    /// Our IPv4 addresses (at most two: smoltcp's `IFACE_MAX_ADDR_COUNT`).
+    /// Our IPv4 addresses: at least one, at most smoltcp's
+    /// `IFACE_MAX_ADDR_COUNT` (a build-time setting, 2 by default); more
+    /// makes `Stack::new` fail.
     pub addresses: Vec<Ipv4Cidr>,
     /// Default gateway, if peers are off-link.
     pub gateway: Option<Ipv4Address>,
@@ -114,7 +116,8 @@ pub struct StackConfig {
 }
 
 impl StackConfig {
-    /// Defaults for one address on an L3 device.
+    /// The defaults, with one address; `hardware_addr` must match the
+    /// device's medium (see the field).
     pub fn new(hardware_addr: HardwareAddress, address: Ipv4Cidr) -> Self {
         Self {
             hardware_addr,
@@ -132,10 +135,8 @@ impl StackConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), TcpError> {
-        if self.addresses.is_empty() || self.addresses.len() > 2 {
-            return Err(TcpError::Config(
-                "addresses must hold one or two IPv4 CIDRs",
-            ));
+        if self.addresses.is_empty() {
+            return Err(TcpError::Config("addresses must hold an IPv4 CIDR"));
         }
         if self.min_rto < Duration::from_millis(1) || self.min_rto > Duration::from_secs(1) {
             return Err(TcpError::Config("min_rto must be within 1 ms ..= 1 s"));

@@ -1,12 +1,14 @@
 //! A fault-injecting `Device` wrapper for tests and the benchmark.
 //!
-//! Each direction (frames received from the inner device, frames transmitted
-//! to it) has its own rates. Faults are drawn from a seeded SplitMix64, so a
-//! seed replays the same faults for the same traffic.
+//! Faults are applied to the frames transmitted to the inner device (received
+//! frames pass through untouched; on a wire joining two stacks, each side's
+//! transmit faults are the other side's receive faults). They are drawn from
+//! a seeded SplitMix64, so a seed replays the same faults for the same
+//! traffic.
 //! - drop: the frame vanishes;
 //! - duplicate: the frame is delivered twice;
 //! - reorder: the frame is held back until 1 to 3 later frames have passed
-//!   (or `reorder_window` of time has gone by, so the last frame of a burst
+//!   (or 1 ms of the caller's clock has gone by, so the last frame of a burst
 //!   is not held forever);
 //! - corrupt: one byte past the link-layer header is XORed with a non-zero
 //!   value. The Internet checksums cover every byte from the IP header on, so
@@ -20,7 +22,10 @@ use smoltcp::time::{Duration, Instant};
 
 use crate::flow::splitmix;
 
-/// Fault probabilities for one direction, each within 0.0 ..= 1.0.
+/// The longest a reordered frame is held (in the caller's clock).
+const REORDER_WINDOW: Duration = Duration::from_millis(1);
+
+/// Fault probabilities, each within 0.0 ..= 1.0.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Faults {
     /// Probability that a frame is dropped.
@@ -33,7 +38,7 @@ pub struct Faults {
     pub corrupt: f64,
 }
 
-/// What was done to the frames of one direction.
+/// What was done to the transmitted frames.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FaultStats {
     /// Frames that entered the fault stage.
@@ -60,21 +65,55 @@ struct Held {
 }
 
 #[derive(Debug)]
-struct Stage {
+struct Rng(u64);
+
+impl Rng {
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && ((splitmix(&mut self.0) >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        splitmix(&mut self.0) % n.max(1)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    rng: Rng,
     faults: Faults,
     stats: FaultStats,
     held: Vec<Held>,
-    /// Frames due for delivery (released, duplicated, or pulled and kept).
+    /// Frames due for delivery (released or duplicated).
     due: VecDeque<Vec<u8>>,
+    skip: usize,
 }
 
-impl Stage {
-    fn new(faults: Faults) -> Self {
-        Self {
-            faults,
-            stats: FaultStats::default(),
-            held: Vec::new(),
-            due: VecDeque::new(),
+impl State {
+    fn decide(&mut self) -> (Fate, bool, bool) {
+        let f = self.faults;
+        let dropped = self.rng.chance(f.drop);
+        let corrupt = !dropped && self.rng.chance(f.corrupt);
+        let dup = !dropped && self.rng.chance(f.duplicate);
+        let hold = !dropped && self.rng.chance(f.reorder);
+        let stats = &mut self.stats;
+        stats.frames += 1;
+        stats.dropped += u64::from(dropped);
+        stats.corrupted += u64::from(corrupt);
+        stats.duplicated += u64::from(dup);
+        stats.reordered += u64::from(hold);
+        let fate = if dropped {
+            Fate::Drop
+        } else if hold {
+            Fate::Hold
+        } else {
+            Fate::Pass
+        };
+        (fate, corrupt, dup)
+    }
+
+    fn corrupt(&mut self, frame: &mut [u8]) {
+        if frame.len() > self.skip {
+            let i = self.skip + self.rng.below((frame.len() - self.skip) as u64) as usize;
+            frame[i] ^= 1 + self.rng.below(255) as u8;
         }
     }
 
@@ -97,63 +136,7 @@ impl Stage {
     }
 }
 
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && ((splitmix(&mut self.0) >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        splitmix(&mut self.0) % n.max(1)
-    }
-}
-
-#[derive(Debug)]
-struct State {
-    rng: Rng,
-    rx: Stage,
-    tx: Stage,
-    skip: usize,
-    reorder_window: Duration,
-}
-
-impl State {
-    fn decide(&mut self, rx: bool) -> (Fate, bool, bool) {
-        let f = if rx { self.rx.faults } else { self.tx.faults };
-        let dropped = self.rng.chance(f.drop);
-        let corrupt = !dropped && self.rng.chance(f.corrupt);
-        let dup = !dropped && self.rng.chance(f.duplicate);
-        let hold = !dropped && self.rng.chance(f.reorder);
-        let stats = if rx {
-            &mut self.rx.stats
-        } else {
-            &mut self.tx.stats
-        };
-        stats.frames += 1;
-        stats.dropped += u64::from(dropped);
-        stats.corrupted += u64::from(corrupt);
-        stats.duplicated += u64::from(dup);
-        stats.reordered += u64::from(hold);
-        let fate = if dropped {
-            Fate::Drop
-        } else if hold {
-            Fate::Hold
-        } else {
-            Fate::Pass
-        };
-        (fate, corrupt, dup)
-    }
-
-    fn corrupt(&mut self, frame: &mut [u8]) {
-        if frame.len() > self.skip {
-            let i = self.skip + self.rng.below((frame.len() - self.skip) as u64) as usize;
-            frame[i] ^= 1 + self.rng.below(255) as u8;
-        }
-    }
-}
-
-/// Wraps any device and injects faults (see the module doc).
+/// Wraps any device and injects faults into what is sent (see the module doc).
 #[derive(Debug)]
 pub struct FaultyDevice<D> {
     inner: D,
@@ -179,32 +162,23 @@ impl<D: Device> FaultyDevice<D> {
             inner,
             state: State {
                 rng: Rng(seed),
-                rx: Stage::new(Faults::default()),
-                tx: Stage::new(Faults::default()),
+                faults: Faults::default(),
+                stats: FaultStats::default(),
+                held: Vec::new(),
+                due: VecDeque::new(),
                 skip,
-                reorder_window: Duration::from_millis(1),
             },
         }
     }
 
-    /// Faults applied to frames received from the inner device.
-    pub fn set_rx_faults(&mut self, faults: Faults) {
-        self.state.rx.faults = faults;
-    }
-
     /// Faults applied to frames transmitted to the inner device.
     pub fn set_tx_faults(&mut self, faults: Faults) {
-        self.state.tx.faults = faults;
+        self.state.faults = faults;
     }
 
-    /// The longest a reordered frame is held (in the caller's clock).
-    pub fn set_reorder_window(&mut self, window: Duration) {
-        self.state.reorder_window = window;
-    }
-
-    /// Counters for received and transmitted frames.
-    pub fn stats(&self) -> (FaultStats, FaultStats) {
-        (self.state.rx.stats, self.state.tx.stats)
+    /// Counters for transmitted frames.
+    pub fn stats(&self) -> FaultStats {
+        self.state.stats
     }
 
     /// The wrapped device.
@@ -217,56 +191,27 @@ impl<D: Device> FaultyDevice<D> {
         &mut self.inner
     }
 
-    /// Frames held back or queued for delivery in either direction.
-    pub fn pending(&self) -> usize {
-        self.state.rx.held.len()
-            + self.state.rx.due.len()
-            + self.state.tx.held.len()
-            + self.state.tx.due.len()
-    }
-
-    /// The earliest time a held frame is released on its own (`None`: none held).
+    /// When `flush` next has something to send: the earliest time a held
+    /// frame is released on its own, or the distant past if frames are already
+    /// due (`None`: nothing held or due).
     pub fn poll_at(&self) -> Option<Instant> {
-        let due = (!self.state.rx.due.is_empty() || !self.state.tx.due.is_empty())
-            .then_some(Instant::from_micros(i64::MIN));
-        self.state
-            .rx
-            .held
-            .iter()
-            .chain(&self.state.tx.held)
-            .map(|h| h.deadline)
-            .chain(due)
-            .min()
+        let due = (!self.state.due.is_empty()).then_some(Instant::from_micros(i64::MIN));
+        self.state.held.iter().map(|h| h.deadline).chain(due).min()
     }
 
-    /// Send transmit-side frames whose time has come.
+    /// Send frames whose time has come.
     pub fn flush(&mut self, now: Instant) {
-        self.state.tx.pass(now, false);
-        while let Some(frame) = self.state.tx.due.pop_front() {
+        self.state.pass(now, false);
+        while let Some(frame) = self.state.due.pop_front() {
             match self.inner.transmit(now) {
                 Some(t) => phy::TxToken::consume(t, frame.len(), |b| b.copy_from_slice(&frame)),
-                None => self.state.tx.stats.lost_full += 1,
+                None => self.state.stats.lost_full += 1,
             }
         }
     }
 }
 
-/// Receive token: owns the (possibly corrupted) frame.
-#[derive(Debug)]
-pub struct FaultyRx {
-    frame: Vec<u8>,
-}
-
-impl phy::RxToken for FaultyRx {
-    fn consume<R, F>(self, f: F) -> R
-    where
-        F: FnOnce(&[u8]) -> R,
-    {
-        f(&self.frame)
-    }
-}
-
-/// Transmit token: applies the transmit-side faults.
+/// Transmit token: applies the faults.
 pub struct FaultyTx<'a, T> {
     inner: Option<T>,
     state: &'a mut State,
@@ -285,19 +230,19 @@ impl<T: phy::TxToken> phy::TxToken for FaultyTx<'_, T> {
         F: FnOnce(&mut [u8]) -> R,
     {
         let Self { inner, state, now } = self;
-        let (fate, corrupt, dup) = state.decide(false);
+        let (fate, corrupt, dup) = state.decide();
         let mut scratch;
         let (r, frame) = match (fate, inner) {
             (Fate::Pass, Some(t)) => {
                 return t.consume(len, |buf| {
                     let r = f(buf);
                     if dup {
-                        state.tx.due.push_back(buf.to_vec());
+                        state.due.push_back(buf.to_vec());
                     }
                     if corrupt {
                         state.corrupt(buf);
                     }
-                    state.tx.pass(now, true);
+                    state.pass(now, true);
                     r
                 });
             }
@@ -316,13 +261,13 @@ impl<T: phy::TxToken> phy::TxToken for FaultyTx<'_, T> {
                 state.corrupt(&mut frame);
             }
             if dup {
-                state.tx.due.push_back(frame.clone());
+                state.due.push_back(frame.clone());
             }
             let remaining = 1 + state.rng.below(3) as u32;
-            state.tx.held.push(Held {
+            state.held.push(Held {
                 frame,
                 remaining,
-                deadline: now + state.reorder_window,
+                deadline: now + REORDER_WINDOW,
             });
         }
         r
@@ -331,7 +276,7 @@ impl<T: phy::TxToken> phy::TxToken for FaultyTx<'_, T> {
 
 impl<D: Device> Device for FaultyDevice<D> {
     type RxToken<'a>
-        = FaultyRx
+        = D::RxToken<'a>
     where
         Self: 'a;
     type TxToken<'a>
@@ -339,49 +284,21 @@ impl<D: Device> Device for FaultyDevice<D> {
     where
         Self: 'a;
 
-    fn receive(&mut self, now: Instant) -> Option<(FaultyRx, Self::TxToken<'_>)> {
+    fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         self.flush(now);
-        self.state.rx.pass(now, false);
-        // Pull from the inner device until a frame is due (bounded).
-        for _ in 0..16 {
-            if !self.state.rx.due.is_empty() {
-                break;
-            }
-            let Some((rx, _)) = self.inner.receive(now) else {
-                break;
-            };
-            let mut frame = phy::RxToken::consume(rx, |b| b.to_vec());
-            let (fate, corrupt, dup) = self.state.decide(true);
-            if matches!(fate, Fate::Drop) {
-                continue;
-            }
-            if corrupt {
-                self.state.corrupt(&mut frame);
-            }
-            if dup {
-                self.state.rx.due.push_back(frame.clone());
-            }
-            match fate {
-                Fate::Hold => {
-                    let remaining = 1 + self.state.rng.below(3) as u32;
-                    self.state.rx.held.push(Held {
-                        frame,
-                        remaining,
-                        deadline: now + self.state.reorder_window,
-                    });
-                }
-                _ => {
-                    self.state.rx.pass(now, true);
-                    self.state.rx.due.push_front(frame);
-                }
-            }
-        }
-        let frame = self.state.rx.due.pop_front()?;
+        // Received frames pass through. A reply uses the inner device's
+        // paired token, but only if `transmit` would give a token now: a
+        // reply meeting a full device is discarded by the fault stage like
+        // any frame sent without a slot (no reorder or corruption drawn), so
+        // a seed draws the same faults whatever the device does with a paired
+        // token it has no room for.
+        let can_reply = self.inner.transmit(now).is_some();
         let FaultyDevice { inner, state } = self;
+        let (rx, tx) = inner.receive(now)?;
         Some((
-            FaultyRx { frame },
+            rx,
             FaultyTx {
-                inner: inner.transmit(now),
+                inner: can_reply.then_some(tx),
                 state,
                 now,
             },

@@ -1,5 +1,6 @@
-//! Just enough header parsing to demultiplex, and the two segments the stack
-//! writes itself (TIME-WAIT ACKs). Everything else on the wire is smoltcp's.
+//! Just enough header parsing to demultiplex, and the one segment the stack
+//! writes itself (the bare ACK of a TIME-WAIT record). Everything else on the
+//! wire is smoltcp's.
 
 use smoltcp::phy::{ChecksumCapabilities, Medium};
 use smoltcp::wire::{

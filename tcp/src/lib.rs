@@ -72,11 +72,12 @@
 //! - **TIME-WAIT** (10 s holding the whole socket and its buffers): when a
 //!   socket reaches TIME-WAIT with nothing left to send it is dropped and a
 //!   record (expiry, our and the peer's next sequence numbers: about 70 bytes
-//!   with its flow-table slot and expiry-queue entry) takes its place. The record re-ACKs a retransmitted FIN,
-//!   ignores RSTs (RFC 1337), answers an old SYN with an ACK, and gives way
-//!   to a SYN above the old sequence space (RFC 1122 4.2.2.13 reuse).
-//!   Records live `time_wait` (60 s) and at most `max_time_wait` are kept,
-//!   oldest dropped first.
+//!   with its flow-table slot and expiry-queue entry) takes its place. The
+//!   record re-ACKs a retransmitted FIN (and restarts its 2MSL), ignores RSTs
+//!   (RFC 1337), answers an old SYN with an ACK, and gives way to a SYN above
+//!   the old sequence space (RFC 1122 4.2.2.13 reuse). Records live
+//!   `time_wait` (60 s) and at most `max_time_wait` are kept, oldest dropped
+//!   first.
 //!
 //! # Accept queue
 //! Per listener, half-open plus established-but-not-accepted connections are
@@ -122,8 +123,8 @@
 //!
 //! # Test devices
 //! [`wire`] joins two stacks in memory; [`fault::FaultyDevice`] wraps any
-//! device and drops, reorders, duplicates and corrupts frames per direction
-//! with a seeded RNG. Corrupted frames are always caught by the IPv4/TCP
+//! device and drops, reorders, duplicates and corrupts the frames sent through
+//! it with a seeded RNG (one per side of the wire covers both directions). Corrupted frames are always caught by the IPv4/TCP
 //! checksums and never delivered (tests check this byte by byte, with the
 //! streams of [`pattern`]).
 

@@ -12,12 +12,12 @@ use smoltcp::wire::{
 };
 
 use crate::TcpError;
-use crate::adapters::{CapsOnly, EgressDev, InspectTx, OneShot, TxObs};
+use crate::adapters::{EgressDev, InspectTx, OneShot, TxObs};
 use crate::clock::Clock;
 use crate::config::{Congestion, SocketConfig, StackConfig};
 use crate::flow::{FlowEntry, FlowHashBuilder, FourTuple, TimeWait, splitmix};
 use crate::frame::{self, Segment};
-use crate::timer::TimerHeap;
+use crate::timer::{TimeWaitQueue, TimerHeap};
 
 /// A connection handle. Stays valid until `close` or `abort` is called on it
 /// (or, for a connection never accepted, until the stack drops it).
@@ -115,6 +115,10 @@ pub struct MemoryUsage {
     pub tables: usize,
     /// TIME-WAIT records held.
     pub time_wait: usize,
+    /// Entries in the TIME-WAIT expiry queue: one per record (a record whose
+    /// 2MSL restarts keeps its entry), plus, until it expires, the entry of a
+    /// record whose tuple a new connection took over.
+    pub time_wait_queue: usize,
 }
 
 impl MemoryUsage {
@@ -176,6 +180,17 @@ struct Conn {
     leftover_pos: usize,
 }
 
+impl Conn {
+    /// The socket, or why a caller's operation on it fails.
+    fn socket(&mut self) -> Result<&mut tcp::Socket<'static>, TcpError> {
+        match (&mut self.set, self.dead) {
+            (Some(set), _) => Ok(set.get_mut::<tcp::Socket>(self.handle)),
+            (None, Some(Dead::Reset)) => Err(TcpError::Reset),
+            (None, _) => Err(TcpError::InvalidState),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Slot {
     generation: u32,
@@ -234,9 +249,13 @@ pub struct Stack {
     listeners: Vec<ListenerSlot>,
     by_port: HashMap<u16, u32>,
     timers: TimerHeap,
+    /// Connections to visit on the next egress pass.
     ready: Vec<u32>,
+    /// The list `egress` works through is swapped with this one, so neither
+    /// is reallocated when connections queue themselves again.
+    spare: Vec<u32>,
     events: VecDeque<Event>,
-    tw_fifo: VecDeque<(FourTuple, i64)>,
+    tw_queue: TimeWaitQueue,
     tw_count: usize,
     port_cursor: u32,
     neighbor_waiters: Vec<(u32, u32)>,
@@ -304,7 +323,7 @@ impl Stack {
         let mut seed = cfg.seed;
         let mut icfg = IfaceConfig::new(cfg.hardware_addr);
         icfg.random_seed = splitmix(&mut seed);
-        let mut iface = Interface::new(icfg, &mut CapsOnly(caps.clone()), clock.to_virt(now));
+        let mut iface = Interface::new(icfg, &mut OneShot::idle(caps.clone()), clock.to_virt(now));
         let mut full = false;
         iface.update_ip_addrs(|addrs| {
             for a in &cfg.addresses {
@@ -337,8 +356,9 @@ impl Stack {
             by_port: HashMap::new(),
             timers: TimerHeap::default(),
             ready: Vec::new(),
+            spare: Vec::new(),
             events: VecDeque::new(),
-            tw_fifo: VecDeque::new(),
+            tw_queue: TimeWaitQueue::default(),
             tw_count: 0,
             port_cursor,
             neighbor_waiters: Vec::new(),
@@ -436,13 +456,7 @@ impl Stack {
     }
 
     fn listener_mut(&mut self, id: ListenerId) -> Result<&mut Listener, TcpError> {
-        match self.listeners.get_mut(id.index as usize) {
-            Some(ListenerSlot {
-                generation,
-                listener: Some(l),
-            }) if *generation == id.generation => Ok(l),
-            _ => Err(TcpError::InvalidHandle),
-        }
+        listener_in(&mut self.listeners, id)
     }
 
     /// Stop listening. Half-open and not-yet-accepted connections are reset.
@@ -465,32 +479,25 @@ impl Stack {
 
     /// Take the oldest established connection from the listener's queue.
     pub fn accept(&mut self, id: ListenerId) -> Result<Option<ConnId>, TcpError> {
-        self.listener_mut(id)?;
-        loop {
-            let l = self.listener_mut(id)?;
-            let Some((slot, generation)) = l.queue.pop_front() else {
-                return Ok(None);
-            };
-            let valid = matches!(
-                self.conn_at(slot, generation).map(|c| c.role),
-                Some(Role::Queued(i)) if i == id.index
-            );
-            if !valid {
+        let l = listener_in(&mut self.listeners, id)?;
+        while let Some((slot, generation)) = l.queue.pop_front() {
+            let s = &mut self.slots[slot as usize];
+            if s.generation != generation {
                 continue;
             }
-            self.listener_mut(id)?.queued_count -= 1;
-            let conn = self.slots[slot as usize]
-                .conn
-                .as_mut()
-                .ok_or(TcpError::InvalidHandle)?;
+            let Some(conn) = s.conn.as_mut().filter(|c| c.role == Role::Queued(id.index)) else {
+                continue;
+            };
+            l.queued_count -= 1;
             conn.role = Role::User;
             // Data may have arrived while queued; the caller gets one event for it.
-            self.mark_ready(slot);
+            push_ready(conn, &mut self.ready, slot);
             return Ok(Some(ConnId {
                 index: slot,
                 generation,
             }));
         }
+        Ok(None)
     }
 
     /// Connections waiting in the listener's accept queue.
@@ -612,22 +619,34 @@ impl Stack {
     // ---------------------------------------------------------------- data
 
     fn user_conn(&mut self, id: ConnId) -> Result<&mut Conn, TcpError> {
-        match self.slots.get_mut(id.index as usize) {
-            Some(Slot {
-                generation,
-                conn: Some(c),
-            }) if *generation == id.generation && c.role == Role::User => Ok(c),
-            _ => Err(TcpError::InvalidHandle),
-        }
+        user_conn_in(&mut self.slots, id)
     }
 
     fn user_socket(&mut self, id: ConnId) -> Result<&mut tcp::Socket<'static>, TcpError> {
-        let c = self.user_conn(id)?;
-        match (&mut c.set, c.dead) {
-            (Some(set), _) => Ok(set.get_mut::<tcp::Socket>(c.handle)),
-            (None, Some(Dead::Reset)) => Err(TcpError::Reset),
-            (None, _) => Err(TcpError::InvalidState),
+        self.user_conn(id)?.socket()
+    }
+
+    /// Write through `write`, which returns a value and whether the write
+    /// fell short of what the caller had. Then: a full send buffer or a short
+    /// write asks for `Writable`; queued bytes have the connection transmit
+    /// on the next poll.
+    fn with_send<R>(
+        &mut self,
+        id: ConnId,
+        write: impl FnOnce(&mut tcp::Socket<'static>) -> Result<(R, bool), tcp::SendError>,
+    ) -> Result<R, TcpError> {
+        let c = user_conn_in(&mut self.slots, id)?;
+        let sock = c.socket()?;
+        let before = sock.send_queue();
+        let (r, short) = write(sock).map_err(|_| TcpError::InvalidState)?;
+        let after = sock.send_queue();
+        if short || after == sock.send_capacity() {
+            c.want_writable = true;
         }
+        if after != before {
+            push_ready(c, &mut self.ready, id.index);
+        }
+        Ok(r)
     }
 
     /// Write into the send buffer: `f` gets the free space (one contiguous
@@ -637,45 +656,62 @@ impl Stack {
         id: ConnId,
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, TcpError> {
-        let sock = self.user_socket(id)?;
-        let before = sock.send_queue();
-        // A closure that claims more than it was given must not panic smoltcp.
-        let r = sock
-            .send(|buf| {
+        self.with_send(id, |sock| {
+            // A closure that claims more than it was given must not panic smoltcp.
+            let r = sock.send(|buf| {
                 let (n, r) = f(buf);
                 (n.min(buf.len()), r)
-            })
-            .map_err(|_| TcpError::InvalidState)?;
-        let after = sock.send_queue();
-        let full = after == sock.send_capacity();
-        if full {
-            self.user_conn(id)?.want_writable = true;
-        }
-        if after != before {
-            self.mark_ready(id.index);
-        }
-        Ok(r)
+            })?;
+            Ok((r, false))
+        })
     }
 
     /// Copy as much of `data` as fits into the send buffer; returns the count.
     pub fn send_slice(&mut self, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
-        let mut done = 0;
-        // The free space may wrap around the ring: at most two runs.
-        for _ in 0..2 {
-            let n = self.send(id, |buf| {
-                let n = buf.len().min(data.len() - done);
-                buf[..n].copy_from_slice(&data[done..done + n]);
-                (n, n)
-            })?;
-            done += n;
-            if n == 0 || done == data.len() {
-                break;
+        self.with_send(id, |sock| {
+            let n = sock.send_slice(data)?;
+            Ok((n, n < data.len()))
+        })
+    }
+
+    /// Read from the connection: `saved` gets the unread bytes kept from a
+    /// socket dropped after a clean close (and returns how many it consumed),
+    /// otherwise `read` gets the socket; `ctx` goes to whichever runs.
+    /// Re-arms `Readable`; a read that frees receive space has the connection
+    /// transmit on the next poll.
+    fn with_recv<C, R>(
+        &mut self,
+        id: ConnId,
+        ctx: C,
+        saved: impl FnOnce(C, &mut [u8]) -> (usize, R),
+        read: impl FnOnce(C, &mut tcp::Socket<'static>) -> Result<R, tcp::RecvError>,
+    ) -> Result<R, TcpError> {
+        let c = user_conn_in(&mut self.slots, id)?;
+        c.readable_sent = false;
+        if c.leftover_pos < c.leftover.len() {
+            let (n, r) = saved(ctx, &mut c.leftover[c.leftover_pos..]);
+            c.leftover_pos = (c.leftover_pos + n).min(c.leftover.len());
+            if c.leftover_pos == c.leftover.len() {
+                c.leftover = Vec::new();
+                c.leftover_pos = 0;
             }
+            return Ok(r);
         }
-        if done < data.len() {
-            self.user_conn(id)?.want_writable = true;
+        let sock = match (&mut c.set, c.dead) {
+            (Some(set), _) => set.get_mut::<tcp::Socket>(c.handle),
+            (None, Some(Dead::Reset)) => return Err(TcpError::Reset),
+            (None, _) => return Err(TcpError::Finished),
+        };
+        let before = sock.recv_queue();
+        let r = read(ctx, sock).map_err(|e| match e {
+            tcp::RecvError::Finished => TcpError::Finished,
+            _ => TcpError::InvalidState,
+        });
+        if sock.recv_queue() != before {
+            // Reading may open the window enough to need a window update.
+            push_ready(c, &mut self.ready, id.index);
         }
-        Ok(done)
+        r
     }
 
     /// Read from the receive buffer: `f` gets the queued bytes (one
@@ -687,61 +723,32 @@ impl Stack {
         id: ConnId,
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, TcpError> {
-        let c = self.user_conn(id)?;
-        c.readable_sent = false;
-        if c.leftover_pos < c.leftover.len() {
-            let (n, r) = f(&mut c.leftover[c.leftover_pos..]);
-            c.leftover_pos = (c.leftover_pos + n).min(c.leftover.len());
-            if c.leftover_pos == c.leftover.len() {
-                c.leftover = Vec::new();
-                c.leftover_pos = 0;
-            }
-            return Ok(r);
-        }
-        match (&c.set, c.dead) {
-            (None, Some(Dead::Reset)) => return Err(TcpError::Reset),
-            (None, _) => return Err(TcpError::Finished),
-            (Some(_), _) => {}
-        }
-        let sock = self.user_socket(id)?;
-        let before = sock.recv_queue();
-        let r = sock
-            .recv(|buf| {
-                let (n, r) = f(buf);
-                (n.min(buf.len()), r)
-            })
-            .map_err(|e| match e {
-                tcp::RecvError::Finished => TcpError::Finished,
-                _ => TcpError::InvalidState,
-            });
-        if self.user_socket(id).is_ok_and(|s| s.recv_queue() != before) {
-            // Reading may open the window enough to need a window update.
-            self.mark_ready(id.index);
-        }
-        r
+        self.with_recv(
+            id,
+            f,
+            |f, saved| f(saved),
+            |f, sock| {
+                // A closure that claims more than it was given must not panic smoltcp.
+                sock.recv(|buf| {
+                    let (n, r) = f(buf);
+                    (n.min(buf.len()), r)
+                })
+            },
+        )
     }
 
     /// Copy queued bytes into `buf`; returns the count (0: nothing queued yet).
     pub fn recv_slice(&mut self, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let mut done = 0;
-        for _ in 0..2 {
-            let r = self.recv(id, |data| {
-                let n = data.len().min(buf.len() - done);
-                buf[done..done + n].copy_from_slice(&data[..n]);
+        self.with_recv(
+            id,
+            buf,
+            |buf, saved| {
+                let n = saved.len().min(buf.len());
+                buf[..n].copy_from_slice(&saved[..n]);
                 (n, n)
-            });
-            match r {
-                Ok(n) => {
-                    done += n;
-                    if n == 0 || done == buf.len() {
-                        break;
-                    }
-                }
-                Err(TcpError::Finished) if done > 0 => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+            },
+            |buf, sock| sock.recv_slice(buf),
+        )
     }
 
     /// Bytes waiting to be read.
@@ -752,11 +759,6 @@ impl Stack {
             Some(set) => Ok(left + set.get::<tcp::Socket>(c.handle).recv_queue()),
             None => Ok(left),
         }
-    }
-
-    /// Bytes in the send buffer not yet acknowledged.
-    pub fn send_queue(&mut self, id: ConnId) -> Result<usize, TcpError> {
-        Ok(self.user_socket(id)?.send_queue())
     }
 
     /// Free space in the send buffer.
@@ -819,7 +821,7 @@ impl Stack {
             return Some(self.now);
         }
         let t = self.timers.next_at();
-        let w = self.tw_fifo.front().map(|(_, e)| *e);
+        let w = self.tw_queue.next_at();
         match (t, w) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -854,7 +856,9 @@ impl Stack {
         self.now = now;
         let vnow = self.clock.to_virt(now);
         let before = self.stats.tx_frames;
-        let mut batch = core::mem::take(&mut self.ready);
+        // Connections queue themselves again (into `ready`, the spare list)
+        // while `batch` is worked through; then `batch` is the spare one.
+        let mut batch = core::mem::replace(&mut self.ready, core::mem::take(&mut self.spare));
         let mut exhausted = false;
         for &slot in &batch {
             let Some(c) = self.slots[slot as usize].conn.as_mut() else {
@@ -870,9 +874,7 @@ impl Stack {
             self.settle(slot, now, vnow, sent, ex, wanted);
         }
         batch.clear();
-        if self.ready.is_empty() {
-            self.ready = batch;
-        }
+        self.spare = batch;
         (self.stats.tx_frames - before) as usize
     }
 
@@ -1115,12 +1117,12 @@ impl Stack {
             // Our final ACK was lost (or this is a stray): say where we are.
             self.time_wait_ack(tx, seg, tw);
             if seg.fin {
+                // Restart 2MSL. The record keeps its one queue entry, which
+                // follows the new deadline when it comes up (`pop_time_wait`).
                 let expires_us = now.total_micros().saturating_add(self.tw_duration_us());
-                self.flows.insert(
-                    seg.tuple,
-                    FlowEntry::TimeWait(TimeWait { expires_us, ..tw }),
-                );
-                self.tw_fifo.push_back((seg.tuple, expires_us));
+                if let Some(FlowEntry::TimeWait(r)) = self.flows.get_mut(&seg.tuple) {
+                    r.expires_us = expires_us;
+                }
             }
         }
     }
@@ -1180,19 +1182,19 @@ impl Stack {
 
     fn expire_time_wait(&mut self, now: Instant) {
         let now_us = now.total_micros();
-        while let Some(&(_, expires)) = self.tw_fifo.front() {
-            if expires > now_us {
-                break;
-            }
+        while self.tw_queue.next_at().is_some_and(|at| at <= now_us) {
             if self.pop_time_wait() {
                 self.stats.time_wait_expired += 1;
             }
         }
     }
 
-    /// Pop the oldest FIFO entry; remove its record if it is still current.
+    /// Take the queue entry with the earliest deadline. If that is still its
+    /// record's deadline, remove the record (true). If the record's 2MSL was
+    /// restarted since, queue the entry again at the new deadline; if the
+    /// record is gone, drop the entry.
     fn pop_time_wait(&mut self) -> bool {
-        let Some((tuple, expires)) = self.tw_fifo.pop_front() else {
+        let Some((tuple, expires)) = self.tw_queue.pop() else {
             return false;
         };
         match self.flows.get(&tuple) {
@@ -1200,6 +1202,10 @@ impl Stack {
                 self.flows.remove(&tuple);
                 self.tw_count -= 1;
                 true
+            }
+            Some(FlowEntry::TimeWait(tw)) if tw.expires_us > expires => {
+                self.tw_queue.push(tw.expires_us, tuple);
+                false
             }
             _ => false,
         }
@@ -1220,8 +1226,8 @@ impl Stack {
         );
         if !matches!(prev, Some(FlowEntry::TimeWait(_))) {
             self.tw_count += 1;
+            self.tw_queue.push(expires_us, tuple);
         }
-        self.tw_fifo.push_back((tuple, expires_us));
         self.stats.time_wait_created += 1;
         while self.tw_count > self.cfg.max_time_wait {
             if self.pop_time_wait() {
@@ -1437,13 +1443,9 @@ impl Stack {
                     closed && (conn.rst_seen || conn.rst_sent || prev != tcp::State::LastAck);
                 if role == Role::User && !reset && rx_queued > 0 {
                     let sock = set.get_mut::<tcp::Socket>(conn.handle);
-                    let mut saved = Vec::with_capacity(rx_queued);
-                    for _ in 0..2 {
-                        let _ = sock.recv(|b| {
-                            saved.extend_from_slice(b);
-                            (b.len(), ())
-                        });
-                    }
+                    let mut saved = vec![0; rx_queued];
+                    let n = sock.recv_slice(&mut saved).unwrap_or(0);
+                    saved.truncate(n);
                     conn.leftover = saved;
                     conn.leftover_pos = 0;
                 }
@@ -1533,6 +1535,7 @@ impl Stack {
         use core::mem::size_of;
         let mut m = MemoryUsage {
             time_wait: self.tw_count,
+            time_wait_queue: self.tw_queue.len(),
             ..MemoryUsage::default()
         };
         for s in &self.slots {
@@ -1552,9 +1555,9 @@ impl Stack {
         m.tables += buckets * (size_of::<(FourTuple, FlowEntry)>() + 1);
         m.tables += self.free.capacity() * 4
             + self.timers.capacity_bytes()
-            + self.ready.capacity() * 4
+            + (self.ready.capacity() + self.spare.capacity()) * 4
             + self.events.capacity() * size_of::<Event>()
-            + self.tw_fifo.capacity() * size_of::<(FourTuple, i64)>()
+            + self.tw_queue.capacity_bytes()
             + self.neighbor_waiters.capacity() * 8;
         for l in self.listeners.iter().filter_map(|l| l.listener.as_ref()) {
             m.tables += (l.half_open.capacity() + l.queue.capacity()) * 8;
@@ -1586,6 +1589,28 @@ fn feed_one<T: TxToken>(
     );
     let _ = iface.poll_ingress_single(vnow, &mut dev, set);
     obs
+}
+
+/// The listener `id` names.
+fn listener_in(listeners: &mut [ListenerSlot], id: ListenerId) -> Result<&mut Listener, TcpError> {
+    match listeners.get_mut(id.index as usize) {
+        Some(ListenerSlot {
+            generation,
+            listener: Some(l),
+        }) if *generation == id.generation => Ok(l),
+        _ => Err(TcpError::InvalidHandle),
+    }
+}
+
+/// The caller-owned connection `id` names.
+fn user_conn_in(slots: &mut [Slot], id: ConnId) -> Result<&mut Conn, TcpError> {
+    match slots.get_mut(id.index as usize) {
+        Some(Slot {
+            generation,
+            conn: Some(c),
+        }) if *generation == id.generation && c.role == Role::User => Ok(c),
+        _ => Err(TcpError::InvalidHandle),
+    }
 }
 
 /// Put the connection in `slot` on the ready list unless it is there.
@@ -1643,7 +1668,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seq_helpers() {
+    fn state_predicates() {
         assert!(synchronized(tcp::State::Established));
         assert!(!synchronized(tcp::State::SynReceived));
         assert!(fin_received(tcp::State::TimeWait));

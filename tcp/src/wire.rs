@@ -16,7 +16,6 @@ struct Link {
     queues: [VecDeque<Vec<u8>>; 2],
     pool: Vec<Vec<u8>>,
     capacity: usize,
-    sent: [u64; 2],
 }
 
 /// One end of the wire; implements `smoltcp::phy::Device`.
@@ -34,7 +33,6 @@ pub fn pair(medium: Medium, mtu: usize, capacity: usize) -> (WirePort, WirePort)
         queues: [VecDeque::new(), VecDeque::new()],
         pool: Vec::new(),
         capacity: capacity.max(1),
-        sent: [0; 2],
     }));
     let mut caps = DeviceCapabilities::default();
     caps.medium = medium;
@@ -63,11 +61,6 @@ impl WirePort {
         l.queues[0].len() + l.queues[1].len()
     }
 
-    /// Frames this port has sent.
-    pub fn sent(&self) -> u64 {
-        self.link.borrow().sent[self.side]
-    }
-
     /// Take the next frame sent by the other port, bypassing any stack (for
     /// transcript tests).
     pub fn take_incoming(&mut self) -> Option<Vec<u8>> {
@@ -76,9 +69,7 @@ impl WirePort {
 
     /// Put a frame on the wire as if this port had sent it.
     pub fn inject(&mut self, frame: &[u8]) {
-        let mut l = self.link.borrow_mut();
-        l.queues[self.side].push_back(frame.to_vec());
-        l.sent[self.side] += 1;
+        self.link.borrow_mut().queues[self.side].push_back(frame.to_vec());
     }
 }
 
@@ -124,7 +115,6 @@ impl phy::TxToken for WireTx<'_> {
         // lost, as on a real link.
         if l.queues[self.side].len() < l.capacity {
             l.queues[self.side].push_back(buf);
-            l.sent[self.side] += 1;
         }
         r
     }

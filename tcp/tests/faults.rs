@@ -114,8 +114,8 @@ fn run_seed(seed: u64) {
             && p.a.connection_count() == 0
             && p.b.connection_count() == 0
     });
-    let (_, tx_a) = p.da.stats();
-    let (_, tx_b) = p.db.stats();
+    let tx_a = p.da.stats();
+    let tx_b = p.db.stats();
     assert!(
         ok,
         "seed {seed}: did not finish by {}; faults {ab:?} / {ba:?}; a={:?} b={:?}",
@@ -227,7 +227,7 @@ fn bench_goal_faults_five_five_two() {
     }));
     assert!(c_in.iter().all(|s| s.bad == 0 && s.received == 2000));
     assert!(servers.iter().all(|s| s.2.bad == 0 && s.2.received == 2000));
-    let (_, tx) = p.da.stats();
+    let tx = p.da.stats();
     assert!(
         tx.dropped > 0 && tx.reordered > 0 && tx.duplicated > 0,
         "{tx:?}"
@@ -264,7 +264,7 @@ fn fault_device_rates_and_replay() {
             });
             delivered += 1;
         }
-        let (_, s) = f.stats();
+        let s = f.stats();
         assert_eq!(s.frames, 20_000);
         assert_eq!(delivered, s.frames - s.dropped + s.duplicated - s.lost_full);
         assert!(out_of_order > 0);

@@ -7,8 +7,8 @@ mod common;
 use common::{A, B, config};
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, Device, Medium};
 use dpuproxy_tcp::smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber,
+    IpAddress, IpProtocol, Ipv4Address, Ipv4Cidr, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
+    TcpRepr, TcpSeqNumber,
 };
 use dpuproxy_tcp::wire::{self, WirePort};
 use dpuproxy_tcp::{
@@ -364,6 +364,36 @@ fn time_wait_acks_retransmitted_fin_and_ignores_rst() {
 }
 
 #[test]
+fn repeated_fins_restart_time_wait_without_growing_its_queue() {
+    let mut b = Bench::default();
+    let l = b.stack.listen(80, 8).unwrap();
+    let (snd, rcv) = into_time_wait(&mut b, l, 5000);
+    assert_eq!(b.stack.memory_usage().time_wait_queue, 1);
+    // The peer keeps retransmitting its FIN, once a second: each is ACKed and
+    // restarts 2MSL, and the record keeps its one expiry-queue entry.
+    for i in 0..10 {
+        b.now += Duration::from_secs(1);
+        let out = b.send(&Seg::new(43000, 80, rcv.wrapping_sub(1)).ack(snd).fin());
+        assert_eq!(out.len(), 1, "FIN {i}: {out:?}");
+        assert_eq!((out[0].seq, out[0].ack), (snd, Some(rcv)), "FIN {i}");
+        assert!(!out[0].fin && !out[0].rst && !out[0].syn, "FIN {i}");
+        let m = b.stack.memory_usage();
+        assert_eq!((m.time_wait, m.time_wait_queue), (1, 1), "FIN {i}");
+    }
+    assert_eq!(b.stack.stats().time_wait_acks, 10);
+    // The record lives `time_wait` (60 s) from the last FIN: the first
+    // deadline passes (its entry is queued again at the new one) ...
+    b.advance(Duration::from_secs(59));
+    assert_eq!(b.stack.time_wait_count(), 1);
+    assert_eq!(b.stack.memory_usage().time_wait_queue, 1);
+    // ... and the record expires at the restarted one.
+    b.advance(Duration::from_secs(2));
+    assert_eq!(b.stack.time_wait_count(), 0);
+    assert_eq!(b.stack.memory_usage().time_wait_queue, 0);
+    assert_eq!(b.stack.stats().time_wait_expired, 1);
+}
+
+#[test]
 fn time_wait_reuse_by_new_syn() {
     let mut b = Bench::default();
     let l = b.stack.listen(80, 8).unwrap();
@@ -555,6 +585,18 @@ fn config_errors_are_clean() {
         Stack::new(c, caps.clone(), now),
         Err(TcpError::Config(_))
     ));
+    // smoltcp holds two addresses per interface (its default
+    // IFACE_MAX_ADDR_COUNT): a third is refused, not dropped.
+    let mut c = config(B, 1);
+    c.addresses
+        .push(Ipv4Cidr::new(Ipv4Address::new(10, 78, 0, 2), 24));
+    assert!(Stack::new(c.clone(), caps.clone(), now).is_ok());
+    c.addresses
+        .push(Ipv4Cidr::new(Ipv4Address::new(10, 79, 0, 2), 24));
+    assert_eq!(
+        Stack::new(c, caps.clone(), now).unwrap_err(),
+        TcpError::Config("too many addresses")
+    );
     let mut c = config(B, 1);
     c.hardware_addr = dpuproxy_tcp::smoltcp::wire::HardwareAddress::Ethernet(
         dpuproxy_tcp::smoltcp::wire::EthernetAddress([2, 0, 0, 0, 0, 1]),
