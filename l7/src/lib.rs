@@ -16,7 +16,9 @@
 //! - [`auth`]: bearer JWT validation, scopes, RFC 9728 metadata;
 //! - [`backends`]: health, round-robin and least-outstanding picks;
 //! - [`sse`]: event boundary tracking for keepalives and clean stream ends;
-//! - [`conn`]: the per-connection state machine;
+//! - [`conn`]: the per-connection state machine (requests routed in
+//!   phases, see [`conn`]);
+//! - [`reject`]: the one type for requests the proxy answers itself;
 //! - [`deadlines`]: one timer per connection, for the drivers;
 //! - [`metrics`] and [`config`]: counters and every named limit.
 #![forbid(unsafe_code)]
@@ -31,6 +33,7 @@ pub mod deadlines;
 pub mod http;
 pub mod mcp;
 pub mod metrics;
+pub mod reject;
 pub mod sse;
 
 pub use affinity::AffinityTable;
@@ -38,6 +41,7 @@ pub use backends::Backends;
 pub use config::CoreConfig;
 pub use conn::{Action, Connection};
 pub use metrics::{ErrorKind, Metrics};
+pub use reject::{Fault, Reject};
 
 use std::sync::Mutex;
 use std::time::Instant;

@@ -1,239 +1,15 @@
-//! Deterministic tests of the L7 core: scripted clients and backends over a
-//! fake clock. No sockets, no threads, no sleeping.
+//! The L7 scenarios, through the production driver over the fake
+//! transport (moved here from the core's own tests): scripted clients and
+//! backends on a fake clock.
+
+mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dpuproxy_l7::{Action, Connection, CoreConfig, ErrorKind, Shared};
-
-/// One client connection plus the backends it talks to.
-struct Sim {
-    shared: Arc<Shared>,
-    conn: Connection,
-    now: Instant,
-    /// Backend indexes that refuse connections.
-    down: HashSet<usize>,
-    /// Current upstream: (backend, came from pool).
-    upstream: Option<usize>,
-    /// Whether the next connect is served from the "pool".
-    pool_next: bool,
-    /// Every connect the core asked for: (backend, fresh).
-    connects: Vec<(usize, bool)>,
-    /// Bytes each backend received, per connection, in order.
-    backend_rx: Vec<Vec<u8>>,
-    releases: Vec<bool>,
-    aborts: usize,
-    client_rx: Vec<u8>,
-    client_closed: Option<bool>,
-}
-
-const INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-const CALL: &str = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#;
-
-fn post(body: &str, extra: &str) -> String {
-    format!(
-        "POST /mcp HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn json_response(session: Option<&str>, body: &str) -> String {
-    let sid = session
-        .map(|s| format!("mcp-session-id: {s}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{sid}content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-}
-
-fn shared_with(cfg: CoreConfig, n: usize) -> Arc<Shared> {
-    Arc::new(Shared::new(
-        cfg,
-        (0..n).map(|i| format!("10.0.0.{i}:900{i}")).collect(),
-    ))
-}
-
-impl Sim {
-    fn new(shared: Arc<Shared>) -> Self {
-        let now = Instant::now();
-        Self {
-            conn: Connection::new(shared.clone(), "192.0.2.7", now),
-            shared,
-            now,
-            down: HashSet::new(),
-            upstream: None,
-            pool_next: false,
-            connects: Vec::new(),
-            backend_rx: Vec::new(),
-            releases: Vec::new(),
-            aborts: 0,
-            client_rx: Vec::new(),
-            client_closed: None,
-        }
-    }
-
-    /// A second client connection sharing the same proxy state and clock.
-    fn sibling(&self) -> Sim {
-        let mut s = Sim::new(self.shared.clone());
-        s.now = self.now;
-        s.conn = Connection::new(self.shared.clone(), "192.0.2.8", self.now);
-        s.down = self.down.clone();
-        s
-    }
-
-    fn pump(&mut self) {
-        for _ in 0..100 {
-            let mut progressed = false;
-            while let Some(a) = self.conn.poll_action() {
-                progressed = true;
-                match a {
-                    Action::ConnectUpstream { backend, fresh } => {
-                        self.connects.push((backend, fresh));
-                        if self.down.contains(&backend) {
-                            self.conn.handle_upstream_connect_failed(self.now);
-                        } else {
-                            self.upstream = Some(backend);
-                            self.backend_rx.push(Vec::new());
-                            let reused = self.pool_next && !fresh;
-                            self.pool_next = false;
-                            self.conn.handle_upstream_connected(self.now, reused);
-                        }
-                    }
-                    Action::ReleaseUpstream { reusable } => {
-                        self.releases.push(reusable);
-                        self.upstream = None;
-                    }
-                    Action::AbortUpstream => {
-                        self.aborts += 1;
-                        self.upstream = None;
-                    }
-                    Action::CloseDownstream { flush } => {
-                        self.client_closed = Some(flush);
-                    }
-                }
-            }
-            let d = self.conn.downstream_pending().to_vec();
-            if !d.is_empty() {
-                progressed = true;
-                self.client_rx.extend_from_slice(&d);
-                self.conn.downstream_consumed(self.now, d.len());
-            }
-            let u = self.conn.upstream_pending().to_vec();
-            if !u.is_empty() {
-                progressed = true;
-                self.backend_rx
-                    .last_mut()
-                    .expect("upstream bytes without a connection")
-                    .extend_from_slice(&u);
-                self.conn.upstream_consumed(u.len());
-            }
-            if !progressed {
-                return;
-            }
-        }
-        panic!("core did not settle in 100 rounds");
-    }
-
-    fn client(&mut self, data: &str) {
-        self.conn.handle_downstream_data(self.now, data.as_bytes());
-        self.pump();
-    }
-
-    fn client_bytewise(&mut self, data: &str) {
-        for b in data.as_bytes() {
-            self.conn
-                .handle_downstream_data(self.now, std::slice::from_ref(b));
-            self.pump();
-        }
-    }
-
-    fn backend(&mut self, data: &str) {
-        self.conn.handle_upstream_data(self.now, data.as_bytes());
-        self.pump();
-    }
-
-    fn backend_bytewise(&mut self, data: &str) {
-        for b in data.as_bytes() {
-            self.conn
-                .handle_upstream_data(self.now, std::slice::from_ref(b));
-            self.pump();
-        }
-    }
-
-    fn advance(&mut self, d: Duration) {
-        self.now += d;
-        if let Some(t) = self.conn.poll_timeout()
-            && t <= self.now
-        {
-            self.conn.handle_timeout(self.now);
-        }
-        self.pump();
-    }
-
-    /// Advance virtual time in steps, firing every timer on the way.
-    fn run_for(&mut self, total: Duration, step: Duration) {
-        let end = self.now + total;
-        while self.now < end {
-            let next = self
-                .conn
-                .poll_timeout()
-                .filter(|t| *t <= end)
-                .unwrap_or(end)
-                .min(self.now + step)
-                .max(self.now);
-            self.now = if next == self.now {
-                self.now + step
-            } else {
-                next
-            };
-            if let Some(t) = self.conn.poll_timeout()
-                && t <= self.now
-            {
-                self.conn.handle_timeout(self.now);
-            }
-            self.pump();
-        }
-    }
-
-    fn client_text(&self) -> String {
-        String::from_utf8_lossy(&self.client_rx).into_owned()
-    }
-
-    fn last_request(&self) -> String {
-        String::from_utf8_lossy(self.backend_rx.last().expect("no request")).into_owned()
-    }
-
-    fn take_client(&mut self) -> String {
-        let s = self.client_text();
-        self.client_rx.clear();
-        s
-    }
-}
-
-fn status_of(resp: &str) -> u16 {
-    resp.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-/// Initialize a session on this sim; returns the backend it landed on.
-fn initialize(sim: &mut Sim, session: &str) -> usize {
-    sim.client(&post(INIT, ""));
-    let (b, _) = *sim.connects.last().expect("initialize must connect");
-    assert!(sim.last_request().contains("\"initialize\""));
-    sim.backend(&json_response(
-        Some(session),
-        r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
-    ));
-    let resp = sim.take_client();
-    assert_eq!(status_of(&resp), 200, "{resp}");
-    assert!(resp.contains(session));
-    b
-}
+use common::*;
+use dpuproxy_l7::{CoreConfig, ErrorKind};
 
 #[test]
 fn initialize_round_robin_then_affinity() {
@@ -251,7 +27,7 @@ fn initialize_round_robin_then_affinity() {
         for _ in 0..3 {
             let mut sim = Sim::new(shared.clone());
             sim.client(&post(CALL, &format!("Mcp-Session-Id: sess-{i}\r\n")));
-            assert_eq!(sim.connects, vec![(*want, false)]);
+            assert_eq!(sim.t.connects, vec![(*want, false)]);
             let req = sim.last_request();
             assert!(req.starts_with("POST /mcp HTTP/1.1\r\n"), "{req}");
             assert!(req.contains(&format!("Mcp-Session-Id: sess-{i}")));
@@ -266,7 +42,7 @@ fn byte_at_a_time_both_directions() {
     let shared = shared_with(CoreConfig::default(), 2);
     let mut sim = Sim::new(shared.clone());
     sim.client_bytewise(&post(INIT, ""));
-    assert_eq!(sim.connects.len(), 1);
+    assert_eq!(sim.t.connects.len(), 1);
     let sent = sim.last_request();
     assert!(sent.ends_with(INIT), "{sent}");
     let resp = json_response(Some("abc"), r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
@@ -276,10 +52,10 @@ fn byte_at_a_time_both_directions() {
         got.ends_with(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#),
         "{got}"
     );
-    assert_eq!(sim.releases, vec![true]);
+    assert_eq!(sim.t.releases, vec![true]);
     assert_eq!(
         shared.affinity.lookup("abc", sim.now),
-        Some(sim.connects[0].0)
+        Some(sim.t.connects[0].0)
     );
     // Chunked SSE response, byte by byte, re-chunked to the client.
     sim.client_bytewise(&post(CALL, "Mcp-Session-Id: abc\r\n"));
@@ -322,24 +98,16 @@ fn pipelined_requests_are_routed_one_by_one() {
     );
     sim.client(&two);
     // Only the first is forwarded until its response is complete.
-    assert_eq!(sim.connects, vec![(b0, false)]);
+    assert_eq!(sim.t.connects, vec![(b0, false)]);
     sim.backend(&json_response(None, r#"{"r":1}"#));
-    assert_eq!(sim.connects, vec![(b0, false), (b1, false)]);
+    assert_eq!(sim.t.connects, vec![(b0, false), (b1, false)]);
     sim.backend(&json_response(None, r#"{"r":2}"#));
     let got = sim.take_client();
     let first = got.find(r#"{"r":1}"#).expect("first response");
     let second = got.find(r#"{"r":2}"#).expect("second response");
     assert!(first < second);
-    assert_eq!(sim.releases, vec![true, true]);
-    assert_eq!(sim.client_closed, None);
-}
-
-fn sse_head() -> &'static str {
-    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-}
-
-fn chunk(s: &str) -> String {
-    format!("{:x}\r\n{s}\r\n", s.len())
+    assert_eq!(sim.t.releases, vec![true, true]);
+    assert_eq!(sim.client_closed(), None);
 }
 
 #[test]
@@ -353,11 +121,10 @@ fn backend_death_mid_sse_between_events_ends_stream_cleanly() {
     sim.backend(sse_head());
     sim.backend(&chunk("data: a\n\n"));
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 1);
-    sim.conn.handle_upstream_eof(sim.now);
-    sim.pump();
+    sim.backend_eof();
     let got = sim.take_client();
     assert!(got.ends_with("0\r\n\r\n"), "clean end: {got:?}");
-    assert_eq!(sim.client_closed, Some(true));
+    assert_eq!(sim.client_closed(), Some(true));
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
     assert_eq!(shared.metrics.errors(ErrorKind::UpstreamReset), 1);
 }
@@ -370,10 +137,13 @@ fn backend_death_mid_event_cuts_client_hard() {
     sim.client(&post(CALL, "Mcp-Session-Id: s1\r\n"));
     sim.backend(sse_head());
     sim.backend(&chunk("data: partial"));
-    sim.conn.handle_upstream_eof(sim.now);
-    sim.pump();
+    sim.backend_eof();
     assert!(!sim.client_text().ends_with("0\r\n\r\n"));
-    assert_eq!(sim.client_closed, Some(false), "no flush: truncated event");
+    assert_eq!(
+        sim.client_closed(),
+        Some(false),
+        "no flush: truncated event"
+    );
 }
 
 #[test]
@@ -388,9 +158,9 @@ fn backend_404_drops_binding_and_passes_through() {
     assert!(got.ends_with("not found"), "backend body passed: {got}");
     assert_eq!(shared.affinity.lookup("gone", sim.now), None);
     // The next request with that id is answered by the proxy: no connect.
-    let before = sim.connects.len();
+    let before = sim.t.connects.len();
     sim.client(&post(CALL, "Mcp-Session-Id: gone\r\n"));
-    assert_eq!(sim.connects.len(), before);
+    assert_eq!(sim.t.connects.len(), before);
     assert_eq!(status_of(&sim.take_client()), 404);
     assert_eq!(shared.backends.get(b).requests.load(Ordering::Relaxed), 2);
 }
@@ -401,7 +171,8 @@ fn delete_is_forwarded_then_binding_dropped() {
     let mut sim = Sim::new(shared.clone());
     let b = initialize(&mut sim, "bye");
     sim.client("DELETE /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: bye\r\n\r\n");
-    assert_eq!(sim.connects.last(), Some(&(b, false)));
+    // The initialize's connection, from the pool.
+    assert_eq!(sim.t.connects.last(), Some(&(b, true)));
     assert!(sim.last_request().starts_with("DELETE /mcp HTTP/1.1"));
     assert_eq!(
         shared.affinity.lookup("bye", sim.now),
@@ -421,11 +192,11 @@ fn unknown_session_gets_404_without_a_backend() {
     let shared = shared_with(CoreConfig::default(), 3);
     let mut sim = Sim::new(shared.clone());
     sim.client(&post(CALL, "Mcp-Session-Id: nosuchsession\r\n"));
-    assert!(sim.connects.is_empty());
+    assert!(sim.t.connects.is_empty());
     let got = sim.take_client();
     assert_eq!(status_of(&got), 404);
     assert!(got.contains("re-initialize"));
-    assert_eq!(sim.client_closed, None, "keep-alive survives a 404");
+    assert_eq!(sim.client_closed(), None, "keep-alive survives a 404");
     assert_eq!(shared.metrics.errors(ErrorKind::UnknownSession), 1);
     for i in 0..3 {
         assert_eq!(shared.backends.get(i).requests.load(Ordering::Relaxed), 0);
@@ -448,17 +219,17 @@ fn invalid_session_id_is_400() {
             shared.metrics.errors(ErrorKind::BadMcpHeaders),
             i as u64 + 1
         );
-        assert_eq!(sim.client_closed, None, "{id:?}");
+        assert_eq!(sim.client_closed(), None, "{id:?}");
     }
-    assert!(sim.connects.is_empty());
+    assert!(sim.t.connects.is_empty());
     // DEL is refused earlier, by the HTTP parser: a 400 and a close.
     let mut sim = Sim::new(shared.clone());
     sim.client(&post(CALL, "Mcp-Session-Id: ab\u{7f}c\r\n"));
     assert_eq!(status_of(&sim.take_client()), 400);
-    assert_eq!(sim.client_closed, Some(true));
+    assert_eq!(sim.client_closed(), Some(true));
     assert_eq!(shared.metrics.errors(ErrorKind::BadRequest), 1);
     assert_eq!(shared.metrics.errors(ErrorKind::BadMcpHeaders), 2);
-    assert!(sim.connects.is_empty());
+    assert!(sim.t.connects.is_empty());
 }
 
 #[test]
@@ -493,11 +264,11 @@ fn smuggling_corpus_is_rejected_and_closed() {
             "input {input:?} got {got:?}"
         );
         assert!(got.contains("Connection: close"), "{input:?}");
-        assert_eq!(sim.client_closed, Some(true), "{input:?}");
-        assert!(sim.connects.is_empty(), "{input:?} reached a backend");
+        assert_eq!(sim.client_closed(), Some(true), "{input:?}");
+        assert!(sim.t.connects.is_empty(), "{input:?} reached a backend");
         // Nothing after the rejection is processed.
         sim.client(&post(INIT, ""));
-        assert!(sim.connects.is_empty());
+        assert!(sim.t.connects.is_empty());
     }
 }
 
@@ -516,12 +287,12 @@ fn header_and_body_limits_at_the_edge() {
     let shared = shared_with(cfg.clone(), 1);
     let mut sim = Sim::new(shared.clone());
     sim.client(&exact);
-    assert_eq!(sim.connects.len(), 1, "head at the limit is accepted");
+    assert_eq!(sim.t.connects.len(), 1, "head at the limit is accepted");
     let over = format!("{base}{}\r\n\r\n{{}}", "a".repeat(pad + 1));
     let mut sim = Sim::new(shared.clone());
     sim.client(&over);
     assert_eq!(status_of(&sim.take_client()), 431);
-    assert!(sim.connects.is_empty());
+    assert!(sim.t.connects.is_empty());
     // Header count.
     let mut many = String::from("GET /mcp HTTP/1.1\r\nHost: p\r\n");
     for i in 0..8 {
@@ -536,12 +307,12 @@ fn header_and_body_limits_at_the_edge() {
     assert_eq!(body100.len(), 100);
     let mut sim = Sim::new(shared.clone());
     sim.client(&post(&body100, ""));
-    assert_eq!(sim.connects.len(), 1);
+    assert_eq!(sim.t.connects.len(), 1);
     let body101 = format!("{{\"p\":\"{}\"}}", "x".repeat(93));
     let mut sim = Sim::new(shared.clone());
     sim.client(&post(&body101, ""));
     assert_eq!(status_of(&sim.take_client()), 413);
-    assert_eq!(sim.client_closed, Some(true));
+    assert_eq!(sim.client_closed(), Some(true));
     let mut sim = Sim::new(shared.clone());
     sim.client(&format!(
         "POST /mcp HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n{}{}0\r\n\r\n",
@@ -549,7 +320,7 @@ fn header_and_body_limits_at_the_edge() {
         chunk(&"y".repeat(41))
     ));
     assert_eq!(status_of(&sim.take_client()), 413);
-    assert!(sim.connects.is_empty());
+    assert!(sim.t.connects.is_empty());
     assert_eq!(shared.metrics.errors(ErrorKind::BodyTooLarge), 2);
     assert_eq!(shared.metrics.errors(ErrorKind::HeaderTooLarge), 2);
 }
@@ -577,12 +348,12 @@ fn chunked_request_is_reframed_with_content_length() {
 fn connect_failure_fails_over_and_marks_down() {
     let shared = shared_with(CoreConfig::default(), 3);
     let mut sim = Sim::new(shared.clone());
-    sim.down.insert(0);
-    sim.down.insert(1);
+    sim.t.down.insert(0);
+    sim.t.down.insert(1);
     sim.client(&post(INIT, ""));
     // Round-robin from a fresh set starts at 0; each failure marks its
     // backend down and moves on.
-    assert_eq!(sim.connects, vec![(0, false), (1, false), (2, false)]);
+    assert_eq!(sim.t.connects, vec![(0, false), (1, false), (2, false)]);
     assert!(!shared.backends.get(0).is_healthy());
     assert!(!shared.backends.get(1).is_healthy());
     assert!(shared.backends.get(2).is_healthy());
@@ -591,7 +362,7 @@ fn connect_failure_fails_over_and_marks_down() {
     assert_eq!(status_of(&sim.take_client()), 200);
     // Every backend down: 503 with Retry-After.
     let mut sim2 = sim.sibling();
-    sim2.down.insert(2);
+    sim2.t.down.insert(2);
     shared.backends.mark_down(2);
     sim2.client(&post(INIT, ""));
     let got = sim2.take_client();
@@ -599,9 +370,9 @@ fn connect_failure_fails_over_and_marks_down() {
     assert!(got.contains("Retry-After: 1"));
     // A probe brings one back.
     shared.backends.mark_up(1);
-    sim2.down.remove(&1);
+    sim2.t.down.remove(&1);
     sim2.client(&post(INIT, ""));
-    assert_eq!(sim2.connects.last().unwrap().0, 1);
+    assert_eq!(sim2.t.connects.last().unwrap().0, 1);
 }
 
 #[test]
@@ -609,9 +380,9 @@ fn session_backend_unreachable_is_404_not_a_guess() {
     let shared = shared_with(CoreConfig::default(), 2);
     let mut sim = Sim::new(shared.clone());
     let b = initialize(&mut sim, "s");
-    sim.down.insert(b);
+    sim.t.down.insert(b);
     sim.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
-    assert_eq!(sim.connects.iter().filter(|c| c.0 != b).count(), 0);
+    assert_eq!(sim.t.connects.iter().filter(|c| c.0 != b).count(), 0);
     assert_eq!(status_of(&sim.take_client()), 404);
     assert_eq!(shared.affinity.lookup("s", sim.now), None);
 }
@@ -625,7 +396,7 @@ fn stateless_requests_least_outstanding_no_binding() {
     let mut sim = Sim::new(shared.clone());
     let hdr = "MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: echo\r\n";
     sim.client(&post(CALL, hdr));
-    assert_eq!(sim.connects, vec![(2, false)]);
+    assert_eq!(sim.t.connects, vec![(2, false)]);
     sim.backend(&json_response(Some("ignored"), "{}"));
     assert_eq!(status_of(&sim.take_client()), 200);
     assert_eq!(shared.affinity.len(), 0, "stateless requests bind nothing");
@@ -640,7 +411,7 @@ fn stateless_requests_least_outstanding_no_binding() {
         "MCP-Protocol-Version: 2026-07-28\r\nMcp-Session-Id: abc\r\n",
     ));
     assert_eq!(status_of(&sim.take_client()), 400);
-    assert_eq!(sim.client_closed, None);
+    assert_eq!(sim.client_closed(), None);
     assert_eq!(shared.metrics.errors(ErrorKind::BadMcpHeaders), 2);
 }
 
@@ -667,8 +438,8 @@ fn sse_stream_of_one_hour_in_virtual_time() {
         sim.backend(&chunk(&format!("data: tick {sent}\n\n")));
         sent += 1;
     }
-    assert!(sim.conn.is_streaming_sse(), "stream alive after an hour");
-    assert_eq!(sim.client_closed, None);
+    assert!(sim.core().is_streaming_sse(), "stream alive after an hour");
+    assert_eq!(sim.client_closed(), None);
     let text = sim.client_text();
     assert_eq!(text.matches("data: tick").count(), sent);
     // Keepalives are not events.
@@ -687,8 +458,8 @@ fn sse_stream_of_one_hour_in_virtual_time() {
     // Then 10 minutes of backend silence ends the stream at an event
     // boundary, cleanly.
     sim.run_for(Duration::from_secs(601), Duration::from_secs(30));
-    assert!(!sim.conn.is_streaming_sse());
-    assert_eq!(sim.client_closed, Some(true));
+    assert!(sim.driver.core(sim.id).is_none(), "connection closed");
+    assert_eq!(sim.client_closed(), Some(true));
     assert!(sim.client_text().ends_with("0\r\n\r\n"));
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
 }
@@ -701,27 +472,25 @@ fn client_gone_mid_sse_closes_backend_stream() {
     sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
     sim.backend(sse_head());
     sim.backend(&chunk("data: 1\n\n"));
-    let aborts = sim.aborts;
-    sim.conn.handle_downstream_eof(sim.now);
-    sim.pump();
-    assert_eq!(sim.aborts, aborts + 1);
-    assert_eq!(sim.client_closed, Some(false));
+    let aborts = sim.t.aborts;
+    sim.client_eof();
+    assert_eq!(sim.t.aborts, aborts + 1);
+    assert_eq!(sim.client_closed(), Some(false));
+    assert!(!sim.t.clients[sim.client].shutdown, "no close_notify");
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
     assert_eq!(shared.backends.get(0).outstanding(), 0);
-    // Spurious inputs after close are harmless: nothing more is sent,
-    // aborted, connected or closed, and no timer is left.
-    let (rx, connects) = (sim.client_rx.len(), sim.connects.len());
-    sim.conn.handle_upstream_data(sim.now, b"data: late\n\n");
-    sim.conn.handle_downstream_eof(sim.now);
-    sim.conn.handle_timeout(sim.now + Duration::from_secs(9999));
-    sim.pump();
-    assert_eq!(sim.client_rx.len(), rx);
-    assert_eq!(sim.aborts, aborts + 1);
-    assert_eq!(sim.connects.len(), connects);
-    assert_eq!(sim.client_closed, Some(false));
-    assert_eq!(sim.conn.poll_timeout(), None);
-    assert!(!sim.conn.wants_downstream_read());
-    assert!(!sim.conn.wants_upstream_read());
+    // Late inputs after the close reach nothing: the slot is gone, nothing
+    // more is sent, aborted, connected or closed, and no timer is left.
+    let (rx, connects) = (sim.client_rx().len(), sim.t.connects.len());
+    sim.backend("data: late\n\n");
+    sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\n\r\n");
+    sim.advance(Duration::from_secs(9999));
+    assert_eq!(sim.client_rx().len(), rx);
+    assert_eq!(sim.t.aborts, aborts + 1);
+    assert_eq!(sim.t.connects.len(), connects);
+    assert_eq!(sim.client_closed(), Some(false));
+    assert!(sim.driver.core(sim.id).is_none());
+    assert!(sim.driver.is_empty());
     assert_eq!(shared.backends.get(0).outstanding(), 0);
 }
 
@@ -735,20 +504,28 @@ fn slow_client_backpressure() {
     let mut sim = Sim::new(shared);
     initialize(&mut sim, "s");
     sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
-    assert!(sim.conn.wants_upstream_read());
-    // Feed without letting the client drain.
-    sim.conn
-        .handle_upstream_data(sim.now, sse_head().as_bytes());
-    sim.conn.handle_upstream_data(
-        sim.now,
-        chunk(&format!("data: {}\n\n", "z".repeat(1200))).as_bytes(),
-    );
+    assert!(sim.core().wants_upstream_read());
+    // The client takes nothing; the backend sends more than the limit,
+    // then more again.
+    sim.fake().window = Some(0);
+    sim.backend(sse_head());
+    sim.backend(&chunk(&format!("data: {}\n\n", "z".repeat(1200))));
+    sim.backend(&chunk("data: later\n\n"));
     assert!(
-        !sim.conn.wants_upstream_read(),
+        !sim.core().wants_upstream_read(),
         "buffer over the limit stops reads"
     );
-    sim.pump(); // the client drains
-    assert!(sim.conn.wants_upstream_read());
+    let unread = sim.t.conns[sim.t.current.unwrap()].to_proxy.len();
+    assert!(
+        unread > 0,
+        "the driver left the backend's bytes in its socket"
+    );
+    // The client drains: reads resume and everything arrives.
+    sim.fake().window = None;
+    sim.pump();
+    assert!(sim.core().wants_upstream_read());
+    assert_eq!(sim.t.conns[sim.t.current.unwrap()].to_proxy.len(), 0);
+    assert!(sim.client_text().contains("data: later"));
 }
 
 #[test]
@@ -756,12 +533,13 @@ fn pooled_connection_closed_before_response_retries_only_idempotent() {
     let shared = shared_with(CoreConfig::default(), 1);
     let mut sim = Sim::new(shared);
     initialize(&mut sim, "s");
-    // A GET stream on a pooled connection the backend had closed: re-sent.
-    sim.pool_next = true;
+    // A GET stream on a pooled connection that the backend closes just as
+    // it is reused: sent again on a fresh connection.
+    let pooled = sim.t.current.unwrap();
+    sim.t.conns[pooled].eof_on_reuse = true;
     sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
-    sim.conn.handle_upstream_eof(sim.now);
-    sim.pump();
-    assert_eq!(sim.connects.last(), Some(&(0, true)));
+    let n = sim.t.connects.len();
+    assert_eq!(sim.t.connects[n - 2..], [(0, true), (0, false)]);
     assert!(
         sim.last_request().starts_with("GET /mcp"),
         "request re-sent"
@@ -769,17 +547,17 @@ fn pooled_connection_closed_before_response_retries_only_idempotent() {
     sim.backend(&json_response(None, "{}"));
     assert_eq!(status_of(&sim.take_client()), 200);
     // A POST may already have run: never replayed, 502 instead.
-    sim.pool_next = true;
-    let connects = sim.connects.len();
+    let pooled = sim.t.current.unwrap();
+    sim.t.conns[pooled].eof_on_reuse = true;
+    let connects = sim.t.connects.len();
     sim.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
-    sim.conn.handle_upstream_eof(sim.now);
-    sim.pump();
-    assert_eq!(sim.connects.len(), connects + 1, "no second connect");
+    assert_eq!(sim.t.connects.len(), connects + 1, "no second connect");
+    assert_eq!(sim.t.connects.last(), Some(&(0, true)));
     assert_eq!(status_of(&sim.take_client()), 502);
     // A second EOF on a fresh connection is a 502, not another retry.
     sim.client("GET /mcp HTTP/1.1\r\nHost: p\r\nMcp-Session-Id: s\r\n\r\n");
-    sim.conn.handle_upstream_eof(sim.now);
-    sim.pump();
+    assert_eq!(sim.t.connects.last(), Some(&(0, false)));
+    sim.backend_eof();
     assert_eq!(status_of(&sim.take_client()), 502);
 }
 
@@ -794,53 +572,35 @@ fn deep_pipelining_of_local_answers_is_iterative_and_bounded() {
     initialize(&mut sim, "s");
     // One request in flight, then 20 000 pipelined requests that the proxy
     // answers itself (unknown session): no recursion, no unbounded output.
+    // The client reads nothing yet.
+    sim.fake().window = Some(0);
     sim.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
     let one = "GET /mcp HTTP/1.1\r\nHost: a\r\nMcp-Session-Id: nope\r\n\r\n";
     let many = one.repeat(20_000);
-    let mut fed = 0;
-    while fed < many.len() && sim.conn.wants_downstream_read() {
-        let end = (fed + 16 * 1024).min(many.len());
-        sim.conn
-            .handle_downstream_data(sim.now, &many.as_bytes()[fed..end]);
-        fed = end;
-    }
-    assert!(
-        fed < many.len(),
-        "input is bounded while a request is in flight"
-    );
-    // The response arrives; the client does not read yet.
-    sim.conn
-        .handle_upstream_data(sim.now, json_response(None, "{}").as_bytes());
-    while sim.conn.poll_action().is_some() {}
-    let pending = sim.conn.downstream_pending().len();
+    sim.client(&many);
+    let unread = sim.fake().to_proxy.len();
+    assert!(unread > 0, "input is bounded while a request is in flight");
+    // The response arrives; answers pile up only to the downstream limit.
+    sim.backend(&json_response(None, "{}"));
+    let pending = sim.core().downstream_pending().len();
     assert!(
         pending < 64 * 1024 + 1024,
         "answers stop piling up at the downstream limit: {pending}"
     );
-    assert!(!sim.conn.wants_downstream_read());
-    // Now the client reads everything, and we feed the rest.
-    let mut answered = 0usize;
-    for _ in 0..100_000 {
-        let d = sim.conn.downstream_pending().len();
-        if d > 0 {
-            answered += sim
-                .conn
-                .downstream_pending()
-                .windows(12)
-                .filter(|w| w == b"HTTP/1.1 404")
-                .count();
-            sim.conn.downstream_consumed(sim.now, d);
-        }
-        if fed < many.len() && sim.conn.wants_downstream_read() {
-            let end = (fed + 16 * 1024).min(many.len());
-            sim.conn
-                .handle_downstream_data(sim.now, &many.as_bytes()[fed..end]);
-            fed = end;
-        } else if d == 0 {
-            break;
-        }
-    }
-    assert_eq!(fed, many.len());
+    assert!(!sim.core().wants_downstream_read());
+    assert!(
+        !sim.fake().to_proxy.is_empty(),
+        "the rest waits in the socket"
+    );
+    // Now the client reads everything.
+    sim.fake().window = None;
+    sim.pump();
+    assert!(sim.fake().to_proxy.is_empty());
+    let answered = sim
+        .client_rx()
+        .windows(12)
+        .filter(|w| w == b"HTTP/1.1 404")
+        .count();
     assert_eq!(
         answered, 20_000,
         "every pipelined request answered once, in order"
@@ -873,11 +633,10 @@ fn reset_during_close_delimited_body_is_not_a_clean_end() {
     let mut sim = Sim::new(shared);
     sim.client(&post(INIT, ""));
     sim.backend("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":");
-    sim.conn.handle_upstream_error(sim.now);
-    sim.pump();
+    sim.backend_reset();
     assert!(!sim.client_text().ends_with("0\r\n\r\n"));
     assert_eq!(
-        sim.client_closed,
+        sim.client_closed(),
         Some(false),
         "truncation is visible to the client"
     );
@@ -892,7 +651,7 @@ fn methods_are_case_sensitive_and_allow_listed() {
             "{m} /mcp HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{{}}"
         ));
         assert_eq!(status_of(&sim.take_client()), 501, "{m}");
-        assert!(sim.connects.is_empty());
+        assert!(sim.t.connects.is_empty());
     }
 }
 
@@ -909,21 +668,21 @@ fn timeouts_request_response_idle() {
     let mut sim = Sim::new(shared.clone());
     sim.client("POST /mcp HTTP/1.1\r\nHost: p\r\n");
     sim.advance(Duration::from_secs(4));
-    assert!(sim.client_rx.is_empty());
+    assert!(sim.client_rx().is_empty());
     sim.advance(Duration::from_secs(1));
     assert_eq!(status_of(&sim.take_client()), 408);
-    assert_eq!(sim.client_closed, Some(true));
+    assert_eq!(sim.client_closed(), Some(true));
     // A silent backend: 504 after response_timeout, upstream aborted.
     let mut sim = Sim::new(shared.clone());
     sim.client(&post(INIT, ""));
     sim.advance(Duration::from_secs(10));
     assert_eq!(status_of(&sim.take_client()), 504);
-    assert_eq!(sim.aborts, 1);
+    assert_eq!(sim.t.aborts, 1);
     assert_eq!(shared.backends.get(0).outstanding(), 0);
     // An idle keep-alive connection closes quietly.
     sim.advance(Duration::from_secs(20));
-    assert_eq!(sim.client_closed, Some(true));
-    assert!(sim.client_rx.is_empty());
+    assert_eq!(sim.client_closed(), Some(true));
+    assert!(sim.client_rx().is_empty());
 }
 
 #[test]
@@ -947,11 +706,10 @@ fn close_delimited_response_is_rechunked_for_keep_alive() {
     sim.client(&post(INIT, ""));
     sim.backend("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":");
     sim.backend("1}");
-    sim.conn.handle_upstream_eof(sim.now);
-    sim.pump();
+    sim.backend_eof();
     let got = sim.take_client();
     assert!(got.contains("Transfer-Encoding: chunked"), "{got}");
     assert!(got.ends_with("0\r\n\r\n"));
-    assert_eq!(sim.releases, vec![false]);
-    assert_eq!(sim.client_closed, None);
+    assert_eq!(sim.t.releases, vec![false]);
+    assert_eq!(sim.client_closed(), None);
 }

@@ -10,10 +10,19 @@
 //!   several `Content-Length` fields, a non-numeric length, a transfer coding
 //!   other than a lone `chunked`, bare LF line endings and obsolete line
 //!   folding are all rejected.
+//! - [`rewrite`] writes the heads the proxy forwards (request to a backend,
+//!   response head to a client) and the responses it makes itself.
 //! - [`ChunkedDecoder`] is incremental: it can be fed one byte at a time and
 //!   yields exactly the decoded payload; bad chunk sizes are errors.
 
 use std::fmt;
+
+pub mod rewrite;
+
+pub use rewrite::{
+    ClientFraming, Forwarding, SUBJECT_HEADER, folded_name_is, write_local_response,
+    write_response_head, write_upstream_request,
+};
 
 /// Why a message could not be parsed or framed. Every variant closes the
 /// connection after the error response.

@@ -1,0 +1,160 @@
+//! One client connection as the driver holds it: the L7 core, the client
+//! and backend connections of the transport, readiness, and where the
+//! connection is in its life.
+
+use std::time::Instant;
+
+use dpuproxy_l7::Connection;
+
+use crate::transport::Linger;
+
+/// A client slot's identity. The generation makes a stale id (an event for
+/// a connection that is gone, whose index was reused) match nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotId {
+    /// Dense index, reused after a slot is freed.
+    pub index: u32,
+    /// Bumped each time the index is reused.
+    pub generation: u32,
+}
+
+/// Which of a slot's connections an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client connection.
+    Client,
+    /// The current backend connection.
+    Backend,
+}
+
+/// The backend connection of a slot.
+#[derive(Debug)]
+pub struct Upstream<B> {
+    /// The transport's connection.
+    pub conn: B,
+    /// Backend index.
+    pub backend: usize,
+    /// The connect has not completed yet.
+    pub connecting: bool,
+    pub(crate) read_blocked: bool,
+    pub(crate) write_blocked: bool,
+}
+
+impl<B> Upstream<B> {
+    pub(crate) fn new(conn: B, backend: usize, connecting: bool) -> Self {
+        Self {
+            conn,
+            backend,
+            connecting,
+            read_blocked: false,
+            write_blocked: false,
+        }
+    }
+}
+
+/// How a closing client ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Flush, close_notify, FIN.
+    Graceful,
+    /// A TLS error: flush what is queued (the alert), then FIN without
+    /// close_notify.
+    AfterTlsError,
+}
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TLS handshake running since `since`.
+    Handshaking {
+        /// When the connection was accepted.
+        since: Instant,
+    },
+    /// Carrying requests.
+    Open,
+    /// Closing: writing out what is queued (bounded by the linger timeout
+    /// from `since`).
+    Flushing {
+        /// When closing began.
+        since: Instant,
+        /// How it ends.
+        ending: Ending,
+    },
+    /// close_notify is queued ([`crate::Transport::shutdown`] was called);
+    /// writing it out.
+    Notified {
+        /// When closing began.
+        since: Instant,
+        /// What the transport needs once it is out.
+        linger: Linger,
+    },
+    /// Our FIN is out; discarding client input until its end or `until`.
+    Lingering {
+        /// When to give up waiting.
+        until: Instant,
+    },
+}
+
+/// A client connection in the driver.
+#[derive(Debug)]
+pub(crate) struct Slot<C, B> {
+    pub client: C,
+    pub core: Connection,
+    pub upstream: Option<Upstream<B>>,
+    pub phase: Phase,
+    /// The client ended its side (or the connection broke).
+    pub eof: bool,
+    pub read_blocked: bool,
+    pub write_blocked: bool,
+    /// Listed to be driven this turn.
+    pub queued: bool,
+}
+
+/// A client connection taken out of its driver with all of its L7 state,
+/// to be attached to another driver (possibly over another transport):
+/// the in-flight request, the response being relayed, the SSE position and
+/// every buffer live in `core` and move with it.
+#[derive(Debug)]
+pub struct Detached<C, B> {
+    /// The client connection.
+    pub client: C,
+    /// The backend connection, if one is attached.
+    pub upstream: Option<Upstream<B>>,
+    pub(crate) core: Connection,
+    pub(crate) phase: Phase,
+    pub(crate) eof: bool,
+}
+
+impl<C, B> Detached<C, B> {
+    /// The same connection over other transport objects (e.g. a userspace
+    /// TCP connection restored as a kernel socket).
+    pub fn map<C2, B2>(
+        self,
+        client: impl FnOnce(C) -> C2,
+        backend: impl FnOnce(B) -> B2,
+    ) -> Detached<C2, B2> {
+        Detached {
+            client: client(self.client),
+            upstream: self.upstream.map(|u| Upstream {
+                conn: backend(u.conn),
+                backend: u.backend,
+                connecting: u.connecting,
+                read_blocked: false,
+                write_blocked: false,
+            }),
+            core: self.core,
+            phase: self.phase,
+            eof: self.eof,
+        }
+    }
+
+    /// The L7 state.
+    pub fn core(&self) -> &Connection {
+        &self.core
+    }
+
+    /// Where the connection is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+}

@@ -1,0 +1,439 @@
+//! The client side of a connection: reading requests, and routing each one
+//! through its phases (method → authorize → classify → scopes → pick a
+//! backend → build the upstream request). Each phase returns
+//! `Result<_, Reject>`; [`Connection::respond`] answers a reject.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::{Action, BodyDecoder, Connection, InFlight, State};
+use crate::auth::{self, Principal, Rejection};
+use crate::http::{
+    self, BodyFraming, ChunkedDecoder, Forwarding, HttpError, RequestHead, header, header_count,
+};
+use crate::mcp::{self, Call, Route};
+use crate::metrics::ErrorKind;
+use crate::reject::{Fault, Reject, jsonrpc_error_body};
+
+/// Methods the proxy forwards. Methods are case-sensitive (RFC 9110 §9.1);
+/// anything else gets 501 rather than a guess about how a backend reads it.
+fn is_supported_method(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "POST" | "DELETE" | "HEAD" | "OPTIONS" | "PUT" | "PATCH"
+    )
+}
+
+/// The Host a challenge or metadata document names.
+fn request_host(head: &RequestHead) -> String {
+    auth::sanitized_host(header(&head.headers, "host")).unwrap_or_else(|| "localhost".to_string())
+}
+
+/// What a complete request turns into.
+enum Plan {
+    /// Forward it to `backend`.
+    Forward {
+        route: Route,
+        backend: usize,
+        request_bytes: Vec<u8>,
+    },
+    /// A 200 of the proxy's own (protected-resource metadata).
+    Answer { body: Vec<u8> },
+}
+
+impl Connection {
+    // ----------------------------------------------------------- reading
+
+    pub(super) fn advance_client(&mut self, now: Instant) {
+        loop {
+            match &mut self.state {
+                State::Idle { .. } => {
+                    // Do not start another request while the client has not
+                    // read the answers to the previous ones.
+                    if self.client_in.is_empty()
+                        || self.to_client.len() >= self.shared.config.max_downstream_buffer
+                    {
+                        return;
+                    }
+                    self.state = State::ReadingHead {
+                        since: now,
+                        scanned: 0,
+                    };
+                }
+                State::ReadingHead { since, scanned } => {
+                    let since = *since;
+                    let cfg = &self.shared.config;
+                    match http::parse_request_head_resume(
+                        &self.client_in,
+                        scanned,
+                        cfg.max_header_bytes,
+                        cfg.max_headers,
+                    ) {
+                        Ok(None) => return,
+                        Ok(Some((head, len))) => {
+                            self.client_in.drain(..len);
+                            if let Err(e) = self.start_body(now, since, head) {
+                                return self.reject_framing(now, &e);
+                            }
+                        }
+                        Err(e) => return self.reject_framing(now, &e),
+                    }
+                }
+                State::ReadingBody { .. } => match self.read_body() {
+                    Ok(false) => return,
+                    Ok(true) => {
+                        let State::ReadingBody { head, body, .. } =
+                            std::mem::replace(&mut self.state, State::Closed)
+                        else {
+                            unreachable!("matched above")
+                        };
+                        self.dispatch(now, head, body);
+                    }
+                    Err(e) => return self.reject_framing(now, &e),
+                },
+                // A request is in flight; pipelined bytes wait in client_in.
+                _ => return,
+            }
+        }
+    }
+
+    /// Move buffered body bytes into the request body; true once it is whole.
+    fn read_body(&mut self) -> Result<bool, HttpError> {
+        let State::ReadingBody { decoder, body, .. } = &mut self.state else {
+            return Ok(false);
+        };
+        let max = self.shared.config.max_body_bytes;
+        match decoder {
+            BodyDecoder::Length(remaining) => {
+                let take = (*remaining).min(self.client_in.len() as u64) as usize;
+                body.extend_from_slice(&self.client_in[..take]);
+                self.client_in.drain(..take);
+                *remaining -= take as u64;
+                Ok(*remaining == 0)
+            }
+            BodyDecoder::Chunked(d) => {
+                let used = d.decode(&self.client_in, body)?;
+                self.client_in.drain(..used);
+                if body.len() as u64 > max {
+                    return Err(HttpError::BodyTooLarge(max));
+                }
+                Ok(d.is_done())
+            }
+            BodyDecoder::UntilClose => unreachable!("requests never read to close"),
+        }
+    }
+
+    fn start_body(
+        &mut self,
+        now: Instant,
+        since: Instant,
+        head: RequestHead,
+    ) -> Result<(), HttpError> {
+        let max = self.shared.config.max_body_bytes;
+        let decoder = match head.framing {
+            BodyFraming::None => None,
+            BodyFraming::Length(n) if n > max => return Err(HttpError::BodyTooLarge(max)),
+            BodyFraming::Length(n) => Some(BodyDecoder::Length(n)),
+            BodyFraming::Chunked => Some(BodyDecoder::Chunked(ChunkedDecoder::new())),
+            BodyFraming::UntilClose => unreachable!("request framing is never until-close"),
+        };
+        match decoder {
+            None => {
+                self.state = State::Closed;
+                self.dispatch(now, head, Vec::new());
+            }
+            Some(decoder) => {
+                if head.expect_continue {
+                    self.to_client
+                        .extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
+                self.state = State::ReadingBody {
+                    since,
+                    head,
+                    decoder,
+                    body: Vec::new(),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer a framing error and close: after one, the byte stream can no
+    /// longer be trusted.
+    fn reject_framing(&mut self, now: Instant, e: &HttpError) {
+        self.client_in.clear();
+        self.respond(now, Reject::framing(e));
+    }
+
+    // ----------------------------------------------------------- routing
+
+    /// A whole request is in: route it through the phases, then forward it
+    /// or answer it.
+    fn dispatch(&mut self, now: Instant, head: RequestHead, body: Vec<u8>) {
+        self.shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        let keep_alive = head.keep_alive;
+        match self.plan(now, &head, &body) {
+            Ok(Plan::Forward {
+                route,
+                backend,
+                request_bytes,
+            }) => {
+                self.actions.push_back(Action::ConnectUpstream {
+                    backend,
+                    fresh: false,
+                });
+                self.state = State::Connecting {
+                    since: now,
+                    req: InFlight {
+                        method: head.method,
+                        route,
+                        client_keep_alive: keep_alive,
+                        client_minor: head.minor_version,
+                        request_bytes,
+                        backend,
+                        tried: Vec::new(),
+                        reused: false,
+                        retried_fresh: false,
+                    },
+                };
+            }
+            Ok(Plan::Answer { body }) => self.send_local(
+                now,
+                200,
+                &[("Cache-Control", "max-age=300")],
+                &body,
+                keep_alive,
+            ),
+            Err(r) => self.respond(now, r.keep_alive_if(keep_alive)),
+        }
+    }
+
+    /// The phases, in order. Each may refuse the request.
+    fn plan(&self, now: Instant, head: &RequestHead, body: &[u8]) -> Result<Plan, Reject> {
+        check_method(head)?;
+        if let Some(body) = self.metadata(head) {
+            return Ok(Plan::Answer { body });
+        }
+        let principal = self.authorize(now, head)?;
+        // The body is parsed once: for routing (initialize? method?) and for
+        // scope checks.
+        let calls = if head.method == "POST" {
+            mcp::jsonrpc_calls(body)
+        } else {
+            None
+        };
+        let route = mcp::classify_parsed(&head.headers, mcp::first_method(calls.as_deref()))
+            .map_err(|e| Reject::mcp(&e))?;
+        if let Some(p) = &principal {
+            self.check_scopes(head, p, calls, &route)?;
+        }
+        let backend = self.pick_backend(now, &route)?;
+        let mut request_bytes = Vec::new();
+        http::write_upstream_request(
+            head,
+            body,
+            &self.forwarding(principal.as_deref()),
+            &mut request_bytes,
+        );
+        Ok(Plan::Forward {
+            route,
+            backend,
+            request_bytes,
+        })
+    }
+
+    /// RFC 9728 protected-resource metadata, served without a token (only
+    /// when auth is on).
+    fn metadata(&self, head: &RequestHead) -> Option<Vec<u8>> {
+        let auth = self.shared.auth.as_ref()?;
+        let path = head.target.split('?').next().unwrap_or("");
+        let wanted = head.method == "GET"
+            && path
+                .strip_prefix(auth::WELL_KNOWN)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !wanted {
+            return None;
+        }
+        let resource = auth
+            .config
+            .resource
+            .clone()
+            .unwrap_or_else(|| format!("https://{}/mcp", request_host(head)));
+        let doc = serde_json::json!({
+            "resource": resource,
+            "authorization_servers": auth.config.authorization_servers,
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": auth.scopes_supported(),
+        });
+        Some(doc.to_string().into_bytes())
+    }
+
+    /// The caller's principal, `None` when auth is off. Nothing reaches a
+    /// backend without a valid token.
+    fn authorize(
+        &self,
+        now: Instant,
+        head: &RequestHead,
+    ) -> Result<Option<Arc<Principal>>, Reject> {
+        let Some(auth) = &self.shared.auth else {
+            return Ok(None);
+        };
+        let Some(unix) = self.shared.wall.unix_secs(now) else {
+            return Err(Reject::new(503, None, Fault::Proxy, "proxy clock not set"));
+        };
+        let verdict = if header_count(&head.headers, "authorization") > 1 {
+            auth.stats.reject(Rejection::InvalidRequest);
+            Err(Rejection::InvalidRequest)
+        } else {
+            auth.authorize(header(&head.headers, "authorization"), unix)
+        };
+        verdict
+            .map(Some)
+            .map_err(|r| Reject::auth(r, &request_host(head), &[]))
+    }
+
+    /// Every call of the request must be within the token's scopes.
+    fn check_scopes(
+        &self,
+        head: &RequestHead,
+        principal: &Principal,
+        parsed: Option<Vec<Call>>,
+        route: &Route,
+    ) -> Result<(), Reject> {
+        let Some(auth) = &self.shared.auth else {
+            return Ok(());
+        };
+        let mut calls = match (head.method == "POST", parsed) {
+            (true, Some(c)) => c,
+            // A body we cannot read is a body whose scopes we cannot check;
+            // a lenient backend might still run it.
+            (true, None) if !auth.config.scope_rules.is_empty() => {
+                return Err(Reject::new(
+                    400,
+                    ErrorKind::BadRequest,
+                    Fault::Client,
+                    "request body is not readable JSON-RPC (scope rules apply)",
+                ));
+            }
+            _ => Vec::new(),
+        };
+        if let Route::Stateless { method, name } = route {
+            calls.push(Call {
+                method: method.clone(),
+                name: name.clone(),
+            });
+        }
+        if calls.is_empty() {
+            calls.push(Call::default());
+        }
+        let missing = auth.missing_scopes(principal, &calls);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        auth.stats.reject(Rejection::InsufficientScope);
+        Err(Reject::auth(
+            Rejection::InsufficientScope,
+            &request_host(head),
+            &missing,
+        ))
+    }
+
+    /// The backend for the route: the session's own, round-robin for a new
+    /// session, least outstanding for a stateless request.
+    fn pick_backend(&self, now: Instant, route: &Route) -> Result<usize, Reject> {
+        let shared = &self.shared;
+        let picked = match route {
+            Route::Session { id } => {
+                return shared.affinity.lookup(id, now).ok_or_else(|| {
+                    Reject::unknown_session("unknown or expired session; re-initialize")
+                });
+            }
+            Route::NewSession { .. } => shared.backends.pick_round_robin(&[]),
+            Route::Stateless { .. } => {
+                shared
+                    .metrics
+                    .stateless_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                shared.backends.pick_least_outstanding(&[])
+            }
+        };
+        picked.ok_or_else(Reject::no_backend)
+    }
+
+    fn forwarding<'a>(&'a self, principal: Option<&'a Principal>) -> Forwarding<'a> {
+        let auth = self.shared.auth.as_ref();
+        Forwarding {
+            client_addr: &self.peer,
+            drop_authorization: auth.is_some_and(|a| !a.config.forward_token),
+            guard_subject: auth.is_some(),
+            subject: auth
+                .filter(|a| a.config.subject_header)
+                .and(principal)
+                .and_then(|p| p.subject.as_deref()),
+        }
+    }
+
+    // ----------------------------------------------------------- answers
+
+    /// Answer a refused request: one response, one count.
+    pub(super) fn respond(&mut self, now: Instant, r: Reject) {
+        let metrics = &self.shared.metrics;
+        if let Some(kind) = r.kind {
+            metrics.error(kind);
+        }
+        metrics.local_response(r.fault);
+        let fields: Vec<(&str, &str)> = r.fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let body = jsonrpc_error_body(r.status, &r.message);
+        self.send_local(now, r.status, &fields, &body, r.keep_alive);
+    }
+
+    /// Queue a complete JSON response of the proxy's own, then either wait
+    /// for the next request or close once it is written.
+    fn send_local(
+        &mut self,
+        now: Instant,
+        status: u16,
+        extra: &[(&str, &str)],
+        body: &[u8],
+        keep_alive: bool,
+    ) {
+        self.shared
+            .metrics
+            .local_responses
+            .fetch_add(1, Ordering::Relaxed);
+        http::write_local_response(status, extra, body, keep_alive, &mut self.to_client);
+        if keep_alive {
+            // The next pipelined request is picked up by the caller's
+            // `advance_client` loop (or by `resume_client`), never by
+            // recursion: a client can pipeline thousands of requests that
+            // the proxy answers itself.
+            self.state = State::Idle { since: now };
+        } else {
+            self.state = State::Closed;
+            self.actions
+                .push_back(Action::CloseDownstream { flush: true });
+        }
+    }
+
+    /// Continue with buffered pipelined requests after a response ended
+    /// outside the client-parsing loop.
+    pub(super) fn resume_client(&mut self, now: Instant) {
+        if matches!(self.state, State::Idle { .. }) && !self.client_in.is_empty() {
+            self.advance_client(now);
+        }
+    }
+}
+
+/// 501 for a method the proxy does not forward.
+fn check_method(head: &RequestHead) -> Result<(), Reject> {
+    if is_supported_method(&head.method) {
+        return Ok(());
+    }
+    Err(Reject::new(
+        501,
+        ErrorKind::BadRequest,
+        Fault::Client,
+        "method not supported by the proxy",
+    ))
+}

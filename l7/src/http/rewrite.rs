@@ -1,0 +1,246 @@
+//! How the proxy rewrites the heads it forwards: the request a backend
+//! sees and the response head a client sees.
+//!
+//! Contract: both writers append to a caller's buffer and never allocate
+//! on their own. Hop-by-hop fields (RFC 9110 §7.6.1) are dropped, framing
+//! is regenerated (a backend always gets `Content-Length`, a client gets
+//! `Content-Length`, `Transfer-Encoding: chunked` or a close), and the
+//! fields the proxy vouches for (`X-Forwarded-*`, the authenticated
+//! subject) are written by the proxy alone.
+
+use std::io::Write as _;
+
+use super::{Header, RequestHead, ResponseHead, header, header_has_token, is_hop_by_hop};
+
+/// Header names compared the way CGI-style servers fold them (`_` = `-`,
+/// ASCII case-insensitive). `lower_dashed` is lowercase with dashes.
+pub fn folded_name_is(name: &str, lower_dashed: &str) -> bool {
+    name.len() == lower_dashed.len()
+        && name
+            .bytes()
+            .zip(lower_dashed.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
+/// The header that carries the token's `sub` to backends (lowercase).
+pub const SUBJECT_HEADER: &str = "x-authenticated-subject";
+
+/// What the proxy adds to, and removes from, a forwarded request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Forwarding<'a> {
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client_addr: &'a str,
+    /// Drop the client's `Authorization` (the token stays at the proxy).
+    pub drop_authorization: bool,
+    /// Auth is on: a client-sent subject header (any `_`/`-` spelling) is
+    /// dropped, so only the proxy can set it.
+    pub guard_subject: bool,
+    /// The verified subject to send as `X-Authenticated-Subject`, if any
+    /// (sent only when it is printable ASCII).
+    pub subject: Option<&'a str>,
+}
+
+fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a client's request field stays out of the forwarded request.
+fn dropped_from_request(h: &Header, head: &RequestHead, fwd: &Forwarding<'_>) -> bool {
+    let name = h.name.as_str();
+    let is = |n: &str| name.eq_ignore_ascii_case(n);
+    is_hop_by_hop(name)
+        || is("expect")
+        || is("x-forwarded-for")
+        || is("x-forwarded-proto")
+        || header_has_token(&head.headers, "connection", name)
+        || (fwd.drop_authorization && is("authorization"))
+        || (fwd.guard_subject && folded_name_is(name, SUBJECT_HEADER))
+}
+
+/// Append the request as sent to the backend: same method, target and
+/// end-to-end fields; hop-by-hop fields dropped; the body re-framed with
+/// `Content-Length` (never chunked, so the backend sees one unambiguous
+/// framing whatever the client sent).
+pub fn write_upstream_request(
+    head: &RequestHead,
+    body: &[u8],
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+) {
+    out.reserve(256 + body.len());
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in &head.headers {
+        if !dropped_from_request(h, head, fwd) {
+            write_field(out, &h.name, &h.value);
+        }
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(v) = header(&head.headers, "x-forwarded-for") {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(fwd.client_addr.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: https\r\n");
+    if let Some(sub) = fwd.subject
+        && sub.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        write_field(out, "X-Authenticated-Subject", sub.as_bytes());
+    }
+    let needs_length = !body.is_empty() || matches!(head.method.as_str(), "POST" | "PUT" | "PATCH");
+    if needs_length {
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// How a response body travels to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientFraming {
+    /// Re-chunked towards the client.
+    pub chunked: bool,
+    /// The length to announce (`None`: chunked or close-delimited).
+    pub length: Option<u64>,
+    /// `Connection: close` (the client connection ends after this response).
+    pub close: bool,
+    /// The body is an SSE stream (ask intermediaries not to buffer it).
+    pub event_stream: bool,
+}
+
+/// Append the response head as the client sees it: the backend's status,
+/// reason and end-to-end fields, then framing and connection fields of the
+/// proxy's own.
+pub fn write_response_head(
+    head: &ResponseHead,
+    reason: &str,
+    framing: ClientFraming,
+    out: &mut Vec<u8>,
+) {
+    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", head.status);
+    for h in &head.headers {
+        if !is_hop_by_hop(&h.name) {
+            write_field(out, &h.name, &h.value);
+        }
+    }
+    if framing.chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else if let Some(n) = framing.length {
+        let _ = write!(out, "Content-Length: {n}\r\n");
+    }
+    if framing.close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    if framing.event_stream {
+        out.extend_from_slice(b"X-Accel-Buffering: no\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Append a complete response of the proxy's own: status, a JSON body, the
+/// `extra` fields, and `Connection: close` unless `keep_alive`.
+pub fn write_local_response(
+    status: u16,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        super::reason_phrase(status),
+        body.len()
+    );
+    for (k, v) in extra {
+        write_field(out, k, v.as_bytes());
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::parse_request_head;
+
+    fn head(s: &str) -> RequestHead {
+        parse_request_head(s.as_bytes(), 8192, 32)
+            .unwrap()
+            .unwrap()
+            .0
+    }
+
+    fn forwarded(req: &str, fwd: &Forwarding<'_>) -> String {
+        let mut out = Vec::new();
+        write_upstream_request(&head(req), b"{}", fwd, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn request_drops_hop_by_hop_and_proxy_owned_fields() {
+        let req = "POST /mcp HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\nTE: trailers\r\nExpect: 100-continue\r\nX-Forwarded-Proto: http\r\nX_Authenticated_Subject: eve\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\n";
+        let fwd = Forwarding {
+            client_addr: "192.0.2.1",
+            drop_authorization: true,
+            guard_subject: true,
+            subject: Some("alice"),
+        };
+        assert_eq!(
+            forwarded(req, &fwd),
+            "POST /mcp HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-Proto: https\r\nX-Authenticated-Subject: alice\r\nContent-Length: 2\r\n\r\n{}"
+        );
+    }
+
+    #[test]
+    fn request_appends_to_forwarded_for_and_keeps_the_token_when_asked() {
+        let req = "POST /mcp HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\nAuthorization: Bearer t\r\nContent-Length: 2\r\n\r\n";
+        let fwd = Forwarding {
+            client_addr: "192.0.2.1",
+            subject: Some("bad\nsub"),
+            ..Forwarding::default()
+        };
+        let out = forwarded(req, &fwd);
+        assert!(out.contains("Authorization: Bearer t\r\n"), "{out}");
+        assert!(
+            out.contains("X-Forwarded-For: 10.0.0.1, 192.0.2.1\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("X-Authenticated-Subject"), "{out}");
+    }
+
+    #[test]
+    fn folded_names() {
+        assert!(folded_name_is("X_Authenticated-SUBJECT", SUBJECT_HEADER));
+        assert!(!folded_name_is("X-Authenticated-Subjects", SUBJECT_HEADER));
+    }
+
+    #[test]
+    fn response_head_framing() {
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nKeep-Alive: x\r\n\r\n";
+        let (h, _) = crate::http::parse_response_head(raw, "POST", 8192, 32)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let framing = ClientFraming {
+            chunked: true,
+            length: None,
+            close: true,
+            event_stream: true,
+        };
+        write_response_head(&h, "OK", framing, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n"
+        );
+    }
+}
