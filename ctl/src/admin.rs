@@ -25,12 +25,14 @@ pub struct AdminState {
     pub mode: &'static str,
     /// L7 state.
     pub shared: Arc<Shared>,
+    /// Connection counters of the data path (either mode).
+    pub path: Arc<dpuproxy_driver::PathMetrics>,
     /// Kernel data-path counters (kernel mode).
     pub kernel: Option<Arc<KernelMetrics>>,
     /// kTLS probe (kernel mode).
     pub ktls: Option<KtlsSupport>,
     /// DPDK data-path counters (dpdk mode).
-    pub dpdk: Option<Arc<dpuproxy_dp::proxy::DpMetrics>>,
+    pub dpdk: Option<Arc<dpuproxy_engine::DpMetrics>>,
     /// JWT key reloads.
     pub reloads: Arc<crate::keys::ReloadStats>,
 }
@@ -193,7 +195,7 @@ impl Exposition {
 }
 
 /// Picks one per-lcore counter.
-type LcoreField = fn(&dpuproxy_dp::proxy::LcoreCounters) -> &std::sync::atomic::AtomicU64;
+type LcoreField = fn(&dpuproxy_engine::LcoreCounters) -> &std::sync::atomic::AtomicU64;
 
 /// The Prometheus text exposition of every counter.
 pub fn render_metrics(state: &AdminState) -> String {
@@ -201,8 +203,9 @@ pub fn render_metrics(state: &AdminState) -> String {
     let sh = &state.shared;
     let idle_kernel = KernelMetrics::default();
     let k = state.kernel.as_deref().unwrap_or(&idle_kernel);
-    let idle_dpdk = dpuproxy_dp::proxy::DpMetrics::default();
+    let idle_dpdk = dpuproxy_engine::DpMetrics::default();
     let d = state.dpdk.as_deref().unwrap_or(&idle_dpdk);
+    let p = &*state.path;
     let mut o = Exposition::default();
     o.family("dpuproxy_info", "gauge", "Build and mode.");
     let _ = writeln!(
@@ -241,7 +244,7 @@ pub fn render_metrics(state: &AdminState) -> String {
         backends().map(|b| (&b.addr, r(&b.connect_failures))),
     );
     let m = &sh.metrics;
-    let singles: [(&str, &str, &str, u64); 17] = [
+    let singles: [(&str, &str, &str, u64); 23] = [
         (
             "dpuproxy_client_requests_total",
             "counter",
@@ -312,37 +315,73 @@ pub fn render_metrics(state: &AdminState) -> String {
             "dpuproxy_tls_handshakes_total",
             "counter",
             "Completed TLS handshakes.",
-            r(&k.handshakes) + r(&d.handshakes),
+            r(&p.handshakes),
+        ),
+        (
+            "dpuproxy_tls_handshake_failures_total",
+            "counter",
+            "Failed or timed-out TLS handshakes.",
+            r(&p.handshake_failures),
+        ),
+        (
+            "dpuproxy_tls_errors_total",
+            "counter",
+            "Client connections ended by a TLS error after the handshake.",
+            r(&p.tls_errors),
         ),
         (
             "dpuproxy_connections_accepted_total",
             "counter",
             "Accepted client TCP connections.",
-            r(&k.accepted),
+            r(&p.accepted),
+        ),
+        (
+            "dpuproxy_connections_open",
+            "gauge",
+            "Open client connections.",
+            r(&p.open),
         ),
         (
             "dpuproxy_connections_closed_total",
             "counter",
             "Closed client connections.",
-            r(&k.closed),
+            r(&p.closed),
+        ),
+        (
+            "dpuproxy_connections_aborted_total",
+            "counter",
+            "Client connections closed abortively (RST, no close_notify).",
+            r(&p.aborted),
         ),
         (
             "dpuproxy_connections_rejected_total",
             "counter",
-            "Connections refused at the per-worker limit.",
-            r(&k.rejected_connections),
+            "Connections refused at the per-worker (per-lcore) limit.",
+            r(&p.rejected),
         ),
         (
             "dpuproxy_upstream_connects_total",
             "counter",
             "New backend connections.",
-            r(&k.upstream_connects),
+            r(&p.upstream_connects),
         ),
         (
             "dpuproxy_upstream_pool_reuses_total",
             "counter",
             "Backend connections reused from the idle pool.",
-            r(&k.pool_reuses),
+            r(&p.pool_reuses),
+        ),
+        (
+            "dpuproxy_upstream_pool_expired_total",
+            "counter",
+            "Idle pooled backend connections closed after pool_idle.",
+            r(&p.pool_expired),
+        ),
+        (
+            "dpuproxy_upstream_pool_dead_total",
+            "counter",
+            "Pooled backend connections found closed or dirty at reuse.",
+            r(&p.pool_dead),
         ),
     ];
     for (name, kind, help, v) in singles {
@@ -370,7 +409,14 @@ pub fn render_metrics(state: &AdminState) -> String {
             ("ktls-tx", r(&k.ktls_tx)),
             ("ktls-rx", r(&k.ktls_rx)),
             ("openssl", r(&k.openssl_records)),
-            ("userspace", r(&d.handshakes)),
+            (
+                "userspace",
+                if state.dpdk.is_some() {
+                    r(&p.handshakes)
+                } else {
+                    0
+                },
+            ),
         ],
     );
     if let Some(auth) = &sh.auth {
@@ -515,9 +561,9 @@ pub fn render_metrics(state: &AdminState) -> String {
             "How packets reach the lcore owning their flow (1 on the mode in use).",
             "mode",
             [
-                dpuproxy_dp::proxy::SteeringMode::Single,
-                dpuproxy_dp::proxy::SteeringMode::Hardware,
-                dpuproxy_dp::proxy::SteeringMode::Software,
+                dpuproxy_engine::SteeringMode::Single,
+                dpuproxy_engine::SteeringMode::Hardware,
+                dpuproxy_engine::SteeringMode::Software,
             ]
             .map(|m| (m.label(), u64::from(d.steering() == m))),
         );
@@ -592,24 +638,6 @@ pub fn render_metrics(state: &AdminState) -> String {
             "Userspace TCP connections (clients and backends).",
             d.sum(|c| &c.tcp_connections),
         );
-        o.single(
-            "dpuproxy_client_connections",
-            "gauge",
-            "Open client connections on the DPDK path.",
-            r(&d.client_connections),
-        );
-        o.single(
-            "dpuproxy_tls_handshake_failures_total",
-            "counter",
-            "Failed or timed-out TLS handshakes on the DPDK path.",
-            r(&d.handshake_failures),
-        );
-        o.single(
-            "dpuproxy_tls_record_errors_total",
-            "counter",
-            "Connections ended by a TLS record-layer error.",
-            r(&d.record_errors),
-        );
     }
     o.labelled(
         "dpuproxy_errors_total",
@@ -617,6 +645,13 @@ pub fn render_metrics(state: &AdminState) -> String {
         "Errors by kind.",
         "kind",
         ErrorKind::ALL.map(|x| (x.label(), m.errors(x))),
+    );
+    o.labelled(
+        "dpuproxy_rejected_requests_total",
+        "counter",
+        "Requests the proxy answered itself with an error, by whose fault.",
+        "fault",
+        dpuproxy_l7::Fault::ALL.map(|f| (f.label(), m.rejects(f))),
     );
     o.0
 }

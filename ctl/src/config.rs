@@ -130,7 +130,7 @@ impl DpdkSection {
             .ok()
             .filter(|p| (1..=32).contains(p))
             .with_context(|| format!("`dpdk.ip`: prefix {prefix:?} must be 1-32"))?;
-        let eal_args = dpuproxy_dp::app::split_eal_args(eal);
+        let eal_args = dpuproxy_dp::split_eal_args(eal);
         if eal_args.is_empty() {
             bail!("`dpdk.eal` is empty");
         }

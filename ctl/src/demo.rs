@@ -130,10 +130,12 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         key.clone(),
     );
     kcfg.workers = 2;
-    let proxy = dpuproxy_kernel::start(&kcfg, shared.clone())?;
+    let path = Arc::new(dpuproxy_driver::PathMetrics::default());
+    let proxy = dpuproxy_kernel::start(&kcfg, shared.clone(), path.clone())?;
     let state = AdminState {
         mode: "kernel",
         shared: shared.clone(),
+        path,
         kernel: Some(proxy.metrics.clone()),
         ktls: Some(proxy.ktls.clone()),
         dpdk: None,

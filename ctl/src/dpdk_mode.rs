@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use dpuproxy_dp::proxy::{DpMetrics, ProxyOptions, run_proxy};
+use dpuproxy_driver::PathMetrics;
+use dpuproxy_engine::{DpMetrics, ProxyOptions, run_proxy};
 use dpuproxy_l7::Shared;
-use openssl::ssl::AlpnError;
 
 use crate::background::Background;
 use crate::config::{DpdkSettings, RunConfig};
@@ -47,10 +47,8 @@ fn backends_v4(cfg: &RunConfig) -> anyhow::Result<Vec<SocketAddrV4>> {
 }
 
 fn tls_config(cfg: &RunConfig) -> anyhow::Result<dpuproxy_tls::HandshakeConfig> {
-    let mut b = dpuproxy_kernel::server_builder(&cfg.kernel.tls_cert, &cfg.kernel.tls_key)?;
-    b.set_alpn_select_callback(|_, client| {
-        openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
-    });
+    let mut b = dpuproxy_tls::server_builder(&cfg.kernel.tls_cert, &cfg.kernel.tls_key)?;
+    dpuproxy_tls::alpn_http11(&mut b);
     Ok(dpuproxy_tls::HandshakeConfig::server(b)?)
 }
 
@@ -89,6 +87,7 @@ pub fn run(
     settings: &DpdkSettings,
     shared: &Arc<Shared>,
     metrics: Arc<DpMetrics>,
+    path: &Arc<PathMetrics>,
     stop: &Arc<AtomicBool>,
 ) -> anyhow::Result<Outcome> {
     // Anything that stops the DPDK path from starting is a reason, which
@@ -119,10 +118,9 @@ pub fn run(
         device: settings.device.clone(),
         burst: 32,
         seed: seed(),
-        handshake_timeout: cfg.kernel.handshake_timeout,
-        max_connections: cfg.kernel.max_connections_per_worker,
+        driver: cfg.kernel.driver_settings(),
     };
-    let result = run_proxy(&opts, shared, &tls, &metrics, stop, |port, mac| {
+    let result = run_proxy(&opts, shared, &tls, &metrics, path, stop, |port, mac| {
         tracing::info!(
             port,
             mac = %crate::port_cmd::mac(&mac),

@@ -115,14 +115,14 @@ fn show() -> anyhow::Result<()> {
         need >> 20
     );
     for lcores in [1u16, 4] {
-        let p = dpuproxy_dp::proxy::pool_plan(lcores, 32);
+        let p = dpuproxy_engine::pool_plan(lcores, 32);
         println!(
             "`run --mode dpdk` with {lcores} polling lcore(s): pool of {} mbufs, ~{} MiB with EAL overhead",
             p.mbufs,
             (p.bytes + hp::EAL_OVERHEAD) >> 20
         );
     }
-    let one_lcore = dpuproxy_dp::proxy::pool_plan(1, 32);
+    let one_lcore = dpuproxy_engine::pool_plan(1, 32);
     println!(
         "advice (`run --mode dpdk`, one lcore): {}",
         hp::advise(&st, one_lcore.bytes + hp::EAL_OVERHEAD)

@@ -14,6 +14,7 @@ mod dpdk_mode;
 mod hugepages_cmd;
 mod keys;
 mod port_cmd;
+mod port_loop;
 mod procs;
 mod tls_echo;
 
@@ -262,11 +263,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    // Connection counters of whichever data path runs (both, in turn, when
+    // --mode auto falls back).
+    let path = Arc::new(dpuproxy_driver::PathMetrics::default());
     let try_dpdk = match (cfg.mode, &cfg.dpdk) {
         (Mode::Kernel, _) => None,
         (Mode::Dpdk, Some(d)) => Some(d.clone()),
         (Mode::Dpdk, None) => unreachable!("checked by RunConfig::resolve"),
-        (Mode::Auto, Some(d)) if dpuproxy_dp::AVAILABLE => Some(d.clone()),
+        (Mode::Auto, Some(d)) if dpuproxy_engine::AVAILABLE => Some(d.clone()),
         (Mode::Auto, Some(_)) => {
             tracing::warn!("--mode auto: this binary has no DPDK; falling back to kernel mode");
             None
@@ -284,7 +288,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         signal_hook::flag::register(SIGHUP, reload_now.clone())
             .context("cannot install signal handlers")?;
-        let metrics = Arc::new(dpuproxy_dp::proxy::DpMetrics::default());
+        let metrics = Arc::new(dpuproxy_engine::DpMetrics::default());
         // Started before the EAL pins this thread to the poller's core.
         let admin = match cfg.admin {
             Some(addr) => Some(admin::Admin::start(
@@ -292,6 +296,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 admin::AdminState {
                     mode: "dpdk",
                     shared: shared.clone(),
+                    path: path.clone(),
                     kernel: None,
                     ktls: None,
                     dpdk: Some(metrics.clone()),
@@ -307,7 +312,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name("dpuproxy-lcore".into())
                 .spawn_scoped(s, || {
-                    dpdk_mode::run(&cfg, &settings, &shared, metrics, &stop)
+                    dpdk_mode::run(&cfg, &settings, &shared, metrics, &path, &stop)
                 })
                 .map_err(anyhow::Error::from)?
                 .join()
@@ -340,17 +345,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     }
-    run_kernel(&cfg, shared, reloader, reload_now, reload_stats)
+    run_kernel(&cfg, shared, path, reloader, reload_now, reload_stats)
 }
 
 fn run_kernel(
     cfg: &RunConfig,
     shared: Arc<dpuproxy_l7::Shared>,
+    path: Arc<dpuproxy_driver::PathMetrics>,
     reloader: Option<keys::KeyReloader>,
     reload_now: Arc<std::sync::atomic::AtomicBool>,
     reload_stats: Arc<keys::ReloadStats>,
 ) -> anyhow::Result<()> {
-    let proxy = dpuproxy_kernel::start(&cfg.kernel, shared.clone())?;
+    let proxy = dpuproxy_kernel::start(&cfg.kernel, shared.clone(), path.clone())?;
     let admin = match cfg.admin {
         Some(addr) => {
             let a = admin::Admin::start(
@@ -358,6 +364,7 @@ fn run_kernel(
                 admin::AdminState {
                     mode: "kernel",
                     shared: shared.clone(),
+                    path,
                     kernel: Some(proxy.metrics.clone()),
                     ktls: Some(proxy.ktls.clone()),
                     dpdk: None,

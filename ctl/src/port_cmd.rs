@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::port_loop::{self, PortEvent, PortOptions};
 use anyhow::{Context, bail};
-use dpuproxy_dp::app::{self, PortEvent, PortOptions};
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 #[derive(clap::Args, Debug)]
@@ -65,7 +65,7 @@ pub fn run(args: &PortArgs) -> anyhow::Result<()> {
         Some(s) => Some(Duration::from_secs_f64(s)),
         None => None,
     };
-    let eal_args = app::split_eal_args(&args.dpdk_eal);
+    let eal_args = dpuproxy_dp::split_eal_args(&args.dpdk_eal);
     if eal_args.is_empty() {
         bail!(
             "--dpdk-eal is empty: give at least the lcore and a device, e.g. \"-l 1 --vdev=net_tap0\""
@@ -76,13 +76,13 @@ pub fn run(args: &PortArgs) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let mut opts = PortOptions::new(eal_args, ip, prefix_len);
+    let mut opts = PortOptions::new(eal_args, ip);
     opts.device = args.device.clone();
     opts.run_for = run_for;
     opts.burst = args.burst;
 
     let mut prev = None;
-    let summary = app::run_port(&opts, &stop, |ev| match ev {
+    let summary = port_loop::run_port(&opts, &stop, |ev| match ev {
         PortEvent::Up(up) => {
             println!(
                 "port {} {} (driver {}) up: mac {} link {} {} Mbit/s, answering {ip}/{prefix_len}; \

@@ -102,7 +102,7 @@ fn accept_loop(
 }
 
 fn server_config(args: &TlsEchoArgs) -> anyhow::Result<HandshakeConfig> {
-    let builder = dpuproxy_kernel::server_builder(&args.tls_cert, &args.tls_key)?;
+    let builder = dpuproxy_tls::server_builder(&args.tls_cert, &args.tls_key)?;
     let mut opts = HandshakeOptions::default();
     if let Some(s) = &args.tls13_ciphersuites {
         opts.tls13_ciphersuites = s.clone();

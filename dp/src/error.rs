@@ -33,6 +33,9 @@ pub enum Error {
     /// No usable port after EAL init.
     #[error("no DPDK port: {0}")]
     NoPort(String),
+    /// Another `Port` of this process holds the port id.
+    #[error("port {0} is already open in this process (one Port per port id)")]
+    PortInUse(u16),
     /// An ethdev call failed.
     #[error("{op} on port {port} failed: {msg} ({code})")]
     Port {

@@ -15,16 +15,18 @@
 //!   → handler → one tx flush), counting busy and idle TSC cycles like
 //!   OVS-DPDK's pmd-stats.
 //! - [`net::Responder`]: ARP and ICMP echo for the port's IPv4 address.
-//! - [`app::run_port`]: all of the above as the `dpuproxy port` command.
-//! - [`proxy::run_proxy`]: the full-offload proxy, one loop per lcore and
-//!   queue pair (DPDK port, `dpuproxy-tcp`, `dpuproxy-tls` records, the
-//!   `dpuproxy-l7` core).
+//! - [`select_port`]: the port to run on, with errors that say what to
+//!   check.
 //!
 //! - [`run_on_lcores`]: one job per lcore of `-l`/`--lcores`
 //!   (`rte_eal_remote_launch`), each polling its own [`QueuePair`], the
 //!   per-queue handle a [`Port`] hands out once per queue.
 //! - [`steer`]: which lcore owns a TCP flow (Toeplitz with our key and
 //!   RETA), for hardware RSS and the software hand-over alike.
+//! - [`CpuSet`]: whether two polling threads may share a CPU.
+//!
+//! The proxy that runs on all of this is `dpuproxy-engine`; the
+//! `dpuproxy port` command is in `ctl`.
 //!
 //! Lifetimes carry DPDK's ordering rules: a [`Mempool`] borrows the
 //! [`Eal`], a [`Port`] and every [`Mbuf`] borrow the pool, so the port is
@@ -36,15 +38,15 @@
 //!
 //! The DPDK parts exist only when `dpuproxy-dpdk-sys` found libdpdk
 //! (`cfg(dpdk)`, see that crate). Otherwise [`AVAILABLE`] is false, only
-//! the byte-level [`net`] module, the plain data types and
-//! [`app::run_port`] (which returns [`Error::Unavailable`]) are compiled,
-//! and everything above keeps building. CI sets `DPUPROXY_REQUIRE_DPDK=1`
+//! the byte-level [`net`] and [`steer`] modules, [`CpuSet`] and the plain
+//! data types are compiled, and everything above keeps building. CI sets `DPUPROXY_REQUIRE_DPDK=1`
 //! so the DPDK tests cannot be skipped there.
 
-pub mod app;
+mod cpus;
 mod error;
 pub mod net;
-pub mod proxy;
+#[cfg(dpdk)]
+mod select;
 mod stats;
 pub mod steer;
 
@@ -57,7 +59,10 @@ mod mbuf;
 #[cfg(dpdk)]
 mod port;
 
+pub use cpus::CpuSet;
 pub use error::{Error, Result};
+#[cfg(dpdk)]
+pub use select::select_port;
 pub use stats::{LcoreStats, PortInfo, PortStats, TxStats};
 
 #[cfg(dpdk)]
@@ -67,10 +72,16 @@ pub use lcore::{LoopOptions, run_loop, run_on_lcores, tsc, tsc_hz};
 #[cfg(dpdk)]
 pub use mbuf::{Mbuf, Mempool};
 #[cfg(dpdk)]
-pub use port::{Link, Port, PortConfig, QueuePair, TxBatch};
+pub use port::{Link, Port, PortConfig, QueuePair, TxBatch, hashes_ipv4_tcp_ports};
 
 /// Whether this build has the DPDK data path.
 pub const AVAILABLE: bool = cfg!(dpdk);
+
+/// Splits an EAL argument string on whitespace (EAL arguments carry no
+/// spaces; device args use commas).
+pub fn split_eal_args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
 
 /// Largest rx/tx burst the wrappers accept.
 pub const MAX_BURST: usize = 64;

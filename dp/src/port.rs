@@ -65,8 +65,45 @@ pub struct Port<'p> {
     /// some PMDs read the bytes at every start), so they live as long as
     /// the port.
     rss_keys: Vec<Vec<u8>>,
+    /// This port id is ours until the port is closed (dropped after
+    /// `Drop::drop` closed the device).
+    _claim: PortClaim,
     _pool: PhantomData<&'p ()>,
     _single_thread: PhantomData<*const ()>,
+}
+
+/// Whether RSS hash types `hash_types` (as [`Port::rss_key`] reports them)
+/// include the ports of IPv4 TCP.
+pub fn hashes_ipv4_tcp_ports(hash_types: u64) -> bool {
+    // SAFETY: reads an immutable constant defined in the shim.
+    let tcp4 = unsafe { sys::DPUPROXY_RTE_ETH_RSS_NONFRAG_IPV4_TCP };
+    hash_types & tcp4 != 0
+}
+
+/// Port ids held by a live [`Port`] in this process.
+static CLAIMED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
+/// Exclusive use of one port id: safe code cannot configure or poll one
+/// device through two `Port`s.
+#[derive(Debug)]
+struct PortClaim(u16);
+
+impl PortClaim {
+    fn take(id: u16) -> Result<Self> {
+        let mut held = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+        if held.contains(&id) {
+            return Err(Error::PortInUse(id));
+        }
+        held.push(id);
+        Ok(Self(id))
+    }
+}
+
+impl Drop for PortClaim {
+    fn drop(&mut self) {
+        let mut held = CLAIMED.lock().unwrap_or_else(|p| p.into_inner());
+        held.retain(|&p| p != self.0);
+    }
 }
 
 fn check(port: u16, op: &'static str, ret: i32) -> Result<()> {
@@ -84,8 +121,11 @@ fn check(port: u16, op: &'static str, ret: i32) -> Result<()> {
 
 impl<'p> Port<'p> {
     /// Configures port `id` with `cfg`, fills its rx queues from `pool`,
-    /// and starts it.
+    /// and starts it. One `Port` per port id at a time
+    /// ([`Error::PortInUse`] otherwise). Once configuring has begun, a
+    /// failure closes the device.
     pub fn open(id: u16, pool: &'p Mempool<'_>, cfg: &PortConfig) -> Result<Port<'p>> {
+        let claim = PortClaim::take(id)?;
         let dev = dev_info(id)?;
         if cfg.rx_queues == 0 || cfg.rx_queues > dev.max_rx_queues {
             return Err(Error::Config(format!(
@@ -116,6 +156,20 @@ impl<'p> Port<'p> {
             conf.rx_adv_conf.rss_conf.rss_key = key.as_mut_ptr();
             conf.rx_adv_conf.rss_conf.rss_key_len = dev.hash_key_size;
         }
+        // From here on a failure must close the port: build the guard now.
+        let mut port = Port {
+            id,
+            info: port_info(id),
+            rx_queues: cfg.rx_queues,
+            tx_queues: cfg.tx_queues,
+            started: false,
+            reta_size: dev.reta_size,
+            hash_key_size: dev.hash_key_size,
+            rss_keys: Vec::new(),
+            _claim: claim,
+            _pool: PhantomData,
+            _single_thread: PhantomData,
+        };
         // SAFETY: conf is a valid rte_eth_conf that DPDK copies; its key
         // pointer (if set) points at rss_key_len bytes of `key`, whose heap
         // buffer the port keeps until after rte_eth_dev_close.
@@ -130,19 +184,6 @@ impl<'p> Port<'p> {
         // SAFETY: plain query.
         let socket = unsafe { sys::rte_eth_dev_socket_id(id) };
         let socket = u32::try_from(socket).unwrap_or(sys::SOCKET_ID_ANY as u32);
-        // From here on a failure must close the port: build the guard now.
-        let mut port = Port {
-            id,
-            info: port_info(id),
-            rx_queues: cfg.rx_queues,
-            tx_queues: cfg.tx_queues,
-            started: false,
-            reta_size: dev.reta_size,
-            hash_key_size: dev.hash_key_size,
-            rss_keys: Vec::new(),
-            _pool: PhantomData,
-            _single_thread: PhantomData,
-        };
         for q in 0..cfg.rx_queues {
             // SAFETY: the port is configured; null rxconf means the PMD
             // default; the pool outlives the port ('p).

@@ -68,6 +68,13 @@ fn wrappers_over_ring_and_null_vdevs() {
     null_rx_rss_and_reta(&pool, ports[1].id);
     assert_eq!(pool.in_use(), 0, "null port returned everything");
 
+    // Closed, the id is no longer claimed (closing a vdev also releases
+    // the device, so reopening finds no such device).
+    assert!(matches!(
+        Port::open(ports[1].id, &pool, &PortConfig::default()),
+        Err(Error::Port { .. })
+    ));
+
     run_loop_answers_arp_over_ring(&pool, ports[2].id);
     assert_eq!(pool.in_use(), 0, "run loop returned everything");
     assert_eq!(pool.available(), pool.capacity());
@@ -197,6 +204,12 @@ fn null_rx_rss_and_reta(pool: &Mempool<'_>, id: u16) {
         ..PortConfig::default()
     };
     let mut port = Port::open(id, pool, &cfg).unwrap();
+    // Safe code cannot open one device twice (two threads could otherwise
+    // configure or poll it at once).
+    assert!(
+        matches!(Port::open(id, pool, &cfg), Err(Error::PortInUse(p)) if p == id),
+        "a second Port for the same id"
+    );
     let mut rx = Vec::new();
     let n = port.rx_burst(1, &mut rx, 32);
     assert_eq!(n, 32, "net_null always has a burst");

@@ -299,7 +299,8 @@ impl<T: Transport> Driver<T> {
     fn remove(&mut self, index: usize) -> Option<Slot<T::Client, T::Backend>> {
         let s = self.slots.try_remove(index)?;
         self.timers.set(index, None);
-        self.generations[index] = self.generations[index].wrapping_add(1);
+        let mask = (1u32 << crate::slot::GENERATION_BITS) - 1;
+        self.generations[index] = (self.generations[index] + 1) & mask;
         self.metrics
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);

@@ -4,21 +4,23 @@
 //! - [`start`] binds one `SO_REUSEPORT` listener per worker thread (so a
 //!   port clash fails at start, not later), spawns the workers and a
 //!   health prober, and returns a [`KernelProxy`] handle that stops them.
-//! - Each worker runs a mio/epoll loop, does the OpenSSL handshake on the
-//!   socket fd with `SSL_OP_ENABLE_KTLS`, and drives one
-//!   `dpuproxy_l7::Connection` per client. Backends are plain HTTP/1.1 over
-//!   kernel TCP with a per-worker idle pool.
+//! - Each worker runs a mio/epoll loop and feeds the shared driver
+//!   (`dpuproxy_driver`), which drives one `dpuproxy_l7::Connection` per
+//!   client: this crate is only the [`Transport`](dpuproxy_driver::Transport)
+//!   (OpenSSL on the socket fd with `SSL_OP_ENABLE_KTLS`; backends are plain
+//!   HTTP/1.1 over kernel TCP) and the event plumbing.
 //! - Which record path each connection got (kTLS tx/rx, or OpenSSL records)
 //!   is counted in [`KernelMetrics`]; kTLS availability is probed once at
 //!   start ([`ktls::probe`]) and reported with its reason.
 //! - Backend health: a failed connect marks a backend down (in the core);
 //!   the prober marks it up again when a TCP connect succeeds.
 //!
-//! Unsafe code is confined to `tls_fd` (OpenSSL FFI) and [`ktls`]
-//! (`setsockopt`).
+//! Unsafe code is confined to `tls_fd` (OpenSSL FFI, `SO_LINGER`) and
+//! [`ktls`] (`setsockopt`).
 
 pub mod ktls;
 mod tls_fd;
+mod transport;
 mod worker;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -28,15 +30,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dpuproxy_driver::{DriverSettings, PathMetrics};
 use dpuproxy_l7::Shared;
-use openssl::ssl::{
-    AlpnError, SslContext, SslContextBuilder, SslFiletype, SslMethod, SslMode, SslOptions,
-    SslVersion,
-};
+use openssl::ssl::{SslContext, SslMode, SslOptions, SslVersion};
 
 pub use ktls::KtlsSupport;
 pub use tls_fd::RecordPath;
-use worker::WorkerSettings;
+use worker::WorkerParts;
 
 /// Errors that stop the kernel data path from starting.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +60,9 @@ pub enum StartError {
     Poll(std::io::Error),
 }
 
-/// Counters of the kernel data path (the admin endpoint exports them).
+/// Counters of the kernel data path's TLS record paths (the admin
+/// endpoint exports them; connection counters are the driver's
+/// [`PathMetrics`]).
 #[derive(Debug, Default)]
 pub struct KernelMetrics {
     /// Connections whose sends go through kTLS.
@@ -69,18 +71,6 @@ pub struct KernelMetrics {
     pub ktls_rx: AtomicU64,
     /// Connections whose records OpenSSL processes in userspace.
     pub openssl_records: AtomicU64,
-    /// Completed handshakes.
-    pub handshakes: AtomicU64,
-    /// Accepted TCP connections.
-    pub accepted: AtomicU64,
-    /// Connections refused because a worker was at its connection limit.
-    pub rejected_connections: AtomicU64,
-    /// Closed client connections.
-    pub closed: AtomicU64,
-    /// New backend connections.
-    pub upstream_connects: AtomicU64,
-    /// Backend connections reused from the idle pool.
-    pub pool_reuses: AtomicU64,
     /// 1 when the kTLS probe succeeded.
     pub ktls_available: AtomicU64,
 }
@@ -148,29 +138,11 @@ impl KernelConfig {
     }
 }
 
-/// A server TLS context builder holding the PEM certificate chain `cert`
-/// and private key `key`, checked to match. Errors name the file. Callers
-/// add their own protocol options.
-pub fn server_builder(cert: &Path, key: &Path) -> Result<SslContextBuilder, StartError> {
-    let tls = |what: &str, e: openssl::error::ErrorStack| StartError::Tls(format!("{what}: {e}"));
-    for (what, path) in [("certificate", cert), ("private key", key)] {
-        std::fs::File::open(path)
-            .map_err(|e| StartError::Tls(format!("cannot read {what} {}: {e}", path.display())))?;
-    }
-    let mut b = SslContextBuilder::new(SslMethod::tls_server()).map_err(|e| tls("context", e))?;
-    b.set_certificate_chain_file(cert)
-        .map_err(|e| tls(&format!("certificate {}", cert.display()), e))?;
-    b.set_private_key_file(key, SslFiletype::PEM)
-        .map_err(|e| tls(&format!("private key {}", key.display()), e))?;
-    b.check_private_key()
-        .map_err(|e| tls("certificate and key do not match", e))?;
-    Ok(b)
-}
-
 /// Build the server TLS context: TLS 1.2 and 1.3, kTLS allowed, partial
 /// writes, HTTP/1.1 as the only ALPN protocol.
 pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
-    let mut b = server_builder(cert, key)?;
+    let mut b =
+        dpuproxy_tls::server_builder(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))
         .map_err(|e| StartError::Tls(format!("min version: {e}")))?;
     b.set_options(
@@ -179,9 +151,7 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
             | SslOptions::from_bits_retain(tls_fd::SSL_OP_ENABLE_KTLS as _),
     );
     b.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
-    b.set_alpn_select_callback(|_, client| {
-        openssl::ssl::select_next_proto(b"\x08http/1.1", client).ok_or(AlpnError::NOACK)
-    });
+    dpuproxy_tls::alpn_http11(&mut b);
     Ok(b.build())
 }
 
@@ -191,8 +161,10 @@ pub struct KernelProxy {
     stop: Arc<AtomicBool>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
-    /// Data-path counters.
+    /// Record-path counters.
     pub metrics: Arc<KernelMetrics>,
+    /// Connection counters (the driver's).
+    pub path: Arc<PathMetrics>,
     /// kTLS probe result.
     pub ktls: KtlsSupport,
     /// The bound address (useful when the port was 0).
@@ -240,8 +212,26 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
     Ok(mio::net::TcpListener::from_std(s.into()))
 }
 
-/// Start the kernel data path with `workers` epoll loops over `shared`.
-pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, StartError> {
+impl KernelConfig {
+    /// The driver settings of each worker.
+    pub fn driver_settings(&self) -> DriverSettings {
+        DriverSettings {
+            handshake_timeout: self.handshake_timeout,
+            pool_idle: self.pool_idle_timeout,
+            pool_max_per_backend: self.pool_max_per_backend,
+            max_connections: self.max_connections_per_worker,
+            ..DriverSettings::default()
+        }
+    }
+}
+
+/// Start the kernel data path with `workers` epoll loops over `shared`,
+/// counting connections into `path`.
+pub fn start(
+    cfg: &KernelConfig,
+    shared: Arc<Shared>,
+    path: Arc<PathMetrics>,
+) -> Result<KernelProxy, StartError> {
     let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
     let backend_addrs = cfg
         .backends
@@ -276,30 +266,21 @@ pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, Sta
     }
     let local_addr = listeners[0].local_addr().map_err(StartError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let settings = WorkerSettings {
-        backend_addrs: backend_addrs.clone(),
-        handshake_timeout: cfg.handshake_timeout,
-        linger_timeout: Duration::from_secs(30),
-        pool_idle_timeout: cfg.pool_idle_timeout,
-        pool_max_per_backend: cfg.pool_max_per_backend,
-        max_connections: cfg.max_connections_per_worker,
-    };
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
         let poll = mio::Poll::new().map_err(StartError::Poll)?;
         let waker = Arc::new(worker::Worker::new_waker(&poll).map_err(StartError::Poll)?);
-        let w = worker::Worker::new(
-            id,
-            poll,
-            listener,
-            ctx.clone(),
-            shared.clone(),
-            metrics.clone(),
-            settings.clone(),
-            stop.clone(),
-        )
-        .map_err(StartError::Poll)?;
+        let parts = WorkerParts {
+            ctx: ctx.clone(),
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+            path: path.clone(),
+            settings: cfg.driver_settings(),
+            backend_addrs: backend_addrs.clone(),
+            stop: stop.clone(),
+        };
+        let w = worker::Worker::new(id, poll, listener, parts).map_err(StartError::Poll)?;
         wakers.push(waker);
         threads.push(
             std::thread::Builder::new()
@@ -328,6 +309,7 @@ pub fn start(cfg: &KernelConfig, shared: Arc<Shared>) -> Result<KernelProxy, Sta
         wakers,
         threads,
         metrics,
+        path,
         ktls,
         local_addr,
     })

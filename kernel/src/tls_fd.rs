@@ -25,6 +25,9 @@ pub const SSL_OP_ENABLE_KTLS: u64 = 0x8;
 const BIO_CTRL_GET_KTLS_SEND: c_int = 73;
 /// `BIO_CTRL_GET_KTLS_RECV` (`bio.h`).
 const BIO_CTRL_GET_KTLS_RECV: c_int = 76;
+/// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (OpenSSL 3 `sslerr.h`): the peer
+/// closed TCP without close_notify.
+const SSL_R_UNEXPECTED_EOF_WHILE_READING: c_int = 294;
 
 unsafe extern "C" {
     // Not bound by openssl-sys; provided by libssl, which openssl-sys links.
@@ -93,7 +96,7 @@ fn ssl_error(ssl: &SslRef, rc: c_int, what: &str) -> io::Error {
             let os = io::Error::last_os_error();
             let stack = ErrorStack::get();
             if !stack.errors().is_empty() {
-                io::Error::other(format!("{what}: {stack}"))
+                io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {stack}"))
             } else if os.raw_os_error().unwrap_or(0) != 0 {
                 os
             } else {
@@ -103,7 +106,23 @@ fn ssl_error(ssl: &SslRef, rc: c_int, what: &str) -> io::Error {
                 )
             }
         }
-        _ => io::Error::other(format!("{what}: {}", ErrorStack::get())),
+        _ => {
+            let stack = ErrorStack::get();
+            // OpenSSL 3 reports a TCP close without close_notify as an SSL
+            // error; it is an end of stream (the L7 core tells a truncated
+            // request from a whole one), not a TLS failure.
+            if stack
+                .errors()
+                .iter()
+                .any(|e| e.reason_code() == SSL_R_UNEXPECTED_EOF_WHILE_READING)
+            {
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed without close_notify",
+                );
+            }
+            io::Error::new(io::ErrorKind::InvalidData, format!("{what}: {stack}"))
+        }
     }
 }
 
@@ -151,6 +170,12 @@ impl FdTls {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
+    /// Make the close that follows (the drop) abortive: TCP RST, queued
+    /// bytes discarded, no close_notify (nothing is sent on drop).
+    pub fn set_abortive_close(&self) {
+        set_linger_zero(&self.stream);
+    }
+
     /// One non-blocking handshake step.
     pub fn handshake(&mut self) -> io::Result<Handshake> {
         clear_error_queue();
@@ -167,8 +192,10 @@ impl FdTls {
         }
     }
 
-    /// Read plaintext. `Ok(0)` is the end of the stream (close_notify or a
-    /// TCP FIN); `WouldBlock` means wait for the socket.
+    /// Read plaintext. `Ok(0)` is the end of the stream (close_notify, or a
+    /// TCP FIN without it); `WouldBlock` means wait for the socket; an
+    /// `InvalidData` error is a TLS protocol error (OpenSSL sent an alert),
+    /// any other a broken connection.
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         clear_error_queue();
         let mut n = 0usize;
@@ -266,4 +293,23 @@ impl FdTls {
                 .unwrap_or("no-cipher")
         )
     }
+}
+
+/// `SO_LINGER` {on, 0 s}: the next close of the socket sends RST.
+pub(crate) fn set_linger_zero(socket: &impl AsRawFd) {
+    let lg = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is a valid open socket owned by the caller; the option
+    // value points to a `linger` struct of exactly the size passed.
+    let _ = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const lg).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }

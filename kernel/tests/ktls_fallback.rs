@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use dpuproxy_driver::PathMetrics;
 use dpuproxy_kernel::{KernelConfig, ktls};
-use dpuproxy_l7::{CoreConfig, Shared};
+use dpuproxy_l7::{CoreConfig, ErrorKind, Shared};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 
 fn write_cert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -112,7 +113,8 @@ fn ktls_probe_matches_the_record_path_and_data_flows() {
     let shared = Arc::new(Shared::new(CoreConfig::default(), vec![backend.clone()]));
     let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), vec![backend], cert, key);
     cfg.workers = 1;
-    let proxy = dpuproxy_kernel::start(&cfg, shared.clone()).expect("proxy starts");
+    let proxy =
+        dpuproxy_kernel::start(&cfg, shared.clone(), Default::default()).expect("proxy starts");
     assert_eq!(proxy.ktls, probe, "start-up probe agrees");
     assert_eq!(
         proxy.metrics.ktls_available.load(Ordering::Relaxed),
@@ -161,7 +163,7 @@ fn ktls_probe_matches_the_record_path_and_data_flows() {
     }
 
     let m = &proxy.metrics;
-    assert_eq!(m.handshakes.load(Ordering::Relaxed), 2);
+    assert_eq!(PathMetrics::get(&proxy.path.handshakes), 2);
     if probe.available {
         assert!(
             m.ktls_tx.load(Ordering::Relaxed) >= 1,
@@ -200,7 +202,7 @@ fn listen_clash_fails_at_start() {
         cert,
         key,
     );
-    let err = dpuproxy_kernel::start(&cfg, shared).unwrap_err();
+    let err = dpuproxy_kernel::start(&cfg, shared, Default::default()).unwrap_err();
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }
 
@@ -212,4 +214,128 @@ fn bad_key_file_is_a_clear_error() {
     std::fs::write(&bogus, "not a key").unwrap();
     let err = dpuproxy_kernel::tls_context(&cert, &bogus).unwrap_err();
     assert!(err.to_string().contains("private key"), "{err}");
+}
+
+/// A TLS client of the kernel path, certificate checks off.
+fn tls_client(addr: std::net::SocketAddr) -> openssl::ssl::SslStream<TcpStream> {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    b.build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .unwrap()
+}
+
+/// A backend that answers one request with the start of a close-delimited
+/// body, then resets the connection.
+fn spawn_resetting_backend() -> (String, std::thread::JoinHandle<()>) {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let h = std::thread::spawn(move || {
+        let Ok((mut s, _)) = l.accept() else { return };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"partial\":")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+    });
+    (addr, h)
+}
+
+fn start_proxy(backend: String) -> (tempfile::TempDir, Arc<Shared>, dpuproxy_kernel::KernelProxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path());
+    let shared = Arc::new(Shared::new(CoreConfig::default(), vec![backend.clone()]));
+    let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), vec![backend], cert, key);
+    cfg.workers = 1;
+    let proxy = dpuproxy_kernel::start(&cfg, shared.clone(), Default::default()).unwrap();
+    (dir, shared, proxy)
+}
+
+/// An HTTP/1.0 client of a close-delimited body that the backend cuts must
+/// see a broken connection: no close_notify (which would make the
+/// truncated body look complete), a reset.
+#[test]
+fn abortive_close_is_a_reset_without_close_notify() {
+    let (backend, backend_thread) = spawn_resetting_backend();
+    let (_dir, _shared, proxy) = start_proxy(backend);
+    let mut tls = tls_client(proxy.local_addr);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#;
+    let req = format!(
+        "POST /mcp HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        match tls.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.ends_with("{\"partial\":"), "{text}");
+    let e = end.expect_err("a clean end (close_notify) after a truncated body");
+    assert!(
+        !tls.get_shutdown()
+            .contains(openssl::ssl::ShutdownState::RECEIVED),
+        "no close_notify received: {e}"
+    );
+    assert_eq!(PathMetrics::get(&proxy.path.aborted), 1);
+    backend_thread.join().unwrap();
+    proxy.shutdown();
+}
+
+/// A client that closes TCP without close_notify is a client that left,
+/// not a TLS error.
+#[test]
+fn client_close_without_close_notify_is_no_tls_error() {
+    let (backend, backend_thread) = spawn_backend();
+    let (_dir, shared, proxy) = start_proxy(backend);
+    let mut tls = tls_client(proxy.local_addr);
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#;
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(body) {
+        let n = tls.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // Close TCP under the TLS session: no close_notify.
+    tls.get_ref().shutdown(std::net::Shutdown::Both).unwrap();
+    drop(tls);
+    let t0 = std::time::Instant::now();
+    while PathMetrics::get(&proxy.path.closed) == 0 && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        PathMetrics::get(&proxy.path.closed),
+        1,
+        "the proxy closed it"
+    );
+    assert_eq!(shared.metrics.errors(ErrorKind::TlsIo), 0);
+    assert_eq!(PathMetrics::get(&proxy.path.tls_errors), 0);
+    proxy.shutdown();
+    drop(backend_thread);
 }

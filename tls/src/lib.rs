@@ -1,8 +1,11 @@
-//! dpuproxy-tls: TLS for both data paths, without any I/O of its own.
+//! dpuproxy-tls: TLS for both data paths, without any network I/O of its
+//! own.
 //!
-//! In DPDK mode there is no kernel socket and so no kernel TLS; this crate
-//! does in userspace what the kernel's tls module would. (Kernel mode does
-//! not use this crate: OpenSSL runs on the socket there and installs kTLS
+//! Both paths build their server context here ([`server_builder`],
+//! [`alpn_http11`]: certificate files are read once at set-up). In DPDK
+//! mode there is no kernel socket and so no kernel TLS; this crate does in
+//! userspace what the kernel's tls module would. (Kernel mode uses only
+//! the context set-up: OpenSSL runs on the socket there and installs kTLS
 //! itself.)
 //!
 //! Contract:
@@ -34,6 +37,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conn;
+pub mod context;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
@@ -44,6 +48,7 @@ pub mod record;
 pub mod suite;
 
 pub use conn::{Incoming, Limits, Opened, RecordLayer, Stats};
+pub use context::{ContextError, alpn_http11, server_builder};
 pub use error::{AlertDescription, ErrorKind, TlsError};
 pub use handshake::{
     Established, Handshake, HandshakeConfig, HandshakeError, HandshakeOptions, KeyLog,

@@ -1,13 +1,14 @@
-//! `dpuproxy port`: bring a port up, answer ARP and ping for one address,
-//! report counters, stop cleanly.
+//! The loop behind `dpuproxy port`: bring a port up, answer ARP and ping
+//! for one address, report counters, stop cleanly (on dp's wrappers).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::net::ResponderStats;
-use crate::stats::{LcoreStats, PortInfo, PortStats, TxStats};
+#[cfg(not(dpdk))]
+use dpuproxy_dp::Error;
+use dpuproxy_dp::net::ResponderStats;
+use dpuproxy_dp::{LcoreStats, PortInfo, PortStats, Result, TxStats};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -16,8 +17,6 @@ pub struct PortOptions {
     pub eal_args: Vec<String>,
     /// The address to answer for.
     pub ip: Ipv4Addr,
-    /// Its prefix length (kept for the report; only `ip` is answered).
-    pub prefix_len: u8,
     /// Device name to use (default: the first port the EAL found).
     pub device: Option<String>,
     /// Stop after this long (None: on `stop` only).
@@ -30,23 +29,16 @@ pub struct PortOptions {
 
 impl PortOptions {
     /// Defaults for everything but the EAL arguments and the address.
-    pub fn new(eal_args: Vec<String>, ip: Ipv4Addr, prefix_len: u8) -> Self {
+    pub fn new(eal_args: Vec<String>, ip: Ipv4Addr) -> Self {
         Self {
             eal_args,
             ip,
-            prefix_len,
             device: None,
             run_for: None,
             burst: 32,
             report_every: Duration::from_secs(1),
         }
     }
-}
-
-/// Splits an EAL argument string on whitespace (EAL arguments carry no
-/// spaces; device args use commas).
-pub fn split_eal_args(s: &str) -> Vec<String> {
-    s.split_whitespace().map(str::to_string).collect()
 }
 
 /// Everything known once the port is up.
@@ -99,8 +91,6 @@ pub enum PortEvent<'a> {
 /// The end of a run.
 #[derive(Debug, Clone)]
 pub struct PortSummary {
-    /// What was brought up.
-    pub up: PortUp,
     /// Final counters (taken before the port was closed).
     pub last: PortReport,
     /// Mbufs out of the pool right after the port started (PMDs that
@@ -138,8 +128,8 @@ pub fn run_port(
 
     use dpuproxy_hugepages::{MempoolPlan, PortShape};
 
-    use crate::net::{Responder, Verdict};
-    use crate::{Eal, LoopOptions, Mempool, Port, PortConfig, run_loop};
+    use dpuproxy_dp::net::{Responder, Verdict};
+    use dpuproxy_dp::{Eal, LoopOptions, Mempool, Port, PortConfig, run_loop, select_port};
 
     let eal = Eal::init(&opts.eal_args)?;
     let all_ports = eal.ports();
@@ -219,49 +209,8 @@ pub fn run_port(
     drop(pool);
     drop(eal);
     Ok(PortSummary {
-        up,
         last,
         in_use_at_start,
         in_use_after_close,
     })
-}
-
-/// The port named `device`, or the first one the EAL found, with an error
-/// that tells an operator what to check.
-#[cfg(dpdk)]
-pub(crate) fn select_port(all_ports: &[PortInfo], device: Option<&str>) -> Result<PortInfo> {
-    match device {
-        Some(name) => all_ports
-            .iter()
-            .find(|p| p.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                Error::NoPort(format!(
-                    "no port named {name}; the EAL found: {}",
-                    names(all_ports)
-                ))
-            }),
-        None => all_ports.first().cloned().ok_or_else(|| {
-            Error::NoPort(
-                "the EAL found no port. For --vdev=net_af_packet0,iface=X (and af_xdp, tap) check \
-                 that interface X exists in this network namespace and that you may open it (root \
-                 or CAP_NET_RAW/CAP_NET_ADMIN); the EAL log above names the device that failed. \
-                 For a PCI NIC (mlx5 on BlueField) pass -a <PCI address> and drop --no-pci"
-                    .into(),
-            )
-        }),
-    }
-}
-
-#[cfg(dpdk)]
-fn names(ports: &[PortInfo]) -> String {
-    if ports.is_empty() {
-        "none".into()
-    } else {
-        ports
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }

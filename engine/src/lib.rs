@@ -1,17 +1,26 @@
-//! The full-offload proxy, on each polling lcore: DPDK port → userspace TCP
-//! (`dpuproxy-tcp`) → userspace TLS records (`dpuproxy-tls`) → the same L7
-//! core as kernel mode (`dpuproxy-l7`) → back out, run to completion.
+//! dpuproxy-engine: the full-offload data path. On each polling lcore:
+//! DPDK port → userspace TCP (`dpuproxy-tcp`) → userspace TLS records
+//! (`dpuproxy-tls`) → the shared driver (`dpuproxy-driver`) and its L7 core
+//! (`dpuproxy-l7`), the same as kernel mode → back out, run to completion.
+//!
+//! What this crate holds is the transport and its plumbing, nothing of a
+//! connection's life (that is the driver's):
+//! - [`transport`]: the [`Transport`](dpuproxy_driver::Transport) over a
+//!   userspace TCP stack, with the TLS handshake over memory buffers and
+//!   our record layer (no DPDK needed: it runs over any smoltcp device);
+//! - the owner table mapping TCP connections to driver slots (generation
+//!   checked);
+//! - with DPDK: the smoltcp device over mbufs, the per-lcore loop, the
+//!   software hand-over of frames between lcores, and start/stop.
 //!
 //! One turn of the loop:
 //! 1. rx burst (mbufs go to the smoltcp device, zero-copy until the TCP
 //!    stack copies payload into its socket buffers);
-//! 2. TCP: ingress, timers, events;
-//! 3. per connection with work: TLS handshake or record open, `l7`
-//!    `handle_*`, `l7` actions (backend connects, closes), backend bytes,
-//!    record seal, TCP send;
-//! 4. `l7` timers;
-//! 5. TCP egress (frames written straight into fresh mbufs);
-//! 6. one tx burst.
+//! 2. TCP: ingress, timers, events (each event marks a driver slot);
+//! 3. the driver drives the marked connections (TLS, L7, backend bytes,
+//!    record seal, TCP send) and fires its timers;
+//! 4. TCP egress (frames written straight into fresh mbufs);
+//! 5. one tx burst.
 //!
 //! Backends are plain HTTP/1.1 over the same stack and port; they must be
 //! on-link or behind `gateway`.
@@ -48,18 +57,34 @@
 //! A vdev with one queue (af_packet without `qpairs`) is polled by one
 //! lcore; the others in `-l` stay idle, and the log says so.
 
+#![forbid(unsafe_code)]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
+use dpuproxy_driver::{DriverSettings, PathMetrics};
 use dpuproxy_l7::Shared;
 use dpuproxy_tls::HandshakeConfig;
 
-use crate::error::Result;
+mod error;
+mod outbuf;
+mod owners;
+pub mod transport;
 
 #[cfg(dpdk)]
-mod engine;
+mod device;
+#[cfg(dpdk)]
+mod lanes;
+#[cfg(dpdk)]
+mod lcore;
+#[cfg(dpdk)]
+mod run;
+
+pub use error::{Error, Result};
+
+/// Whether this build has the DPDK engine.
+pub const AVAILABLE: bool = cfg!(dpdk);
 
 /// Frames one lcore's hand-over ring holds (software steering).
 pub const STEER_RING: usize = 1024;
@@ -107,10 +132,9 @@ pub struct ProxyOptions {
     pub burst: usize,
     /// Seed for TCP initial sequence numbers and hash keys (give entropy).
     pub seed: u64,
-    /// A TLS handshake must finish within this time.
-    pub handshake_timeout: Duration,
-    /// Most client connections.
-    pub max_connections: usize,
+    /// Each lcore's driver settings (handshake timeout, backend pool,
+    /// connection limit per lcore).
+    pub driver: DriverSettings,
 }
 
 /// Most lcores that poll (one queue pair each).
@@ -222,14 +246,6 @@ pub struct DpMetrics {
     pub mempool_in_use: AtomicU64,
     /// Mbufs in the pool.
     pub mempool_size: AtomicU64,
-    /// Completed TLS handshakes (records then go through our record layer).
-    pub handshakes: AtomicU64,
-    /// Failed TLS handshakes.
-    pub handshake_failures: AtomicU64,
-    /// TLS connections ended by a record-layer error.
-    pub record_errors: AtomicU64,
-    /// Open client connections.
-    pub client_connections: AtomicU64,
     /// Set while the port is up and polling.
     pub up: AtomicBool,
     /// Set once the port came up; never cleared (a failure after this is
@@ -290,29 +306,40 @@ pub struct ProxySummary {
 }
 
 /// Run the proxy on the lcores of the EAL arguments until `stop` is set
-/// (the calling thread becomes the main lcore and polls queue 0). `on_up`
-/// is called once the port is up, with its name and MAC.
+/// (the calling thread becomes the main lcore and polls queue 0),
+/// counting connections into `path`. `on_up` is called once the port is
+/// up, with its name and MAC.
 #[cfg(dpdk)]
 pub fn run_proxy(
     opts: &ProxyOptions,
     shared: &Arc<Shared>,
     tls_cfg: &HandshakeConfig,
     metrics: &DpMetrics,
+    path: &Arc<PathMetrics>,
     stop: &AtomicBool,
     on_up: impl FnOnce(&str, [u8; 6]),
 ) -> Result<ProxySummary> {
-    engine::run(opts, shared, tls_cfg, metrics, stop, on_up)
+    let args = run::RunArgs {
+        opts,
+        shared,
+        tls_cfg,
+        metrics,
+        path,
+        stop,
+    };
+    run::run(args, on_up)
 }
 
-/// Without DPDK in the build: always [`crate::Error::Unavailable`].
+/// Without DPDK in the build: always [`dpuproxy_dp::Error::Unavailable`].
 #[cfg(not(dpdk))]
 pub fn run_proxy(
     _opts: &ProxyOptions,
     _shared: &Arc<Shared>,
     _tls_cfg: &HandshakeConfig,
     _metrics: &DpMetrics,
+    _path: &Arc<PathMetrics>,
     _stop: &AtomicBool,
     _on_up: impl FnOnce(&str, [u8; 6]),
 ) -> Result<ProxySummary> {
-    Err(crate::Error::Unavailable)
+    Err(Error::Dp(dpuproxy_dp::Error::Unavailable))
 }

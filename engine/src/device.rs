@@ -1,0 +1,93 @@
+//! The smoltcp device over DPDK mbufs (DPDK builds only).
+
+use std::collections::VecDeque;
+
+use dpuproxy_dp::{Mbuf, Mempool};
+use dpuproxy_tcp::smoltcp::phy::{self, DeviceCapabilities};
+
+/// Ethernet MTU frames (ARP and TCP).
+pub(crate) const ARP_AND_TCP_MTU: usize = 1514;
+
+/// smoltcp device over DPDK mbufs: received mbufs are handed to the stack
+/// as they are; transmitted frames are written into fresh mbufs and queued
+/// for the turn's single tx burst.
+pub(crate) struct MbufDevice<'p> {
+    pub(crate) pool: &'p Mempool<'p>,
+    pub(crate) rx: VecDeque<Mbuf<'p>>,
+    pub(crate) tx: Vec<Mbuf<'p>>,
+    pub(crate) tx_nombuf: u64,
+    pub(crate) caps: DeviceCapabilities,
+}
+
+pub(crate) struct RxTok<'p>(Mbuf<'p>);
+
+pub(crate) struct TxTok<'a, 'p> {
+    dev: &'a mut MbufDevice<'p>,
+}
+
+impl phy::RxToken for RxTok<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        // The mbuf goes back to the pool when `self.0` drops.
+        f(self.0.data())
+    }
+}
+
+impl phy::TxToken for TxTok<'_, '_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let slot = self.dev.pool.alloc().and_then(|mut m| {
+            let len16 = u16::try_from(len).ok()?;
+            m.append(len16)?;
+            Some(m)
+        });
+        match slot {
+            Some(mut m) => {
+                let r = f(m.data_mut());
+                self.dev.tx.push(m);
+                r
+            }
+            None => {
+                // No mbuf: the frame is lost like on a busy wire; TCP
+                // retransmits. Counted.
+                self.dev.tx_nombuf += 1;
+                let mut scratch = [0u8; ARP_AND_TCP_MTU];
+                match scratch.get_mut(..len) {
+                    Some(frame) => f(frame),
+                    None => f(&mut vec![0u8; len]),
+                }
+            }
+        }
+    }
+}
+
+impl<'p> phy::Device for MbufDevice<'p> {
+    type RxToken<'a>
+        = RxTok<'p>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxTok<'a, 'p>
+    where
+        Self: 'a;
+
+    fn receive(
+        &mut self,
+        _t: dpuproxy_tcp::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let m = self.rx.pop_front()?;
+        Some((RxTok(m), TxTok { dev: self }))
+    }
+
+    fn transmit(&mut self, _t: dpuproxy_tcp::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxTok { dev: self })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.caps.clone()
+    }
+}

@@ -1,0 +1,39 @@
+//! The engine's error type.
+
+/// Why the full-offload engine could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// DPDK itself: EAL, port, mempool, lcores.
+    #[error(transparent)]
+    Dp(#[from] dpuproxy_dp::Error),
+    /// The backend addresses do not match the proxy's backend set.
+    #[error("{given} backend addresses for {known} backends")]
+    Backends {
+        /// Addresses given to the engine.
+        given: usize,
+        /// Backends the L7 core knows.
+        known: usize,
+    },
+    /// The userspace TCP stack could not be built.
+    #[error("userspace TCP stack: {0}")]
+    Stack(String),
+    /// The client-facing port could not be listened on.
+    #[error("cannot listen on port {port} of the userspace TCP stack: {reason}")]
+    Listen {
+        /// The port.
+        port: u16,
+        /// Why.
+        reason: String,
+    },
+    /// The loop of one lcore panicked (the others were stopped).
+    #[error("the loop polling queue {queue} panicked: {what}")]
+    LcorePanic {
+        /// Its queue.
+        queue: usize,
+        /// The panic message.
+        what: String,
+    },
+}
+
+/// Engine results.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,182 @@
+//! What every polling lcore shares, and the software hand-over of frames
+//! to the lcore that owns their flow (DPDK builds only).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crossbeam_queue::ArrayQueue;
+use dpuproxy_dp::steer::{FrameKind, Steering, classify};
+use dpuproxy_dp::{CpuSet, Mbuf, Mempool};
+use dpuproxy_driver::PathMetrics;
+use dpuproxy_l7::Shared;
+use dpuproxy_tls::HandshakeConfig;
+
+use crate::{DpMetrics, LcoreCounters, ProxyOptions};
+
+/// Handed-over frames an lcore takes per turn.
+pub(crate) const STEER_BUDGET: usize = 256;
+/// How long an lcore waits for the others to report their CPUs.
+const CPU_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What every polling lcore shares: read-only settings, atomics and the
+/// lock-free hand-over rings. The only locks behind it are the L7 core's
+/// shard locks (`shared`: affinity table, token cache) and the CPU report
+/// taken once at start.
+pub(crate) struct Lanes<'s, 'p> {
+    pub(crate) opts: &'s ProxyOptions,
+    pub(crate) shared: &'s Arc<Shared>,
+    pub(crate) tls_cfg: &'s HandshakeConfig,
+    pub(crate) metrics: &'s DpMetrics,
+    /// Connection counters, shared with every lcore (and kernel mode).
+    pub(crate) path: &'s Arc<PathMetrics>,
+    pub(crate) stop: &'s AtomicBool,
+    /// Set when one lcore fails: the others stop too.
+    pub(crate) abort: AtomicBool,
+    pub(crate) pool: &'p Mempool<'p>,
+    pub(crate) mac: [u8; 6],
+    pub(crate) steering: Steering,
+    /// Our key and RETA are programmed into the port.
+    pub(crate) hardware: bool,
+    /// `rings[q]`: frames other lcores received for flows queue `q` owns.
+    pub(crate) rings: Vec<ArrayQueue<Mbuf<'p>>>,
+    /// CPUs each lcore may run on, once it has reported them (at start).
+    pub(crate) cpu_sets: std::sync::Mutex<Vec<Option<CpuSet>>>,
+}
+
+/// An lcore's loop counters, counted locally and published every 100 ms
+/// (no shared cache line written per packet).
+#[derive(Default)]
+pub(crate) struct LoopCounts {
+    pub(crate) busy: u64,
+    pub(crate) idle: u64,
+    pub(crate) rx_packets: u64,
+    pub(crate) out: u64,
+    pub(crate) dropped: u64,
+    pub(crate) handed_in: u64,
+    pub(crate) hash_checked: u64,
+    pub(crate) hash_mismatch: u64,
+}
+
+impl LoopCounts {
+    pub(crate) fn publish(&self, to: &LcoreCounters) {
+        to.busy_cycles.store(self.busy, Ordering::Relaxed);
+        to.idle_cycles.store(self.idle, Ordering::Relaxed);
+        to.rx_packets.store(self.rx_packets, Ordering::Relaxed);
+        to.steered_out.store(self.out, Ordering::Relaxed);
+        to.steer_dropped.store(self.dropped, Ordering::Relaxed);
+        to.steered_in.store(self.handed_in, Ordering::Relaxed);
+        to.rss_hash_checked
+            .store(self.hash_checked, Ordering::Relaxed);
+        to.rss_hash_mismatch
+            .store(self.hash_mismatch, Ordering::Relaxed);
+    }
+}
+
+/// Sets `abort` when dropped armed: an lcore that fails or panics stops
+/// the others.
+pub(crate) struct AbortOnDrop<'a>(pub(crate) &'a AtomicBool, pub(crate) bool);
+
+impl Drop for AbortOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<'p> Lanes<'_, 'p> {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+    }
+
+    /// Decides where a frame from the wire goes: `Some` to handle it on
+    /// `queue`, `None` when it was handed to its owner (or dropped on a
+    /// full ring, counted). ARP replies are also copied to every other
+    /// lcore.
+    pub(crate) fn steer(
+        &self,
+        queue: u16,
+        m: Mbuf<'p>,
+        counts: &mut LoopCounts,
+    ) -> Option<Mbuf<'p>> {
+        if self.rings.len() < 2 {
+            return Some(m);
+        }
+        match classify(m.data()) {
+            FrameKind::Tcp(t) => {
+                // With our key programmed, the NIC's hash must be ours: a
+                // difference means the hardware hashes otherwise (counted;
+                // the hand-over keeps the flow correct either way).
+                let hash = self.steering.hash(&t);
+                if self.hardware
+                    && let Some(nic) = m.rss_hash()
+                {
+                    counts.hash_checked += 1;
+                    if nic != hash {
+                        counts.hash_mismatch += 1;
+                    }
+                }
+                let owner = self.steering.owner_of_hash(hash);
+                if owner == queue {
+                    return Some(m);
+                }
+                match self.rings[usize::from(owner)].push(m) {
+                    Ok(()) => counts.out += 1,
+                    Err(dropped) => {
+                        drop(dropped);
+                        counts.dropped += 1;
+                    }
+                }
+                None
+            }
+            FrameKind::ArpReply => {
+                for (q, ring) in self.rings.iter().enumerate() {
+                    if q == usize::from(queue) {
+                        continue;
+                    }
+                    let copy = self
+                        .pool
+                        .alloc()
+                        .and_then(|mut c| c.extend_from_slice(m.data()).then_some(c));
+                    match copy.map(|c| ring.push(c)) {
+                        Some(Ok(())) => counts.out += 1,
+                        // A refused push hands the copy back; it is freed here.
+                        _ => counts.dropped += 1,
+                    }
+                }
+                Some(m)
+            }
+            FrameKind::Other => Some(m),
+        }
+    }
+
+    /// Records this thread's CPUs for `queue` and reports whether another
+    /// polling lcore may run on one of them (then idle turns yield the
+    /// CPU). Waits, bounded, for the others to report.
+    pub(crate) fn shares_cpu(&self, queue: u16) -> bool {
+        let mine = CpuSet::of_this_thread();
+        if let Ok(mut sets) = self.cpu_sets.lock() {
+            sets[usize::from(queue)] = mine;
+        }
+        let Some(mine) = mine else {
+            return false;
+        };
+        let start = Instant::now();
+        loop {
+            let (all_known, shared) = match self.cpu_sets.lock() {
+                Ok(sets) => (
+                    sets.iter().all(Option::is_some),
+                    sets.iter().enumerate().any(|(q, other)| {
+                        q != usize::from(queue) && other.is_some_and(|o| mine.meets(&o))
+                    }),
+                ),
+                Err(_) => return false,
+            };
+            if all_known || start.elapsed() > CPU_REPORT_WAIT || self.stopping() {
+                return shared;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}

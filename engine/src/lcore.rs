@@ -1,0 +1,304 @@
+//! One lcore's run-to-completion loop (DPDK builds only). A turn:
+//! rx burst → steering (frames of other lcores' flows handed over) → ICMP
+//! answered in place → TCP ingress and timers → stack events to the driver
+//! → the driver runs the marked connections and its timers → TCP egress →
+//! one tx burst. Every connection decision is the driver's.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use dpuproxy_dp::net::{Responder, Verdict};
+use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, QueuePair, TxBatch, tsc, tsc_hz};
+use dpuproxy_driver::Driver;
+use dpuproxy_tcp::{Event, ListenerId};
+
+use crate::device::MbufDevice;
+use crate::error::Result;
+use crate::lanes::{Lanes, LoopCounts, STEER_BUDGET};
+use crate::run::build_stack;
+use crate::transport::{UserspaceClient, UserspaceTransport};
+use crate::{LcoreCounters, LcoreSummary};
+
+/// An Ethernet frame carrying IPv4 ICMP.
+fn is_icmpv4(frame: &[u8]) -> bool {
+    frame.len() > 23 && frame[12] == 0x08 && frame[13] == 0x00 && frame[23] == 1
+}
+
+/// One lcore's state between turns.
+struct Lcore<'l, 'p> {
+    lanes: &'l Lanes<'l, 'p>,
+    queue: u16,
+    mine: &'l LcoreCounters,
+    transport: UserspaceTransport<'l>,
+    driver: Driver<UserspaceTransport<'l>>,
+    dev: MbufDevice<'p>,
+    listener: ListenerId,
+    responder: Responder,
+    origin: Instant,
+    counts: LoopCounts,
+}
+
+/// One lcore: its own TCP stack, connections and timers over queue pair
+/// `qp`, until the proxy stops. Resets its connections on the way out.
+pub(crate) fn lcore_loop<'l, 'p>(
+    lanes: &'l Lanes<'l, 'p>,
+    qp: QueuePair<'_, 'p>,
+) -> Result<LcoreSummary> {
+    let mut l = Lcore::new(lanes, qp.queue())?;
+    let lcore = Eal::current_lcore().unwrap_or(u32::MAX);
+    l.mine.lcore.store(u64::from(lcore), Ordering::Relaxed);
+    let yield_when_idle = lanes.rings.len() > 1 && lanes.shares_cpu(l.queue);
+    if yield_when_idle {
+        tracing::warn!(
+            lcore,
+            queue = l.queue,
+            "this lcore shares a CPU with another polling lcore: idle turns yield the CPU (fine for tests; give each lcore a core of its own in production)"
+        );
+    }
+    let mut txb = qp.tx_batch(lanes.opts.burst, 4);
+    let mut rxv: Vec<Mbuf<'p>> = Vec::with_capacity(MAX_BURST);
+    let report_every = tsc_hz() / 10;
+    let mut next_report = tsc() + report_every;
+    let mut t0 = tsc();
+    while !lanes.stopping() {
+        let worked = l.turn(&qp, &mut txb, &mut rxv);
+        let t1 = tsc();
+        if worked {
+            l.counts.busy += t1 - t0;
+        } else {
+            l.counts.idle += t1 - t0;
+            if yield_when_idle {
+                std::thread::yield_now();
+            }
+        }
+        t0 = tsc();
+        if t1 >= next_report {
+            next_report = t1 + report_every;
+            l.report(&qp, &txb);
+        }
+    }
+    l.shutdown(&mut txb);
+    drop(txb);
+    drop(rxv);
+    Ok(l.finish(lcore))
+}
+
+impl<'l, 'p> Lcore<'l, 'p> {
+    fn new(lanes: &'l Lanes<'l, 'p>, queue: u16) -> Result<Self> {
+        let opts = lanes.opts;
+        let (stack, listener, caps) = build_stack(opts, lanes.mac, queue)?;
+        let (steering, us) = (&lanes.steering, opts.ip);
+        // Replies to a backend connection must hash back to this lcore.
+        let filter =
+            Box::new(move |ip, port, p| steering.local_port_lands_on(queue, ip, port, us, p));
+        let transport = UserspaceTransport::new(stack, &opts.backends, filter);
+        let now = Instant::now();
+        let driver = Driver::new(
+            lanes.shared.clone(),
+            opts.driver.clone(),
+            lanes.path.clone(),
+            now,
+        );
+        Ok(Self {
+            lanes,
+            queue,
+            mine: &lanes.metrics.per_lcore[usize::from(queue)],
+            transport,
+            driver,
+            dev: MbufDevice {
+                pool: lanes.pool,
+                rx: VecDeque::new(),
+                tx: Vec::new(),
+                tx_nombuf: 0,
+                caps,
+            },
+            listener,
+            responder: Responder::new(lanes.mac, opts.ip),
+            origin: now,
+            counts: LoopCounts::default(),
+        })
+    }
+
+    fn smol(&self, t: Instant) -> dpuproxy_tcp::Instant {
+        dpuproxy_tcp::Instant::from_micros(
+            t.saturating_duration_since(self.origin).as_micros() as i64
+        )
+    }
+
+    /// One turn; whether anything was done.
+    fn turn(
+        &mut self,
+        qp: &QueuePair<'_, 'p>,
+        txb: &mut TxBatch<'_, 'p>,
+        rxv: &mut Vec<Mbuf<'p>>,
+    ) -> bool {
+        let mut work = self.receive(qp, txb, rxv);
+        let now = Instant::now();
+        let snow = self.smol(now);
+        work += self.transport.stack.poll(snow, &mut self.dev);
+        work += self.dispatch_events(now);
+        self.driver.run(&mut self.transport, now);
+        if now >= self.driver.poll_timeout() {
+            self.driver.handle_timeout(&mut self.transport, now);
+            work += 1;
+        }
+        // The drives may have raised new events (e.g. accept backlog).
+        work += self.dispatch_events(now);
+        work += self.transport.stack.egress(snow, &mut self.dev);
+        for m in self.dev.tx.drain(..) {
+            txb.push(m);
+        }
+        let sent = txb.flush();
+        work > 0 || sent > 0 || self.driver.has_work()
+    }
+
+    /// Rx burst and the hand-over ring: ICMP echo is answered in place in
+    /// the received mbuf; everything else goes to the TCP stack (which hands
+    /// ARP and non-TCP IPv4 to smoltcp's interface).
+    fn receive(
+        &mut self,
+        qp: &QueuePair<'_, 'p>,
+        txb: &mut TxBatch<'_, 'p>,
+        rxv: &mut Vec<Mbuf<'p>>,
+    ) -> usize {
+        let lanes = self.lanes;
+        let n = qp.rx_burst(rxv, lanes.opts.burst);
+        self.counts.rx_packets += n as u64;
+        let mut work = n;
+        let (dev, responder) = (&mut self.dev, &mut self.responder);
+        let mut deliver = |mut m: Mbuf<'p>| {
+            if is_icmpv4(m.data()) {
+                if responder.handle(m.data_mut()) == Verdict::Reply {
+                    txb.push(m);
+                }
+            } else {
+                dev.rx.push_back(m);
+            }
+        };
+        for m in rxv.drain(..) {
+            if let Some(m) = lanes.steer(self.queue, m, &mut self.counts) {
+                deliver(m);
+            }
+        }
+        let ring = &lanes.rings[usize::from(self.queue)];
+        for m in std::iter::from_fn(|| ring.pop()).take(STEER_BUDGET) {
+            self.counts.handed_in += 1;
+            work += 1;
+            deliver(m);
+        }
+        work
+    }
+
+    /// Stack events to the driver: new clients, readiness of a slot's side.
+    fn dispatch_events(&mut self, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.transport.stack.poll_event() {
+            n += 1;
+            match ev {
+                Event::Accept(l) if l == self.listener => self.accept_all(now),
+                Event::Accept(_) => {}
+                Event::Connected(id)
+                | Event::Readable(id)
+                | Event::Writable(id)
+                | Event::Closed(id)
+                | Event::Reset(id) => {
+                    if let Some((slot, side)) = self.transport.owner(id) {
+                        self.driver.mark(slot, side);
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        while let Ok(Some(id)) = self.transport.stack.accept(self.listener) {
+            if !self.driver.admit() {
+                let _ = self.transport.stack.abort(id);
+                continue;
+            }
+            let peer = self
+                .transport
+                .stack
+                .tuple(id)
+                .map(|t| t.remote_addr.to_string())
+                .unwrap_or_default();
+            let client = match UserspaceClient::new(id, self.lanes.tls_cfg) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create TLS state");
+                    let _ = self.transport.stack.abort(id);
+                    continue;
+                }
+            };
+            self.mine.accepted.fetch_add(1, Ordering::Relaxed);
+            let _ = self.driver.accept(&mut self.transport, client, peer, now);
+        }
+    }
+
+    /// Publish this lcore's counters (every 100 ms), and the port's from
+    /// queue 0.
+    fn report(&mut self, qp: &QueuePair<'_, 'p>, txb: &TxBatch<'_, 'p>) {
+        let mine = self.mine;
+        self.counts.publish(mine);
+        let tx = txb.stats();
+        mine.tx_dropped.store(
+            tx.dropped_full + tx.dropped_unsent + self.dev.tx_nombuf,
+            Ordering::Relaxed,
+        );
+        mine.tcp_connections.store(
+            self.transport.stack.connection_count() as u64,
+            Ordering::Relaxed,
+        );
+        mine.buffered_bytes.store(
+            self.driver.buffered_bytes(&self.transport) as u64,
+            Ordering::Relaxed,
+        );
+        if self.queue != 0 {
+            return;
+        }
+        let m = self.lanes.metrics;
+        if let Ok(s) = qp.port_stats() {
+            m.port_rx_packets.store(s.ipackets, Ordering::Relaxed);
+            m.port_tx_packets.store(s.opackets, Ordering::Relaxed);
+            m.port_rx_bytes.store(s.ibytes, Ordering::Relaxed);
+            m.port_tx_bytes.store(s.obytes, Ordering::Relaxed);
+            m.port_imissed.store(s.imissed, Ordering::Relaxed);
+            m.port_ierrors.store(s.ierrors, Ordering::Relaxed);
+            m.port_oerrors.store(s.oerrors, Ordering::Relaxed);
+        }
+        m.mempool_in_use
+            .store(u64::from(self.lanes.pool.in_use()), Ordering::Relaxed);
+    }
+
+    /// Reset every connection (clients and backends see RST) and send the
+    /// last frames.
+    fn shutdown(&mut self, txb: &mut TxBatch<'_, 'p>) {
+        let now = Instant::now();
+        self.driver.close_all(&mut self.transport, now);
+        let snow = self.smol(now);
+        self.transport.stack.egress(snow, &mut self.dev);
+        for m in self.dev.tx.drain(..) {
+            txb.push(m);
+        }
+        txb.flush();
+        self.dev.rx.clear();
+    }
+
+    fn finish(self, lcore: u32) -> LcoreSummary {
+        let mine = self.mine;
+        drop(self.driver);
+        drop(self.transport);
+        mine.tcp_connections.store(0, Ordering::Relaxed);
+        mine.buffered_bytes.store(0, Ordering::Relaxed);
+        self.counts.publish(mine);
+        LcoreSummary {
+            lcore,
+            queue: self.queue,
+            busy_cycles: self.counts.busy,
+            idle_cycles: self.counts.idle,
+            accepted: mine.accepted.load(Ordering::Relaxed),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! Starting and stopping the engine: EAL, port, RSS, one loop per lcore,
+//! and the mbuf accounting at the end (DPDK builds only).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use dpuproxy_dp::steer::{RSS_KEY, Steering};
+use dpuproxy_dp::{Eal, Mempool, Port, PortConfig, PortInfo, run_on_lcores, select_port, tsc_hz};
+use dpuproxy_driver::PathMetrics;
+use dpuproxy_l7::Shared;
+use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
+use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
+use dpuproxy_tcp::{ListenerId, Stack, StackConfig};
+use dpuproxy_tls::HandshakeConfig;
+
+use crate::device::ARP_AND_TCP_MTU;
+use crate::error::{Error, Result};
+use crate::lanes::{AbortOnDrop, Lanes};
+use crate::lcore::lcore_loop;
+use crate::{
+    DpMetrics, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, STEER_RING, SteeringMode,
+};
+
+/// Programs our RSS key and RETA when the port takes them, and says how
+/// packets will reach their owner.
+fn program_rss(port: &mut Port<'_>, queues: u16) -> (Steering, SteeringMode) {
+    if queues < 2 {
+        return (Steering::new(1, 0), SteeringMode::Single);
+    }
+    let steering = Steering::new(queues, usize::from(port.reta_size()));
+    let attempt = (|| -> std::result::Result<(), String> {
+        // The NIC picks the bucket from the hash's low bits; our `%` agrees
+        // only for a power-of-two table.
+        if port.reta_size() == 0 {
+            return Err("the port has no redirection table".into());
+        }
+        if !steering.reta().len().is_power_of_two() {
+            return Err(format!(
+                "the port's redirection table has {} entries (not a power of two)",
+                port.reta_size()
+            ));
+        }
+        // 0: the PMD does not say (the read-back below decides).
+        let key_size = usize::from(port.hash_key_size());
+        if key_size != 0 && key_size != RSS_KEY.len() {
+            return Err(format!(
+                "the PMD takes a {}-byte RSS key, ours has {}",
+                port.hash_key_size(),
+                RSS_KEY.len()
+            ));
+        }
+        let (_, hash_types) = port.rss_key().map_err(|e| e.to_string())?;
+        if !dpuproxy_dp::hashes_ipv4_tcp_ports(hash_types) {
+            return Err("the port does not hash the ports of IPv4 TCP".into());
+        }
+        let e = |e: dpuproxy_dp::Error| e.to_string();
+        port.set_rss_key(&RSS_KEY, hash_types).map_err(e)?;
+        port.set_reta(steering.reta()).map_err(e)?;
+        if port.rss_key().map_err(e)?.0 != RSS_KEY || port.reta().map_err(e)? != steering.reta() {
+            return Err("the port did not keep our key and RETA".into());
+        }
+        Ok(())
+    })();
+    match attempt {
+        Ok(()) => {
+            tracing::info!(
+                queues,
+                reta = steering.reta().len(),
+                "RSS programmed with our key and RETA: the NIC delivers each flow to the lcore that owns it"
+            );
+            (steering, SteeringMode::Hardware)
+        }
+        Err(e) => {
+            tracing::info!(
+                queues,
+                reason = %e,
+                "no programmable RSS: lcores hand packets of flows they do not own to the owner (software steering)"
+            );
+            (Steering::new(queues, 0), SteeringMode::Software)
+        }
+    }
+}
+
+/// How many queue pairs poll: one per lcore, up to the port's queues and
+/// [`MAX_POLLERS`]. Says which lcores stay idle and why.
+fn polling_queues(lcores: &[u32], info: &PortInfo) -> Result<u16> {
+    let (max_rx, max_tx) = Port::max_queues(info.id)?;
+    let queues = lcores
+        .len()
+        .min(MAX_POLLERS)
+        .min(usize::from(max_rx))
+        .min(usize::from(max_tx))
+        .max(1) as u16;
+    let (polling, idle) = lcores.split_at(usize::from(queues));
+    let port_queues = max_rx.min(max_tx);
+    if port_queues == 1 {
+        tracing::info!(
+            port = %info.name,
+            lcore = lcores.first().copied().unwrap_or_default(),
+            idle_lcores = ?idle,
+            "the port has one rx/tx queue pair: one lcore owns it (no RSS spreading); any other lcores stay idle"
+        );
+    } else if port_queues == queues && !idle.is_empty() {
+        tracing::warn!(
+            port = %info.name,
+            queues,
+            ?polling,
+            idle_lcores = ?idle,
+            "the port has fewer rx/tx queue pairs than lcores: one lcore owns each queue, the extra lcores stay idle"
+        );
+    } else if !idle.is_empty() {
+        tracing::warn!(
+            ?polling,
+            idle_lcores = ?idle,
+            "at most {MAX_POLLERS} lcores poll: the extra lcores stay idle"
+        );
+    }
+    Ok(queues)
+}
+
+/// Publish what the loops' counters are read against.
+fn publish_setup(metrics: &DpMetrics, pool: &Mempool<'_>, mode: SteeringMode, polling: &[u32]) {
+    metrics
+        .mempool_size
+        .store(u64::from(pool.capacity()), Ordering::Relaxed);
+    metrics.tsc_hz.store(tsc_hz(), Ordering::Relaxed);
+    metrics.steering.store(mode as u64, Ordering::Relaxed);
+    for (q, &l) in polling.iter().enumerate() {
+        metrics.per_lcore[q]
+            .lcore
+            .store(u64::from(l), Ordering::Relaxed);
+        metrics.per_lcore[q]
+            .queue
+            .store(q as u64, Ordering::Relaxed);
+    }
+    metrics
+        .pollers
+        .store(polling.len() as u64, Ordering::Relaxed);
+}
+
+/// What the engine is given to run with.
+pub(crate) struct RunArgs<'s> {
+    pub opts: &'s ProxyOptions,
+    pub shared: &'s Arc<Shared>,
+    pub tls_cfg: &'s HandshakeConfig,
+    pub metrics: &'s DpMetrics,
+    pub path: &'s Arc<PathMetrics>,
+    pub stop: &'s AtomicBool,
+}
+
+/// See [`crate::run_proxy`].
+pub(crate) fn run(args: RunArgs<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
+    let RunArgs {
+        opts,
+        shared,
+        tls_cfg,
+        metrics,
+        path,
+        stop,
+    } = args;
+    if opts.backends.len() != shared.backends.len() {
+        return Err(Error::Backends {
+            given: opts.backends.len(),
+            known: shared.backends.len(),
+        });
+    }
+    let eal = Eal::init(&opts.eal_args)?;
+    let main = eal.main_lcore();
+    // Queue 0 is polled by the main lcore, queue i by the i-th worker.
+    let lcores: Vec<u32> = std::iter::once(main)
+        .chain(eal.lcores().into_iter().filter(|&l| l != main))
+        .collect();
+    let info = select_port(&eal.ports(), opts.device.as_deref())?;
+    let queues = polling_queues(&lcores, &info)?;
+    let cfg = PortConfig {
+        rx_queues: queues,
+        tx_queues: queues,
+        rx_desc: crate::QUEUE_DESCRIPTORS,
+        tx_desc: crate::QUEUE_DESCRIPTORS,
+        rss_key: Some(RSS_KEY.to_vec()),
+        ..PortConfig::default()
+    };
+    let plan = crate::pool_plan(queues, opts.burst);
+    let pool = Mempool::new(&eal, "proxy", plan.mbufs, plan.cache, None, info.socket)?;
+    let mut port = Port::open(info.id, &pool, &cfg)?;
+    let mac = port.mac()?;
+    let (steering, mode) = program_rss(&mut port, queues);
+    let polling = &lcores[..usize::from(queues)];
+    publish_setup(metrics, &pool, mode, polling);
+    let lanes = Lanes {
+        opts,
+        shared,
+        tls_cfg,
+        metrics,
+        path,
+        stop,
+        abort: AtomicBool::new(false),
+        pool: &pool,
+        mac,
+        steering,
+        hardware: mode == SteeringMode::Hardware,
+        rings: (0..queues).map(|_| ArrayQueue::new(STEER_RING)).collect(),
+        cpu_sets: std::sync::Mutex::new(vec![None; usize::from(queues)]),
+    };
+    // What every lcore will build must work before we say we are up.
+    drop(build_stack(opts, mac, 0)?);
+    metrics.up.store(true, Ordering::Relaxed);
+    metrics.started.store(true, Ordering::Relaxed);
+    on_up(&info.name, mac);
+    tracing::info!(
+        lcores = ?polling,
+        steering = mode.label(),
+        "polling {queues} queue pair(s), one per lcore"
+    );
+    let outcomes = run_lcores(&eal, &lanes, &mut port);
+    // Every lcore has stopped: free what is still in the hand-over rings
+    // (dropping a ring drops its mbufs), stop the port, and account for
+    // every mbuf.
+    metrics.up.store(false, Ordering::Relaxed);
+    drop(lanes);
+    drop(port);
+    let in_use = pool.in_use();
+    let size = pool.capacity();
+    drop(pool);
+    drop(eal);
+    Ok(ProxySummary {
+        port: info.name,
+        pool_size: size,
+        pool_in_use_after_close: in_use,
+        steering: mode,
+        lcores: outcomes?,
+    })
+}
+
+/// One loop per queue pair, each on its lcore; their summaries, or the
+/// first failure (a panic included).
+fn run_lcores<'p>(
+    eal: &Eal,
+    lanes: &Lanes<'_, 'p>,
+    port: &mut Port<'p>,
+) -> Result<Vec<LcoreSummary>> {
+    type Job<'a> = Box<dyn FnOnce() -> Result<LcoreSummary> + Send + 'a>;
+    let jobs: Vec<Job<'_>> = port
+        .queue_pairs()
+        .into_iter()
+        .map(|qp| {
+            Box::new(move || {
+                // Armed until the loop returns Ok: an error or a panic
+                // stops every other lcore too.
+                let mut guard = AbortOnDrop(&lanes.abort, true);
+                let r = lcore_loop(lanes, qp);
+                guard.1 = r.is_err();
+                r
+            }) as Job<'_>
+        })
+        .collect();
+    let outcomes = run_on_lcores(eal, jobs, || lanes.abort.store(true, Ordering::Relaxed))?;
+    let mut done = Vec::new();
+    for (queue, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(Ok(s)) => done.push(s),
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                return Err(Error::LcorePanic { queue, what });
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// One lcore's TCP stack, listening on the proxy port, and the device
+/// capabilities it was built for.
+pub(crate) fn build_stack(
+    opts: &ProxyOptions,
+    mac: [u8; 6],
+    queue: u16,
+) -> Result<(Stack, ListenerId, DeviceCapabilities)> {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ethernet;
+    caps.max_transmission_unit = ARP_AND_TCP_MTU;
+    caps.max_burst_size = Some(opts.burst);
+    caps.checksum = ChecksumCapabilities::default();
+    let mut scfg = StackConfig::new(
+        HardwareAddress::Ethernet(EthernetAddress(mac)),
+        Ipv4Cidr::new(opts.ip, opts.prefix_len),
+    );
+    scfg.gateway = opts.gateway;
+    // Each lcore draws its own initial sequence numbers and hash keys.
+    scfg.seed = opts.seed ^ u64::from(queue).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    scfg.rx_burst = opts.burst.max(32);
+    let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
+        .map_err(|e| Error::Stack(e.to_string()))?;
+    let listener = stack
+        .listen(opts.listen_port, 1024)
+        .map_err(|e| Error::Listen {
+            port: opts.listen_port,
+            reason: e.to_string(),
+        })?;
+    Ok((stack, listener, caps))
+}
