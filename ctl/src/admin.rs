@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::background::Background;
+use dpuproxy_bench::background::Background;
 use std::time::{Duration, Instant};
 
 use dpuproxy_kernel::{KernelMetrics, KtlsSupport};

@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use dpuproxy_l7::{CoreConfig, Shared};
 
 use crate::admin::{Admin, AdminState, render_backends, render_sessions};
-use crate::procs::{free_port, wait_listening};
+use dpuproxy_bench::procs::{free_port, wait_listening};
 
 const BACKEND_PY: &str = include_str!("../../scripts/mcp_backend.py");
 const CLIENT_PY: &str = include_str!("../../scripts/mcp_client_demo.py");
@@ -77,7 +77,7 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::write(&backend_py, BACKEND_PY)?;
     std::fs::write(&client_py, CLIENT_PY)?;
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    crate::certs::write_self_signed(&cert, &key, 2)?;
+    dpuproxy_tls::certs::write_self_signed(&cert, &key, 2)?;
     println!(
         "demo: python {} ; self-signed certificate in {}",
         python.display(),

@@ -16,7 +16,7 @@ use dpuproxy_driver::PathMetrics;
 use dpuproxy_engine::{DpMetrics, ProxyOptions, run_proxy};
 use dpuproxy_l7::Shared;
 
-use crate::background::Background;
+use dpuproxy_bench::background::Background;
 use crate::config::{DpdkSettings, RunConfig};
 
 /// How the DPDK attempt ended.

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use dpuproxy_l7::Shared;
 use dpuproxy_l7::auth::KeyEntry;
 
-use crate::background::Background;
+use dpuproxy_bench::background::Background;
 use crate::config::AuthSection;
 
 /// Reload counters for the admin endpoint.

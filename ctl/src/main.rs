@@ -1,13 +1,11 @@
 //! `dpuproxy`: the command line (clap), configuration, mode selection,
-//! admin listener and demo. Everything below this crate is a library; this
-//! is the only place that uses `anyhow`.
+//! admin listener and demo. Everything below this crate is a library;
+//! this and the benchmarks (`dpuproxy-bench`, operator-facing too) are the
+//! only places that use `anyhow`.
+
+#![forbid(unsafe_code)]
 
 mod admin;
-mod background;
-mod bench_proxy;
-mod bench_records;
-mod bench_tcp;
-mod certs;
 mod config;
 mod demo;
 mod dpdk_mode;
@@ -15,7 +13,6 @@ mod hugepages_cmd;
 mod keys;
 mod port_cmd;
 mod port_loop;
-mod procs;
 mod tls_echo;
 
 use std::net::SocketAddr;
@@ -76,11 +73,11 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
     /// Record layer seal/open throughput against raw one-shot EVP, per suite and size.
-    Records(bench_records::RecordsArgs),
+    Records(dpuproxy_bench::records::RecordsArgs),
     /// Userspace TCP: two stacks over an in-memory wire, optionally with faults.
-    Tcp(bench_tcp::TcpArgs),
+    Tcp(dpuproxy_bench::tcp::TcpArgs),
     /// Whole-proxy comparison: kernel vs dpdk vs HAProxy on the same MCP workload.
-    Proxy(Box<bench_proxy::ProxyArgs>),
+    Proxy(Box<dpuproxy_bench::proxy::ProxyArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -408,10 +405,11 @@ fn main() {
         Command::Run(args) => run(*args),
         Command::Demo { python } => demo::run(python),
         Command::TlsEcho(args) => tls_echo::run(&args),
-        Command::Bench(BenchCommand::Records(args)) => bench_records::run(&args),
-        Command::Bench(BenchCommand::Tcp(args)) => bench_tcp::run(&args),
-        Command::Bench(BenchCommand::Proxy(args)) => bench_proxy::run(&args),
-        Command::GenCert { cert, key, days } => certs::write_self_signed(&cert, &key, days)
+        Command::Bench(BenchCommand::Records(args)) => dpuproxy_bench::records::run(&args),
+        Command::Bench(BenchCommand::Tcp(args)) => dpuproxy_bench::tcp::run(&args),
+        Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
+        Command::GenCert { cert, key, days } => dpuproxy_tls::certs::write_self_signed(&cert, &key, days)
+            .map_err(anyhow::Error::from)
             .map(|()| println!("wrote {} and {}", cert.display(), key.display())),
         Command::Port(args) => port_cmd::run(&args),
         Command::Hugepages(args) => hugepages_cmd::run(&args),

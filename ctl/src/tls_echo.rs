@@ -289,7 +289,7 @@ mod tests {
     fn echoes_for_an_openssl_client_through_our_record_layer() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        crate::certs::write_self_signed(&cert, &key, 1).unwrap();
+        dpuproxy_tls::certs::write_self_signed(&cert, &key, 1).unwrap();
         let args = TlsEchoArgs {
             listen: "127.0.0.1:0".parse().unwrap(),
             tls_cert: cert.clone(),

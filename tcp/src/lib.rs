@@ -14,7 +14,8 @@
 //!
 //! Sans-IO: nothing here reads a clock, spawns a thread or blocks. Time comes
 //! in as `now: Instant` (microseconds since any fixed epoch, non-decreasing);
-//! randomness comes in as `StackConfig::seed`. The crate has no `unsafe`.
+//! randomness comes in as `StackConfig::seed`. The crate has no `unsafe`
+//! (`forbid(unsafe_code)`).
 //!
 //! # Calling order
 //! 1. [`Stack::poll`]`(now, device)`: receive up to `rx_burst` frames, run
@@ -127,6 +128,8 @@
 //! it with a seeded RNG (one per side of the wire covers both directions). Corrupted frames are always caught by the IPv4/TCP
 //! checksums and never delivered (tests check this byte by byte, with the
 //! streams of [`pattern`]).
+
+#![forbid(unsafe_code)]
 
 mod adapters;
 mod clock;

@@ -155,6 +155,7 @@ def dpdk_proxy_cmd(
     mode: str,
     driver: str = "af_packet",
     eal: str | None = None,
+    extra: list[str] | None = None,
 ) -> list[str]:
     cmd = [dt.proxy_binary(), "run", "--mode", mode]
     if mode == "dpdk":
@@ -166,22 +167,29 @@ def dpdk_proxy_cmd(
     if mode == "kernel":
         cmd += ["--workers", "1"]
     cmd += jwt.args()
+    cmd += extra or []
     return cmd
 
 
 @pytest.fixture(scope="session")
 def start_proxy(topo, tls_cert, jwt_auth, workdir):
-    """start_proxy(backends, name, mode, driver="af_packet", eal=None) -> dt.ProxyRun: launch a
-    proxy (`eal` replaces the EAL arguments built for `driver`) and
+    """start_proxy(backends, name, mode, driver="af_packet", eal=None, extra=None) -> dt.ProxyRun:
+    launch a proxy (`eal` replaces the EAL arguments built for `driver`; `extra` are more
+    arguments) and
     wait until its admin endpoint listens and the namespace reaches it (fails the test, with the
     proxy stopped, if it does not come up within DPUPROXY_DPDK_STARTUP_TIMEOUT). The caller
     terminates the returned run."""
 
     def start(
-        backends: list[dt.NsBackend], name: str, mode: str, driver: str = "af_packet", eal: str | None = None
+        backends: list[dt.NsBackend],
+        name: str,
+        mode: str,
+        driver: str = "af_packet",
+        eal: str | None = None,
+        extra: list[str] | None = None,
     ) -> dt.ProxyRun:
         admin = free_port()
-        cmd = dpdk_proxy_cmd(topo, backends, tls_cert, jwt_auth, admin, mode, driver, eal)
+        cmd = dpdk_proxy_cmd(topo, backends, tls_cert, jwt_auth, admin, mode, driver, eal, extra)
         run = dt.launch(cmd, workdir, name, mode, f"http://127.0.0.1:{admin}")
         deadline = time.monotonic() + STARTUP_TIMEOUT
         try:

@@ -137,7 +137,13 @@ def test_admin_metrics_report_dpdk_path(dpdk_proxy):
     rx = metric(s, "dpuproxy_port_rx_packets_total", port="0")
     tx = metric(s, "dpuproxy_port_tx_packets_total", port="0")
     rec = metric(s, "dpuproxy_tls_record_path_total", path="userspace")
-    found = {"busy": busy, "idle": idle, "rx": rx, "tx": tx, "tls userspace": rec}
+    # The connection counters are the shared driver's, in this mode too.
+    conns = {
+        name: metric(s, f"dpuproxy_{name}")
+        for name in ("connections_accepted_total", "connections_closed_total", "tls_handshakes_total",
+                     "upstream_connects_total")
+    }  # fmt: skip
+    found = {"busy": busy, "idle": idle, "rx": rx, "tx": tx, "tls userspace": rec, **conns}
     missing = [k for k, v in found.items() if v is None]
     assert not missing, f"missing from /metrics: {missing} (found {found})"
     for k, v in found.items():

@@ -36,6 +36,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod conn;
 pub mod context;
 pub mod error;

@@ -12,8 +12,31 @@ use openssl::pkey::PKey;
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509, X509NameBuilder};
 
+/// Why a certificate could not be made or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// OpenSSL refused a step.
+    #[error("certificate: {0}")]
+    Openssl(#[from] openssl::error::ErrorStack),
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+fn write(path: &Path, pem: &[u8]) -> Result<(), CertError> {
+    std::fs::write(path, pem).map_err(|source| CertError::Write {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// Write `cert` and `key` PEM files for a certificate valid `days` days.
-pub fn write_self_signed(cert: &Path, key: &Path, days: u32) -> anyhow::Result<()> {
+pub fn write_self_signed(cert: &Path, key: &Path, days: u32) -> Result<(), CertError> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
     let pkey = PKey::from_ec_key(EcKey::generate(&group)?)?;
     let mut name = X509NameBuilder::new()?;
@@ -39,8 +62,8 @@ pub fn write_self_signed(cert: &Path, key: &Path, days: u32) -> anyhow::Result<(
         .build(&b.x509v3_context(None, None))?;
     b.append_extension(san)?;
     b.sign(&pkey, MessageDigest::sha256())?;
-    std::fs::write(cert, b.build().to_pem()?)?;
-    std::fs::write(key, pkey.private_key_to_pem_pkcs8()?)?;
+    write(cert, &b.build().to_pem()?)?;
+    write(key, &pkey.private_key_to_pem_pkcs8()?)?;
     Ok(())
 }
 
@@ -53,6 +76,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
         write_self_signed(&c, &k, 1).unwrap();
-        dpuproxy_kernel::tls_context(&c, &k).expect("cert and key load and match");
+        let mut b = crate::server_builder(&c, &k).expect("cert and key load and match");
+        crate::alpn_http11(&mut b);
+        let e = write_self_signed(&dir.path().join("no/such/dir/c.pem"), &k, 1).unwrap_err();
+        assert!(e.to_string().contains("no/such/dir/c.pem"), "{e}");
     }
 }

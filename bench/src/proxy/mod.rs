@@ -138,7 +138,7 @@ fn make_keys(dir: &std::path::Path) -> anyhow::Result<(targets::Job, String)> {
     use openssl::rsa::Rsa;
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    crate::certs::write_self_signed(&cert, &key, 2)?;
+    dpuproxy_tls::certs::write_self_signed(&cert, &key, 2)?;
     let combined = dir.join("combined.pem");
     let mut both = std::fs::read(&cert)?;
     both.extend_from_slice(&std::fs::read(&key)?);
@@ -288,7 +288,7 @@ fn measure(
         "kernel" => (targets::start_kernel(job)?, backends),
         "haproxy" => (targets::start_haproxy(job)?, backends),
         "dpdk" => {
-            if !dpuproxy_dp::AVAILABLE {
+            if !dpuproxy_engine::AVAILABLE {
                 bail!("this binary was built without DPDK");
             }
             let ns = std::sync::Arc::new(netns::Netns::create()?);
