@@ -13,11 +13,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use dpuproxy_driver::PathMetrics;
-use dpuproxy_engine::{DpMetrics, ProxyOptions, run_proxy};
+use dpuproxy_engine::{DpMetrics, ProxyOptions, RunContext, run_proxy};
 use dpuproxy_l7::Shared;
 
-use dpuproxy_bench::background::Background;
 use crate::config::{DpdkSettings, RunConfig};
+use dpuproxy_bench::background::Background;
 
 /// How the DPDK attempt ended.
 #[derive(Debug)]
@@ -120,7 +120,15 @@ pub fn run(
         seed: seed(),
         driver: cfg.kernel.driver_settings(),
     };
-    let result = run_proxy(&opts, shared, &tls, &metrics, path, stop, |port, mac| {
+    let ctx = RunContext {
+        opts: &opts,
+        shared,
+        tls_cfg: &tls,
+        metrics: &metrics,
+        path,
+        stop,
+    };
+    let result = run_proxy(ctx, |port, mac| {
         tracing::info!(
             port,
             mac = %crate::port_cmd::mac(&mac),

@@ -16,8 +16,8 @@ use anyhow::{Context, bail};
 use dpuproxy_l7::Shared;
 use dpuproxy_l7::auth::KeyEntry;
 
-use dpuproxy_bench::background::Background;
 use crate::config::AuthSection;
+use dpuproxy_bench::background::Background;
 
 /// Reload counters for the admin endpoint.
 #[derive(Debug, Default)]

@@ -408,9 +408,11 @@ fn main() {
         Command::Bench(BenchCommand::Records(args)) => dpuproxy_bench::records::run(&args),
         Command::Bench(BenchCommand::Tcp(args)) => dpuproxy_bench::tcp::run(&args),
         Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
-        Command::GenCert { cert, key, days } => dpuproxy_tls::certs::write_self_signed(&cert, &key, days)
-            .map_err(anyhow::Error::from)
-            .map(|()| println!("wrote {} and {}", cert.display(), key.display())),
+        Command::GenCert { cert, key, days } => {
+            dpuproxy_tls::certs::write_self_signed(&cert, &key, days)
+                .map_err(anyhow::Error::from)
+                .map(|()| println!("wrote {} and {}", cert.display(), key.display()))
+        }
         Command::Port(args) => port_cmd::run(&args),
         Command::Hugepages(args) => hugepages_cmd::run(&args),
     };

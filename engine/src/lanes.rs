@@ -1,18 +1,14 @@
 //! What every polling lcore shares, and the software hand-over of frames
 //! to the lcore that owns their flow (DPDK builds only).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 use dpuproxy_dp::steer::{FrameKind, Steering, classify};
 use dpuproxy_dp::{CpuSet, Mbuf, Mempool};
-use dpuproxy_driver::PathMetrics;
-use dpuproxy_l7::Shared;
-use dpuproxy_tls::HandshakeConfig;
 
-use crate::{DpMetrics, LcoreCounters, ProxyOptions};
+use crate::{LcoreCounters, RunContext};
 
 /// Handed-over frames an lcore takes per turn.
 pub(crate) const STEER_BUDGET: usize = 256;
@@ -24,13 +20,7 @@ const CPU_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// shard locks (`shared`: affinity table, token cache) and the CPU report
 /// taken once at start.
 pub(crate) struct Lanes<'s, 'p> {
-    pub(crate) opts: &'s ProxyOptions,
-    pub(crate) shared: &'s Arc<Shared>,
-    pub(crate) tls_cfg: &'s HandshakeConfig,
-    pub(crate) metrics: &'s DpMetrics,
-    /// Connection counters, shared with every lcore (and kernel mode).
-    pub(crate) path: &'s Arc<PathMetrics>,
-    pub(crate) stop: &'s AtomicBool,
+    pub(crate) ctx: RunContext<'s>,
     /// Set when one lcore fails: the others stop too.
     pub(crate) abort: AtomicBool,
     pub(crate) pool: &'p Mempool<'p>,
@@ -87,7 +77,7 @@ impl Drop for AbortOnDrop<'_> {
 
 impl<'p> Lanes<'_, 'p> {
     pub(crate) fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
+        self.ctx.stop.load(Ordering::Relaxed) || self.abort.load(Ordering::Relaxed)
     }
 
     /// Decides where a frame from the wire goes: `Some` to handle it on

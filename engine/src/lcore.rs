@@ -56,7 +56,7 @@ pub(crate) fn lcore_loop<'l, 'p>(
             "this lcore shares a CPU with another polling lcore: idle turns yield the CPU (fine for tests; give each lcore a core of its own in production)"
         );
     }
-    let mut txb = qp.tx_batch(lanes.opts.burst, 4);
+    let mut txb = qp.tx_batch(lanes.ctx.opts.burst, 4);
     let mut rxv: Vec<Mbuf<'p>> = Vec::with_capacity(MAX_BURST);
     let report_every = tsc_hz() / 10;
     let mut next_report = tsc() + report_every;
@@ -86,7 +86,7 @@ pub(crate) fn lcore_loop<'l, 'p>(
 
 impl<'l, 'p> Lcore<'l, 'p> {
     fn new(lanes: &'l Lanes<'l, 'p>, queue: u16) -> Result<Self> {
-        let opts = lanes.opts;
+        let opts = lanes.ctx.opts;
         let (stack, listener, caps) = build_stack(opts, lanes.mac, queue)?;
         let (steering, us) = (&lanes.steering, opts.ip);
         // Replies to a backend connection must hash back to this lcore.
@@ -95,15 +95,15 @@ impl<'l, 'p> Lcore<'l, 'p> {
         let transport = UserspaceTransport::new(stack, &opts.backends, filter);
         let now = Instant::now();
         let driver = Driver::new(
-            lanes.shared.clone(),
+            lanes.ctx.shared.clone(),
             opts.driver.clone(),
-            lanes.path.clone(),
+            lanes.ctx.path.clone(),
             now,
         );
         Ok(Self {
             lanes,
             queue,
-            mine: &lanes.metrics.per_lcore[usize::from(queue)],
+            mine: &lanes.ctx.metrics.per_lcore[usize::from(queue)],
             transport,
             driver,
             dev: MbufDevice {
@@ -163,7 +163,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
         rxv: &mut Vec<Mbuf<'p>>,
     ) -> usize {
         let lanes = self.lanes;
-        let n = qp.rx_burst(rxv, lanes.opts.burst);
+        let n = qp.rx_burst(rxv, lanes.ctx.opts.burst);
         self.counts.rx_packets += n as u64;
         let mut work = n;
         let (dev, responder) = (&mut self.dev, &mut self.responder);
@@ -224,7 +224,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
                 .tuple(id)
                 .map(|t| t.remote_addr.to_string())
                 .unwrap_or_default();
-            let client = match UserspaceClient::new(id, self.lanes.tls_cfg) {
+            let client = match UserspaceClient::new(id, self.lanes.ctx.tls_cfg) {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot create TLS state");
@@ -258,7 +258,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
         if self.queue != 0 {
             return;
         }
-        let m = self.lanes.metrics;
+        let m = self.lanes.ctx.metrics;
         if let Ok(s) = qp.port_stats() {
             m.port_rx_packets.store(s.ipackets, Ordering::Relaxed);
             m.port_tx_packets.store(s.opackets, Ordering::Relaxed);

@@ -305,41 +305,33 @@ pub struct ProxySummary {
     pub lcores: Vec<LcoreSummary>,
 }
 
-/// Run the proxy on the lcores of the EAL arguments until `stop` is set
-/// (the calling thread becomes the main lcore and polls queue 0),
-/// counting connections into `path`. `on_up` is called once the port is
-/// up, with its name and MAC.
+/// What the engine runs with, borrowed from the caller for the run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunContext<'s> {
+    /// What to run.
+    pub opts: &'s ProxyOptions,
+    /// The L7 state every lcore shares.
+    pub shared: &'s Arc<Shared>,
+    /// The server TLS configuration.
+    pub tls_cfg: &'s HandshakeConfig,
+    /// Port and lcore counters.
+    pub metrics: &'s DpMetrics,
+    /// Connection counters (the driver's).
+    pub path: &'s Arc<PathMetrics>,
+    /// Set to stop.
+    pub stop: &'s AtomicBool,
+}
+
+/// Run the proxy on the lcores of the EAL arguments until `ctx.stop` is
+/// set (the calling thread becomes the main lcore and polls queue 0).
+/// `on_up` is called once the port is up, with its name and MAC.
 #[cfg(dpdk)]
-pub fn run_proxy(
-    opts: &ProxyOptions,
-    shared: &Arc<Shared>,
-    tls_cfg: &HandshakeConfig,
-    metrics: &DpMetrics,
-    path: &Arc<PathMetrics>,
-    stop: &AtomicBool,
-    on_up: impl FnOnce(&str, [u8; 6]),
-) -> Result<ProxySummary> {
-    let args = run::RunArgs {
-        opts,
-        shared,
-        tls_cfg,
-        metrics,
-        path,
-        stop,
-    };
-    run::run(args, on_up)
+pub fn run_proxy(ctx: RunContext<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
+    run::run(ctx, on_up)
 }
 
 /// Without DPDK in the build: always [`dpuproxy_dp::Error::Unavailable`].
 #[cfg(not(dpdk))]
-pub fn run_proxy(
-    _opts: &ProxyOptions,
-    _shared: &Arc<Shared>,
-    _tls_cfg: &HandshakeConfig,
-    _metrics: &DpMetrics,
-    _path: &Arc<PathMetrics>,
-    _stop: &AtomicBool,
-    _on_up: impl FnOnce(&str, [u8; 6]),
-) -> Result<ProxySummary> {
+pub fn run_proxy(_ctx: RunContext<'_>, _on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
     Err(Error::Dp(dpuproxy_dp::Error::Unavailable))
 }

@@ -1,25 +1,22 @@
 //! Starting and stopping the engine: EAL, port, RSS, one loop per lcore,
 //! and the mbuf accounting at the end (DPDK builds only).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_queue::ArrayQueue;
 use dpuproxy_dp::steer::{RSS_KEY, Steering};
 use dpuproxy_dp::{Eal, Mempool, Port, PortConfig, PortInfo, run_on_lcores, select_port, tsc_hz};
-use dpuproxy_driver::PathMetrics;
-use dpuproxy_l7::Shared;
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 use dpuproxy_tcp::{ListenerId, Stack, StackConfig};
-use dpuproxy_tls::HandshakeConfig;
 
 use crate::device::ARP_AND_TCP_MTU;
 use crate::error::{Error, Result};
 use crate::lanes::{AbortOnDrop, Lanes};
 use crate::lcore::lcore_loop;
 use crate::{
-    DpMetrics, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, STEER_RING, SteeringMode,
+    DpMetrics, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, RunContext, STEER_RING,
+    SteeringMode,
 };
 
 /// Programs our RSS key and RETA when the port takes them, and says how
@@ -139,26 +136,14 @@ fn publish_setup(metrics: &DpMetrics, pool: &Mempool<'_>, mode: SteeringMode, po
         .store(polling.len() as u64, Ordering::Relaxed);
 }
 
-/// What the engine is given to run with.
-pub(crate) struct RunArgs<'s> {
-    pub opts: &'s ProxyOptions,
-    pub shared: &'s Arc<Shared>,
-    pub tls_cfg: &'s HandshakeConfig,
-    pub metrics: &'s DpMetrics,
-    pub path: &'s Arc<PathMetrics>,
-    pub stop: &'s AtomicBool,
-}
-
 /// See [`crate::run_proxy`].
-pub(crate) fn run(args: RunArgs<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
-    let RunArgs {
+pub(crate) fn run(ctx: RunContext<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
+    let RunContext {
         opts,
         shared,
-        tls_cfg,
         metrics,
-        path,
-        stop,
-    } = args;
+        ..
+    } = ctx;
     if opts.backends.len() != shared.backends.len() {
         return Err(Error::Backends {
             given: opts.backends.len(),
@@ -189,12 +174,7 @@ pub(crate) fn run(args: RunArgs<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Resul
     let polling = &lcores[..usize::from(queues)];
     publish_setup(metrics, &pool, mode, polling);
     let lanes = Lanes {
-        opts,
-        shared,
-        tls_cfg,
-        metrics,
-        path,
-        stop,
+        ctx,
         abort: AtomicBool::new(false),
         pool: &pool,
         mac,

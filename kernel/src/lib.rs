@@ -239,31 +239,13 @@ pub fn start(
         .map(|b| resolve(b))
         .collect::<Result<Vec<_>, _>>()?;
     anchor_wall_clock(&shared);
-    let ktls = ktls::probe();
+    let ktls = probe_ktls();
     let metrics = Arc::new(KernelMetrics::default());
     metrics
         .ktls_available
         .store(u64::from(ktls.available), Ordering::Relaxed);
-    if ktls.available {
-        tracing::info!("kTLS available: {}", ktls.reason);
-    } else {
-        tracing::warn!(
-            "kTLS not available, records are processed by OpenSSL in userspace: {}",
-            ktls.reason
-        );
-    }
     let workers = cfg.workers.max(1);
-    // Bind every listener first so that a clash fails before any thread runs.
-    let mut listeners = Vec::with_capacity(workers);
-    let mut addr = cfg.listen;
-    for _ in 0..workers {
-        let l = bind_reuseport(addr).map_err(|source| StartError::Listen { addr, source })?;
-        if addr.port() == 0 {
-            // Later workers must share the port the first one got.
-            addr = l.local_addr().map_err(StartError::Poll)?;
-        }
-        listeners.push(l);
-    }
+    let listeners = bind_listeners(cfg.listen, workers)?;
     let local_addr = listeners[0].local_addr().map_err(StartError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut wakers = Vec::new();
@@ -313,6 +295,39 @@ pub fn start(
         ktls,
         local_addr,
     })
+}
+
+/// Probe kTLS once and say what this data path will do.
+fn probe_ktls() -> KtlsSupport {
+    let ktls = ktls::probe();
+    if ktls.available {
+        tracing::info!("kTLS available: {}", ktls.reason);
+    } else {
+        tracing::warn!(
+            "kTLS not available, records are processed by OpenSSL in userspace: {}",
+            ktls.reason
+        );
+    }
+    ktls
+}
+
+/// One `SO_REUSEPORT` listener per worker, all bound before any thread
+/// runs so that a clash fails at start.
+fn bind_listeners(
+    listen: SocketAddr,
+    workers: usize,
+) -> Result<Vec<mio::net::TcpListener>, StartError> {
+    let mut listeners = Vec::with_capacity(workers);
+    let mut addr = listen;
+    for _ in 0..workers {
+        let l = bind_reuseport(addr).map_err(|source| StartError::Listen { addr, source })?;
+        if addr.port() == 0 {
+            // Later workers must share the port the first one got.
+            addr = l.local_addr().map_err(StartError::Poll)?;
+        }
+        listeners.push(l);
+    }
+    Ok(listeners)
 }
 
 /// Give the core the current wall-clock time (token expiry checks).

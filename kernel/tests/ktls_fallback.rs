@@ -230,6 +230,17 @@ fn tls_client(addr: std::net::SocketAddr) -> openssl::ssl::SslStream<TcpStream> 
         .unwrap()
 }
 
+/// Send an `initialize` over HTTP/1.`minor`; returns its body.
+fn send_initialize(tls: &mut openssl::ssl::SslStream<TcpStream>, minor: u8) -> &'static str {
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#;
+    let req = format!(
+        "POST /mcp HTTP/1.{minor}\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).unwrap();
+    body
+}
+
 /// A backend that answers one request with the start of a close-delimited
 /// body, then resets the connection.
 fn spawn_resetting_backend() -> (String, std::thread::JoinHandle<()>) {
@@ -274,12 +285,7 @@ fn abortive_close_is_a_reset_without_close_notify() {
     let (backend, backend_thread) = spawn_resetting_backend();
     let (_dir, _shared, proxy) = start_proxy(backend);
     let mut tls = tls_client(proxy.local_addr);
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#;
-    let req = format!(
-        "POST /mcp HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tls.write_all(req.as_bytes()).unwrap();
+    send_initialize(&mut tls, 0);
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     let end = loop {
@@ -309,12 +315,7 @@ fn client_close_without_close_notify_is_no_tls_error() {
     let (backend, backend_thread) = spawn_backend();
     let (_dir, shared, proxy) = start_proxy(backend);
     let mut tls = tls_client(proxy.local_addr);
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize"}"#;
-    let req = format!(
-        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    tls.write_all(req.as_bytes()).unwrap();
+    let body = send_initialize(&mut tls, 1);
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     while !String::from_utf8_lossy(&got).ends_with(body) {

@@ -539,6 +539,29 @@ struct Claims {
     scp: Option<StringOrList>,
 }
 
+/// The refusal a jsonwebtoken error stands for.
+fn rejection_of(e: &jsonwebtoken::errors::Error) -> Rejection {
+    match e.kind() {
+        // jsonwebtoken checks the signature before it decodes the payload,
+        // so a base64 error here is the signature's (the header already
+        // decoded).
+        JwtErrorKind::InvalidSignature
+        | JwtErrorKind::Base64(_)
+        | JwtErrorKind::InvalidEcdsaKey
+        | JwtErrorKind::InvalidEddsaKey
+        | JwtErrorKind::InvalidRsaKey(_)
+        | JwtErrorKind::InvalidKeyFormat => Rejection::BadSignature,
+        JwtErrorKind::InvalidAlgorithm | JwtErrorKind::UnsupportedAlgorithm => {
+            Rejection::AlgNotAllowed
+        }
+        JwtErrorKind::InvalidIssuer => Rejection::WrongIssuer,
+        JwtErrorKind::InvalidAudience => Rejection::WrongAudience,
+        JwtErrorKind::MissingRequiredClaim(c) if c == "iss" => Rejection::WrongIssuer,
+        JwtErrorKind::MissingRequiredClaim(c) if c == "aud" => Rejection::WrongAudience,
+        _ => Rejection::Malformed,
+    }
+}
+
 fn numeric_date(v: &Option<serde_json::Value>) -> Result<Option<u64>, Rejection> {
     match v {
         None => Ok(None),
@@ -698,7 +721,26 @@ impl Authenticator {
                 Rejection::AlgNotAllowed
             });
         }
-        let mut validation = Validation::new(header.alg);
+        let validation = self.validation(header.alg);
+        let mut first_err = None;
+        for k in allowed {
+            match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
+                Ok(data) => return self.check_times(data.claims, now_unix),
+                Err(e) => {
+                    first_err.get_or_insert(rejection_of(&e));
+                }
+            }
+        }
+        if kid_unknown {
+            return Err(Rejection::UnknownKid);
+        }
+        Err(first_err.unwrap_or(Rejection::BadSignature))
+    }
+
+    /// What a token signed with `alg` must satisfy besides its times (which
+    /// [`Authenticator::check_times`] checks with the configured leeway).
+    fn validation(&self, alg: jsonwebtoken::Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.leeway = 0;
@@ -714,42 +756,7 @@ impl Authenticator {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
-        let mut first_err = None;
-        for k in allowed {
-            match jsonwebtoken::decode::<Claims>(token, &k.key, &validation) {
-                Ok(data) => return self.check_times(data.claims, now_unix),
-                Err(e) => {
-                    let r = match e.kind() {
-                        // jsonwebtoken checks the signature before it
-                        // decodes the payload, so a base64 error here is
-                        // the signature's (the header already decoded).
-                        JwtErrorKind::InvalidSignature
-                        | JwtErrorKind::Base64(_)
-                        | JwtErrorKind::InvalidEcdsaKey
-                        | JwtErrorKind::InvalidEddsaKey
-                        | JwtErrorKind::InvalidRsaKey(_)
-                        | JwtErrorKind::InvalidKeyFormat => Rejection::BadSignature,
-                        JwtErrorKind::InvalidAlgorithm | JwtErrorKind::UnsupportedAlgorithm => {
-                            Rejection::AlgNotAllowed
-                        }
-                        JwtErrorKind::InvalidIssuer => Rejection::WrongIssuer,
-                        JwtErrorKind::InvalidAudience => Rejection::WrongAudience,
-                        JwtErrorKind::MissingRequiredClaim(c) if c == "iss" => {
-                            Rejection::WrongIssuer
-                        }
-                        JwtErrorKind::MissingRequiredClaim(c) if c == "aud" => {
-                            Rejection::WrongAudience
-                        }
-                        _ => Rejection::Malformed,
-                    };
-                    first_err.get_or_insert(r);
-                }
-            }
-        }
-        if kid_unknown {
-            return Err(Rejection::UnknownKid);
-        }
-        Err(first_err.unwrap_or(Rejection::BadSignature))
+        validation
     }
 
     fn check_times(&self, c: Claims, now: u64) -> Result<Principal, Rejection> {

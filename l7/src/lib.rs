@@ -3,12 +3,14 @@
 //! This crate never touches a socket, a clock or a thread: time comes in
 //! as `now` arguments, bytes come in through `handle_*` calls and go out
 //! through `poll_*`/`*_pending` calls (see [`conn`] for the polling order).
-//! Both the kernel data path and the DPDK data path drive the same
-//! [`Connection`], so MCP behaviour is implemented and tested once.
+//! One driver (`dpuproxy-driver`) drives every [`Connection`] for both the
+//! kernel and the DPDK data path, so MCP behaviour is implemented and tested
+//! once (its simulator tests live with the driver).
 //!
 //! What lives here:
 //! - [`http`]: HTTP/1.1 heads (httparse), Content-Length and chunked
-//!   framing, request-smuggling defences;
+//!   framing, request-smuggling defences, and the heads the proxy writes
+//!   ([`http::rewrite`]);
 //! - [`mcp`]: protocol era, session id rules, JSON-RPC sniffing, routing
 //!   classification;
 //! - [`affinity`]: the bounded, sharded session → backend table that every

@@ -20,6 +20,17 @@
 //! up, the core stops asking for backend bytes and TCP flow control pushes
 //! back on the backend. A spurious `handle_*` call (data for a closed
 //! side, a second EOF, an early timeout) is harmless.
+//!
+//! ## A request's way through
+//! A complete request goes through phases, each of which may refuse it
+//! with a [`Reject`] (`request.rs`): method allow-list → protected-resource
+//! metadata (answered here) → authorize (JWT) → classify (MCP era, session
+//! id, headers against body) → scopes → pick a backend (the session's own,
+//! round-robin, or least outstanding) → build the upstream request
+//! ([`crate::http::rewrite`]). A refusal becomes one response and one count
+//! (`respond`). The response side (`response.rs`) learns or
+//! forgets the session, rewrites the head, relays the body (re-chunked,
+//! SSE tracked) and ends it cleanly or hard.
 
 mod request;
 mod response;

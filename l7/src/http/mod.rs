@@ -423,116 +423,118 @@ impl ChunkedDecoder {
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, HttpError> {
         let mut i = 0;
         while i < input.len() && self.state != ChunkState::Done {
-            let b = input[i];
-            match self.state {
-                ChunkState::Size => {
-                    if let Some(d) = (b as char).to_digit(16) {
-                        if self.digits >= 15 {
-                            return Err(HttpError::Smuggling("chunk size too long"));
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                        self.digits += 1;
-                    } else if self.digits == 0 {
-                        return Err(HttpError::Smuggling("invalid chunk size"));
-                    } else if b == b';' || b == b' ' || b == b'\t' {
-                        self.state = ChunkState::Extension;
-                    } else if b == b'\r' {
-                        self.state = ChunkState::SizeLf;
-                    } else {
-                        return Err(HttpError::Smuggling("invalid chunk size"));
-                    }
-                    i += 1;
+            if self.state == ChunkState::Data {
+                let take = ((input.len() - i) as u64).min(self.size) as usize;
+                out.extend_from_slice(&input[i..i + take]);
+                i += take;
+                self.size -= take as u64;
+                if self.size == 0 {
+                    self.state = ChunkState::DataCr;
                 }
-                ChunkState::Extension => {
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err(HttpError::Smuggling("chunk extension too long"));
-                    }
-                    if b == b'\r' {
-                        self.state = ChunkState::SizeLf;
-                    } else if b == b'\n' {
-                        return Err(HttpError::Smuggling("bare LF in chunk"));
-                    }
-                    i += 1;
-                }
-                ChunkState::SizeLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::Smuggling("chunk size line without LF"));
-                    }
-                    i += 1;
-                    self.line_len = 0;
-                    self.digits = 0;
-                    self.state = if self.size == 0 {
-                        ChunkState::TrailerStart
-                    } else {
-                        ChunkState::Data
-                    };
-                }
-                ChunkState::Data => {
-                    let avail = (input.len() - i) as u64;
-                    let take = avail.min(self.size) as usize;
-                    out.extend_from_slice(&input[i..i + take]);
-                    i += take;
-                    self.size -= take as u64;
-                    if self.size == 0 {
-                        self.state = ChunkState::DataCr;
-                    }
-                }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err(HttpError::Smuggling("chunk data longer than its size"));
-                    }
-                    i += 1;
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::Smuggling("chunk data without CRLF"));
-                    }
-                    i += 1;
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::TrailerStart => {
-                    i += 1;
-                    if b == b'\r' {
-                        self.state = ChunkState::FinalLf;
-                    } else if b == b'\n' {
-                        return Err(HttpError::Smuggling("bare LF in trailer"));
-                    } else {
-                        self.line_len = 1;
-                        self.state = ChunkState::TrailerLine;
-                    }
-                }
-                ChunkState::TrailerLine => {
-                    i += 1;
-                    self.line_len += 1;
-                    if self.line_len > MAX_CHUNK_LINE {
-                        return Err(HttpError::Smuggling("trailer too long"));
-                    }
-                    if b == b'\r' {
-                        self.state = ChunkState::TrailerLf;
-                    } else if b == b'\n' {
-                        return Err(HttpError::Smuggling("bare LF in trailer"));
-                    }
-                }
-                ChunkState::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::Smuggling("trailer without LF"));
-                    }
-                    i += 1;
-                    self.state = ChunkState::TrailerStart;
-                }
-                ChunkState::FinalLf => {
-                    if b != b'\n' {
-                        return Err(HttpError::Smuggling("chunked body without final CRLF"));
-                    }
-                    i += 1;
-                    self.state = ChunkState::Done;
-                }
-                ChunkState::Done => unreachable!("loop condition excludes Done"),
+            } else {
+                self.step(input[i])?;
+                i += 1;
             }
         }
         Ok(i)
+    }
+
+    /// One byte of framing (everything but chunk data).
+    fn step(&mut self, b: u8) -> Result<(), HttpError> {
+        let expect = |want: u8, why: &'static str| {
+            if b == want {
+                Ok(())
+            } else {
+                Err(HttpError::Smuggling(why))
+            }
+        };
+        self.state = match self.state {
+            ChunkState::Size => return self.size_digit(b),
+            ChunkState::Extension => {
+                self.line_len += 1;
+                if self.line_len > MAX_CHUNK_LINE {
+                    return Err(HttpError::Smuggling("chunk extension too long"));
+                }
+                match b {
+                    b'\r' => ChunkState::SizeLf,
+                    b'\n' => return Err(HttpError::Smuggling("bare LF in chunk")),
+                    _ => ChunkState::Extension,
+                }
+            }
+            ChunkState::SizeLf => {
+                expect(b'\n', "chunk size line without LF")?;
+                self.line_len = 0;
+                self.digits = 0;
+                if self.size == 0 {
+                    ChunkState::TrailerStart
+                } else {
+                    ChunkState::Data
+                }
+            }
+            ChunkState::DataCr => {
+                expect(b'\r', "chunk data longer than its size")?;
+                ChunkState::DataLf
+            }
+            ChunkState::DataLf => {
+                expect(b'\n', "chunk data without CRLF")?;
+                ChunkState::Size
+            }
+            ChunkState::TrailerStart | ChunkState::TrailerLine => return self.trailer_byte(b),
+            ChunkState::TrailerLf => {
+                expect(b'\n', "trailer without LF")?;
+                ChunkState::TrailerStart
+            }
+            ChunkState::FinalLf => {
+                expect(b'\n', "chunked body without final CRLF")?;
+                ChunkState::Done
+            }
+            ChunkState::Data | ChunkState::Done => unreachable!("decode handles these"),
+        };
+        Ok(())
+    }
+
+    /// A byte of the chunk-size line before any extension.
+    fn size_digit(&mut self, b: u8) -> Result<(), HttpError> {
+        if let Some(d) = (b as char).to_digit(16) {
+            if self.digits >= 15 {
+                return Err(HttpError::Smuggling("chunk size too long"));
+            }
+            self.size = self.size * 16 + u64::from(d);
+            self.digits += 1;
+            return Ok(());
+        }
+        self.state = match b {
+            _ if self.digits == 0 => return Err(HttpError::Smuggling("invalid chunk size")),
+            b';' | b' ' | b'\t' => ChunkState::Extension,
+            b'\r' => ChunkState::SizeLf,
+            _ => return Err(HttpError::Smuggling("invalid chunk size")),
+        };
+        Ok(())
+    }
+
+    /// A byte of the trailer section (read and dropped).
+    fn trailer_byte(&mut self, b: u8) -> Result<(), HttpError> {
+        if self.state == ChunkState::TrailerStart {
+            self.state = match b {
+                b'\r' => ChunkState::FinalLf,
+                b'\n' => return Err(HttpError::Smuggling("bare LF in trailer")),
+                _ => {
+                    self.line_len = 1;
+                    ChunkState::TrailerLine
+                }
+            };
+            return Ok(());
+        }
+        self.line_len += 1;
+        if self.line_len > MAX_CHUNK_LINE {
+            return Err(HttpError::Smuggling("trailer too long"));
+        }
+        match b {
+            b'\r' => self.state = ChunkState::TrailerLf,
+            b'\n' => return Err(HttpError::Smuggling("bare LF in trailer")),
+            _ => {}
+        }
+        Ok(())
     }
 }
 
