@@ -46,6 +46,7 @@
 
 mod drive;
 mod driver;
+mod id;
 pub mod metrics;
 mod pool;
 pub mod settings;

@@ -3,7 +3,7 @@
 //! never decides anything about a connection's life; it reports what its
 //! sockets did.
 
-use crate::slot::SlotId;
+use crate::id::SlotId;
 
 /// The outcome of one read, write or flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,14 +11,15 @@ use std::time::Instant;
 use dpuproxy_dp::net::{Responder, Verdict};
 use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, QueuePair, TxBatch, tsc, tsc_hz};
 use dpuproxy_driver::Driver;
-use dpuproxy_tcp::{Event, ListenerId};
+use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
+use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
+use dpuproxy_tcp::{Event, ListenerId, Stack, StackConfig};
 
-use crate::device::MbufDevice;
-use crate::error::Result;
+use crate::device::{ARP_AND_TCP_MTU, MbufDevice};
+use crate::error::{Error, Result};
 use crate::lanes::{Lanes, LoopCounts, STEER_BUDGET};
-use crate::run::build_stack;
 use crate::transport::{UserspaceClient, UserspaceTransport};
-use crate::{LcoreCounters, LcoreSummary};
+use crate::{LcoreCounters, LcoreSummary, ProxyOptions};
 
 /// An Ethernet frame carrying IPv4 ICMP.
 fn is_icmpv4(frame: &[u8]) -> bool {
@@ -301,4 +302,35 @@ impl<'l, 'p> Lcore<'l, 'p> {
             accepted: mine.accepted.load(Ordering::Relaxed),
         }
     }
+}
+
+/// One lcore's TCP stack, listening on the proxy port, and the device
+/// capabilities it was built for.
+pub(crate) fn build_stack(
+    opts: &ProxyOptions,
+    mac: [u8; 6],
+    queue: u16,
+) -> Result<(Stack, ListenerId, DeviceCapabilities)> {
+    let mut caps = DeviceCapabilities::default();
+    caps.medium = Medium::Ethernet;
+    caps.max_transmission_unit = ARP_AND_TCP_MTU;
+    caps.max_burst_size = Some(opts.burst);
+    caps.checksum = ChecksumCapabilities::default();
+    let mut scfg = StackConfig::new(
+        HardwareAddress::Ethernet(EthernetAddress(mac)),
+        Ipv4Cidr::new(opts.ip, opts.prefix_len),
+    );
+    scfg.gateway = opts.gateway;
+    // Each lcore draws its own initial sequence numbers and hash keys.
+    scfg.seed = opts.seed ^ u64::from(queue).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    scfg.rx_burst = opts.burst.max(32);
+    let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
+        .map_err(|e| Error::Stack(e.to_string()))?;
+    let listener = stack
+        .listen(opts.listen_port, 1024)
+        .map_err(|e| Error::Listen {
+            port: opts.listen_port,
+            reason: e.to_string(),
+        })?;
+    Ok((stack, listener, caps))
 }

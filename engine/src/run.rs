@@ -6,17 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_queue::ArrayQueue;
 use dpuproxy_dp::steer::{RSS_KEY, Steering};
 use dpuproxy_dp::{Eal, Mempool, Port, PortConfig, PortInfo, run_on_lcores, select_port, tsc_hz};
-use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
-use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
-use dpuproxy_tcp::{ListenerId, Stack, StackConfig};
 
-use crate::device::ARP_AND_TCP_MTU;
 use crate::error::{Error, Result};
 use crate::lanes::{AbortOnDrop, Lanes};
-use crate::lcore::lcore_loop;
+use crate::lcore::{build_stack, lcore_loop};
 use crate::{
-    DpMetrics, LcoreSummary, MAX_POLLERS, ProxyOptions, ProxySummary, RunContext, STEER_RING,
-    SteeringMode,
+    DpMetrics, LcoreSummary, MAX_POLLERS, ProxySummary, RunContext, STEER_RING, SteeringMode,
 };
 
 /// Programs our RSS key and RETA when the port takes them, and says how
@@ -252,35 +247,4 @@ fn run_lcores<'p>(
         }
     }
     Ok(done)
-}
-
-/// One lcore's TCP stack, listening on the proxy port, and the device
-/// capabilities it was built for.
-pub(crate) fn build_stack(
-    opts: &ProxyOptions,
-    mac: [u8; 6],
-    queue: u16,
-) -> Result<(Stack, ListenerId, DeviceCapabilities)> {
-    let mut caps = DeviceCapabilities::default();
-    caps.medium = Medium::Ethernet;
-    caps.max_transmission_unit = ARP_AND_TCP_MTU;
-    caps.max_burst_size = Some(opts.burst);
-    caps.checksum = ChecksumCapabilities::default();
-    let mut scfg = StackConfig::new(
-        HardwareAddress::Ethernet(EthernetAddress(mac)),
-        Ipv4Cidr::new(opts.ip, opts.prefix_len),
-    );
-    scfg.gateway = opts.gateway;
-    // Each lcore draws its own initial sequence numbers and hash keys.
-    scfg.seed = opts.seed ^ u64::from(queue).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    scfg.rx_burst = opts.burst.max(32);
-    let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
-        .map_err(|e| Error::Stack(e.to_string()))?;
-    let listener = stack
-        .listen(opts.listen_port, 1024)
-        .map_err(|e| Error::Listen {
-            port: opts.listen_port,
-            reason: e.to_string(),
-        })?;
-    Ok((stack, listener, caps))
 }

@@ -3,8 +3,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::reject::Fault;
-
 /// Why a request or connection ended in error. Each has a counter and a
 /// stable label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +89,36 @@ impl ErrorKind {
             .iter()
             .position(|k| *k == self)
             .expect("ALL lists every kind")
+    }
+}
+
+/// Whose fault a refused request is (see [`crate::Reject`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something the proxy will not forward (4xx).
+    Client,
+    /// The proxy itself cannot serve it right now (no healthy backend, its
+    /// clock not set).
+    Proxy,
+    /// A backend failed (unreachable, invalid or missing response).
+    Backend,
+}
+
+impl Fault {
+    /// Every side, in label order.
+    pub const ALL: [Fault; 3] = [Fault::Client, Fault::Proxy, Fault::Backend];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Proxy => "proxy",
+            Fault::Backend => "backend",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
     }
 }
 

@@ -15,36 +15,7 @@ use crate::auth::{self, Rejection};
 use crate::http::HttpError;
 use crate::mcp::McpError;
 use crate::metrics::ErrorKind;
-
-/// Whose fault a refused request is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The client sent something the proxy will not forward (4xx).
-    Client,
-    /// The proxy itself cannot serve it right now (no healthy backend, its
-    /// clock not set).
-    Proxy,
-    /// A backend failed (unreachable, invalid or missing response).
-    Backend,
-}
-
-impl Fault {
-    /// Every side, in label order.
-    pub const ALL: [Fault; 3] = [Fault::Client, Fault::Proxy, Fault::Backend];
-
-    /// Metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Fault::Client => "client",
-            Fault::Proxy => "proxy",
-            Fault::Backend => "backend",
-        }
-    }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-}
+pub use crate::metrics::Fault;
 
 /// A request the proxy answers itself. See the module docs.
 #[derive(Debug, Clone, PartialEq, Eq)]
