@@ -1,0 +1,163 @@
+//! The calling loop: `poll` (receive a burst, fire due timers, expire
+//! TIME-WAIT records, transmit), `egress` (transmit only), `poll_event` and
+//! `poll_at`.
+//!
+//! Only connections on the ready list (touched by a segment, a caller call
+//! or a due timer) are visited on an egress pass: each gets a turn of at
+//! most `tx_burst_per_conn` `poll_egress` calls over its own socket set,
+//! then `settle`. A full device ends the transmitting for this pass; the
+//! connections not reached stay on the ready list for the next one.
+
+use smoltcp::iface::PollResult;
+use smoltcp::phy::{Device, Medium, RxToken};
+use smoltcp::time::Instant;
+
+use super::{Event, Stack};
+use crate::adapters::{EgressDev, TxObs};
+
+impl Stack {
+    /// The next event, if any.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `poll` should next be called if no frame arrives: `None` when
+    /// nothing is scheduled, the time of the last `poll` if work is pending.
+    #[must_use]
+    pub fn poll_at(&self) -> Option<Instant> {
+        if !self.ready.is_empty() {
+            return Some(self.now);
+        }
+        let t = self.timers.next_at();
+        let w = self.tw_queue.next_at();
+        match (t, w) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(Instant::from_micros)
+    }
+
+    /// Receive up to `rx_burst` frames, run due timers, expire TIME-WAIT
+    /// records, and transmit for every connection with something to send.
+    /// Returns the number of frames received and sent.
+    pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> usize {
+        self.now = now;
+        let vnow = self.clock.to_virt(now);
+        let before = self.stats.rx_frames + self.stats.tx_frames;
+        for _ in 0..self.cfg.rx_burst {
+            let Some((rx, tx)) = device.receive(now) else {
+                break;
+            };
+            self.stats.rx_frames += 1;
+            rx.consume(|frame| self.ingress(now, vnow, frame, tx));
+        }
+        self.fire_timers(now);
+        self.expire_time_wait(now);
+        self.egress(now, device);
+        (self.stats.rx_frames + self.stats.tx_frames - before) as usize
+    }
+
+    /// Transmit only (after `send`/`close` calls, without reading the device).
+    pub fn egress<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> usize {
+        self.now = now;
+        let vnow = self.clock.to_virt(now);
+        let before = self.stats.tx_frames;
+        // Connections queue themselves again (into `ready`, the spare list)
+        // while `batch` is worked through; then `batch` is the spare one.
+        let mut batch = core::mem::replace(&mut self.ready, core::mem::take(&mut self.spare));
+        let mut exhausted = false;
+        for &slot in &batch {
+            let Some(c) = self.slots[slot as usize].conn.as_mut() else {
+                continue;
+            };
+            c.in_ready = false;
+            if exhausted {
+                self.mark_ready(slot);
+                continue;
+            }
+            let (sent, ex, wanted) = self.egress_one(slot, now, vnow, device);
+            exhausted = ex;
+            self.settle(slot, now, vnow, sent, ex, wanted);
+        }
+        batch.clear();
+        self.spare = batch;
+        (self.stats.tx_frames - before) as usize
+    }
+
+    /// One connection's turn to transmit. Returns the segments it sent,
+    /// whether the device ran full, and whether it wanted to send (or had an
+    /// ARP request sent for it): with nothing sent, it waits for a neighbour.
+    fn egress_one<D: Device + ?Sized>(
+        &mut self,
+        slot: u32,
+        now: Instant,
+        vnow: Instant,
+        device: &mut D,
+    ) -> (u64, bool, bool) {
+        let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
+            return (0, false, false);
+        };
+        let Some(set) = conn.set.as_mut() else {
+            return (0, false, false);
+        };
+        let wanted = self.medium == Medium::Ethernet
+            && self.iface.poll_at(vnow, set).is_some_and(|t| t <= vnow);
+        let mut obs = TxObs::default();
+        let mut exhausted = false;
+        for _ in 0..self.cfg.tx_burst_per_conn {
+            let mut dev = EgressDev {
+                inner: &mut *device,
+                obs: &mut obs,
+                now,
+                medium: self.medium,
+                exhausted: false,
+            };
+            let r = self.iface.poll_egress(vnow, &mut dev, set);
+            exhausted = dev.exhausted;
+            if r == PollResult::None || exhausted {
+                break;
+            }
+        }
+        if obs.last_seq_ack.is_some() {
+            conn.last_seq_ack = obs.last_seq_ack;
+        }
+        conn.rst_sent |= obs.rst;
+        self.stats.tx_frames += obs.frames;
+        // An ARP request sent on this socket's behalf means it waits for a
+        // neighbour, however the due-check before went.
+        (obs.segments, exhausted, wanted || obs.arp)
+    }
+
+    /// Queue every connection whose timer is due for the egress pass, and
+    /// compact the heap once stale entries outnumber the live connections.
+    fn fire_timers(&mut self, now: Instant) {
+        let now_us = now.total_micros();
+        while let Some((at, slot, generation)) = self.timers.pop_due(now_us) {
+            let Some(s) = self.slots.get_mut(slot as usize) else {
+                continue;
+            };
+            if s.generation != generation {
+                continue;
+            }
+            let Some(c) = s.conn.as_mut() else {
+                continue;
+            };
+            if c.timer_at != Some(at) {
+                continue;
+            }
+            c.timer_at = None;
+            self.stats.timer_fires += 1;
+            self.mark_ready(slot);
+        }
+        if self.timers.len() > 4 * self.live + 1024 {
+            let slots = &self.slots;
+            self.timers.retain(|at, s, g| {
+                slots.get(s as usize).is_some_and(|slot| {
+                    slot.generation == g
+                        && slot.conn.as_ref().is_some_and(|c| c.timer_at == Some(at))
+                })
+            });
+        }
+    }
+}
