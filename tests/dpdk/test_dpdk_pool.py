@@ -7,7 +7,6 @@ from __future__ import annotations
 import dpdk_topo as dt
 import pytest
 from http_raw import MCP_ACCEPT, curl, initialize_via_curl
-from conftest import DpdkProxy
 from mcp_helpers import jsonrpc, metric, scrape
 
 pytestmark = pytest.mark.timeout(120)
@@ -47,7 +46,7 @@ def test_pool_follows_the_configuration(topo, ns_backends, start_proxy, tls_cert
         extra = ["--config", str(cfg)]
     run = start_proxy(ns_backends, f"dpuproxy-pool-{pool_max}", "dpdk", extra=extra)
     try:
-        session_calls(DpdkProxy(run, topo, ns_backends, tls_cert[0], jwt_auth), 4)
+        session_calls(dt.ProxyTarget(topo, tls_cert[0], jwt_auth.token), 4)
         connects, reuses = pool_counters(run.admin_url)
         if pool_max == 0:
             assert reuses == 0, f"a pooled connection was reused with pool_max_per_backend = 0 ({reuses})"
