@@ -27,6 +27,8 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     /// Connection counters of the data path (either mode).
     pub path: Arc<dpuproxy_driver::PathMetrics>,
+    /// Reload and drain (`None`: the demo, which has neither).
+    pub control: Option<Arc<crate::control::Control>>,
     /// Kernel data-path counters (kernel mode).
     pub kernel: Option<Arc<KernelMetrics>>,
     /// kTLS probe (kernel mode).
@@ -62,12 +64,32 @@ impl Admin {
     }
 }
 
+/// Admin requests served at once; more are answered 503 at once, so a
+/// health check never queues behind slow clients.
+const MAX_ADMIN_CONNECTIONS: usize = 16;
+
 fn serve(listener: TcpListener, state: AdminState, stop: Arc<AtomicBool>) {
+    let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = handle(stream, &state) {
-                    tracing::debug!(error = %e, "admin request failed");
+            Ok((mut stream, _)) => {
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+                    let _ = respond(&mut stream, 503, "text/plain", b"admin busy\n");
+                    continue;
+                }
+                let (state, done) = (state.clone(), busy.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("dpuproxy-admin-req".into())
+                    .spawn(move || {
+                        if let Err(e) = handle(stream, &state) {
+                            tracing::debug!(error = %e, "admin request failed");
+                        }
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::AcqRel);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -89,7 +111,7 @@ fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
     // One deadline for the whole request: a client dribbling a byte per
     // second must not hold the (single) admin thread.
     let deadline = Instant::now() + Duration::from_secs(2);
-    let path = loop {
+    let (method, path) = loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return respond(&mut stream, 408, "text/plain", b"request timeout\n");
@@ -104,16 +126,28 @@ fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
-                if req.method != Some("GET") {
-                    return respond(&mut stream, 405, "text/plain", b"only GET\n");
-                }
-                break req.path.unwrap_or("/").to_string();
+                break (
+                    req.method.unwrap_or("").to_string(),
+                    req.path.unwrap_or("/").to_string(),
+                );
             }
             Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
             _ => return respond(&mut stream, 400, "text/plain", b"bad request\n"),
         }
     };
     let path = path.split('?').next().unwrap_or("/");
+    match (method.as_str(), path) {
+        ("POST", "/reload" | "/drain") => return handle_control(&mut stream, state, path),
+        ("GET", _) => {}
+        _ => {
+            return respond(
+                &mut stream,
+                405,
+                "text/plain",
+                b"GET, or POST /reload and /drain\n",
+            );
+        }
+    }
     match path {
         "/metrics" => {
             let body = render_metrics(state);
@@ -132,12 +166,37 @@ fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
             let body = render_backends(state);
             respond(&mut stream, 200, "application/json", body.as_bytes())
         }
-        "/healthz" => respond(&mut stream, 200, "text/plain", b"ok\n"),
+        "/healthz" => match &state.control {
+            // A balancer stops sending at once.
+            Some(c) if c.is_draining() => respond(&mut stream, 503, "text/plain", b"draining\n"),
+            _ => respond(&mut stream, 200, "text/plain", b"ok\n"),
+        },
         _ => respond(
             &mut stream,
             404,
             "text/plain",
             b"try /metrics, /sessions, /backends or /healthz\n",
+        ),
+    }
+}
+
+/// `POST /reload` (re-read the backend list and session keys; 200 with
+/// what changed, 400 with why nothing did) and `POST /drain` (202).
+fn handle_control(stream: &mut TcpStream, state: &AdminState, path: &str) -> std::io::Result<()> {
+    let Some(control) = &state.control else {
+        return respond(stream, 404, "text/plain", b"not available here\n");
+    };
+    if path == "/drain" {
+        control.start_drain();
+        return respond(stream, 202, "text/plain", b"draining\n");
+    }
+    match control.reload("POST /reload") {
+        Ok(summary) => respond(stream, 200, "text/plain", format!("{summary}\n").as_bytes()),
+        Err(e) => respond(
+            stream,
+            400,
+            "text/plain",
+            format!("refused: {e:#}\n").as_bytes(),
         ),
     }
 }
@@ -214,34 +273,52 @@ pub fn render_metrics(state: &AdminState) -> String {
         state.mode,
         env!("CARGO_PKG_VERSION")
     );
-    let backends = || sh.backends.iter();
+    // Removed backends leave the per-backend families (a new backend may
+    // take the same name).
+    let backends = || {
+        sh.backends
+            .iter()
+            .filter(|b| b.state() != dpuproxy_l7::BackendState::Removed)
+    };
     o.labelled(
         "dpuproxy_requests_total",
         "counter",
         "Requests forwarded to each backend.",
         "backend",
-        backends().map(|b| (&b.addr, r(&b.requests))),
+        backends().map(|b| (&b.name, r(&b.requests))),
     );
     o.labelled(
         "dpuproxy_backend_up",
         "gauge",
         "1 when the backend takes new sessions.",
         "backend",
-        backends().map(|b| (&b.addr, u8::from(b.is_healthy()))),
+        backends().map(|b| (&b.name, u8::from(b.is_healthy()))),
+    );
+    o.labelled(
+        "dpuproxy_backend_draining",
+        "gauge",
+        "1 when the backend keeps its sessions but takes no new ones.",
+        "backend",
+        backends().map(|b| {
+            (
+                &b.name,
+                u8::from(b.state() == dpuproxy_l7::BackendState::Draining),
+            )
+        }),
     );
     o.labelled(
         "dpuproxy_backend_outstanding",
         "gauge",
         "Requests in flight per backend.",
         "backend",
-        backends().map(|b| (&b.addr, b.outstanding())),
+        backends().map(|b| (&b.name, b.outstanding())),
     );
     o.labelled(
         "dpuproxy_backend_connect_failures_total",
         "counter",
         "Failed connects per backend.",
         "backend",
-        backends().map(|b| (&b.addr, r(&b.connect_failures))),
+        backends().map(|b| (&b.name, r(&b.connect_failures))),
     );
     let m = &sh.metrics;
     let singles: [(&str, &str, &str, u64); 23] = [
@@ -646,6 +723,7 @@ pub fn render_metrics(state: &AdminState) -> String {
         "kind",
         ErrorKind::ALL.map(|x| (x.label(), m.errors(x))),
     );
+    render_control(&mut o, state);
     o.labelled(
         "dpuproxy_rejected_requests_total",
         "counter",
@@ -654,6 +732,46 @@ pub fn render_metrics(state: &AdminState) -> String {
         dpuproxy_l7::Fault::ALL.map(|f| (f.label(), m.rejects(f))),
     );
     o.0
+}
+
+/// Draining state, reloads, sealed session ids.
+fn render_control(o: &mut Exposition, state: &AdminState) {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    if let Some(c) = &state.control {
+        o.single(
+            "dpuproxy_draining",
+            "gauge",
+            "1 while the proxy drains (SIGTERM, POST /drain).",
+            u8::from(c.is_draining()),
+        );
+        o.labelled(
+            "dpuproxy_reloads_total",
+            "counter",
+            "Backend list and session key reloads, by result.",
+            "result",
+            [
+                ("ok", r(&c.stats.reloads_ok)),
+                ("error", r(&c.stats.reloads_failed)),
+            ],
+        );
+    }
+    if let Some(s) = &state.shared.sealer {
+        let st = &s.stats;
+        o.labelled(
+            "dpuproxy_session_ids_total",
+            "counter",
+            "Sealed session ids: sealed, opened (current or previous key), refused by reason.",
+            "result",
+            [
+                ("sealed", r(&st.sealed)),
+                ("opened", r(&st.opened)),
+                ("opened_previous_key", r(&st.opened_previous)),
+                ("refused_malformed", r(&st.refused_malformed)),
+                ("refused_key", r(&st.refused_key)),
+                ("refused_backend", r(&st.refused_backend)),
+            ],
+        );
+    }
 }
 
 /// `/sessions`: id prefix → backend, newest scan first, at most 1000.
@@ -686,7 +804,9 @@ pub fn render_backends(state: &AdminState) -> String {
         .iter()
         .map(|b| {
             serde_json::json!({
+                "name": b.name,
                 "addr": b.addr,
+                "state": b.state().label(),
                 "up": b.is_healthy(),
                 "outstanding": b.outstanding(),
                 "requests": b.requests.load(Ordering::Relaxed),

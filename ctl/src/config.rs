@@ -31,8 +31,8 @@ pub struct FileConfig {
     pub mode: Option<Mode>,
     /// Client-facing TLS listen address.
     pub listen: Option<SocketAddr>,
-    /// Backend `host:port` list.
-    pub backends: Option<Vec<String>>,
+    /// Backends: `"[NAME=]host:port"` or `{ name, addr, drain }`.
+    pub backends: Option<Vec<BackendEntry>>,
     /// Worker threads.
     pub workers: Option<usize>,
     /// Admin listener (plain HTTP: /metrics, /sessions, /backends, /healthz).
@@ -52,6 +52,115 @@ pub struct FileConfig {
     /// The DPDK data path (`--mode dpdk|auto`).
     #[serde(default)]
     pub dpdk: DpdkSection,
+    /// Sealed session ids.
+    #[serde(default)]
+    pub session: SessionSection,
+}
+
+/// `[session]`
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSection {
+    /// Key file for sealed session ids: the current secret, then optionally
+    /// the previous one (hex or base64, one per line); re-read on change
+    /// and SIGHUP.
+    pub key_file: Option<PathBuf>,
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum BackendEntry {
+    /// `"host:port"` or `"NAME=host:port"`.
+    Short(String),
+    /// `{ name = "b1", addr = "host:port", drain = true }`.
+    Table {
+        /// Stable identity (default: `addr`).
+        name: Option<String>,
+        /// `host:port`.
+        addr: String,
+        /// Keep its sessions, give it nothing new.
+        #[serde(default)]
+        drain: bool,
+    },
+}
+
+/// A backend entry, checked: name, `host:port`, drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConf {
+    /// Stable identity.
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Draining.
+    pub drain: bool,
+}
+
+impl BackendEntry {
+    /// Check the entry's syntax.
+    pub fn check(&self) -> anyhow::Result<BackendConf> {
+        let (name, addr, drain) = match self {
+            BackendEntry::Short(s) => match s.split_once('=') {
+                Some((n, a)) => (Some(n.to_string()), a.to_string(), false),
+                None => (None, s.clone(), false),
+            },
+            BackendEntry::Table { name, addr, drain } => (name.clone(), addr.clone(), *drain),
+        };
+        validate_backend(&addr)?;
+        let name = name.unwrap_or_else(|| addr.clone());
+        let ok_char = |b: u8| (0x21..=0x7e).contains(&b) && b != b'=' && b != b'"';
+        if name.is_empty() || name.len() > dpuproxy_l7::seal::MAX_NAME || !name.bytes().all(ok_char)
+        {
+            bail!(
+                "backend name {name:?} must be 1-{} visible ASCII characters without '=' or '\"'",
+                dpuproxy_l7::seal::MAX_NAME
+            );
+        }
+        Ok(BackendConf { name, addr, drain })
+    }
+}
+
+impl BackendConf {
+    /// Resolve `addr` (first address; IPv4 only when `ipv4_only`).
+    pub fn resolve(&self, ipv4_only: bool) -> anyhow::Result<dpuproxy_l7::BackendSpec> {
+        use std::net::ToSocketAddrs;
+        let mut addrs = self
+            .addr
+            .to_socket_addrs()
+            .with_context(|| format!("backend {} ({}) does not resolve", self.name, self.addr))?;
+        let socket = if ipv4_only {
+            addrs.find(SocketAddr::is_ipv4).with_context(|| {
+                format!(
+                    "backend {} ({}): the DPDK path is IPv4 only",
+                    self.name, self.addr
+                )
+            })?
+        } else {
+            addrs
+                .next()
+                .with_context(|| format!("backend {} ({}) has no address", self.name, self.addr))?
+        };
+        Ok(dpuproxy_l7::BackendSpec {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            socket,
+            drain: self.drain,
+        })
+    }
+}
+
+/// Check every entry; names must be unique.
+pub fn check_backends(entries: &[BackendEntry]) -> anyhow::Result<Vec<BackendConf>> {
+    let confs = entries
+        .iter()
+        .map(BackendEntry::check)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, c) in confs.iter().enumerate() {
+        if confs[..i].iter().any(|o| o.name == c.name) {
+            bail!("backend name {:?} is used twice", c.name);
+        }
+    }
+    Ok(confs)
 }
 
 /// `[dpdk]`
@@ -309,6 +418,9 @@ pub struct TimeoutsSection {
     /// Idle pooled backend connection lifetime.
     #[serde(default, with = "humantime_serde")]
     pub pool_idle: Option<Duration>,
+    /// Longest graceful drain (SIGTERM, POST /drain) before the rest is cut.
+    #[serde(default, with = "humantime_serde")]
+    pub drain: Option<Duration>,
 }
 
 impl FileConfig {
@@ -346,6 +458,10 @@ pub struct CliOverrides {
     pub auth: AuthSection,
     /// `--dpdk-*`
     pub dpdk: DpdkSection,
+    /// `--session-key`
+    pub session_key: Option<PathBuf>,
+    /// `--drain-timeout`
+    pub drain_timeout: Option<Duration>,
 }
 
 /// Fully resolved settings for `dpuproxy run`.
@@ -363,6 +479,14 @@ pub struct RunConfig {
     pub auth: Option<AuthSection>,
     /// DPDK settings; `None` when none were given.
     pub dpdk: Option<DpdkSettings>,
+    /// Backends, checked (resolved when the proxy starts or reloads).
+    pub backends: Vec<BackendConf>,
+    /// `--backend` was given: a reload keeps these and ignores the file's.
+    pub backends_from_cli: bool,
+    /// Sealed session ids: the key file; `None`: ids pass through.
+    pub session_key: Option<PathBuf>,
+    /// Longest graceful drain.
+    pub drain_timeout: Duration,
 }
 
 fn validate_backend(b: &str) -> anyhow::Result<()> {
@@ -383,19 +507,18 @@ impl RunConfig {
             .listen
             .or(file.listen)
             .context("missing `listen`: pass --listen ADDR or set `listen` in the config file")?;
-        let backends = if cli.backends.is_empty() {
-            file.backends.unwrap_or_default()
+        let backends_from_cli = !cli.backends.is_empty();
+        let entries = if backends_from_cli {
+            cli.backends.into_iter().map(BackendEntry::Short).collect()
         } else {
-            cli.backends
+            file.backends.unwrap_or_default()
         };
-        if backends.is_empty() {
+        if entries.is_empty() {
             bail!(
-                "no backends: pass --backend HOST:PORT (repeatable) or set `backends` in the config file"
+                "no backends: pass --backend [NAME=]HOST:PORT (repeatable) or set `backends` in the config file"
             );
         }
-        for b in &backends {
-            validate_backend(b)?;
-        }
+        let backends = check_backends(&entries)?;
         let cert = cli.tls_cert.or(file.tls.cert).context(
             "missing TLS certificate: pass --tls-cert FILE or set `tls.cert` (`dpuproxy demo` makes a self-signed pair)",
         )?;
@@ -403,7 +526,7 @@ impl RunConfig {
             .tls_key
             .or(file.tls.key)
             .context("missing TLS key: pass --tls-key FILE or set `tls.key`")?;
-        let mut kernel = dpuproxy_kernel::KernelConfig::new(listen, backends, cert, key);
+        let mut kernel = dpuproxy_kernel::KernelConfig::new(listen, cert, key);
         if let Some(w) = cli.workers.or(file.workers) {
             if w == 0 || w > 1024 {
                 bail!("`workers` must be 1-1024, got {w}");
@@ -482,6 +605,10 @@ impl RunConfig {
         } else {
             None
         };
+        let drain_timeout = cli
+            .drain_timeout
+            .or(t.drain)
+            .unwrap_or(Duration::from_secs(30));
         Ok(Self {
             mode,
             kernel,
@@ -489,6 +616,10 @@ impl RunConfig {
             core,
             auth,
             dpdk,
+            backends,
+            backends_from_cli,
+            session_key: cli.session_key.or(file.session.key_file),
+            drain_timeout,
         })
     }
 }
@@ -534,7 +665,9 @@ mod tests {
         };
         let r = RunConfig::resolve(f, cli).unwrap();
         assert_eq!(r.kernel.workers, 3);
-        assert_eq!(r.kernel.backends, vec!["10.0.0.1:1".to_string()]);
+        assert_eq!(r.backends.len(), 1);
+        assert_eq!(r.backends[0].name, "10.0.0.1:1");
+        assert!(r.backends_from_cli);
         assert_eq!(r.kernel.tls_cert, PathBuf::from("cert.pem"));
         assert_eq!(r.core.max_body_bytes, 1000);
         assert_eq!(r.core.max_sessions, 50);
@@ -615,5 +748,52 @@ mod tests {
             FileConfig::parse("listen = \"127.0.0.1:1\"\nbackends=[\"a:1\"]\nworkers = 0").unwrap();
         let e = RunConfig::resolve(f, cli_min()).unwrap_err();
         assert!(e.to_string().contains("workers"));
+    }
+
+    #[test]
+    fn backend_names_drain_and_session_settings() {
+        let f = FileConfig::parse(
+            r#"
+            listen = "127.0.0.1:1"
+            backends = ["b1=127.0.0.1:9001", "127.0.0.1:9002", { name = "b3", addr = "127.0.0.1:9003", drain = true }]
+            [session]
+            key_file = "session.key"
+            [timeouts]
+            drain = "5s"
+            "#,
+        )
+        .unwrap();
+        let r = RunConfig::resolve(f, cli_min()).unwrap();
+        let names: Vec<_> = r
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.drain))
+            .collect();
+        assert_eq!(
+            names,
+            [("b1", false), ("127.0.0.1:9002", false), ("b3", true)]
+        );
+        assert!(!r.backends_from_cli);
+        assert_eq!(r.session_key, Some(PathBuf::from("session.key")));
+        assert_eq!(r.drain_timeout, Duration::from_secs(5));
+        let spec = r.backends[0].resolve(true).unwrap();
+        assert_eq!(spec.socket, "127.0.0.1:9001".parse().unwrap());
+        // Names are unique and plain.
+        for bad in [
+            r#"["x=127.0.0.1:1", "x=127.0.0.1:2"]"#,
+            r#"["=127.0.0.1:1"]"#,
+            r#"["a b=127.0.0.1:1"]"#,
+        ] {
+            let f =
+                FileConfig::parse(&format!("listen = \"127.0.0.1:1\"\nbackends = {bad}")).unwrap();
+            let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+            assert!(e.to_string().contains("name"), "{bad}: {e}");
+        }
+        // The default drain timeout is 30 s.
+        let f = FileConfig::parse("listen = \"127.0.0.1:1\"\nbackends=[\"a:1\"]").unwrap();
+        assert_eq!(
+            RunConfig::resolve(f, cli_min()).unwrap().drain_timeout,
+            Duration::from_secs(30)
+        );
     }
 }

@@ -122,13 +122,9 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         .iter()
         .map(|(_, p)| format!("127.0.0.1:{p}"))
         .collect();
-    let shared = Arc::new(Shared::new(CoreConfig::default(), backend_addrs.clone()));
-    let mut kcfg = dpuproxy_kernel::KernelConfig::new(
-        "127.0.0.1:0".parse()?,
-        backend_addrs,
-        cert.clone(),
-        key.clone(),
-    );
+    let shared = Arc::new(Shared::new(CoreConfig::default(), backend_addrs));
+    let mut kcfg =
+        dpuproxy_kernel::KernelConfig::new("127.0.0.1:0".parse()?, cert.clone(), key.clone());
     kcfg.workers = 2;
     let path = Arc::new(dpuproxy_driver::PathMetrics::default());
     let proxy = dpuproxy_kernel::start(&kcfg, shared.clone(), path.clone())?;
@@ -136,6 +132,7 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         mode: "kernel",
         shared: shared.clone(),
         path,
+        control: None,
         kernel: Some(proxy.metrics.clone()),
         ktls: Some(proxy.ktls.clone()),
         dpdk: None,

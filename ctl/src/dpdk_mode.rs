@@ -6,12 +6,12 @@
 //! reloader, housekeeping) are started before the EAL initialises, so they
 //! keep the process's original CPU set.
 
-use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use dpuproxy_driver::PathMetrics;
 use dpuproxy_engine::{DpMetrics, ProxyOptions, RunContext, run_proxy};
 use dpuproxy_l7::Shared;
@@ -28,22 +28,30 @@ pub enum Outcome {
     DidNotStart(anyhow::Error),
 }
 
-fn backends_v4(cfg: &RunConfig) -> anyhow::Result<Vec<SocketAddrV4>> {
-    cfg.kernel
-        .backends
-        .iter()
-        .map(|b| {
-            let addr = b
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .with_context(|| format!("backend {b:?} does not resolve"))?;
-            match addr {
-                SocketAddr::V4(v4) => Ok(v4),
-                SocketAddr::V6(_) => bail!("backend {b}: the DPDK path is IPv4 only"),
-            }
-        })
-        .collect()
+/// What the DPDK path shares with the rest of the process.
+pub struct Live<'a> {
+    /// Port and lcore counters (the admin endpoint reads them).
+    pub metrics: Arc<DpMetrics>,
+    /// Connection counters.
+    pub path: &'a Arc<PathMetrics>,
+    /// Set to stop.
+    pub stop: &'a AtomicBool,
+    /// Set to drain.
+    pub drain: &'a AtomicBool,
+}
+
+/// Every backend is IPv4 (the userspace stack is IPv4 only).
+fn backends_v4(shared: &Shared) -> anyhow::Result<()> {
+    for b in shared.backends.iter() {
+        if !matches!(b.socket, SocketAddr::V4(_)) {
+            bail!(
+                "backend {} ({}): the DPDK path is IPv4 only",
+                b.name,
+                b.addr
+            );
+        }
+    }
+    Ok(())
 }
 
 fn tls_config(cfg: &RunConfig) -> anyhow::Result<dpuproxy_tls::HandshakeConfig> {
@@ -80,16 +88,14 @@ fn seed() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Run the DPDK data path until `stop`; `metrics` are its counters (the
-/// admin listener, started by the caller, reports them).
+/// Run the DPDK data path until `live.stop`.
 pub fn run(
     cfg: &RunConfig,
     settings: &DpdkSettings,
     shared: &Arc<Shared>,
-    metrics: Arc<DpMetrics>,
-    path: &Arc<PathMetrics>,
-    stop: &Arc<AtomicBool>,
+    live: Live<'_>,
 ) -> anyhow::Result<Outcome> {
+    let metrics = live.metrics;
     // Anything that stops the DPDK path from starting is a reason, which
     // `--mode auto` logs before it falls back to kernel mode.
     if cfg.kernel.listen.ip() != std::net::IpAddr::V4(settings.ip) {
@@ -99,10 +105,9 @@ pub fn run(
             settings.ip
         )));
     }
-    let backends = match backends_v4(cfg) {
-        Ok(b) => b,
-        Err(e) => return Ok(Outcome::DidNotStart(e)),
-    };
+    if let Err(e) = backends_v4(shared) {
+        return Ok(Outcome::DidNotStart(e));
+    }
     let tls = tls_config(cfg)?;
     let house = {
         let shared = shared.clone();
@@ -114,7 +119,6 @@ pub fn run(
         prefix_len: settings.prefix_len,
         gateway: settings.gateway,
         listen_port: cfg.kernel.listen.port(),
-        backends,
         device: settings.device.clone(),
         burst: 32,
         seed: seed(),
@@ -125,15 +129,16 @@ pub fn run(
         shared,
         tls_cfg: &tls,
         metrics: &metrics,
-        path,
-        stop,
+        path: live.path,
+        stop: live.stop,
+        drain: live.drain,
     };
     let result = run_proxy(ctx, |port, mac| {
         tracing::info!(
             port,
             mac = %crate::port_cmd::mac(&mac),
             listen = %cfg.kernel.listen,
-            backends = cfg.kernel.backends.len(),
+            backends = shared.backends.len(),
             "dpdk data path running (userspace TCP and TLS records)"
         );
     });

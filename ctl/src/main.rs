@@ -7,6 +7,7 @@
 
 mod admin;
 mod config;
+mod control;
 mod demo;
 mod dpdk_mode;
 mod hugepages_cmd;
@@ -88,8 +89,8 @@ struct RunArgs {
     /// Client-facing TLS address, e.g. 127.0.0.1:8443.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Backend host:port (repeatable).
-    #[arg(long = "backend")]
+    /// Backend [NAME=]HOST:PORT (repeatable; the name is its stable identity, default HOST:PORT).
+    #[arg(long = "backend", value_name = "[NAME=]HOST:PORT")]
     backends: Vec<String>,
     /// PEM certificate chain.
     #[arg(long)]
@@ -103,9 +104,15 @@ struct RunArgs {
     /// Admin listener for /metrics, /sessions, /backends, /healthz (plain HTTP).
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// TOML config file; flags override it.
+    /// TOML config file; flags override it. SIGHUP and POST /reload re-read its backend list.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Seal the backend into the Mcp-Session-Id clients see (key file: current secret, optionally the previous one).
+    #[arg(long = "session-key", value_name = "FILE")]
+    session_key: Option<PathBuf>,
+    /// Longest graceful drain (SIGTERM, POST /drain), e.g. 30s.
+    #[arg(long = "drain-timeout", value_parser = humantime::parse_duration)]
+    drain_timeout: Option<std::time::Duration>,
     #[command(flatten)]
     auth: AuthArgs,
     #[command(flatten)]
@@ -219,14 +226,95 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             gateway: args.dpdk.dpdk_gateway,
             device: args.dpdk.dpdk_device,
         },
+        session_key: args.session_key,
+        drain_timeout: args.drain_timeout,
     };
     let cfg = RunConfig::resolve(file, cli)?;
-    if cfg.mode == Mode::Dpdk && !dpuproxy_dp::AVAILABLE {
+    if cfg.mode == Mode::Dpdk && !dpuproxy_engine::AVAILABLE {
         bail!(
             "--mode dpdk: this binary was built without DPDK (libdpdk-dev was missing at build time); use --mode kernel, or --mode auto to fall back automatically"
         );
     }
-    let mut shared = dpuproxy_l7::Shared::new(cfg.core.clone(), cfg.kernel.backends.clone());
+    // The DPDK path is IPv4 only; `auto` may fall back to kernel mode, so
+    // it takes any address and the DPDK attempt checks.
+    let ipv4_only = cfg.mode == Mode::Dpdk;
+    let specs = control::resolve_backends(&cfg.backends, ipv4_only)?;
+    let shared = Arc::new(build_shared(&cfg, specs)?);
+    let control = Arc::new(control::Control::new(
+        &cfg,
+        args.config.clone(),
+        shared.clone(),
+        ipv4_only,
+    ));
+    let reload_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control_reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for flag in [&reload_now, &control_reload] {
+        signal_hook::flag::register(SIGHUP, flag.clone())
+            .context("cannot install signal handlers")?;
+    }
+    let watcher = control::Watcher::start(control.clone(), control_reload)?;
+    let reload_stats = Arc::new(keys::ReloadStats::default());
+    let reloader = match &cfg.auth {
+        Some(a) => Some(keys::KeyReloader::start(
+            a.clone(),
+            shared.clone(),
+            reload_now.clone(),
+            reload_stats.clone(),
+        )?),
+        None => None,
+    };
+    // Connection counters of whichever data path runs (both, in turn, when
+    // --mode auto falls back).
+    let path = Arc::new(dpuproxy_driver::PathMetrics::default());
+    let live = Live {
+        shared,
+        path,
+        control,
+        reload_stats,
+    };
+    let result = match try_dpdk(&cfg)? {
+        Some(settings) => match run_dpdk(&cfg, &settings, &live)? {
+            Some(()) => Ok(()),
+            None => run_kernel(&cfg, &live),
+        },
+        None => run_kernel(&cfg, &live),
+    };
+    watcher.shutdown();
+    if let Some(r) = reloader {
+        r.shutdown();
+    }
+    result
+}
+
+/// What both data paths share while the proxy runs.
+struct Live {
+    shared: Arc<dpuproxy_l7::Shared>,
+    path: Arc<dpuproxy_driver::PathMetrics>,
+    control: Arc<control::Control>,
+    reload_stats: Arc<keys::ReloadStats>,
+}
+
+impl Live {
+    fn admin_state(&self, mode: &'static str) -> admin::AdminState {
+        admin::AdminState {
+            mode,
+            shared: self.shared.clone(),
+            path: self.path.clone(),
+            control: Some(self.control.clone()),
+            kernel: None,
+            ktls: None,
+            dpdk: None,
+            reloads: self.reload_stats.clone(),
+        }
+    }
+}
+
+/// The L7 state: backends, auth, sealed session ids.
+fn build_shared(
+    cfg: &RunConfig,
+    specs: Vec<dpuproxy_l7::BackendSpec>,
+) -> anyhow::Result<dpuproxy_l7::Shared> {
+    let mut shared = dpuproxy_l7::Shared::new(cfg.core.clone(), specs);
     if let Some(a) = &cfg.auth {
         let keys = keys::load_keys(a)?;
         tracing::info!(
@@ -248,22 +336,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "auth is off: no --jwt-key/--jwt-jwks/--jwt-hs256-secret-file given; requests are not authenticated"
         );
     }
-    let shared = Arc::new(shared);
-    let reload_now = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reload_stats = Arc::new(keys::ReloadStats::default());
-    let reloader = match &cfg.auth {
-        Some(a) => Some(keys::KeyReloader::start(
-            a.clone(),
-            shared.clone(),
-            reload_now.clone(),
-            reload_stats.clone(),
-        )?),
-        None => None,
-    };
-    // Connection counters of whichever data path runs (both, in turn, when
-    // --mode auto falls back).
-    let path = Arc::new(dpuproxy_driver::PathMetrics::default());
-    let try_dpdk = match (cfg.mode, &cfg.dpdk) {
+    if let Some(p) = &cfg.session_key {
+        let secrets = control::load_session_secrets(p)?;
+        let previous = secrets.len() > 1;
+        shared = shared.with_sealer(dpuproxy_l7::seal::Sealer::new(&secrets)?);
+        tracing::info!(
+            file = %p.display(),
+            previous_key = previous,
+            "sealed session ids: any proxy with this key routes any session"
+        );
+    }
+    Ok(shared)
+}
+
+/// The DPDK settings to try, if any.
+fn try_dpdk(cfg: &RunConfig) -> anyhow::Result<Option<config::DpdkSettings>> {
+    Ok(match (cfg.mode, &cfg.dpdk) {
         (Mode::Kernel, _) => None,
         (Mode::Dpdk, Some(d)) => Some(d.clone()),
         (Mode::Dpdk, None) => unreachable!("checked by RunConfig::resolve"),
@@ -276,123 +364,144 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tracing::warn!("--mode auto: no --dpdk-eal/--dpdk-ip given; running kernel mode");
             None
         }
-    };
-    if let Some(settings) = try_dpdk {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        for sig in [SIGINT, SIGTERM] {
-            signal_hook::flag::register(sig, stop.clone())
-                .context("cannot install signal handlers")?;
-        }
-        signal_hook::flag::register(SIGHUP, reload_now.clone())
-            .context("cannot install signal handlers")?;
-        let metrics = Arc::new(dpuproxy_engine::DpMetrics::default());
-        // Started before the EAL pins this thread to the poller's core.
-        let admin = match cfg.admin {
-            Some(addr) => Some(admin::Admin::start(
-                addr,
-                admin::AdminState {
-                    mode: "dpdk",
-                    shared: shared.clone(),
-                    path: path.clone(),
-                    kernel: None,
-                    ktls: None,
-                    dpdk: Some(metrics.clone()),
-                    reloads: reload_stats.clone(),
-                },
-            )?),
-            None => None,
-        };
-        // The EAL pins the thread that initialises it to the poller's core.
-        // Doing that on a thread of its own keeps the main thread (and any
-        // kernel workers an auto-mode fallback starts from it) unpinned.
-        let outcome = std::thread::scope(|s| {
-            std::thread::Builder::new()
-                .name("dpuproxy-lcore".into())
-                .spawn_scoped(s, || {
-                    dpdk_mode::run(&cfg, &settings, &shared, metrics, &path, &stop)
-                })
-                .map_err(anyhow::Error::from)?
-                .join()
-                .map_err(|_| anyhow::anyhow!("the DPDK data path thread panicked"))?
-        });
-        if let Some(a) = admin {
-            a.shutdown();
-        }
-        match outcome? {
-            dpdk_mode::Outcome::Stopped => {
-                if let Some(r) = reloader {
-                    r.shutdown();
-                }
-                return Ok(());
-            }
-            dpdk_mode::Outcome::DidNotStart(e)
-                if cfg.mode == Mode::Auto && stop.load(std::sync::atomic::Ordering::Relaxed) =>
-            {
-                // Asked to stop while the DPDK attempt was starting.
-                tracing::info!("stopping (the DPDK data path had not started: {e:#})");
-                return Ok(());
-            }
-            dpdk_mode::Outcome::DidNotStart(e) if cfg.mode == Mode::Auto => {
-                tracing::warn!(
-                    "--mode auto: the DPDK data path did not start ({e:#}); falling back to kernel mode"
-                );
-            }
-            dpdk_mode::Outcome::DidNotStart(e) => {
-                return Err(e.context("--mode dpdk: the DPDK data path did not start"));
-            }
-        }
-    }
-    run_kernel(&cfg, shared, path, reloader, reload_now, reload_stats)
+    })
 }
 
-fn run_kernel(
+/// Run the DPDK path until SIGINT, or a drain (SIGTERM, POST /drain) ends.
+/// `Ok(None)`: it did not start and `--mode auto` falls back to kernel mode.
+fn run_dpdk(
     cfg: &RunConfig,
-    shared: Arc<dpuproxy_l7::Shared>,
-    path: Arc<dpuproxy_driver::PathMetrics>,
-    reloader: Option<keys::KeyReloader>,
-    reload_now: Arc<std::sync::atomic::AtomicBool>,
-    reload_stats: Arc<keys::ReloadStats>,
-) -> anyhow::Result<()> {
-    let proxy = dpuproxy_kernel::start(&cfg.kernel, shared.clone(), path.clone())?;
+    settings: &config::DpdkSettings,
+    live: &Live,
+) -> anyhow::Result<Option<()>> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(SIGINT, stop.clone()).context("cannot install signal handlers")?;
+    let drain_on_term = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(SIGTERM, drain_on_term.clone())
+        .context("cannot install signal handlers")?;
+    let metrics = Arc::new(dpuproxy_engine::DpMetrics::default());
+    // Started before the EAL pins this thread to the poller's core.
     let admin = match cfg.admin {
         Some(addr) => {
-            let a = admin::Admin::start(
-                addr,
-                admin::AdminState {
-                    mode: "kernel",
-                    shared: shared.clone(),
-                    path,
-                    kernel: Some(proxy.metrics.clone()),
-                    ktls: Some(proxy.ktls.clone()),
-                    dpdk: None,
-                    reloads: reload_stats.clone(),
-                },
-            )?;
-            tracing::info!(addr = %a.addr, "admin listener: /metrics /sessions /backends /healthz");
+            let mut state = live.admin_state("dpdk");
+            state.dpdk = Some(metrics.clone());
+            Some(admin::Admin::start(addr, state)?)
+        }
+        None => None,
+    };
+    // The EAL pins the thread that initialises it to the poller's core.
+    // Doing that on a thread of its own keeps the main thread (and any
+    // kernel workers an auto-mode fallback starts from it) unpinned. The
+    // main thread supervises: a drain ends with `stop` once every
+    // connection is closed or the drain timeout passed.
+    let outcome = std::thread::scope(|s| {
+        let lcores = std::thread::Builder::new()
+            .name("dpuproxy-lcore".into())
+            .spawn_scoped(s, || {
+                let ctx = dpdk_mode::Live {
+                    metrics: metrics.clone(),
+                    path: &live.path,
+                    stop: &stop,
+                    drain: live.control.drain_flag(),
+                };
+                dpdk_mode::run(cfg, settings, &live.shared, ctx)
+            })
+            .map_err(anyhow::Error::from)?;
+        supervise_dpdk(live, &stop, &drain_on_term, &metrics, || {
+            lcores.is_finished()
+        });
+        lcores
+            .join()
+            .map_err(|_| anyhow::anyhow!("the DPDK data path thread panicked"))?
+    });
+    if let Some(a) = admin {
+        a.shutdown();
+    }
+    match outcome? {
+        dpdk_mode::Outcome::Stopped => Ok(Some(())),
+        dpdk_mode::Outcome::DidNotStart(e)
+            if cfg.mode == Mode::Auto && stop.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            // Asked to stop while the DPDK attempt was starting.
+            tracing::info!("stopping (the DPDK data path had not started: {e:#})");
+            Ok(Some(()))
+        }
+        dpdk_mode::Outcome::DidNotStart(e) if cfg.mode == Mode::Auto => {
+            tracing::warn!(
+                "--mode auto: the DPDK data path did not start ({e:#}); falling back to kernel mode"
+            );
+            Ok(None)
+        }
+        dpdk_mode::Outcome::DidNotStart(e) => {
+            Err(e.context("--mode dpdk: the DPDK data path did not start"))
+        }
+    }
+}
+
+/// While the DPDK path runs: turn SIGTERM into a drain, and end a drain
+/// with `stop` once it is done (or timed out).
+fn supervise_dpdk(
+    live: &Live,
+    stop: &std::sync::atomic::AtomicBool,
+    drain_on_term: &std::sync::atomic::AtomicBool,
+    metrics: &dpuproxy_engine::DpMetrics,
+    finished: impl Fn() -> bool,
+) {
+    use std::sync::atomic::Ordering;
+    while !finished() {
+        if drain_on_term.swap(false, Ordering::Relaxed) {
+            tracing::info!("SIGTERM: draining");
+            live.control.start_drain();
+        }
+        if live.control.is_draining() && !stop.load(Ordering::Relaxed) {
+            if !metrics.started.load(Ordering::Relaxed) {
+                // Not up yet: nothing to drain.
+                stop.store(true, Ordering::Relaxed);
+                continue;
+            }
+            control::wait_drained(&live.control, || {
+                dpuproxy_driver::PathMetrics::get(&live.path.open)
+            });
+            stop.store(true, Ordering::Relaxed);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn run_kernel(cfg: &RunConfig, live: &Live) -> anyhow::Result<()> {
+    let proxy = dpuproxy_kernel::start(&cfg.kernel, live.shared.clone(), live.path.clone())?;
+    let admin = match cfg.admin {
+        Some(addr) => {
+            let mut state = live.admin_state("kernel");
+            state.kernel = Some(proxy.metrics.clone());
+            state.ktls = Some(proxy.ktls.clone());
+            let a = admin::Admin::start(addr, state)?;
+            tracing::info!(addr = %a.addr, "admin listener: /metrics /sessions /backends /healthz, POST /reload /drain");
             Some(a)
         }
         None => None,
     };
-    let mut signals =
-        Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install signal handlers")?;
-    for sig in signals.forever() {
-        if sig == SIGHUP {
-            if reloader.is_some() {
-                tracing::info!("SIGHUP: re-reading JWT keys");
-                reload_now.store(true, std::sync::atomic::Ordering::Relaxed);
-            } else {
-                tracing::info!("SIGHUP: auth is off, nothing to reload");
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("cannot install signal handlers")?;
+    'run: loop {
+        for sig in signals.pending() {
+            if sig == SIGINT {
+                tracing::info!("SIGINT: shutting down now");
+                break 'run;
             }
-            continue;
+            tracing::info!("SIGTERM: draining");
+            live.control.start_drain();
         }
-        tracing::info!(signal = sig, "shutting down");
-        break;
+        if live.control.is_draining() {
+            proxy.drain();
+            control::wait_drained(&live.control, || {
+                dpuproxy_driver::PathMetrics::get(&live.path.open)
+            });
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     if let Some(a) = admin {
         a.shutdown();
-    }
-    if let Some(r) = reloader {
-        r.shutdown();
     }
     proxy.shutdown();
     Ok(())

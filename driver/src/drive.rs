@@ -125,6 +125,9 @@ impl<T: Transport> Driver<T> {
             HandshakeStep::Done => {
                 s.phase = Phase::Open;
                 PathMetrics::inc(&self.metrics.handshakes);
+                if self.draining {
+                    s.core.drain(now);
+                }
                 Step::Moved
             }
             HandshakeStep::Pending => {

@@ -35,6 +35,8 @@ pub struct Driver<T: Transport> {
     pub(crate) carried: Vec<usize>,
     /// Spare list swapped with `carried`, so neither reallocates.
     carried_spare: Vec<usize>,
+    /// Draining: no new client; each open one ends after its request.
+    pub(crate) draining: bool,
 }
 
 impl<T: Transport> std::fmt::Debug for Driver<T> {
@@ -68,6 +70,7 @@ impl<T: Transport> Driver<T> {
             dirty: Vec::new(),
             carried: Vec::new(),
             carried_spare: Vec::new(),
+            draining: false,
         }
     }
 
@@ -94,7 +97,7 @@ impl<T: Transport> Driver<T> {
     /// Whether one more client may be accepted. A refusal is counted; the
     /// caller then closes the connection without TLS.
     pub fn admit(&self) -> bool {
-        let room = self.slots.len() < self.settings.max_connections;
+        let room = !self.draining && self.slots.len() < self.settings.max_connections;
         if !room {
             PathMetrics::inc(&self.metrics.rejected);
         }
@@ -305,6 +308,33 @@ impl<T: Transport> Driver<T> {
             .open
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         Some(s)
+    }
+
+    /// Drain: refuse new clients ([`Driver::admit`] says no), close those
+    /// still in their TLS handshake, and let every open one answer the
+    /// request in flight, end an SSE stream at an event boundary, and then
+    /// close (see `Connection::drain`). The driver is empty when done.
+    pub fn drain(&mut self, t: &mut T, now: Instant) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        let indexes: Vec<usize> = self.slots.iter().map(|(i, _)| i).collect();
+        for index in indexes {
+            match self.slots[index].phase {
+                Phase::Handshaking { .. } => self.close(t, index, Close::Graceful, now),
+                Phase::Open => {
+                    self.slots[index].core.drain(now);
+                    self.enqueue(index);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether [`Driver::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining
     }
 
     /// Close every client (abortively: a client mid-response must not see

@@ -39,6 +39,10 @@ impl<B> BackendPool<B> {
         now: Instant,
         max: usize,
     ) {
+        // Backends added by a reload get their list on first use.
+        if backend >= self.lists.len() && backend < dpuproxy_l7::backends::MAX_BACKENDS {
+            self.lists.resize_with(backend + 1, Vec::new);
+        }
         match self.lists.get_mut(backend) {
             Some(list) if list.len() < max => {
                 t.park(&mut conn);

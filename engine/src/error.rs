@@ -6,14 +6,6 @@ pub enum Error {
     /// DPDK itself: EAL, port, mempool, lcores.
     #[error(transparent)]
     Dp(#[from] dpuproxy_dp::Error),
-    /// The backend addresses do not match the proxy's backend set.
-    #[error("{given} backend addresses for {known} backends")]
-    Backends {
-        /// Addresses given to the engine.
-        given: usize,
-        /// Backends the L7 core knows.
-        known: usize,
-    },
     /// The userspace TCP stack could not be built.
     #[error("userspace TCP stack: {0}")]
     Stack(String),

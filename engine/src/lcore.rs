@@ -38,6 +38,7 @@ struct Lcore<'l, 'p> {
     responder: Responder,
     origin: Instant,
     counts: LoopCounts,
+    draining: bool,
 }
 
 /// One lcore: its own TCP stack, connections and timers over queue pair
@@ -93,7 +94,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
         // Replies to a backend connection must hash back to this lcore.
         let filter =
             Box::new(move |ip, port, p| steering.local_port_lands_on(queue, ip, port, us, p));
-        let transport = UserspaceTransport::new(stack, &opts.backends, filter);
+        let transport = UserspaceTransport::new(stack, lanes.ctx.shared.clone(), filter);
         let now = Instant::now();
         let driver = Driver::new(
             lanes.ctx.shared.clone(),
@@ -118,6 +119,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
             responder: Responder::new(lanes.mac, opts.ip),
             origin: now,
             counts: LoopCounts::default(),
+            draining: false,
         })
     }
 
@@ -136,6 +138,9 @@ impl<'l, 'p> Lcore<'l, 'p> {
     ) -> bool {
         let mut work = self.receive(qp, txb, rxv);
         let now = Instant::now();
+        if !self.draining && self.lanes.ctx.drain.load(Ordering::Relaxed) {
+            self.begin_drain(now);
+        }
         let snow = self.smol(now);
         work += self.transport.stack.poll(snow, &mut self.dev);
         work += self.dispatch_events(now);
@@ -189,6 +194,13 @@ impl<'l, 'p> Lcore<'l, 'p> {
             deliver(m);
         }
         work
+    }
+
+    /// Stop listening (SYNs are refused) and drain the connections.
+    fn begin_drain(&mut self, now: Instant) {
+        self.draining = true;
+        let _ = self.transport.stack.unlisten(self.listener);
+        self.driver.drain(&mut self.transport, now);
     }
 
     /// Stack events to the driver: new clients, readiness of a slot's side.

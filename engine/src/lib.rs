@@ -59,7 +59,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -124,8 +124,6 @@ pub struct ProxyOptions {
     pub gateway: Option<Ipv4Addr>,
     /// TLS port clients connect to (on `ip`).
     pub listen_port: u16,
-    /// Backend addresses, index-aligned with `Shared::backends`.
-    pub backends: Vec<SocketAddrV4>,
     /// Device name (default: the first port the EAL found).
     pub device: Option<String>,
     /// Rx/tx burst.
@@ -320,6 +318,9 @@ pub struct RunContext<'s> {
     pub path: &'s Arc<PathMetrics>,
     /// Set to stop.
     pub stop: &'s AtomicBool,
+    /// Set to drain: the lcores stop listening and close each connection
+    /// after its request (set `stop` once `path.open` is 0).
+    pub drain: &'s AtomicBool,
 }
 
 /// Run the proxy on the lcores of the EAL arguments until `ctx.stop` is

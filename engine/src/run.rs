@@ -133,18 +133,7 @@ fn publish_setup(metrics: &DpMetrics, pool: &Mempool<'_>, mode: SteeringMode, po
 
 /// See [`crate::run_proxy`].
 pub(crate) fn run(ctx: RunContext<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
-    let RunContext {
-        opts,
-        shared,
-        metrics,
-        ..
-    } = ctx;
-    if opts.backends.len() != shared.backends.len() {
-        return Err(Error::Backends {
-            given: opts.backends.len(),
-            known: shared.backends.len(),
-        });
-    }
+    let RunContext { opts, metrics, .. } = ctx;
     let eal = Eal::init(&opts.eal_args)?;
     let main = eal.main_lcore();
     // Queue 0 is polled by the main lcore, queue i by the i-th worker.

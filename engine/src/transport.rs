@@ -6,11 +6,13 @@
 //! stack runs over any smoltcp device.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 
 use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, Side, SlotId, Transport,
 };
+use dpuproxy_l7::Shared;
 use dpuproxy_tcp::{ConnId, ConnectOptions, Stack, State, TcpError};
 use dpuproxy_tls::{Handshake, HandshakeConfig, Incoming, OpensslHandshake, RecordLayer};
 
@@ -73,7 +75,7 @@ pub struct UserspaceTransport<'a> {
     /// The stack (the loop polls it for frames and events).
     pub stack: Stack,
     owners: Owners<ConnId>,
-    backends: &'a [SocketAddrV4],
+    shared: Arc<Shared>,
     port_filter: PortFilter<'a>,
 }
 
@@ -86,13 +88,13 @@ impl std::fmt::Debug for UserspaceTransport<'_> {
 }
 
 impl<'a> UserspaceTransport<'a> {
-    /// A transport over `stack` for `backends` (index-aligned with the
-    /// core's backend list).
-    pub fn new(stack: Stack, backends: &'a [SocketAddrV4], port_filter: PortFilter<'a>) -> Self {
+    /// A transport over `stack` for the backends of `shared` (their
+    /// addresses must be IPv4: the stack is IPv4 only).
+    pub fn new(stack: Stack, shared: Arc<Shared>, port_filter: PortFilter<'a>) -> Self {
         Self {
             stack,
             owners: Owners::default(),
-            backends,
+            shared,
             port_filter,
         }
     }
@@ -322,10 +324,12 @@ impl Transport for UserspaceTransport<'_> {
     }
 
     fn connect(&mut self, slot: SlotId, backend: usize) -> io::Result<ConnId> {
-        let addr = *self
-            .backends
-            .get(backend)
-            .ok_or_else(|| io::Error::other("no such backend"))?;
+        if backend >= self.shared.backends.len() {
+            return Err(io::Error::other("no such backend"));
+        }
+        let SocketAddr::V4(addr) = self.shared.backends.get(backend).socket else {
+            return Err(io::Error::other("the DPDK path is IPv4 only"));
+        };
         let (ip, port) = (*addr.ip(), addr.port());
         let filter = &self.port_filter;
         let id = self

@@ -23,7 +23,7 @@ mod tls_fd;
 mod transport;
 mod worker;
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,9 +52,6 @@ pub enum StartError {
         /// Cause.
         source: std::io::Error,
     },
-    /// A backend address does not resolve.
-    #[error("backend {0:?} does not resolve to an address")]
-    Backend(String),
     /// Creating the event loop failed.
     #[error("event loop: {0}")]
     Poll(std::io::Error),
@@ -94,8 +91,6 @@ impl KernelMetrics {
 pub struct KernelConfig {
     /// Client-facing TLS address.
     pub listen: SocketAddr,
-    /// Backend `host:port` strings, in the same order as `Shared::backends`.
-    pub backends: Vec<String>,
     /// Worker threads (one epoll loop each).
     pub workers: usize,
     /// PEM certificate chain.
@@ -117,15 +112,9 @@ pub struct KernelConfig {
 
 impl KernelConfig {
     /// Defaults for everything but addresses and files.
-    pub fn new(
-        listen: SocketAddr,
-        backends: Vec<String>,
-        tls_cert: PathBuf,
-        tls_key: PathBuf,
-    ) -> Self {
+    pub fn new(listen: SocketAddr, tls_cert: PathBuf, tls_key: PathBuf) -> Self {
         Self {
             listen,
-            backends,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tls_cert,
             tls_key,
@@ -159,6 +148,7 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
 #[derive(Debug)]
 pub struct KernelProxy {
     stop: Arc<AtomicBool>,
+    drain: Arc<AtomicBool>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
     /// Record-path counters.
@@ -177,6 +167,17 @@ impl KernelProxy {
         self.stop_now();
     }
 
+    /// Begin the graceful drain: the listeners close, and each client
+    /// connection closes after its request (SSE streams at an event
+    /// boundary). `path.open` falls to 0 when it is done; then call
+    /// [`KernelProxy::shutdown`].
+    pub fn drain(&self) {
+        self.drain.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+
     fn stop_now(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for w in &self.wakers {
@@ -192,13 +193,6 @@ impl Drop for KernelProxy {
     fn drop(&mut self) {
         self.stop_now();
     }
-}
-
-fn resolve(addr: &str) -> Result<SocketAddr, StartError> {
-    addr.to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| StartError::Backend(addr.to_string()))
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
@@ -233,11 +227,6 @@ pub fn start(
     path: Arc<PathMetrics>,
 ) -> Result<KernelProxy, StartError> {
     let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
-    let backend_addrs = cfg
-        .backends
-        .iter()
-        .map(|b| resolve(b))
-        .collect::<Result<Vec<_>, _>>()?;
     anchor_wall_clock(&shared);
     let ktls = probe_ktls();
     let metrics = Arc::new(KernelMetrics::default());
@@ -248,6 +237,7 @@ pub fn start(
     let listeners = bind_listeners(cfg.listen, workers)?;
     let local_addr = listeners[0].local_addr().map_err(StartError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let drain = Arc::new(AtomicBool::new(false));
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
@@ -259,8 +249,8 @@ pub fn start(
             metrics: metrics.clone(),
             path: path.clone(),
             settings: cfg.driver_settings(),
-            backend_addrs: backend_addrs.clone(),
             stop: stop.clone(),
+            drain: drain.clone(),
         };
         let w = worker::Worker::new(id, poll, listener, parts).map_err(StartError::Poll)?;
         wakers.push(waker);
@@ -277,17 +267,18 @@ pub fn start(
     threads.push(
         std::thread::Builder::new()
             .name("dpuproxy-probe".into())
-            .spawn(move || probe_loop(prober_shared, backend_addrs, interval, prober_stop))
+            .spawn(move || probe_loop(prober_shared, interval, prober_stop))
             .map_err(StartError::Poll)?,
     );
     tracing::info!(
         listen = %local_addr,
         workers,
-        backends = cfg.backends.len(),
+        backends = shared.backends.len(),
         "kernel data path running"
     );
     Ok(KernelProxy {
         stop,
+        drain,
         wakers,
         threads,
         metrics,
@@ -353,13 +344,17 @@ pub fn housekeeping(
     step: Duration,
     mut revive: impl FnMut(usize, Duration) -> bool,
 ) {
-    let mut down_since: Vec<Option<Instant>> = vec![None; shared.backends.len()];
+    let mut down_since: Vec<Option<Instant>> = Vec::new();
     let mut last_sweep = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         anchor_wall_clock(shared);
         let now = Instant::now();
+        // A reload may have added backends.
+        down_since.resize(shared.backends.len(), None);
         for (i, since) in down_since.iter_mut().enumerate() {
-            if shared.backends.get(i).is_healthy()
+            let b = shared.backends.get(i);
+            if b.is_healthy()
+                || b.state() == dpuproxy_l7::BackendState::Removed
                 || revive(i, now.duration_since(*since.get_or_insert(now)))
             {
                 *since = None;
@@ -382,22 +377,15 @@ pub fn housekeeping(
 
 /// The kernel path's prober: a down backend is up again as soon as a TCP
 /// connect to it succeeds.
-fn probe_loop(
-    shared: Arc<Shared>,
-    addrs: Vec<SocketAddr>,
-    interval: Duration,
-    stop: Arc<AtomicBool>,
-) {
+fn probe_loop(shared: Arc<Shared>, interval: Duration, stop: Arc<AtomicBool>) {
     housekeeping(
         &shared,
         &stop,
         interval,
         Duration::from_millis(50),
         |i, _| {
-            let Some(addr) = addrs.get(i) else {
-                return false;
-            };
-            let back = TcpStream::connect_timeout(addr, Duration::from_millis(500)).is_ok()
+            let addr = shared.backends.get(i).socket;
+            let back = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
                 && shared.backends.mark_up(i);
             if back {
                 tracing::info!(backend = %addr, "backend is back (probe connected)");
@@ -414,7 +402,10 @@ mod tests {
 
     #[test]
     fn housekeeping_offers_only_down_backends_and_restarts_their_clock() {
-        let shared = Shared::new(CoreConfig::default(), vec!["a:1".into(), "b:1".into()]);
+        let shared = Shared::new(
+            CoreConfig::default(),
+            vec!["a:1".to_string(), "b:1".to_string()],
+        );
         assert!(shared.wall.unix_secs(Instant::now()).is_none());
         shared.backends.mark_down(1);
         let stop = AtomicBool::new(false);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, Side, SlotId, Transport,
 };
+use dpuproxy_l7::Shared;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
@@ -75,7 +76,7 @@ pub(crate) struct KernelBackend {
 /// One worker's sockets, registered with its mio poll.
 pub(crate) struct KernelTransport {
     registry: Registry,
-    backend_addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
     metrics: Arc<KernelMetrics>,
     buf: Vec<u8>,
 }
@@ -83,12 +84,12 @@ pub(crate) struct KernelTransport {
 impl KernelTransport {
     pub(crate) fn new(
         registry: Registry,
-        backend_addrs: Vec<SocketAddr>,
+        shared: Arc<Shared>,
         metrics: Arc<KernelMetrics>,
     ) -> Self {
         Self {
             registry,
-            backend_addrs,
+            shared,
             metrics,
             buf: vec![0; READ_CHUNK],
         }
@@ -207,10 +208,10 @@ impl Transport for KernelTransport {
     }
 
     fn connect(&mut self, slot: SlotId, backend: usize) -> io::Result<KernelBackend> {
-        let addr = *self
-            .backend_addrs
-            .get(backend)
-            .ok_or_else(|| io::Error::other("no such backend"))?;
+        if backend >= self.shared.backends.len() {
+            return Err(io::Error::other("no such backend"));
+        }
+        let addr = self.shared.backends.get(backend).socket;
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         self.registry

@@ -29,18 +29,20 @@ pub(crate) struct WorkerParts {
     pub metrics: Arc<KernelMetrics>,
     pub path: Arc<PathMetrics>,
     pub settings: DriverSettings,
-    pub backend_addrs: Vec<SocketAddr>,
     pub stop: Arc<AtomicBool>,
+    pub drain: Arc<AtomicBool>,
 }
 
 pub(crate) struct Worker {
     id: usize,
     poll: Poll,
-    listener: TcpListener,
+    /// `None` once draining (closed: new connections are refused).
+    listener: Option<TcpListener>,
     ctx: SslContext,
     driver: Driver<KernelTransport>,
     transport: KernelTransport,
     stop: Arc<AtomicBool>,
+    drain: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -54,18 +56,19 @@ impl Worker {
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let transport = KernelTransport::new(
             poll.registry().try_clone()?,
-            parts.backend_addrs,
+            parts.shared.clone(),
             parts.metrics,
         );
         let driver = Driver::new(parts.shared, parts.settings, parts.path, Instant::now());
         Ok(Self {
             id,
             poll,
-            listener,
+            listener: Some(listener),
             ctx: parts.ctx,
             driver,
             transport,
             stop: parts.stop,
+            drain: parts.drain,
         })
     }
 
@@ -94,6 +97,9 @@ impl Worker {
                 break;
             }
             let now = Instant::now();
+            if !self.driver.is_draining() && self.drain.load(Ordering::Relaxed) {
+                self.begin_drain(now);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_all(now),
@@ -116,9 +122,25 @@ impl Worker {
         tracing::debug!(worker = self.id, closed = n, "worker stopped");
     }
 
+    /// Stop accepting (the listener closes) and drain the connections.
+    fn begin_drain(&mut self, now: Instant) {
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.driver.drain(&mut self.transport, now);
+        tracing::debug!(
+            worker = self.id,
+            open = self.driver.len(),
+            "worker draining"
+        );
+    }
+
     fn accept_all(&mut self, now: Instant) {
         loop {
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok((stream, peer)) => self.add_client(stream, peer, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

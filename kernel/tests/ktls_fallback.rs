@@ -111,7 +111,7 @@ fn ktls_probe_matches_the_record_path_and_data_flows() {
     let (cert, key) = write_cert(dir.path());
     let (backend, backend_thread) = spawn_backend();
     let shared = Arc::new(Shared::new(CoreConfig::default(), vec![backend.clone()]));
-    let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), vec![backend], cert, key);
+    let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), cert, key);
     cfg.workers = 1;
     let proxy =
         dpuproxy_kernel::start(&cfg, shared.clone(), Default::default()).expect("proxy starts");
@@ -194,14 +194,9 @@ fn listen_clash_fails_at_start() {
     let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let shared = Arc::new(Shared::new(
         CoreConfig::default(),
-        vec!["127.0.0.1:9".into()],
+        vec!["127.0.0.1:9".to_string()],
     ));
-    let cfg = KernelConfig::new(
-        taken.local_addr().unwrap(),
-        vec!["127.0.0.1:9".into()],
-        cert,
-        key,
-    );
+    let cfg = KernelConfig::new(taken.local_addr().unwrap(), cert, key);
     let err = dpuproxy_kernel::start(&cfg, shared, Default::default()).unwrap_err();
     assert!(err.to_string().contains("cannot listen"), "{err}");
 }
@@ -271,7 +266,7 @@ fn start_proxy(backend: String) -> (tempfile::TempDir, Arc<Shared>, dpuproxy_ker
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_cert(dir.path());
     let shared = Arc::new(Shared::new(CoreConfig::default(), vec![backend.clone()]));
-    let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), vec![backend], cert, key);
+    let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), cert, key);
     cfg.workers = 1;
     let proxy = dpuproxy_kernel::start(&cfg, shared.clone(), Default::default()).unwrap();
     (dir, shared, proxy)

@@ -72,7 +72,7 @@ fn affinity(c: &mut Criterion) {
 fn sse_relay(c: &mut Criterion) {
     let shared = Arc::new(Shared::new(
         CoreConfig::default(),
-        vec!["10.0.0.1:9001".into()],
+        vec!["10.0.0.1:9001".to_string()],
     ));
     let now = Instant::now();
     let mut conn = Connection::new(shared, "192.0.2.1", now);

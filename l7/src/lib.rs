@@ -36,10 +36,11 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod reject;
+pub mod seal;
 pub mod sse;
 
 pub use affinity::AffinityTable;
-pub use backends::Backends;
+pub use backends::{BackendSpec, BackendState, Backends};
 pub use config::CoreConfig;
 pub use conn::{Action, Connection};
 pub use metrics::{ErrorKind, Metrics};
@@ -91,12 +92,19 @@ pub struct Shared {
     pub auth: Option<auth::Authenticator>,
     /// Wall clock for token times.
     pub wall: WallClock,
+    /// Seals backend and session into the ids clients see; `None`: ids pass
+    /// through and the affinity table routes.
+    pub sealer: Option<seal::Sealer>,
 }
 
 impl Shared {
-    /// Shared state for these backends (`host:port` strings, in order),
-    /// with auth off and the wall clock not yet anchored.
-    pub fn new(config: CoreConfig, backends: Vec<String>) -> Self {
+    /// Shared state for these backends (in order), with auth and sealing
+    /// off and the wall clock not yet anchored.
+    pub fn new<I, S>(config: CoreConfig, backends: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<backends::BackendSpec>,
+    {
         let affinity = AffinityTable::new(config.max_sessions, config.session_idle_timeout);
         Self {
             backends: Backends::new(backends),
@@ -105,6 +113,7 @@ impl Shared {
             config,
             auth: None,
             wall: WallClock::default(),
+            sealer: None,
         }
     }
 }
@@ -113,6 +122,12 @@ impl Shared {
     /// Turn on the resource server.
     pub fn with_auth(mut self, auth: auth::Authenticator) -> Self {
         self.auth = Some(auth);
+        self
+    }
+
+    /// Turn on sealed session ids.
+    pub fn with_sealer(mut self, sealer: seal::Sealer) -> Self {
+        self.sealer = Some(sealer);
         self
     }
 }

@@ -76,7 +76,7 @@ fn shared() -> (Arc<Shared>, Instant) {
 /// Proxy state with auth on, its wall clock anchored at `NOW`.
 fn shared_with(cfg: AuthConfig, keys: Vec<KeyEntry>) -> (Arc<Shared>, Instant) {
     let t0 = Instant::now();
-    let s = Shared::new(CoreConfig::default(), vec!["10.0.0.1:9001".into()])
+    let s = Shared::new(CoreConfig::default(), vec!["10.0.0.1:9001".to_string()])
         .with_auth(Authenticator::new(cfg, keys));
     s.wall.set(t0, NOW * 1000);
     (Arc::new(s), t0)
@@ -465,7 +465,7 @@ fn auth_off_passes_authorization_through() {
     let t0 = Instant::now();
     let s = Arc::new(Shared::new(
         CoreConfig::default(),
-        vec!["10.0.0.1:9001".into()],
+        vec!["10.0.0.1:9001".to_string()],
     ));
     let o = send(&s, t0, &call(Some("opaque-backend-token"), "x"));
     assert!(o.connected);

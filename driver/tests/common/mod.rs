@@ -296,7 +296,7 @@ pub fn chunk(s: &str) -> String {
 pub fn shared_with(cfg: CoreConfig, n: usize) -> Arc<Shared> {
     Arc::new(Shared::new(
         cfg,
-        (0..n).map(|i| format!("10.0.0.{i}:900{i}")).collect(),
+        (0..n).map(|i| format!("10.0.0.{i}:900{i}")),
     ))
 }
 

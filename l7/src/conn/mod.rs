@@ -122,6 +122,8 @@ struct Relay {
     /// When the client last took bytes while the proxy held back backend
     /// reads for it (the backend could not move then; the client did).
     last_drained: Instant,
+    /// Draining: end this SSE stream at the boundary just reached.
+    end_at_boundary: bool,
 }
 
 impl Relay {
@@ -186,6 +188,8 @@ pub struct Connection {
     /// Reused output buffer of the chunked decoder.
     decode_scratch: Vec<u8>,
     actions: VecDeque<Action>,
+    /// The proxy is draining: no new request after the current one.
+    draining: bool,
 }
 
 /// Methods whose requests may be sent again (RFC 9110 §9.2.2).
@@ -208,6 +212,7 @@ impl Connection {
             to_upstream: Vec::new(),
             decode_scratch: Vec::new(),
             actions: VecDeque::new(),
+            draining: false,
         }
     }
 
@@ -491,6 +496,26 @@ impl Connection {
             }
             State::Closed => None,
         }
+    }
+
+    /// The proxy is draining: answer the request in flight (with
+    /// `Connection: close`), end an SSE stream at its next event boundary
+    /// (at once if it is between events), close an idle connection now.
+    /// A spurious second call is harmless.
+    pub fn drain(&mut self, now: Instant) {
+        self.draining = true;
+        match std::mem::replace(&mut self.state, State::Closed) {
+            State::Idle { .. } => self
+                .actions
+                .push_back(Action::CloseDownstream { flush: true }),
+            State::Relaying { req, relay }
+                if relay.sse.as_ref().is_some_and(|s| s.at_boundary()) =>
+            {
+                self.end_stream_for_drain(req, relay);
+            }
+            other => self.state = other,
+        }
+        self.resume_client(now);
     }
 
     /// Whether an SSE response is being relayed right now.

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::{Action, BodyDecoder, Connection, InFlight, State};
 use crate::auth::{self, Principal, Rejection};
+use crate::backends::BackendState;
 use crate::http::{
     self, BodyFraming, ChunkedDecoder, Forwarding, HttpError, RequestHead, header, header_count,
 };
@@ -228,14 +229,11 @@ impl Connection {
         if let Some(p) = &principal {
             self.check_scopes(head, p, calls, &route)?;
         }
-        let backend = self.pick_backend(now, &route)?;
+        let (backend, inner) = self.pick_backend(now, &route)?;
+        let mut fwd = self.forwarding(principal.as_deref());
+        fwd.session_id = inner.as_deref();
         let mut request_bytes = Vec::new();
-        http::write_upstream_request(
-            head,
-            body,
-            &self.forwarding(principal.as_deref()),
-            &mut request_bytes,
-        );
+        http::write_upstream_request(head, body, &fwd, &mut request_bytes);
         Ok(Plan::Forward {
             route,
             backend,
@@ -340,15 +338,16 @@ impl Connection {
     }
 
     /// The backend for the route: the session's own, round-robin for a new
-    /// session, least outstanding for a stateless request.
-    fn pick_backend(&self, now: Instant, route: &Route) -> Result<usize, Reject> {
+    /// session, least outstanding for a stateless request. For a sealed
+    /// session id, also the backend's own id to send in its place.
+    fn pick_backend(
+        &self,
+        now: Instant,
+        route: &Route,
+    ) -> Result<(usize, Option<Vec<u8>>), Reject> {
         let shared = &self.shared;
         let picked = match route {
-            Route::Session { id } => {
-                return shared.affinity.lookup(id, now).ok_or_else(|| {
-                    Reject::unknown_session("unknown or expired session; re-initialize")
-                });
-            }
+            Route::Session { id } => return self.session_backend(now, id),
             Route::NewSession { .. } => shared.backends.pick_round_robin(&[]),
             Route::Stateless { .. } => {
                 shared
@@ -358,7 +357,41 @@ impl Connection {
                 shared.backends.pick_least_outstanding(&[])
             }
         };
-        picked.ok_or_else(Reject::no_backend)
+        picked.map(|b| (b, None)).ok_or_else(Reject::no_backend)
+    }
+
+    /// The backend a session id routes to: sealed into the id (any proxy
+    /// with the key routes it), or learned in the affinity table.
+    fn session_backend(&self, now: Instant, id: &str) -> Result<(usize, Option<Vec<u8>>), Reject> {
+        let shared = &self.shared;
+        let Some(sealer) = &shared.sealer else {
+            let b = shared.affinity.lookup(id, now).ok_or_else(|| {
+                Reject::unknown_session("unknown or expired session; re-initialize")
+            })?;
+            if shared.backends.get(b).state() == BackendState::Removed {
+                shared.affinity.remove_dropped(id);
+                return Err(Reject::unknown_session(
+                    "session backend removed; re-initialize",
+                ));
+            }
+            return Ok((b, None));
+        };
+        let opened = sealer
+            .open(id)
+            .map_err(|_| Reject::unknown_session("session id does not open here; re-initialize"))?;
+        let Some(b) = shared.backends.index_of(&opened.backend) else {
+            sealer.stats.refused_backend.fetch_add(1, Ordering::Relaxed);
+            shared.affinity.remove_dropped(id);
+            return Err(Reject::unknown_session(
+                "session backend removed; re-initialize",
+            ));
+        };
+        // The table is a cache: a session another proxy learned is known
+        // here from now on (for /sessions, DELETE and idle expiry).
+        if shared.affinity.lookup(id, now) != Some(b) {
+            shared.affinity.bind(id, b, now);
+        }
+        Ok((b, Some(opened.inner)))
     }
 
     fn forwarding<'a>(&'a self, principal: Option<&'a Principal>) -> Forwarding<'a> {
@@ -371,6 +404,7 @@ impl Connection {
                 .filter(|a| a.config.subject_header)
                 .and(principal)
                 .and_then(|p| p.subject.as_deref()),
+            session_id: None,
         }
     }
 
@@ -402,6 +436,7 @@ impl Connection {
             .metrics
             .local_responses
             .fetch_add(1, Ordering::Relaxed);
+        let keep_alive = keep_alive && !self.draining;
         http::write_local_response(status, extra, body, keep_alive, &mut self.to_client);
         if keep_alive {
             // The next pipelined request is picked up by the caller's

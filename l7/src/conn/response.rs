@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use super::{Action, BodyDecoder, Connection, InFlight, Relay, State};
 use crate::http::{
-    self, BodyFraming, CHUNKED_END, ChunkedDecoder, ClientFraming, ResponseHead, encode_chunk,
-    header, reason_phrase,
+    self, BodyFraming, CHUNKED_END, ChunkedDecoder, ClientHead, ResponseHead, encode_chunk, header,
+    reason_phrase,
 };
 use crate::mcp::{self, Route};
 use crate::metrics::ErrorKind;
@@ -162,8 +162,36 @@ impl Connection {
         self.relay_body(now);
     }
 
-    /// Learn or forget the session the response speaks for.
-    fn track_session(&self, now: Instant, req: &InFlight, head: &ResponseHead) {
+    /// The `Mcp-Session-Id` the client is to see in place of the backend's,
+    /// when ids are sealed: a new session's id sealed with its backend, or
+    /// the client's own sealed id echoed. `Err` when a new id cannot be
+    /// sealed (longer than the format allows).
+    fn client_session_id(&self, req: &InFlight, head: &ResponseHead) -> Result<Option<String>, ()> {
+        let (Some(sealer), Some(id)) = (
+            &self.shared.sealer,
+            header(&head.headers, mcp::SESSION_HEADER),
+        ) else {
+            return Ok(None);
+        };
+        match &req.route {
+            Route::Session { id: client } => Ok(Some(client.clone())),
+            Route::NewSession { .. } if mcp::valid_session_id(id) => {
+                let name = &self.shared.backends.get(req.backend).name;
+                sealer.seal(name, id).map(Some).ok_or(())
+            }
+            Route::NewSession { .. } | Route::Stateless { .. } => Ok(None),
+        }
+    }
+
+    /// Learn or forget the session the response speaks for. `client_id` is
+    /// the id the client will hold, when it differs from the backend's.
+    fn track_session(
+        &self,
+        now: Instant,
+        req: &InFlight,
+        head: &ResponseHead,
+        client_id: Option<&str>,
+    ) {
         let status = head.status;
         match &req.route {
             Route::NewSession { .. } => {
@@ -171,9 +199,9 @@ impl Connection {
                     && mcp::valid_session_id(id)
                     && (200..300).contains(&status)
                 {
-                    self.shared
-                        .affinity
-                        .bind(&String::from_utf8_lossy(id), req.backend, now);
+                    let id = String::from_utf8_lossy(id);
+                    let bound = client_id.unwrap_or(&id);
+                    self.shared.affinity.bind(bound, req.backend, now);
                 }
             }
             Route::Session { id } => {
@@ -190,7 +218,17 @@ impl Connection {
     }
 
     fn start_response(&mut self, now: Instant, req: InFlight, head: ResponseHead) {
-        self.track_session(now, &req, &head);
+        let Ok(client_id) = self.client_session_id(&req, &head) else {
+            self.shared.backends.request_finished(req.backend);
+            self.actions.push_back(Action::AbortUpstream);
+            let r = Reject::backend(
+                502,
+                ErrorKind::UpstreamProtocol,
+                "backend session id too long to seal",
+            );
+            return self.respond(now, r.keep_alive_if(req.client_keep_alive));
+        };
+        self.track_session(now, &req, &head, client_id.as_deref());
         let status = head.status;
         let is_sse = header(&head.headers, "content-type").is_some_and(is_event_stream);
         let client_keep_alive = req.client_keep_alive && req.client_minor == 1;
@@ -205,8 +243,9 @@ impl Connection {
             BodyFraming::UntilClose => (BodyDecoder::UntilClose, req.client_minor == 1, None),
         };
         // Without a length or chunking towards the client, only a close can
-        // end the body.
-        let close_client_after = !client_keep_alive || (down_len.is_none() && !chunked_down);
+        // end the body. A draining proxy closes after every response.
+        let close_client_after =
+            !client_keep_alive || (down_len.is_none() && !chunked_down) || self.draining;
         let bodyless_status = status == 204 || status == 304;
         let length = down_len
             .filter(|_| !chunked_down && !bodyless_status)
@@ -219,18 +258,19 @@ impl Connection {
                     n
                 }
             });
-        let reason = if head.reason.is_empty() {
-            reason_phrase(status)
-        } else {
-            &head.reason
-        };
-        let framing = ClientFraming {
+        let framing = ClientHead {
+            reason: if head.reason.is_empty() {
+                reason_phrase(status)
+            } else {
+                &head.reason
+            },
             chunked: chunked_down,
             length,
             close: close_client_after,
             event_stream: is_sse,
+            session_id: client_id.as_deref(),
         };
-        http::write_response_head(&head, reason, framing, &mut self.to_client);
+        http::write_response_head(&head, framing, &mut self.to_client);
         if is_sse {
             self.shared.metrics.sse_started();
         }
@@ -245,6 +285,7 @@ impl Connection {
                 last_upstream: now,
                 last_downstream: now,
                 last_drained: now,
+                end_at_boundary: false,
             },
         };
     }
@@ -306,9 +347,22 @@ impl Connection {
         if done {
             let leftover = !self.upstream_in.is_empty();
             self.finish_response(now, req, relay, leftover);
+        } else if relay.end_at_boundary {
+            self.end_stream_for_drain(req, relay);
         } else {
             self.state = State::Relaying { req, relay };
         }
+    }
+
+    /// A draining proxy ends an SSE stream at an event boundary: the
+    /// client gets the terminating chunk (it reconnects elsewhere), the
+    /// backend connection is closed.
+    pub(super) fn end_stream_for_drain(&mut self, req: InFlight, mut relay: Relay) {
+        self.shared.backends.request_finished(req.backend);
+        self.upstream_in.clear();
+        self.to_upstream.clear();
+        self.actions.push_back(Action::AbortUpstream);
+        self.end_broken_stream(&mut relay);
     }
 
     fn emit_body(&mut self, data: &[u8], relay: &mut Relay, now: Instant, req: &InFlight) {
@@ -323,6 +377,9 @@ impl Connection {
         relay.last_downstream = now;
         if let Some(sse) = &mut relay.sse {
             let events = sse.feed(data);
+            if self.draining && sse.at_boundary() {
+                relay.end_at_boundary = true;
+            }
             if events > 0 {
                 self.shared
                     .metrics

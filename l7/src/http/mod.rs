@@ -20,7 +20,7 @@ use std::fmt;
 pub mod rewrite;
 
 pub use rewrite::{
-    ClientFraming, Forwarding, SUBJECT_HEADER, folded_name_is, write_local_response,
+    ClientHead, Forwarding, SUBJECT_HEADER, folded_name_is, write_local_response,
     write_response_head, write_upstream_request,
 };
 
@@ -570,10 +570,12 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",

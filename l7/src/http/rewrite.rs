@@ -38,6 +38,9 @@ pub struct Forwarding<'a> {
     /// The verified subject to send as `X-Authenticated-Subject`, if any
     /// (sent only when it is printable ASCII).
     pub subject: Option<&'a str>,
+    /// The backend's own session id, in place of the client's
+    /// `Mcp-Session-Id` (a sealed id opened by the proxy).
+    pub session_id: Option<&'a [u8]>,
 }
 
 fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -76,8 +79,14 @@ pub fn write_upstream_request(
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in &head.headers {
-        if !dropped_from_request(h, head, fwd) {
-            write_field(out, &h.name, &h.value);
+        if dropped_from_request(h, head, fwd) {
+            continue;
+        }
+        match fwd.session_id {
+            Some(id) if h.name.eq_ignore_ascii_case(crate::mcp::SESSION_HEADER) => {
+                write_field(out, &h.name, id)
+            }
+            _ => write_field(out, &h.name, &h.value),
         }
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -101,9 +110,12 @@ pub fn write_upstream_request(
     out.extend_from_slice(body);
 }
 
-/// How a response body travels to the client.
+/// How a response head is rewritten for the client: framing, connection,
+/// and the session id the client is to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientFraming {
+pub struct ClientHead<'a> {
+    /// Reason phrase.
+    pub reason: &'a str,
     /// Re-chunked towards the client.
     pub chunked: bool,
     /// The length to announce (`None`: chunked or close-delimited).
@@ -112,21 +124,24 @@ pub struct ClientFraming {
     pub close: bool,
     /// The body is an SSE stream (ask intermediaries not to buffer it).
     pub event_stream: bool,
+    /// In place of the backend's `Mcp-Session-Id` (a sealed id).
+    pub session_id: Option<&'a str>,
 }
 
 /// Append the response head as the client sees it: the backend's status,
 /// reason and end-to-end fields, then framing and connection fields of the
 /// proxy's own.
-pub fn write_response_head(
-    head: &ResponseHead,
-    reason: &str,
-    framing: ClientFraming,
-    out: &mut Vec<u8>,
-) {
-    let _ = write!(out, "HTTP/1.1 {} {reason}\r\n", head.status);
+pub fn write_response_head(head: &ResponseHead, framing: ClientHead<'_>, out: &mut Vec<u8>) {
+    let _ = write!(out, "HTTP/1.1 {} {}\r\n", head.status, framing.reason);
     for h in &head.headers {
-        if !is_hop_by_hop(&h.name) {
-            write_field(out, &h.name, &h.value);
+        if is_hop_by_hop(&h.name) {
+            continue;
+        }
+        match framing.session_id {
+            Some(id) if h.name.eq_ignore_ascii_case(crate::mcp::SESSION_HEADER) => {
+                write_field(out, &h.name, id.as_bytes())
+            }
+            _ => write_field(out, &h.name, &h.value),
         }
     }
     if framing.chunked {
@@ -194,6 +209,7 @@ mod tests {
             drop_authorization: true,
             guard_subject: true,
             subject: Some("alice"),
+            session_id: None,
         };
         assert_eq!(
             forwarded(req, &fwd),
@@ -231,16 +247,57 @@ mod tests {
             .unwrap()
             .unwrap();
         let mut out = Vec::new();
-        let framing = ClientFraming {
+        let framing = ClientHead {
+            reason: "OK",
             chunked: true,
             length: None,
             close: true,
             event_stream: true,
+            session_id: None,
         };
-        write_response_head(&h, "OK", framing, &mut out);
+        write_response_head(&h, framing, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+    use crate::http::{parse_request_head, parse_response_head};
+
+    #[test]
+    fn the_session_id_is_replaced_both_ways() {
+        let req = "GET /mcp HTTP/1.1\r\nHost: a\r\nMcp-Session-Id: s1.sealed\r\n\r\n";
+        let (h, _) = parse_request_head(req.as_bytes(), 8192, 32)
+            .unwrap()
+            .unwrap();
+        let fwd = Forwarding {
+            client_addr: "192.0.2.1",
+            session_id: Some(b"inner"),
+            ..Forwarding::default()
+        };
+        let mut out = Vec::new();
+        write_upstream_request(&h, b"", &fwd, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("Mcp-Session-Id: inner\r\n"), "{out}");
+        assert!(!out.contains("sealed"), "{out}");
+        let raw = b"HTTP/1.1 200 OK\r\nmcp-session-id: inner\r\ncontent-length: 0\r\n\r\n";
+        let (r, _) = parse_response_head(raw, "GET", 8192, 32).unwrap().unwrap();
+        let mut out = Vec::new();
+        let head = ClientHead {
+            reason: "OK",
+            chunked: false,
+            length: Some(0),
+            close: false,
+            event_stream: false,
+            session_id: Some("s1.sealed"),
+        };
+        write_response_head(&r, head, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("mcp-session-id: s1.sealed\r\n"), "{out}");
+        assert!(!out.contains("inner"), "{out}");
     }
 }
