@@ -796,4 +796,19 @@ mod tests {
             Duration::from_secs(30)
         );
     }
+
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../dpuproxy.example.toml");
+        let f = FileConfig::parse(text).expect("dpuproxy.example.toml is valid");
+        let r = RunConfig::resolve(f, CliOverrides::default()).unwrap();
+        assert_eq!(r.backends.len(), 3);
+        assert_eq!(r.backends[0].name, "b1");
+        assert_eq!(r.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_longest_sealed_id_is_what_the_readme_says() {
+        assert_eq!(dpuproxy_l7::seal::MAX_SEALED_LEN, 471);
+    }
 }

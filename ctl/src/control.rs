@@ -193,13 +193,28 @@ impl Control {
     }
 }
 
+/// Before the drain deadline, the time left to end SSE streams at their
+/// next event boundary (answers to POSTs included).
+fn stream_grace(timeout: Duration) -> Duration {
+    (timeout / 5).min(Duration::from_secs(3))
+}
+
 /// Wait, while draining, until `open` says no connection is left or the
-/// drain deadline passes; true when it emptied in time.
-pub fn wait_drained(control: &Control, open: impl Fn() -> u64) -> bool {
+/// drain deadline passes; true when it emptied in time. Shortly before the
+/// deadline `end_streams` is called once: every SSE stream still open then
+/// ends at its next event boundary.
+pub fn wait_drained(control: &Control, open: impl Fn() -> u64, end_streams: impl Fn()) -> bool {
     let deadline = control
         .drain_deadline()
         .unwrap_or_else(|| Instant::now() + control.drain_timeout);
+    let cut_at = deadline - stream_grace(control.drain_timeout);
+    let mut cut = false;
     loop {
+        if !cut && Instant::now() >= cut_at {
+            cut = true;
+            tracing::info!("drain: ending the SSE streams still open at their next event boundary");
+            end_streams();
+        }
         let left = open();
         if left == 0 {
             tracing::info!("drained: every connection closed");

@@ -38,6 +38,8 @@ pub struct Live<'a> {
     pub stop: &'a AtomicBool,
     /// Set to drain.
     pub drain: &'a AtomicBool,
+    /// Set when the drain's time is nearly up.
+    pub end_streams: &'a AtomicBool,
 }
 
 /// Every backend is IPv4 (the userspace stack is IPv4 only).
@@ -132,6 +134,7 @@ pub fn run(
         path: live.path,
         stop: live.stop,
         drain: live.drain,
+        end_streams: live.end_streams,
     };
     let result = run_proxy(ctx, |port, mac| {
         tracing::info!(

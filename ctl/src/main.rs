@@ -379,6 +379,7 @@ fn run_dpdk(
     let drain_on_term = Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(SIGTERM, drain_on_term.clone())
         .context("cannot install signal handlers")?;
+    let end_streams = std::sync::atomic::AtomicBool::new(false);
     let metrics = Arc::new(dpuproxy_engine::DpMetrics::default());
     // Started before the EAL pins this thread to the poller's core.
     let admin = match cfg.admin {
@@ -403,11 +404,12 @@ fn run_dpdk(
                     path: &live.path,
                     stop: &stop,
                     drain: live.control.drain_flag(),
+                    end_streams: &end_streams,
                 };
                 dpdk_mode::run(cfg, settings, &live.shared, ctx)
             })
             .map_err(anyhow::Error::from)?;
-        supervise_dpdk(live, &stop, &drain_on_term, &metrics, || {
+        supervise_dpdk(live, &stop, &end_streams, &drain_on_term, &metrics, || {
             lcores.is_finished()
         });
         lcores
@@ -443,6 +445,7 @@ fn run_dpdk(
 fn supervise_dpdk(
     live: &Live,
     stop: &std::sync::atomic::AtomicBool,
+    end_streams: &std::sync::atomic::AtomicBool,
     drain_on_term: &std::sync::atomic::AtomicBool,
     metrics: &dpuproxy_engine::DpMetrics,
     finished: impl Fn() -> bool,
@@ -459,9 +462,11 @@ fn supervise_dpdk(
                 stop.store(true, Ordering::Relaxed);
                 continue;
             }
-            control::wait_drained(&live.control, || {
-                dpuproxy_driver::PathMetrics::get(&live.path.open)
-            });
+            control::wait_drained(
+                &live.control,
+                || dpuproxy_driver::PathMetrics::get(&live.path.open),
+                || end_streams.store(true, Ordering::Relaxed),
+            );
             stop.store(true, Ordering::Relaxed);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -493,9 +498,11 @@ fn run_kernel(cfg: &RunConfig, live: &Live) -> anyhow::Result<()> {
         }
         if live.control.is_draining() {
             proxy.drain();
-            control::wait_drained(&live.control, || {
-                dpuproxy_driver::PathMetrics::get(&live.path.open)
-            });
+            control::wait_drained(
+                &live.control,
+                || dpuproxy_driver::PathMetrics::get(&live.path.open),
+                || proxy.drain_streams(),
+            );
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

@@ -332,6 +332,18 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// The drain's time is nearly up: every SSE stream ends at its next
+    /// event boundary, answers to POSTs included.
+    pub fn drain_streams(&mut self, now: Instant) {
+        let indexes: Vec<usize> = self.slots.iter().map(|(i, _)| i).collect();
+        for index in indexes {
+            if self.slots[index].phase == Phase::Open {
+                self.slots[index].core.drain_streams(now);
+                self.enqueue(index);
+            }
+        }
+    }
+
     /// Whether [`Driver::drain`] was called.
     pub fn is_draining(&self) -> bool {
         self.draining

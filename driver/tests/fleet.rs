@@ -197,15 +197,20 @@ fn drain_answers_in_flight_requests_and_ends_streams_at_event_boundaries() {
     // A request in flight is answered, with Connection: close, then closed.
     let mut busy = idle.sibling();
     busy.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
-    // An SSE stream mid-event ends after that event.
-    let mut sse = idle.sibling();
-    sse.client(
+    // A GET event stream mid-event ends after that event.
+    let mut get = idle.sibling();
+    get.client(
         "GET /mcp HTTP/1.1\r\nHost: p\r\nAccept: text/event-stream\r\nMcp-Session-Id: s\r\n\r\n",
     );
-    sse.backend(sse_head());
-    sse.backend(&chunk("data: one\n\n"));
-    sse.backend(&chunk("data: tw"));
-    for s in [&mut idle, &mut busy, &mut sse] {
+    get.backend(sse_head());
+    get.backend(&chunk("data: one\n\n"));
+    get.backend(&chunk("data: tw"));
+    // A POST whose answer comes as SSE is an answer in flight: it runs on.
+    let mut answer = idle.sibling();
+    answer.client(&post(CALL, "Mcp-Session-Id: s\r\n"));
+    answer.backend(sse_head());
+    answer.backend(&chunk("data: progress 1\n\n"));
+    for s in [&mut idle, &mut busy, &mut get, &mut answer] {
         s.driver.drain(&mut s.t, s.now);
         s.pump();
     }
@@ -217,20 +222,34 @@ fn drain_answers_in_flight_requests_and_ends_streams_at_event_boundaries() {
     assert!(got.contains("Connection: close"), "{got}");
     assert!(got.ends_with(r#"{"answered":1}"#), "{got}");
     assert_eq!(busy.client_closed(), Some(true));
-    assert!(matches!(sse.driver.phase(sse.id), Some(Phase::Open)));
-    sse.backend(&chunk("o\n\n"));
-    let got = sse.client_text();
+    assert!(matches!(get.driver.phase(get.id), Some(Phase::Open)));
+    get.backend(&chunk("o\n\n"));
+    assert_eq!(sse_events(&get.client_text()), "data: one\n\ndata: two\n\n");
+    assert_eq!(get.client_closed(), Some(true));
+    // The answer goes on until the drain's time is nearly up, then ends at
+    // its next boundary too.
+    answer.backend(&chunk("data: progress 2\n\n"));
+    assert_eq!(answer.client_closed(), None);
+    answer.backend(&chunk("data: prog"));
+    answer.driver.drain_streams(answer.now);
+    answer.pump();
+    assert_eq!(answer.client_closed(), None, "mid-event");
+    answer.backend(&chunk("ress 3\n\n"));
+    assert_eq!(
+        sse_events(&answer.client_text()),
+        "data: progress 1\n\ndata: progress 2\n\ndata: progress 3\n\n"
+    );
+    assert_eq!(answer.client_closed(), Some(true));
+    assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
+    assert_eq!(shared.backends.get(0).outstanding(), 0);
+}
+
+/// The events of a whole, cleanly ended, re-chunked SSE response.
+fn sse_events(got: &str) -> String {
     let body = got.split_once("\r\n\r\n").unwrap().1;
     let mut dec = dpuproxy_l7::http::ChunkedDecoder::new();
     let mut events = Vec::new();
     dec.decode(body.as_bytes(), &mut events).unwrap();
     assert!(dec.is_done(), "clean end (terminating chunk): {got}");
-    assert_eq!(
-        String::from_utf8(events).unwrap(),
-        "data: one\n\ndata: two\n\n",
-        "the event in progress is finished, nothing after it"
-    );
-    assert_eq!(sse.client_closed(), Some(true));
-    assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
-    assert_eq!(shared.backends.get(0).outstanding(), 0);
+    String::from_utf8(events).unwrap()
 }

@@ -39,6 +39,7 @@ struct Lcore<'l, 'p> {
     origin: Instant,
     counts: LoopCounts,
     draining: bool,
+    ending_streams: bool,
 }
 
 /// One lcore: its own TCP stack, connections and timers over queue pair
@@ -120,6 +121,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
             origin: now,
             counts: LoopCounts::default(),
             draining: false,
+            ending_streams: false,
         })
     }
 
@@ -140,6 +142,10 @@ impl<'l, 'p> Lcore<'l, 'p> {
         let now = Instant::now();
         if !self.draining && self.lanes.ctx.drain.load(Ordering::Relaxed) {
             self.begin_drain(now);
+        }
+        if !self.ending_streams && self.lanes.ctx.end_streams.load(Ordering::Relaxed) {
+            self.ending_streams = true;
+            self.driver.drain_streams(now);
         }
         let snow = self.smol(now);
         work += self.transport.stack.poll(snow, &mut self.dev);

@@ -321,6 +321,9 @@ pub struct RunContext<'s> {
     /// Set to drain: the lcores stop listening and close each connection
     /// after its request (set `stop` once `path.open` is 0).
     pub drain: &'s AtomicBool,
+    /// Set when the drain's time is nearly up: every SSE stream ends at its
+    /// next event boundary.
+    pub end_streams: &'s AtomicBool,
 }
 
 /// Run the proxy on the lcores of the EAL arguments until `ctx.stop` is

@@ -149,6 +149,7 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
 pub struct KernelProxy {
     stop: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
+    end_streams: Arc<AtomicBool>,
     wakers: Vec<Arc<mio::Waker>>,
     threads: Vec<JoinHandle<()>>,
     /// Record-path counters.
@@ -173,6 +174,15 @@ impl KernelProxy {
     /// [`KernelProxy::shutdown`].
     pub fn drain(&self) {
         self.drain.store(true, Ordering::Relaxed);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+
+    /// The drain's time is nearly up: every SSE stream ends at its next
+    /// event boundary, answers to POSTs included.
+    pub fn drain_streams(&self) {
+        self.end_streams.store(true, Ordering::Relaxed);
         for w in &self.wakers {
             let _ = w.wake();
         }
@@ -238,6 +248,7 @@ pub fn start(
     let local_addr = listeners[0].local_addr().map_err(StartError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
     let drain = Arc::new(AtomicBool::new(false));
+    let end_streams = Arc::new(AtomicBool::new(false));
     let mut wakers = Vec::new();
     let mut threads = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
@@ -251,6 +262,7 @@ pub fn start(
             settings: cfg.driver_settings(),
             stop: stop.clone(),
             drain: drain.clone(),
+            end_streams: end_streams.clone(),
         };
         let w = worker::Worker::new(id, poll, listener, parts).map_err(StartError::Poll)?;
         wakers.push(waker);
@@ -279,6 +291,7 @@ pub fn start(
     Ok(KernelProxy {
         stop,
         drain,
+        end_streams,
         wakers,
         threads,
         metrics,

@@ -31,6 +31,7 @@ pub(crate) struct WorkerParts {
     pub settings: DriverSettings,
     pub stop: Arc<AtomicBool>,
     pub drain: Arc<AtomicBool>,
+    pub end_streams: Arc<AtomicBool>,
 }
 
 pub(crate) struct Worker {
@@ -43,6 +44,8 @@ pub(crate) struct Worker {
     transport: KernelTransport,
     stop: Arc<AtomicBool>,
     drain: Arc<AtomicBool>,
+    end_streams: Arc<AtomicBool>,
+    ending_streams: bool,
 }
 
 impl Worker {
@@ -69,6 +72,8 @@ impl Worker {
             transport,
             stop: parts.stop,
             drain: parts.drain,
+            end_streams: parts.end_streams,
+            ending_streams: false,
         })
     }
 
@@ -99,6 +104,10 @@ impl Worker {
             let now = Instant::now();
             if !self.driver.is_draining() && self.drain.load(Ordering::Relaxed) {
                 self.begin_drain(now);
+            }
+            if !self.ending_streams && self.end_streams.load(Ordering::Relaxed) {
+                self.ending_streams = true;
+                self.driver.drain_streams(now);
             }
             for ev in events.iter() {
                 match ev.token() {

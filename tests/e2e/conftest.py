@@ -170,10 +170,12 @@ def launch_proxy(
     tls_cert: tuple[str, str],
     extra_args: list[str] | tuple[str, ...] = (),
     name: str = "dpuproxy",
+    backend_flags: bool = True,
 ) -> Iterator[Proxy]:
     """Start one dpuproxy (kernel mode by default) in front of `backends`; stop it on exit.
 
-    `extra_args` go after the standard arguments (and before DPUPROXY_EXTRA_ARGS); logs and the
+    `extra_args` go after the standard arguments (and before DPUPROXY_EXTRA_ARGS); without
+    `backend_flags` the backend list must come from a --config file among them. Logs and the
     command line land in workdir/<name>.{stdout,stderr,cmd}."""
     cert, key = tls_cert
     port, admin = free_port(), free_port()
@@ -184,7 +186,7 @@ def launch_proxy(
         "--mode", os.environ.get("DPUPROXY_MODE", "kernel"),
         "--listen", f"127.0.0.1:{port}",
     ]  # fmt: skip
-    for b in backends:
+    for b in backends if backend_flags else ():
         cmd += ["--backend", b.addr]
     cmd += [
         "--tls-cert", cert,

@@ -190,6 +190,9 @@ pub struct Connection {
     actions: VecDeque<Action>,
     /// The proxy is draining: no new request after the current one.
     draining: bool,
+    /// End every SSE stream at its next event boundary (the drain's time
+    /// is nearly up), answers to POSTs included.
+    end_streams: bool,
 }
 
 /// Methods whose requests may be sent again (RFC 9110 §9.2.2).
@@ -213,6 +216,7 @@ impl Connection {
             decode_scratch: Vec::new(),
             actions: VecDeque::new(),
             draining: false,
+            end_streams: false,
         }
     }
 
@@ -499,23 +503,44 @@ impl Connection {
     }
 
     /// The proxy is draining: answer the request in flight (with
-    /// `Connection: close`), end an SSE stream at its next event boundary
-    /// (at once if it is between events), close an idle connection now.
-    /// A spurious second call is harmless.
+    /// `Connection: close`; an answer that comes as SSE, to a POST, runs to
+    /// its end), end a GET event stream at its next event boundary (at once
+    /// if it is between events), close an idle connection now. A spurious
+    /// second call is harmless.
     pub fn drain(&mut self, now: Instant) {
         self.draining = true;
+        self.end_stream_if_between_events();
+        self.resume_client(now);
+    }
+
+    /// The drain's time is nearly up: end every SSE stream at its next
+    /// event boundary, answers to POSTs included, so that no client sees
+    /// a stream cut mid-event.
+    pub fn drain_streams(&mut self, now: Instant) {
+        self.draining = true;
+        self.end_streams = true;
+        self.end_stream_if_between_events();
+        self.resume_client(now);
+    }
+
+    /// Whether a draining proxy ends this stream at its next boundary.
+    fn stream_must_end(&self, req: &InFlight) -> bool {
+        self.end_streams || (self.draining && req.method == "GET")
+    }
+
+    fn end_stream_if_between_events(&mut self) {
         match std::mem::replace(&mut self.state, State::Closed) {
             State::Idle { .. } => self
                 .actions
                 .push_back(Action::CloseDownstream { flush: true }),
             State::Relaying { req, relay }
-                if relay.sse.as_ref().is_some_and(|s| s.at_boundary()) =>
+                if self.stream_must_end(&req)
+                    && relay.sse.as_ref().is_some_and(|s| s.at_boundary()) =>
             {
                 self.end_stream_for_drain(req, relay);
             }
             other => self.state = other,
         }
-        self.resume_client(now);
     }
 
     /// Whether an SSE response is being relayed right now.

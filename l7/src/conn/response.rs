@@ -377,7 +377,7 @@ impl Connection {
         relay.last_downstream = now;
         if let Some(sse) = &mut relay.sse {
             let events = sse.feed(data);
-            if self.draining && sse.at_boundary() {
+            if sse.at_boundary() && self.stream_must_end(req) {
                 relay.end_at_boundary = true;
             }
             if events > 0 {
