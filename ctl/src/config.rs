@@ -379,6 +379,8 @@ pub struct LimitsSection {
     pub max_body_bytes: Option<u64>,
     /// Most sessions in the affinity table.
     pub max_sessions: Option<usize>,
+    /// Most sessions one client (address, or token subject) may hold.
+    pub max_sessions_per_client: Option<usize>,
     /// Bytes buffered for a slow client before backpressure.
     pub max_downstream_buffer: Option<usize>,
     /// Client connections per worker.
@@ -553,6 +555,9 @@ impl RunConfig {
             max_headers: l.max_headers.unwrap_or(d.max_headers),
             max_body_bytes: l.max_body_bytes.unwrap_or(d.max_body_bytes),
             max_sessions: l.max_sessions.unwrap_or(d.max_sessions),
+            max_sessions_per_client: l
+                .max_sessions_per_client
+                .unwrap_or(d.max_sessions_per_client),
             max_downstream_buffer: l.max_downstream_buffer.unwrap_or(d.max_downstream_buffer),
             client_idle_timeout: t.client_idle.unwrap_or(d.client_idle_timeout),
             request_timeout: t.request.unwrap_or(d.request_timeout),

@@ -54,7 +54,7 @@ fn head_parse(c: &mut Criterion) {
 }
 
 fn affinity(c: &mut Criterion) {
-    let t = AffinityTable::new(100_000, Duration::from_secs(1800));
+    let t = AffinityTable::new(100_000, 10_000, Duration::from_secs(1800));
     let now = Instant::now();
     let ids: Vec<String> = (0..100_000).map(|i| format!("{i:032x}")).collect();
     for (i, id) in ids.iter().enumerate() {

@@ -26,6 +26,10 @@ pub struct CoreConfig {
     pub max_pipelined_bytes: usize,
     /// Most sessions in the affinity table.
     pub max_sessions: usize,
+    /// Most sessions one client (its address, or its token's subject when
+    /// auth is on) may hold; another `initialize` gets 429. 0: a tenth of
+    /// `max_sessions` (at least 16).
+    pub max_sessions_per_client: usize,
     /// A session unused this long is forgotten.
     pub session_idle_timeout: Duration,
     /// A keep-alive client connection with no request for this long is closed.
@@ -45,6 +49,16 @@ pub struct CoreConfig {
     pub sse_keepalive_interval: Duration,
 }
 
+impl CoreConfig {
+    /// The per-client session quota in force.
+    pub fn sessions_per_client(&self) -> usize {
+        match self.max_sessions_per_client {
+            0 => (self.max_sessions / 10).max(16),
+            n => n,
+        }
+    }
+}
+
 impl Default for CoreConfig {
     fn default() -> Self {
         Self {
@@ -55,6 +69,7 @@ impl Default for CoreConfig {
             max_downstream_buffer: 256 * 1024,
             max_pipelined_bytes: 64 * 1024,
             max_sessions: 100_000,
+            max_sessions_per_client: 0,
             session_idle_timeout: Duration::from_secs(30 * 60),
             client_idle_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(30),

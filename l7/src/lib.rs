@@ -105,7 +105,11 @@ impl Shared {
         I: IntoIterator<Item = S>,
         S: Into<backends::BackendSpec>,
     {
-        let affinity = AffinityTable::new(config.max_sessions, config.session_idle_timeout);
+        let affinity = AffinityTable::new(
+            config.max_sessions,
+            config.sessions_per_client(),
+            config.session_idle_timeout,
+        );
         Self {
             backends: Backends::new(backends),
             affinity,

@@ -74,6 +74,11 @@ pub enum McpError {
 /// The header that carries the session id.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
+/// Longest session id a backend may issue (MCP ids are short; a client
+/// could never send back one near the head limit, and each bound id costs
+/// its length in the affinity table).
+pub const MAX_SESSION_ID: usize = crate::seal::MAX_INNER;
+
 /// Validate a session id: non-empty, visible ASCII only.
 pub fn valid_session_id(id: &[u8]) -> bool {
     !id.is_empty() && id.iter().all(|b| (0x21..=0x7e).contains(b))

@@ -82,6 +82,9 @@ pub enum Action {
 struct InFlight {
     method: String,
     route: Route,
+    /// Whose quota a new session counts against (the token's subject, else
+    /// the client's address).
+    owner: String,
     client_keep_alive: bool,
     client_minor: u8,
     request_bytes: Vec<u8>,

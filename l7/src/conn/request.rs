@@ -38,6 +38,7 @@ enum Plan {
         route: Route,
         backend: usize,
         request_bytes: Vec<u8>,
+        owner: String,
     },
     /// A 200 of the proxy's own (protected-resource metadata).
     Answer { body: Vec<u8> },
@@ -116,7 +117,9 @@ impl Connection {
             BodyDecoder::Chunked(d) => {
                 let used = d.decode(&self.client_in, body)?;
                 self.client_in.drain(..used);
-                if body.len() as u64 > max {
+                // A declared chunk that cannot fit is refused now, not after
+                // waiting for its bytes.
+                if (body.len() as u64).saturating_add(d.chunk_remaining()) > max {
                     return Err(HttpError::BodyTooLarge(max));
                 }
                 Ok(d.is_done())
@@ -179,6 +182,7 @@ impl Connection {
                 route,
                 backend,
                 request_bytes,
+                owner,
             }) => {
                 self.actions.push_back(Action::ConnectUpstream {
                     backend,
@@ -189,6 +193,7 @@ impl Connection {
                     req: InFlight {
                         method: head.method,
                         route,
+                        owner,
                         client_keep_alive: keep_alive,
                         client_minor: head.minor_version,
                         request_bytes,
@@ -229,6 +234,19 @@ impl Connection {
         if let Some(p) = &principal {
             self.check_scopes(head, p, calls, &route)?;
         }
+        let owner = principal
+            .as_ref()
+            .and_then(|p| p.subject.clone())
+            .unwrap_or_else(|| self.peer.clone());
+        if matches!(route, Route::NewSession { .. }) && self.shared.affinity.owner_full(&owner) {
+            return Err(Reject::new(
+                429,
+                ErrorKind::TooManySessions,
+                Fault::Client,
+                "too many sessions for this client; end some (DELETE) first",
+            )
+            .with_field("Retry-After", "1"));
+        }
         let (backend, inner) = self.pick_backend(now, &route)?;
         let mut fwd = self.forwarding(principal.as_deref());
         fwd.session_id = inner.as_deref();
@@ -238,6 +256,7 @@ impl Connection {
             route,
             backend,
             request_bytes,
+            owner,
         })
     }
 

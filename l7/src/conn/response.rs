@@ -162,11 +162,28 @@ impl Connection {
         self.relay_body(now);
     }
 
+    /// A backend's `Mcp-Session-Id` must be one a client can send back:
+    /// visible ASCII, at most [`mcp::MAX_SESSION_ID`] bytes. Anything else
+    /// is the backend's error (502), whatever the route.
+    fn check_session_id(&self, head: &ResponseHead) -> Result<(), &'static str> {
+        match header(&head.headers, mcp::SESSION_HEADER) {
+            Some(id) if id.len() > mcp::MAX_SESSION_ID => Err("backend session id too long"),
+            Some(id) if !mcp::valid_session_id(id) => {
+                Err("backend session id is not visible ASCII")
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The `Mcp-Session-Id` the client is to see in place of the backend's,
     /// when ids are sealed: a new session's id sealed with its backend, or
     /// the client's own sealed id echoed. `Err` when a new id cannot be
     /// sealed (longer than the format allows).
-    fn client_session_id(&self, req: &InFlight, head: &ResponseHead) -> Result<Option<String>, ()> {
+    fn client_session_id(
+        &self,
+        req: &InFlight,
+        head: &ResponseHead,
+    ) -> Result<Option<String>, &'static str> {
         let (Some(sealer), Some(id)) = (
             &self.shared.sealer,
             header(&head.headers, mcp::SESSION_HEADER),
@@ -177,7 +194,10 @@ impl Connection {
             Route::Session { id: client } => Ok(Some(client.clone())),
             Route::NewSession { .. } if mcp::valid_session_id(id) => {
                 let name = &self.shared.backends.get(req.backend).name;
-                sealer.seal(name, id).map(Some).ok_or(())
+                sealer
+                    .seal(name, id)
+                    .map(Some)
+                    .ok_or("backend session id too long to seal")
             }
             Route::NewSession { .. } | Route::Stateless { .. } => Ok(None),
         }
@@ -201,7 +221,9 @@ impl Connection {
                 {
                     let id = String::from_utf8_lossy(id);
                     let bound = client_id.unwrap_or(&id);
-                    self.shared.affinity.bind(bound, req.backend, now);
+                    self.shared
+                        .affinity
+                        .bind_owned(bound, req.backend, Some(&req.owner), now);
                 }
             }
             Route::Session { id } => {
@@ -218,15 +240,18 @@ impl Connection {
     }
 
     fn start_response(&mut self, now: Instant, req: InFlight, head: ResponseHead) {
-        let Ok(client_id) = self.client_session_id(&req, &head) else {
-            self.shared.backends.request_finished(req.backend);
-            self.actions.push_back(Action::AbortUpstream);
-            let r = Reject::backend(
-                502,
-                ErrorKind::UpstreamProtocol,
-                "backend session id too long to seal",
-            );
-            return self.respond(now, r.keep_alive_if(req.client_keep_alive));
+        let client_id = match self.check_session_id(&head) {
+            Ok(()) => self.client_session_id(&req, &head),
+            Err(e) => Err(e),
+        };
+        let client_id = match client_id {
+            Ok(id) => id,
+            Err(why) => {
+                self.shared.backends.request_finished(req.backend);
+                self.actions.push_back(Action::AbortUpstream);
+                let r = Reject::backend(502, ErrorKind::UpstreamProtocol, why);
+                return self.respond(now, r.keep_alive_if(req.client_keep_alive));
+            }
         };
         self.track_session(now, &req, &head, client_id.as_deref());
         let status = head.status;

@@ -18,6 +18,7 @@
 use std::fmt;
 
 pub mod rewrite;
+mod target;
 
 pub use rewrite::{
     ClientHead, Forwarding, SUBJECT_HEADER, folded_name_is, write_local_response,
@@ -280,7 +281,16 @@ pub(crate) fn parse_request_head_resume(
     max_head_bytes: usize,
     max_headers: usize,
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    let before = *scanned;
     let Some(end) = find_head_end(buf, scanned, max_head_bytes)? else {
+        // The request line is checked as soon as it is whole (once): a
+        // line no HTTP/1.x request can have is answered now, not after a
+        // head end that may never come.
+        if let Some(p) = buf.windows(2).position(|w| w == b"\r\n")
+            && p + 1 >= before
+        {
+            check_request_line(&buf[..p])?;
+        }
         return Ok(None);
     };
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
@@ -294,11 +304,21 @@ pub(crate) fn parse_request_head_resume(
     let method = req.method.ok_or(HttpError::Malformed("no method"))?;
     let target = req.path.ok_or(HttpError::Malformed("no target"))?;
     let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
-    let headers = collect_headers(req.headers)?;
+    let mut headers = collect_headers(req.headers)?;
     if minor_version == 1 && header_count(&headers, "host") != 1 {
         return Err(HttpError::Malformed(
             "HTTP/1.1 request needs exactly one Host",
         ));
+    }
+    let (target, authority) = target::normalize(method, target)?;
+    if let Some(authority) = authority {
+        target::set_host(&mut headers, authority);
+    }
+    if headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("host") && !target::valid_host(&h.value))
+    {
+        return Err(HttpError::Malformed("invalid Host"));
     }
     let framing = framing_from_headers(&headers)?.unwrap_or(BodyFraming::None);
     let keep_alive = if minor_version == 0 {
@@ -311,7 +331,7 @@ pub(crate) fn parse_request_head_resume(
     Ok(Some((
         RequestHead {
             method: method.to_string(),
-            target: target.to_string(),
+            target,
             minor_version,
             headers,
             framing,
@@ -320,6 +340,27 @@ pub(crate) fn parse_request_head_resume(
         },
         end,
     )))
+}
+
+/// A whole request line (without CRLF) that no HTTP/1.x request can have:
+/// method, target and `HTTP/1.0` or `HTTP/1.1`, separated by single spaces.
+fn check_request_line(line: &[u8]) -> Result<(), HttpError> {
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), version, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(HttpError::Malformed("invalid request line"));
+    };
+    if method.is_empty() || target.is_empty() {
+        return Err(HttpError::Malformed("invalid request line"));
+    }
+    match version {
+        None => Err(HttpError::Malformed(
+            "request line without an HTTP version (HTTP/0.9 is not supported)",
+        )),
+        Some(b"HTTP/1.1" | b"HTTP/1.0") => Ok(()),
+        Some(_) => Err(HttpError::Malformed("invalid HTTP version")),
+    }
 }
 
 /// Parse a response head at the start of `buf`. `request_method` decides
@@ -415,6 +456,16 @@ impl ChunkedDecoder {
     /// Whether the terminating zero chunk and trailers have been read.
     pub fn is_done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// Bytes of the current chunk still to come, as its size line
+    /// declared them (so a size over the body limit is refused at once).
+    pub fn chunk_remaining(&self) -> u64 {
+        if self.state == ChunkState::Data {
+            self.size
+        } else {
+            0
+        }
     }
 
     /// Decode from `input`, appending payload bytes to `out`. Returns the
@@ -578,6 +629,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",

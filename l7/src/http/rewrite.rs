@@ -50,6 +50,37 @@ fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Fields the proxy routes or frames on. A client cannot have them
+/// dropped by naming them in `Connection` (the backend must see the request
+/// the proxy routed), and their `_` spellings never reach a backend (many
+/// backends read `_` as `-`, and would act on a field the proxy ignored).
+const INTERPRETED: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "authorization",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "mcp-method",
+];
+
+/// Whether a field is one the proxy interprets (`Mcp-*` included).
+fn interpreted(name: &str) -> bool {
+    INTERPRETED.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || name.len() > 4 && name[..4].eq_ignore_ascii_case("mcp-")
+}
+
+/// A field spelled with `_` where the proxy reads `-` (`Transfer_Encoding`,
+/// `Mcp_Session_Id`): the proxy routed as if it were absent.
+fn underscore_spelling(name: &str) -> bool {
+    name.contains('_') && interpreted(&name.replace('_', "-"))
+}
+
 /// Whether a client's request field stays out of the forwarded request.
 fn dropped_from_request(h: &Header, head: &RequestHead, fwd: &Forwarding<'_>) -> bool {
     let name = h.name.as_str();
@@ -58,7 +89,8 @@ fn dropped_from_request(h: &Header, head: &RequestHead, fwd: &Forwarding<'_>) ->
         || is("expect")
         || is("x-forwarded-for")
         || is("x-forwarded-proto")
-        || header_has_token(&head.headers, "connection", name)
+        || underscore_spelling(name)
+        || (!interpreted(name) && header_has_token(&head.headers, "connection", name))
         || (fwd.drop_authorization && is("authorization"))
         || (fwd.guard_subject && folded_name_is(name, SUBJECT_HEADER))
 }
@@ -260,6 +292,50 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\nX-Accel-Buffering: no\r\n\r\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+    use crate::http::parse_request_head;
+
+    fn forwarded(req: &str) -> String {
+        let (h, _) = parse_request_head(req.as_bytes(), 8192, 32)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        write_upstream_request(&h, b"{}", &Forwarding::default(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn nominating_routed_fields_in_connection_does_not_strip_them() {
+        let out = forwarded(
+            "POST /mcp HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Host, Mcp-Session-Id, Content-Type, X-Drop\r\nMcp-Session-Id: s1\r\nContent-Type: application/json\r\nX-Drop: 1\r\nContent-Length: 2\r\n\r\n",
+        );
+        for kept in [
+            "Host: a\r\n",
+            "Mcp-Session-Id: s1\r\n",
+            "Content-Type: application/json\r\n",
+        ] {
+            assert!(out.contains(kept), "{kept:?} dropped: {out}");
+        }
+        assert!(
+            !out.contains("X-Drop"),
+            "an ordinary nominated field still goes: {out}"
+        );
+    }
+
+    #[test]
+    fn underscore_spellings_of_interpreted_fields_are_stripped() {
+        let out = forwarded(
+            "POST /mcp HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\nMcp_Session_Id: other\r\nContent_Length: 99\r\nX_Custom: kept\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert!(!out.contains("Transfer_Encoding"), "{out}");
+        assert!(!out.contains("Mcp_Session_Id"), "{out}");
+        assert!(!out.contains("Content_Length"), "{out}");
+        assert!(out.contains("X_Custom: kept\r\n"), "{out}");
     }
 }
 
