@@ -70,6 +70,7 @@ const MAX_ADMIN_CONNECTIONS: usize = 16;
 
 fn serve(listener: TcpListener, state: AdminState, stop: Arc<AtomicBool>) {
     let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (mut failures, mut logged) = (0u64, None::<Instant>);
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((mut stream, _)) => {
@@ -96,7 +97,13 @@ fn serve(listener: TcpListener, state: AdminState, stop: Arc<AtomicBool>) {
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
+                // At most one line a second (EMFILE repeats on every try).
+                failures += 1;
+                if logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, failures, "admin accept failed");
+                    logged = Some(Instant::now());
+                    failures = 0;
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -321,7 +328,7 @@ pub fn render_metrics(state: &AdminState) -> String {
         backends().map(|b| (&b.name, r(&b.connect_failures))),
     );
     let m = &sh.metrics;
-    let singles: [(&str, &str, &str, u64); 23] = [
+    let singles: [(&str, &str, &str, u64); 24] = [
         (
             "dpuproxy_client_requests_total",
             "counter",
@@ -429,6 +436,12 @@ pub fn render_metrics(state: &AdminState) -> String {
             "counter",
             "Client connections closed abortively (RST, no close_notify).",
             r(&p.aborted),
+        ),
+        (
+            "dpuproxy_connections_shed_total",
+            "counter",
+            "Connections still in their TLS handshake closed to make room (oldest first).",
+            r(&p.shed),
         ),
         (
             "dpuproxy_connections_rejected_total",

@@ -385,6 +385,8 @@ pub struct LimitsSection {
     pub max_downstream_buffer: Option<usize>,
     /// Client connections per worker.
     pub max_connections_per_worker: Option<usize>,
+    /// Client connections per worker still in their TLS handshake.
+    pub max_handshaking_per_worker: Option<usize>,
     /// Idle pooled backend connections per backend per worker.
     pub pool_max_per_backend: Option<usize>,
 }
@@ -545,6 +547,9 @@ impl RunConfig {
         }
         if let Some(v) = l.max_connections_per_worker {
             kernel.max_connections_per_worker = v;
+        }
+        if let Some(v) = l.max_handshaking_per_worker {
+            kernel.max_handshaking_per_worker = v;
         }
         if let Some(v) = l.pool_max_per_backend {
             kernel.pool_max_per_backend = v;

@@ -12,6 +12,7 @@ mod demo;
 mod dpdk_mode;
 mod hugepages_cmd;
 mod keys;
+mod limits;
 mod port_cmd;
 mod port_loop;
 mod tls_echo;
@@ -473,8 +474,30 @@ fn supervise_dpdk(
     }
 }
 
+/// Kernel mode needs a file per socket: raise the limit to what the
+/// configuration can use, or fit the configuration to the limit (said).
+fn fit_open_files(kernel: &mut dpuproxy_kernel::KernelConfig, backends: usize) {
+    let pooled = kernel.pool_max_per_backend * backends;
+    let needed = limits::files_needed(kernel.workers, kernel.max_connections_per_worker, pooled);
+    let limit = limits::ensure_open_files(needed);
+    if limit < needed {
+        let fit = limits::connections_that_fit(limit, kernel.workers, pooled).max(1);
+        tracing::warn!(
+            limit,
+            needed,
+            configured = kernel.max_connections_per_worker,
+            now = fit,
+            "the open-file limit is below what the configuration needs: client connections per worker lowered to fit (raise the hard limit, e.g. LimitNOFILE= or ulimit -Hn, to keep them)"
+        );
+        kernel.max_connections_per_worker = fit;
+        kernel.max_handshaking_per_worker = kernel.max_handshaking_per_worker.min(fit);
+    }
+}
+
 fn run_kernel(cfg: &RunConfig, live: &Live) -> anyhow::Result<()> {
-    let proxy = dpuproxy_kernel::start(&cfg.kernel, live.shared.clone(), live.path.clone())?;
+    let mut kernel = cfg.kernel.clone();
+    fit_open_files(&mut kernel, live.shared.backends.len());
+    let proxy = dpuproxy_kernel::start(&kernel, live.shared.clone(), live.path.clone())?;
     let admin = match cfg.admin {
         Some(addr) => {
             let mut state = live.admin_state("kernel");

@@ -37,6 +37,9 @@ pub struct Driver<T: Transport> {
     carried_spare: Vec<usize>,
     /// Draining: no new client; each open one ends after its request.
     pub(crate) draining: bool,
+    /// Slots accepted and (maybe, lazily checked) still handshaking,
+    /// oldest first.
+    handshaking: std::collections::VecDeque<(SlotId, Instant)>,
 }
 
 impl<T: Transport> std::fmt::Debug for Driver<T> {
@@ -71,6 +74,7 @@ impl<T: Transport> Driver<T> {
             carried: Vec::new(),
             carried_spare: Vec::new(),
             draining: false,
+            handshaking: std::collections::VecDeque::new(),
         }
     }
 
@@ -94,14 +98,51 @@ impl<T: Transport> Driver<T> {
         self.pool.len()
     }
 
-    /// Whether one more client may be accepted. A refusal is counted; the
+    /// Whether one more client may be accepted. When the handshake bound
+    /// or the connection limit is reached, the oldest connection still in
+    /// its handshake is shed (abortively) to make room; only when none is
+    /// left to shed is the new one refused. A refusal is counted; the
     /// caller then closes the connection without TLS.
-    pub fn admit(&self) -> bool {
-        let room = !self.draining && self.slots.len() < self.settings.max_connections;
-        if !room {
+    pub fn admit(&mut self, t: &mut T, now: Instant) -> bool {
+        if self.draining {
             PathMetrics::inc(&self.metrics.rejected);
+            return false;
         }
-        room
+        while self.handshakes_open() >= self.settings.max_handshaking
+            || self.slots.len() >= self.settings.max_connections
+        {
+            if !self.shed_oldest_handshake(t, now) {
+                PathMetrics::inc(&self.metrics.rejected);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Connections in their handshake (the queue's stale entries dropped).
+    fn handshakes_open(&mut self) -> usize {
+        self.handshaking.retain(|(id, _)| {
+            self.slots
+                .get(id.index as usize)
+                .is_some_and(|s| matches!(s.phase, Phase::Handshaking { .. }))
+                && self.generations.get(id.index as usize) == Some(&id.generation)
+        });
+        self.handshaking.len()
+    }
+
+    /// Close the oldest connection still in its handshake; false when there
+    /// is none.
+    fn shed_oldest_handshake(&mut self, t: &mut T, now: Instant) -> bool {
+        while let Some((id, _)) = self.handshaking.pop_front() {
+            if let Some(index) = self.live_index(id)
+                && matches!(self.slots[index].phase, Phase::Handshaking { .. })
+            {
+                PathMetrics::inc(&self.metrics.shed);
+                self.close(t, index, Close::Abort, now);
+                return true;
+            }
+        }
+        false
     }
 
     pub(crate) fn id_of(&self, index: usize) -> SlotId {
@@ -130,6 +171,7 @@ impl<T: Transport> Driver<T> {
     ) -> Option<SlotId> {
         let core = Connection::new(self.shared.clone(), peer, now);
         let id = self.insert(t, client, core, Phase::Handshaking { since: now }, false)?;
+        self.handshaking.push_back((id, now));
         PathMetrics::inc(&self.metrics.accepted);
         Some(id)
     }

@@ -11,6 +11,9 @@ pub struct PathMetrics {
     pub accepted: AtomicU64,
     /// Client connections refused at the connection limit.
     pub rejected: AtomicU64,
+    /// Client connections still in their TLS handshake closed to make room
+    /// for new ones (the oldest first).
+    pub shed: AtomicU64,
     /// Client connections closed (each accepted one once).
     pub closed: AtomicU64,
     /// Client connections closed abortively (RST, no close_notify).

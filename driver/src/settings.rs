@@ -20,6 +20,10 @@ pub struct DriverSettings {
     pub pool_max_per_backend: usize,
     /// Most client connections; beyond it new ones are refused.
     pub max_connections: usize,
+    /// Most client connections still in their TLS handshake; beyond it (or
+    /// at `max_connections`) the oldest handshaking one is shed to make
+    /// room, so stalled handshakes cannot shut established clients out.
+    pub max_handshaking: usize,
     /// Rounds one connection is driven before the others get a turn.
     pub max_rounds: usize,
 }
@@ -33,6 +37,7 @@ impl Default for DriverSettings {
             pool_idle: Duration::from_secs(4),
             pool_max_per_backend: 64,
             max_connections: 50_000,
+            max_handshaking: 4096,
             max_rounds: 64,
         }
     }

@@ -215,7 +215,10 @@ fn drain_answers_in_flight_requests_and_ends_streams_at_event_boundaries() {
         s.pump();
     }
     assert_eq!(idle.client_closed(), Some(true));
-    assert!(!idle.driver.admit(), "no new client while draining");
+    assert!(
+        !idle.driver.admit(&mut idle.t, idle.now),
+        "no new client while draining"
+    );
     assert_eq!(busy.client_closed(), None);
     busy.backend(&json_response(None, r#"{"answered":1}"#));
     let got = busy.take_client();

@@ -218,13 +218,13 @@ fn data_path_metrics_count_both_sides() {
     assert_eq!(PathMetrics::get(&m.pool_reuses), 1);
     assert_eq!(PathMetrics::get(&m.open), 1);
     // At the limit, a new client is refused and counted.
-    assert!(!sim.driver.admit());
+    assert!(!sim.driver.admit(&mut sim.t, sim.now));
     assert_eq!(PathMetrics::get(&sim.metrics().rejected), 1);
     sim.client_eof();
     let m = sim.metrics();
     assert_eq!(PathMetrics::get(&m.closed), 1);
     assert_eq!(PathMetrics::get(&m.open), 0);
-    assert!(sim.driver.admit());
+    assert!(sim.driver.admit(&mut sim.t, sim.now));
 }
 
 #[test]
@@ -349,4 +349,45 @@ fn a_connection_moves_to_another_driver_mid_stream() {
     assert_eq!(shared.metrics.sse_active.load(Ordering::Relaxed), 0);
     assert_eq!(t2.clients[c2].closed, None, "keep-alive continues");
     let _ = t2.buffered(&ClientRef(c2));
+}
+
+/// Stalled handshakes cannot shut established clients out: at either
+/// bound the oldest connection still in its handshake is shed.
+#[test]
+fn stalled_handshakes_are_shed_oldest_first() {
+    let shared = shared_with(CoreConfig::default(), 1);
+    let settings = DriverSettings {
+        max_connections: 4,
+        max_handshaking: 3,
+        ..DriverSettings::default()
+    };
+    let mut sim = Sim::with_settings(shared, settings);
+    initialize(&mut sim, "s");
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        assert!(sim.driver.admit(&mut sim.t, sim.now));
+        let c = sim.t.add_client();
+        sim.t.clients[c].handshake_left = Some(usize::MAX);
+        sim.driver
+            .accept(&mut sim.t, ClientRef(c), "192.0.2.66".into(), sim.now)
+            .unwrap();
+        stalled.push(c);
+        sim.pump();
+    }
+    // Four connections (the limit) and three handshakes (the bound): a
+    // newcomer sheds the oldest stalled handshake, not the working client.
+    assert!(sim.driver.admit(&mut sim.t, sim.now));
+    assert_eq!(sim.t.clients[stalled[0]].closed, Some(Close::Abort));
+    assert_eq!(sim.t.clients[stalled[1]].closed, None);
+    assert_eq!(sim.client_closed(), None, "the established client stays");
+    assert_eq!(PathMetrics::get(&sim.metrics().shed), 1);
+    // With only established clients at the limit, a newcomer is refused.
+    let settings = DriverSettings {
+        max_connections: 1,
+        ..DriverSettings::default()
+    };
+    let mut sim = Sim::with_settings(shared_with(CoreConfig::default(), 1), settings);
+    initialize(&mut sim, "t");
+    assert!(!sim.driver.admit(&mut sim.t, sim.now));
+    assert_eq!(PathMetrics::get(&sim.metrics().rejected), 1);
 }

@@ -233,7 +233,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
 
     fn accept_all(&mut self, now: Instant) {
         while let Ok(Some(id)) = self.transport.stack.accept(self.listener) {
-            if !self.driver.admit() {
+            if !self.driver.admit(&mut self.transport, now) {
                 let _ = self.transport.stack.abort(id);
                 continue;
             }

@@ -106,6 +106,9 @@ pub struct KernelConfig {
     pub pool_max_per_backend: usize,
     /// Client connections per worker.
     pub max_connections_per_worker: usize,
+    /// Client connections per worker still in their TLS handshake (beyond
+    /// it the oldest is shed).
+    pub max_handshaking_per_worker: usize,
     /// How often down backends are probed.
     pub probe_interval: Duration,
 }
@@ -122,6 +125,7 @@ impl KernelConfig {
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_per_backend: 64,
             max_connections_per_worker: 50_000,
+            max_handshaking_per_worker: 4096,
             probe_interval: Duration::from_secs(1),
         }
     }
@@ -224,6 +228,7 @@ impl KernelConfig {
             pool_idle: self.pool_idle_timeout,
             pool_max_per_backend: self.pool_max_per_backend,
             max_connections: self.max_connections_per_worker,
+            max_handshaking: self.max_handshaking_per_worker,
             ..DriverSettings::default()
         }
     }

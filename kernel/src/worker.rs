@@ -46,6 +46,10 @@ pub(crate) struct Worker {
     drain: Arc<AtomicBool>,
     end_streams: Arc<AtomicBool>,
     ending_streams: bool,
+    /// Accept failures not yet logged, and when the last line went out
+    /// (one line a second at most: EMFILE can repeat on every event).
+    accept_errors: u64,
+    accept_logged: Option<Instant>,
 }
 
 impl Worker {
@@ -74,6 +78,8 @@ impl Worker {
             drain: parts.drain,
             end_streams: parts.end_streams,
             ending_streams: false,
+            accept_errors: 0,
+            accept_logged: None,
         })
     }
 
@@ -154,8 +160,22 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log, and let the next event retry.
-                    tracing::warn!(worker = self.id, error = %e, "accept failed");
+                    // EMFILE and friends: log (at most once a second), and
+                    // let the next event retry.
+                    self.accept_errors += 1;
+                    if self
+                        .accept_logged
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+                    {
+                        tracing::warn!(
+                            worker = self.id,
+                            error = %e,
+                            failures = self.accept_errors,
+                            "accept failed"
+                        );
+                        self.accept_logged = Some(now);
+                        self.accept_errors = 0;
+                    }
                     return;
                 }
             }
@@ -163,7 +183,7 @@ impl Worker {
     }
 
     fn add_client(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
-        if !self.driver.admit() {
+        if !self.driver.admit(&mut self.transport, now) {
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }

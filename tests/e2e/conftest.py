@@ -171,12 +171,14 @@ def launch_proxy(
     extra_args: list[str] | tuple[str, ...] = (),
     name: str = "dpuproxy",
     backend_flags: bool = True,
+    nofile: tuple[int, int] | None = None,
 ) -> Iterator[Proxy]:
     """Start one dpuproxy (kernel mode by default) in front of `backends`; stop it on exit.
 
     `extra_args` go after the standard arguments (and before DPUPROXY_EXTRA_ARGS); without
-    `backend_flags` the backend list must come from a --config file among them. Logs and the
-    command line land in workdir/<name>.{stdout,stderr,cmd}."""
+    `backend_flags` the backend list must come from a --config file among them; `nofile` starts
+    it with that (soft, hard) open-file limit. Logs and the command line land in
+    workdir/<name>.{stdout,stderr,cmd}."""
     cert, key = tls_cert
     port, admin = free_port(), free_port()
     while admin == port:
@@ -200,7 +202,16 @@ def launch_proxy(
     stdout_path = workdir / f"{name}.stdout"
     (workdir / f"{name}.cmd").write_text(shlex.join(cmd) + "\n")
     with open(stdout_path, "wb") as fo, open(stderr_path, "wb") as fe:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, start_new_session=True)
+        limit = None
+        if nofile is not None:
+            import resource
+
+            def limit() -> None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, start_new_session=True, preexec_fn=limit
+        )
     try:
         logs = [stderr_path, stdout_path]
         wait_for_port(port, proc, f"{name} ({shlex.join(cmd)})", logs, STARTUP_TIMEOUT)
