@@ -15,9 +15,10 @@
 //! - Backend health: a failed connect marks a backend down (in the core);
 //!   the prober marks it up again when a TCP connect succeeds.
 //!
-//! Unsafe code is confined to `tls_fd` (OpenSSL FFI, `SO_LINGER`) and
-//! [`ktls`] (`setsockopt`).
+//! Unsafe code is confined to `tls_fd` (OpenSSL FFI, `SO_LINGER`),
+//! [`ktls`] (`setsockopt`) and [`heap`] (`malloc_trim`).
 
+pub mod heap;
 pub mod ktls;
 mod tls_fd;
 mod transport;
@@ -143,7 +144,13 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
             | SslOptions::CIPHER_SERVER_PREFERENCE
             | SslOptions::from_bits_retain(tls_fd::SSL_OP_ENABLE_KTLS as _),
     );
-    b.set_mode(SslMode::ENABLE_PARTIAL_WRITE | SslMode::ACCEPT_MOVING_WRITE_BUFFER);
+    // RELEASE_BUFFERS: a connection that waits (a stalled handshake, an
+    // idle keep-alive) holds no 16 KiB record buffers.
+    b.set_mode(
+        SslMode::ENABLE_PARTIAL_WRITE
+            | SslMode::ACCEPT_MOVING_WRITE_BUFFER
+            | SslMode::RELEASE_BUFFERS,
+    );
     dpuproxy_tls::alpn_http11(&mut b);
     Ok(b.build())
 }
@@ -384,6 +391,8 @@ pub fn housekeeping(
             if n > 0 {
                 tracing::debug!(expired = n, "idle sessions expired");
             }
+            // What a burst of connections freed goes back to the system.
+            heap::trim_if_slack();
             last_sweep = now;
         }
         let until = Instant::now() + interval;

@@ -176,6 +176,19 @@ impl FdTls {
         set_linger_zero(&self.stream);
     }
 
+    /// Whether the peer sent anything yet (`Err`: it closed, or the socket
+    /// failed, before sending a byte).
+    pub fn has_input(&self) -> Result<bool, ()> {
+        let mut probe = [0u8; 1];
+        match self.stream.peek(&mut probe) {
+            Ok(0) => Err(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(_) => Err(()),
+        }
+    }
+
     /// One non-blocking handshake step.
     pub fn handshake(&mut self) -> io::Result<Handshake> {
         clear_error_queue();

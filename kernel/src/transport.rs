@@ -54,6 +54,8 @@ pub(crate) fn slot_of(t: Token) -> (SlotId, Side) {
 #[derive(Debug)]
 pub(crate) struct KernelClient {
     pub(crate) tls: FdTls,
+    /// The client sent its first bytes: OpenSSL runs the handshake.
+    started: bool,
     established: bool,
 }
 
@@ -61,6 +63,7 @@ impl KernelClient {
     pub(crate) fn new(tls: FdTls) -> Self {
         Self {
             tls,
+            started: false,
             established: false,
         }
     }
@@ -127,6 +130,15 @@ impl Transport for KernelTransport {
     }
 
     fn handshake(&mut self, client: &mut KernelClient) -> HandshakeStep {
+        // OpenSSL allocates tens of KiB per connection when its handshake
+        // starts: a connection that has sent nothing yet costs none of it.
+        if !client.started {
+            match client.tls.has_input() {
+                Ok(true) => client.started = true,
+                Ok(false) => return HandshakeStep::Pending,
+                Err(()) => return HandshakeStep::Failed,
+            }
+        }
         match client.tls.handshake() {
             Ok(Handshake::Done) => {
                 client.established = true;

@@ -67,3 +67,35 @@ def test_health_checks_do_not_queue_behind_idle_admin_clients(proxy):
             s.close()
     assert r.status_code == 200 and r.text == "ok\n"
     assert elapsed < 1.0, f"/healthz took {elapsed:.2f}s with 12 idle admin clients"
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_goes_back_after_a_burst(workdir, backends, tls_cert):
+    with launch_proxy(workdir, backends, tls_cert, [], name="burst") as p:
+        time.sleep(0.5)
+        idle = rss_mb(p.proc.pid)
+        peaks = []
+        for _ in range(2):
+            socks = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(4000)]
+            # Some start a handshake and stall in it (OpenSSL's buffers), the rest send nothing.
+            for s in socks[:1000]:
+                s.sendall(b"\x16\x03\x01\x00\x05\x01\x00")
+            time.sleep(1.0)
+            peaks.append(rss_mb(p.proc.pid))
+            for s in socks:
+                s.close()
+        deadline = time.monotonic() + 15
+        while True:
+            after = rss_mb(p.proc.pid)
+            if after <= idle + max(8.0, 0.2 * (max(peaks) - idle)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    assert after <= idle + max(8.0, 0.2 * (max(peaks) - idle)), (
+        f"RSS idle {idle:.1f} MB, peaks {peaks}, {after:.1f} MB 15 s after the burst"
+    )
