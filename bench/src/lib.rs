@@ -6,6 +6,8 @@
 //!   MCP backends;
 //! - [`tcp`]: `bench tcp`, the userspace TCP stack against itself over an
 //!   in-memory wire, with faults;
+//! - [`soak`]: `bench soak`, many SSE streams for minutes or hours with
+//!   request and session churn and backend kills, RSS/fd/session samples;
 //! - [`records`]: `bench records`, the TLS record layer against raw EVP;
 //! - [`procs`] and [`background`]: child processes, free ports and
 //!   stoppable background threads (the demo uses them too).
@@ -19,4 +21,5 @@ pub mod background;
 pub mod procs;
 pub mod proxy;
 pub mod records;
+pub mod soak;
 pub mod tcp;

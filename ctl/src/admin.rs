@@ -328,7 +328,7 @@ pub fn render_metrics(state: &AdminState) -> String {
         backends().map(|b| (&b.name, r(&b.connect_failures))),
     );
     let m = &sh.metrics;
-    let singles: [(&str, &str, &str, u64); 24] = [
+    let singles: [(&str, &str, &str, u64); 25] = [
         (
             "dpuproxy_client_requests_total",
             "counter",
@@ -424,6 +424,12 @@ pub fn render_metrics(state: &AdminState) -> String {
             "gauge",
             "Open client connections.",
             r(&p.open),
+        ),
+        (
+            "dpuproxy_buffered_bytes",
+            "gauge",
+            "Bytes held for clients outside the TCP buffers (plaintext both ways, TLS records), refreshed each second.",
+            r(&p.buffered),
         ),
         (
             "dpuproxy_connections_closed_total",

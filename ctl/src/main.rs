@@ -80,6 +80,8 @@ enum BenchCommand {
     Tcp(dpuproxy_bench::tcp::TcpArgs),
     /// Whole-proxy comparison: kernel vs dpdk vs HAProxy on the same MCP workload.
     Proxy(Box<dpuproxy_bench::proxy::ProxyArgs>),
+    /// Many SSE streams for minutes or hours, with churn and backend kills; samples RSS, fds, sessions.
+    Soak(Box<dpuproxy_bench::soak::SoakArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -547,6 +549,7 @@ fn main() {
         Command::Bench(BenchCommand::Records(args)) => dpuproxy_bench::records::run(&args),
         Command::Bench(BenchCommand::Tcp(args)) => dpuproxy_bench::tcp::run(&args),
         Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
+        Command::Bench(BenchCommand::Soak(args)) => dpuproxy_bench::soak::run(&args),
         Command::GenCert { cert, key, days } => {
             dpuproxy_tls::certs::write_self_signed(&cert, &key, days)
                 .map_err(anyhow::Error::from)

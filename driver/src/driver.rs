@@ -2,6 +2,7 @@
 //! and the entry points a data path's event loop calls.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use dpuproxy_l7::deadlines::Deadlines;
@@ -40,6 +41,8 @@ pub struct Driver<T: Transport> {
     /// Slots accepted and (maybe, lazily checked) still handshaking,
     /// oldest first.
     handshaking: std::collections::VecDeque<(SlotId, Instant)>,
+    /// This driver's share of [`PathMetrics::buffered`] as last reported.
+    reported_buffered: u64,
 }
 
 impl<T: Transport> std::fmt::Debug for Driver<T> {
@@ -75,6 +78,7 @@ impl<T: Transport> Driver<T> {
             carried_spare: Vec::new(),
             draining: false,
             handshaking: std::collections::VecDeque::new(),
+            reported_buffered: 0,
         }
     }
 
@@ -304,7 +308,21 @@ impl<T: Transport> Driver<T> {
             self.pool
                 .expire(t, now, self.settings.pool_idle, &self.metrics);
             self.next_pool_expiry = now + POOL_EXPIRY_EVERY;
+            let buffered = self.buffered_bytes(t) as u64;
+            self.report_buffered(buffered);
         }
+    }
+
+    /// Move this driver's share of the shared buffered-bytes gauge to
+    /// `now_buffered` (drivers of other workers add their own shares).
+    fn report_buffered(&mut self, now_buffered: u64) {
+        let gauge = &self.metrics.buffered;
+        if now_buffered >= self.reported_buffered {
+            gauge.fetch_add(now_buffered - self.reported_buffered, Ordering::Relaxed);
+        } else {
+            gauge.fetch_sub(self.reported_buffered - now_buffered, Ordering::Relaxed);
+        }
+        self.reported_buffered = now_buffered;
     }
 
     /// Arm the slot's one timer for its phase.
@@ -399,6 +417,7 @@ impl<T: Transport> Driver<T> {
             self.close(t, index, Close::Abort, now);
         }
         self.pool.clear(t, Close::Abort);
+        self.report_buffered(0);
     }
 
     /// Bytes held for clients outside the TCP buffers: plaintext in the

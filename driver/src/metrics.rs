@@ -34,6 +34,9 @@ pub struct PathMetrics {
     pub pool_expired: AtomicU64,
     /// Pooled connections found dead (closed by the backend, or stray bytes).
     pub pool_dead: AtomicU64,
+    /// Gauge: bytes held for clients outside the TCP buffers (plaintext
+    /// both ways, TLS records), summed over workers, refreshed each second.
+    pub buffered: AtomicU64,
 }
 
 impl PathMetrics {

@@ -15,8 +15,8 @@
 
 mod backend;
 mod loadgen;
-mod netns;
-mod targets;
+pub(crate) mod netns;
+pub(crate) mod targets;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -115,7 +115,7 @@ impl TargetResult {
     }
 }
 
-fn pin_self(cpus: &str) {
+pub(crate) fn pin_self(cpus: &str) {
     // Threads inherit the affinity of the thread that creates them, so
     // pinning the main thread before anything is spawned pins the load
     // generator and the native backends.
@@ -133,7 +133,7 @@ fn pin_self(cpus: &str) {
     }
 }
 
-fn make_keys(dir: &std::path::Path) -> anyhow::Result<(targets::Job, String)> {
+pub(crate) fn make_keys(dir: &std::path::Path) -> anyhow::Result<(targets::Job, String)> {
     use openssl::pkey::PKey;
     use openssl::rsa::Rsa;
     let cert = dir.join("cert.pem");
@@ -170,6 +170,7 @@ fn make_keys(dir: &std::path::Path) -> anyhow::Result<(targets::Job, String)> {
             proxy_cpus: String::new(),
             ciphersuite: String::new(),
             out_dir: dir.to_path_buf(),
+            extra_args: Vec::new(),
         },
         token,
     ))

@@ -100,6 +100,21 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Give the peers' veth end one more address (more client source
+    /// addresses: ~28k ephemeral ports each).
+    pub fn add_peer_address(&self, addr: std::net::Ipv4Addr) -> anyhow::Result<()> {
+        let peer_if = format!("{}b", self.name);
+        ip(&[
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &peer_if,
+        ])
+    }
+
     /// Move the calling thread into the namespace (threads it then starts
     /// inherit it).
     pub fn enter(&self) -> anyhow::Result<()> {

@@ -37,6 +37,8 @@ pub struct Job {
     pub ciphersuite: String,
     /// Where generated configs and logs go.
     pub out_dir: PathBuf,
+    /// More `dpuproxy run` arguments (dpuproxy targets only).
+    pub extra_args: Vec<String>,
 }
 
 /// A started target.
@@ -98,6 +100,7 @@ fn same_job_args(
     for b in &job.backends {
         cmd.arg("--backend").arg(b.to_string());
     }
+    cmd.args(&job.extra_args);
     cmd.env("DPUPROXY_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?);
