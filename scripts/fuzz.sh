@@ -92,14 +92,17 @@ echo "target=$TARGET seconds=$(stat run_time) execs=$(stat execs_done)" \
 
 if [[ "$SAVE" == "--save" ]]; then
   MIN=$OUT/min
-  AFL_SKIP_CPUFREQ=1 cargo afl cmin -i "$OUT/default/queue" -o "$MIN" -- "$BIN" >/dev/null 2>&1 || true
+  # The bash afl-cmin: `cargo afl cmin` (the Python one) finds no tuples
+  # in afl.rs-instrumented binaries here.
+  AFL_BIN=$(dirname "$(compgen -G "$HOME/.local/share/afl.rs/rustc-*/afl.rs-*/afl/bin/afl-fuzz" | head -1)")
+  AFL_PATH=$AFL_BIN AFL_SKIP_CPUFREQ=1 "$AFL_BIN/afl-cmin.bash" -i "$OUT/default/queue" -o "$MIN" -- "$BIN" >/dev/null 2>&1 || true
   added=0
   known=$(find "$SEEDS" -type f -exec sha256sum {} + | cut -c1-64 | sort -u)
   for f in "$MIN"/*; do
     [[ -f "$f" ]] || continue
     sum=$(sha256sum "$f" | cut -c1-64)
-    # Keep only inputs the committed seeds do not already hold.
-    if ! grep -qx "$sum" <<<"$known"; then
+    # Keep only small inputs the committed seeds do not already hold.
+    if [[ $(stat -c %s "$f") -le 4096 ]] && ! grep -qx "$sum" <<<"$known"; then
       cp "$f" "$SEEDS/afl-${sum:0:16}"
       added=$((added + 1))
     fi

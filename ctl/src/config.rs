@@ -582,6 +582,7 @@ impl RunConfig {
         if core.max_sessions == 0 {
             bail!("`limits.max_sessions` must be at least 1");
         }
+        check_capacities(&kernel, &core)?;
         for (name, v) in [
             ("timeouts.request", core.request_timeout),
             ("timeouts.connect", core.connect_timeout),
@@ -619,7 +620,7 @@ impl RunConfig {
             .drain_timeout
             .or(t.drain)
             .unwrap_or(Duration::from_secs(30));
-        Ok(Self {
+        let resolved = Self {
             mode,
             kernel,
             admin: cli.admin.or(file.admin),
@@ -630,8 +631,249 @@ impl RunConfig {
             backends_from_cli,
             session_key: cli.session_key.or(file.session.key_file),
             drain_timeout,
-        })
+        };
+        for (name, d) in durations(&resolved) {
+            if d > MAX_DURATION {
+                bail!("`{name}` must be at most 3650days (ten years), got {d:?}");
+            }
+        }
+        Ok(resolved)
     }
+}
+
+/// The most a per-worker connection count may be: far above what one
+/// worker can serve, and small enough that the open files the workers
+/// need can be counted (`limits::files_needed`) without overflow.
+pub const MAX_PER_WORKER: usize = 1 << 24;
+
+/// Counts that would make the proxy refuse every connection, read no
+/// request or accept no body (zero), or overflow the open-file arithmetic
+/// (huge), are refused.
+fn check_capacities(
+    kernel: &dpuproxy_kernel::KernelConfig,
+    core: &CoreConfig,
+) -> anyhow::Result<()> {
+    for (name, v, min) in [
+        (
+            "max_connections_per_worker",
+            kernel.max_connections_per_worker,
+            1,
+        ),
+        (
+            "max_handshaking_per_worker",
+            kernel.max_handshaking_per_worker,
+            1,
+        ),
+        ("pool_max_per_backend", kernel.pool_max_per_backend, 0),
+    ] {
+        if !(min..=MAX_PER_WORKER).contains(&v) {
+            bail!("`limits.{name}` must be {min}-{MAX_PER_WORKER}, got {v}");
+        }
+    }
+    if core.max_downstream_buffer == 0 {
+        bail!("`limits.max_downstream_buffer` must be at least 1");
+    }
+    if core.max_body_bytes == 0 {
+        bail!("`limits.max_body_bytes` must be at least 1 (MCP requests have bodies)");
+    }
+    Ok(())
+}
+
+/// The longest duration a setting may have: ten years, "never" in
+/// practice, and far enough from the end of `Instant`'s range that every
+/// deadline computed from it exists (a longer one would panic the first
+/// connection that armed it).
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
+/// Every duration of a resolved config, by its config key.
+fn durations(r: &RunConfig) -> Vec<(&'static str, Duration)> {
+    let c = &r.core;
+    let mut all = vec![
+        ("timeouts.client_idle", c.client_idle_timeout),
+        ("timeouts.request", c.request_timeout),
+        ("timeouts.connect", c.connect_timeout),
+        ("timeouts.response", c.response_timeout),
+        ("timeouts.sse_idle", c.sse_idle_timeout),
+        ("timeouts.sse_keepalive", c.sse_keepalive_interval),
+        ("timeouts.session_idle", c.session_idle_timeout),
+        ("timeouts.handshake", r.kernel.handshake_timeout),
+        ("timeouts.pool_idle", r.kernel.pool_idle_timeout),
+        ("timeouts.drain", r.drain_timeout),
+    ];
+    if let Some(leeway) = r.auth.as_ref().and_then(|a| a.leeway) {
+        all.push(("auth.leeway", leeway));
+    }
+    all
+}
+
+/// What the config fuzz target made of one input.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuzzVerdict {
+    /// Not UTF-8 (a TOML file never is).
+    NotUtf8,
+    /// `FileConfig::parse` refused it.
+    Unparsable,
+    /// It parsed, and `RunConfig::resolve` refused it.
+    Refused,
+    /// It resolved (and the resolved config passed every check).
+    Resolved,
+}
+
+/// The config fuzz target (`fuzz/src/bin/config.rs`, corpus
+/// `ctl/fuzz/corpus/config/`): parse `data` as a config file and resolve
+/// it without CLI overrides. Invariants, checked with `assert!`: no
+/// panic; a refusal explains itself; a resolved config satisfies what
+/// `resolve` promises (see `check_resolved`) and keeps every value the
+/// file gave (see `check_file_kept`).
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub fn fuzz_target(data: &[u8]) -> FuzzVerdict {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return FuzzVerdict::NotUtf8;
+    };
+    let file = match FileConfig::parse(text) {
+        Ok(f) => f,
+        Err(e) => {
+            assert!(!format!("{e:#}").is_empty(), "an unexplained parse error");
+            return FuzzVerdict::Unparsable;
+        }
+    };
+    match RunConfig::resolve(file, CliOverrides::default()) {
+        Ok(r) => {
+            check_resolved(&r);
+            let again = FileConfig::parse(text).expect("parsing the same text twice agrees");
+            check_file_kept(&again, &r);
+            FuzzVerdict::Resolved
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty(), "an unexplained refusal");
+            FuzzVerdict::Refused
+        }
+    }
+}
+
+/// Fuzz oracle: what a resolved config promises the data paths.
+#[cfg(any(test, fuzzing))]
+fn check_resolved(r: &RunConfig) {
+    assert!(!r.backends.is_empty(), "no backends");
+    for (i, b) in r.backends.iter().enumerate() {
+        assert!(
+            r.backends[..i].iter().all(|o| o.name != b.name),
+            "backend name {:?} twice",
+            b.name
+        );
+        let resolved_again = BackendEntry::Table {
+            name: Some(b.name.clone()),
+            addr: b.addr.clone(),
+            drain: b.drain,
+        }
+        .check()
+        .expect("a resolved backend passes its own check");
+        assert_eq!(&resolved_again, b);
+    }
+    assert!((1..=1024).contains(&r.kernel.workers), "workers");
+    assert!(r.core.max_header_bytes >= 256 && r.core.max_headers >= 1);
+    assert!(r.core.max_sessions >= 1, "max_sessions");
+    // Zero would refuse every connection, read no request or accept no body.
+    let k = &r.kernel;
+    assert!(k.max_connections_per_worker >= 1 && k.max_handshaking_per_worker >= 1);
+    assert!(r.core.max_downstream_buffer >= 1 && r.core.max_body_bytes >= 1);
+    // The open files the workers need (see `limits::files_needed`) are countable.
+    let per_worker = (k.max_connections_per_worker as u64)
+        .checked_mul(2)
+        .zip((k.pool_max_per_backend as u64).checked_mul(r.backends.len() as u64))
+        .and_then(|(clients, pooled)| clients.checked_add(pooled));
+    let files = per_worker.and_then(|n| n.checked_mul(k.workers as u64));
+    assert!(
+        files.is_some_and(|f| f < u64::MAX / 2),
+        "open files overflow: {k:?}"
+    );
+    for (name, d) in durations(r) {
+        assert!(
+            d <= MAX_DURATION && std::time::Instant::now().checked_add(d).is_some(),
+            "`{name}` = {d:?} overflows a deadline"
+        );
+    }
+    assert!(!r.backends_from_cli, "no CLI was given");
+    if r.mode == Mode::Dpdk {
+        assert!(r.dpdk.is_some(), "dpdk mode without dpdk settings");
+    }
+    if let Some(d) = &r.dpdk {
+        assert!(!d.eal_args.is_empty() && (1..=32).contains(&d.prefix_len));
+    }
+    if let Some(a) = &r.auth {
+        assert!(a.has_keys(), "auth on without a key");
+        a.to_config().expect("resolved auth settings convert");
+    }
+}
+
+/// Fuzz oracle: a value the file gives is the value in force (none is
+/// dropped or changed on the way).
+#[cfg(any(test, fuzzing))]
+fn check_file_kept(file: &FileConfig, r: &RunConfig) {
+    let (l, c, k) = (&file.limits, &r.core, &r.kernel);
+    let counts = [
+        ("max_header_bytes", l.max_header_bytes, c.max_header_bytes),
+        ("max_headers", l.max_headers, c.max_headers),
+        ("max_sessions", l.max_sessions, c.max_sessions),
+        (
+            "max_sessions_per_client",
+            l.max_sessions_per_client,
+            c.max_sessions_per_client,
+        ),
+        (
+            "max_downstream_buffer",
+            l.max_downstream_buffer,
+            c.max_downstream_buffer,
+        ),
+        (
+            "max_connections_per_worker",
+            l.max_connections_per_worker,
+            k.max_connections_per_worker,
+        ),
+        (
+            "max_handshaking_per_worker",
+            l.max_handshaking_per_worker,
+            k.max_handshaking_per_worker,
+        ),
+        (
+            "pool_max_per_backend",
+            l.pool_max_per_backend,
+            k.pool_max_per_backend,
+        ),
+        ("workers", file.workers, k.workers),
+    ];
+    for (name, given, used) in counts {
+        assert!(
+            given.is_none_or(|g| g == used),
+            "{name}: file {given:?}, in force {used}"
+        );
+    }
+    assert!(l.max_body_bytes.is_none_or(|g| g == c.max_body_bytes));
+    let t = &file.timeouts;
+    let given = [
+        t.client_idle,
+        t.request,
+        t.connect,
+        t.response,
+        t.sse_idle,
+        t.sse_keepalive,
+        t.session_idle,
+        t.handshake,
+        t.pool_idle,
+        t.drain,
+    ];
+    for (g, (name, used)) in given.into_iter().zip(durations(r)) {
+        assert!(
+            g.is_none_or(|g| g == used),
+            "{name}: file {g:?}, in force {used:?}"
+        );
+    }
+    assert!(file.mode.is_none_or(|m| m == r.mode));
+    assert_eq!(file.admin, r.admin);
+    assert_eq!(file.listen, Some(k.listen), "listen");
 }
 
 #[cfg(test)]
@@ -815,6 +1057,90 @@ mod tests {
         assert_eq!(r.backends.len(), 3);
         assert_eq!(r.backends[0].name, "b1");
         assert_eq!(r.drain_timeout, Duration::from_secs(30));
+    }
+
+    /// Found by the config fuzz target: a timeout too long for a deadline
+    /// resolved, and the first connection then panicked adding it to its
+    /// start (`since + client_idle_timeout`).
+    #[test]
+    fn a_duration_past_any_deadline_is_refused() {
+        let keys = [
+            "timeouts.client_idle",
+            "timeouts.request",
+            "timeouts.connect",
+            "timeouts.response",
+            "timeouts.sse_idle",
+            "timeouts.sse_keepalive",
+            "timeouts.session_idle",
+            "timeouts.handshake",
+            "timeouts.pool_idle",
+            "timeouts.drain",
+            "auth.leeway",
+        ];
+        for key in keys {
+            let (section, name) = key.split_once('.').unwrap();
+            let text = format!(
+                "listen = \"127.0.0.1:1\"\nbackends = [\"a:1\"]\n[{section}]\n{name} = \"500000000000years\"\n"
+            );
+            let text = text.replace("[auth]\n", "[auth]\njwks = \"k.json\"\n");
+            let f = FileConfig::parse(&text).unwrap();
+            let e = RunConfig::resolve(f, cli_min()).unwrap_err();
+            assert!(e.to_string().contains(key), "{key}: {e}");
+        }
+        // Ten years is still fine.
+        let f = FileConfig::parse(
+            "listen = \"127.0.0.1:1\"\nbackends = [\"a:1\"]\n[timeouts]\nsse_idle = \"3650days\"\n",
+        )
+        .unwrap();
+        let r = RunConfig::resolve(f, cli_min()).unwrap();
+        assert_eq!(r.core.sse_idle_timeout, MAX_DURATION);
+    }
+
+    /// Found with the config fuzz target's invariants: zero capacities
+    /// resolved (the proxy then refused every connection, or read no
+    /// request), and huge ones overflowed the open-file count.
+    #[test]
+    fn capacities_that_cannot_serve_are_refused() {
+        let resolve = |limits: &str| {
+            let text =
+                format!("listen = \"127.0.0.1:1\"\nbackends = [\"a:1\"]\n[limits]\n{limits}\n");
+            RunConfig::resolve(FileConfig::parse(&text).unwrap(), cli_min())
+        };
+        for (key, value) in [
+            ("max_connections_per_worker", "0"),
+            ("max_handshaking_per_worker", "0"),
+            ("max_downstream_buffer", "0"),
+            ("max_body_bytes", "0"),
+            ("max_connections_per_worker", "9223372036854775807"),
+            ("pool_max_per_backend", "9223372036854775807"),
+            ("max_handshaking_per_worker", "16777217"),
+        ] {
+            let e = resolve(&format!("{key} = {value}")).unwrap_err();
+            assert!(e.to_string().contains(key), "{key} = {value}: {e}");
+        }
+        let r = resolve("pool_max_per_backend = 0\nmax_connections_per_worker = 16777216").unwrap();
+        assert_eq!(r.kernel.max_connections_per_worker, MAX_PER_WORKER);
+        assert_eq!(r.kernel.pool_max_per_backend, 0);
+    }
+
+    /// Replays the committed corpus of the config fuzz target.
+    #[test]
+    fn fuzz_corpus_replays_without_findings() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+        let mut verdicts = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("the corpus directory") {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            verdicts.push((path, fuzz_target(&data)));
+        }
+        let count = |v: FuzzVerdict| verdicts.iter().filter(|(_, x)| *x == v).count();
+        assert!(verdicts.len() >= 25, "only {} corpus files", verdicts.len());
+        assert!(count(FuzzVerdict::Resolved) >= 8, "{verdicts:#?}");
+        assert!(count(FuzzVerdict::Refused) >= 8, "{verdicts:#?}");
+        assert!(count(FuzzVerdict::Unparsable) >= 5, "{verdicts:#?}");
+        let example = include_bytes!("../../dpuproxy.example.toml");
+        assert_eq!(fuzz_target(example), FuzzVerdict::Resolved);
+        assert_eq!(fuzz_target(b"\xff\xfe"), FuzzVerdict::NotUtf8);
     }
 
     #[test]

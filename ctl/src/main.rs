@@ -82,6 +82,9 @@ enum BenchCommand {
     Proxy(Box<dpuproxy_bench::proxy::ProxyArgs>),
     /// Many SSE streams for minutes or hours, with churn and backend kills; samples RSS, fds, sessions.
     Soak(Box<dpuproxy_bench::soak::SoakArgs>),
+    /// One load process of `bench soak` (started by it, driven over stdin).
+    #[command(hide = true)]
+    SoakPart(Box<dpuproxy_bench::soak::part::PartArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -550,6 +553,7 @@ fn main() {
         Command::Bench(BenchCommand::Tcp(args)) => dpuproxy_bench::tcp::run(&args),
         Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
         Command::Bench(BenchCommand::Soak(args)) => dpuproxy_bench::soak::run(&args),
+        Command::Bench(BenchCommand::SoakPart(args)) => dpuproxy_bench::soak::part::run(&args),
         Command::GenCert { cert, key, days } => {
             dpuproxy_tls::certs::write_self_signed(&cert, &key, days)
                 .map_err(anyhow::Error::from)

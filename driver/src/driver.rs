@@ -310,6 +310,19 @@ impl<T: Transport> Driver<T> {
             self.next_pool_expiry = now + POOL_EXPIRY_EVERY;
             let buffered = self.buffered_bytes(t) as u64;
             self.report_buffered(buffered);
+            self.shrink_tables();
+        }
+    }
+
+    /// After a burst: give back the slot table's and queues' unused room
+    /// (the slab only drops trailing free entries, so keys stay valid).
+    fn shrink_tables(&mut self) {
+        if self.slots.capacity() > 64 && self.slots.len() < self.slots.capacity() / 4 {
+            self.slots.shrink_to_fit();
+            self.handshaking.shrink_to_fit();
+            self.dirty.shrink_to_fit();
+            self.carried.shrink_to_fit();
+            self.carried_spare.shrink_to_fit();
         }
     }
 

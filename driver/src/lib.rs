@@ -46,6 +46,8 @@
 
 mod drive;
 mod driver;
+#[doc(hidden)]
+pub mod fuzz;
 mod id;
 pub mod metrics;
 mod pool;

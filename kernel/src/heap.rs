@@ -7,7 +7,7 @@
 //! seconds. On other C libraries it does nothing.
 
 /// Free heap bytes above which a trim is worth its cost.
-pub const TRIM_SLACK: u64 = 32 * 1024 * 1024;
+pub const TRIM_SLACK: u64 = 8 * 1024 * 1024;
 
 /// Free heap bytes held by the allocator (glibc), if known.
 pub fn free_heap_bytes() -> Option<u64> {

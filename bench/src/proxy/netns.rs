@@ -118,14 +118,23 @@ impl Netns {
     /// Move the calling thread into the namespace (threads it then starts
     /// inherit it).
     pub fn enter(&self) -> anyhow::Result<()> {
-        let f = File::open(&self.path)
-            .with_context(|| format!("cannot open {}", self.path.display()))?;
-        rustix::thread::move_into_link_name_space(
-            f.as_fd(),
-            Some(rustix::thread::LinkNameSpaceType::Network),
-        )
-        .with_context(|| format!("setns into {}", self.name))
+        enter_path(&self.path, &self.name)
     }
+}
+
+/// Move the calling thread into the `ip netns` namespace `name` (threads
+/// it then starts inherit it).
+pub fn enter_named(name: &str) -> anyhow::Result<()> {
+    enter_path(&PathBuf::from(format!("/var/run/netns/{name}")), name)
+}
+
+fn enter_path(path: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let f = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    rustix::thread::move_into_link_name_space(
+        f.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )
+    .with_context(|| format!("setns into {name}"))
 }
 
 impl Drop for Netns {

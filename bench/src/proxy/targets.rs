@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use crate::procs::{free_port, wait_listening};
 
 /// How long a target may take to start listening.
-const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// Files and settings every target shares.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ fn taskset_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn pinned(cpus: &str, program: &Path) -> Command {
+pub(crate) fn pinned(cpus: &str, program: &Path) -> Command {
     if taskset_available() {
         let mut c = Command::new("taskset");
         c.arg("-c").arg(cpus).arg(program);
@@ -82,7 +82,7 @@ fn pinned(cpus: &str, program: &Path) -> Command {
 
 /// The arguments every dpuproxy target shares: listen address, TLS files,
 /// the RS256 JWT checks, the backends, quiet logs into `log`.
-fn same_job_args(
+pub(crate) fn same_job_args(
     cmd: &mut Command,
     job: &Job,
     listen: SocketAddr,

@@ -3,26 +3,28 @@
 //! connection).
 //!
 //! Protocol subset (the one the soak client speaks):
-//! - `POST initialize` without a session → 200 JSON, a fresh
-//!   `Mcp-Session-Id` of the form `b<K>-<n>` (the client reads the backend
-//!   from it);
+//! - `POST initialize` without a session → 200 JSON with a fresh
+//!   `Mcp-Session-Id` and `serverInfo.name` = `b<K>`, the backend's global
+//!   name (the client reads its session's backend from it: the proxy may
+//!   seal the id);
 //! - `POST tools/call` on a known session → 200 JSON echo; a notification
 //!   → 202; an unknown session → 404;
 //! - `GET` on a known session → a chunked `text/event-stream` that carries
 //!   event `id: 0` at once and then one event per `event_every`, ids
-//!   counting up: a gap the client sees is an event lost on the way;
+//!   counting up: a gap the client sees is an event lost on the way; once
+//!   emission pauses, each stream gets a last event marked `event: end`,
+//!   so a lost tail shows up too;
 //! - `DELETE` → the session and its stream end.
 //!
 //! [`BackendControl`] kills and restarts a backend (listener and every
-//! connection closed, sessions forgotten, as a restarted process would),
-//! pauses emission before the final count, and keeps the ledger of events
-//! emitted per session that the client's count is checked against.
+//! connection closed, sessions forgotten, as a restarted process would)
+//! and pauses emission before the final count.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use dpuproxy_l7::http::{self, BodyFraming, RequestHead, header};
@@ -36,20 +38,13 @@ use crate::background::Background;
 /// closed (the proxy reads its backends promptly; this bounds memory).
 const MAX_QUEUED: usize = 4 << 20;
 
-/// Shared with the orchestrator and the client.
+/// Shared with the process's command loop.
 #[derive(Debug)]
 pub struct BackendControl {
-    /// Requested state per backend: true = down (killed).
+    /// Requested state per local backend: true = down (killed).
     down: Vec<AtomicBool>,
-    /// Per backend: how many times it has been killed. A client compares
-    /// the value at a request's start with the value at its end.
-    kills: Vec<AtomicU64>,
-    /// When each backend last went down or came up.
-    transitions: Mutex<Vec<Option<Instant>>>,
-    /// True: emit no more events (the final count is taken).
+    /// True: emit no more events (each stream got its `end` event).
     paused: AtomicBool,
-    /// Session id → events emitted on its stream so far.
-    ledger: Mutex<HashMap<String, u64>>,
     /// Requests answered (all kinds).
     pub requests: AtomicU64,
     /// Events emitted.
@@ -58,71 +53,34 @@ pub struct BackendControl {
     pub stuck: AtomicU64,
 }
 
-fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl BackendControl {
     fn new(n: usize) -> Self {
         Self {
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            kills: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            transitions: Mutex::new(vec![None; n]),
             paused: AtomicBool::new(false),
-            ledger: Mutex::new(HashMap::new()),
             requests: AtomicU64::new(0),
             events: AtomicU64::new(0),
             stuck: AtomicU64::new(0),
         }
     }
 
-    /// Kill backend `i` (`down`) or bring it back (`!down`); takes effect
-    /// within one loop turn (≤ 20 ms).
-    pub fn set_down(&self, i: usize, down: bool) {
-        self.down[i].store(down, Ordering::Relaxed);
+    /// Kill local backend `i` (`down`) or bring it back (`!down`); takes
+    /// effect within one loop turn (≤ 20 ms). Out of range: false.
+    pub fn set_down(&self, i: usize, down: bool) -> bool {
+        self.down
+            .get(i)
+            .map(|d| d.store(down, Ordering::Relaxed))
+            .is_some()
     }
 
-    /// Whether backend `i` is down now.
-    pub fn is_down(&self, i: usize) -> bool {
+    fn is_down(&self, i: usize) -> bool {
         self.down[i].load(Ordering::Relaxed)
     }
 
-    /// Times backend `i` has been killed (`None` for an index out of range).
-    pub fn kills(&self, i: usize) -> Option<u64> {
-        self.kills.get(i).map(|k| k.load(Ordering::Relaxed))
+    /// Stop emitting events; every open stream gets its `end` event.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::Relaxed);
     }
-
-    /// True when some backend is down or changed state within `grace`: a
-    /// request that picked no backend yet may have been sent to it.
-    pub fn disturbed_within(&self, grace: Duration) -> bool {
-        self.down.iter().any(|d| d.load(Ordering::Relaxed))
-            || locked(&self.transitions)
-                .iter()
-                .flatten()
-                .any(|t| t.elapsed() < grace)
-    }
-
-    /// Stop (or resume) emitting events.
-    pub fn pause(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Relaxed);
-    }
-
-    /// Events emitted so far on `session`'s stream (None: never streamed or
-    /// forgotten).
-    pub fn emitted(&self, session: &str) -> Option<u64> {
-        locked(&self.ledger).get(session).copied()
-    }
-
-    fn mark_transition(&self, i: usize) {
-        locked(&self.transitions)[i] = Some(Instant::now());
-    }
-}
-
-/// The backend index a session id names (`b<K>-…`, K counting from 1).
-pub fn backend_of(session: &str) -> Option<usize> {
-    let rest = session.strip_prefix('b')?;
-    let (k, _) = rest.split_once('-')?;
-    k.parse::<usize>().ok()?.checked_sub(1)
 }
 
 /// The running backends; dropping this stops the thread.
@@ -130,7 +88,7 @@ pub fn backend_of(session: &str) -> Option<usize> {
 pub struct SoakBackends {
     /// Listen addresses, backend `i` at index `i` (named `b<i+1>`).
     pub addrs: Vec<SocketAddr>,
-    /// Kill, restart, pause, ledger.
+    /// Kill, restart, pause, counters.
     pub control: Arc<BackendControl>,
     _thread: Background,
 }
@@ -140,14 +98,14 @@ pub struct SoakBackends {
 pub struct BackendSettings {
     /// Address every listener binds (port 0: ephemeral, kept across restarts).
     pub ip: std::net::Ipv4Addr,
+    /// Global index of the first backend here (names count on from `b<first+1>`).
+    pub first: usize,
     /// Number of backends.
     pub count: usize,
     /// Interval between two events of one stream.
     pub event_every: Duration,
     /// Padding bytes in each event's data.
     pub event_pad: usize,
-    /// Namespace the thread serves in (dpdk mode).
-    pub netns: Option<Arc<crate::proxy::netns::Netns>>,
 }
 
 impl SoakBackends {
@@ -204,6 +162,8 @@ struct Server {
     /// Streams in due order: (due, connection, session).
     due: VecDeque<(Instant, usize, String)>,
     next_session: u64,
+    /// The `end` events have gone out.
+    ended: bool,
 }
 
 /// Tokens below this are listeners; connection `k` is `LISTENERS + k`.
@@ -216,9 +176,6 @@ impl Server {
             "between 1 and {} backends",
             LISTENERS - 1
         );
-        if let Some(ns) = &settings.netns {
-            ns.enter()?;
-        }
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -239,6 +196,7 @@ impl Server {
             sessions: HashMap::new(),
             due: VecDeque::new(),
             next_session: 1,
+            ended: false,
         })
     }
 
@@ -259,7 +217,35 @@ impl Server {
                     k => self.service(k - LISTENERS),
                 }
             }
-            self.emit_due(Instant::now());
+            if self.control.paused.load(Ordering::Relaxed) {
+                self.end_streams();
+            } else {
+                self.emit_due(Instant::now());
+            }
+        }
+    }
+
+    /// Once paused: every open stream's last event, marked `end`.
+    fn end_streams(&mut self) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let open: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.stream.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        for k in open {
+            let mut out = Vec::new();
+            if let Some(mut stream) = self.conns.get_mut(k).and_then(|c| c.stream.take()) {
+                self.event(&mut stream, "event: end\n", &mut out);
+                if let Some(c) = self.conns.get_mut(k) {
+                    c.stream = Some(stream);
+                    c.out.extend_from_slice(&out);
+                }
+            }
+            self.flush(k);
         }
     }
 
@@ -287,16 +273,7 @@ impl Server {
         for k in victims {
             self.close(k);
         }
-        let mut ledger = locked(&self.control.ledger);
-        self.sessions.retain(|s, (b, _)| {
-            if *b == i {
-                ledger.remove(s);
-            }
-            *b != i
-        });
-        drop(ledger);
-        self.control.kills[i].fetch_add(1, Ordering::Relaxed);
-        self.control.mark_transition(i);
+        self.sessions.retain(|_, (b, _)| *b != i);
     }
 
     fn restart(&mut self, i: usize) {
@@ -310,7 +287,6 @@ impl Server {
                 .is_ok()
         {
             self.listeners[i] = Some(l);
-            self.control.mark_transition(i);
         }
     }
 
@@ -440,12 +416,13 @@ impl Server {
         if msg.get("method").and_then(|m| m.as_str()) != Some("initialize") {
             return json("400 Bad Request", None, "");
         }
-        let sid = format!("b{}-{:x}", backend + 1, self.next_session);
+        let name = format!("b{}", self.settings.first + backend + 1);
+        let sid = format!("{name}-{:x}", self.next_session);
         self.next_session += 1;
         self.sessions.insert(sid.clone(), (backend, None));
         let result = serde_json::json!({"jsonrpc":"2.0","id":msg.get("id"),"result":{
             "protocolVersion":"2025-11-25","capabilities":{"tools":{}},
-            "serverInfo":{"name":format!("b{}", backend + 1),"version":"soak"}}});
+            "serverInfo":{"name":name,"version":"soak"}}});
         json("200 OK", Some(&sid), &result.to_string())
     }
 
@@ -459,13 +436,12 @@ impl Server {
         if let Some(old) = older {
             self.close(old);
         }
-        locked(&self.control.ledger).insert(session.clone(), 0);
         let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
         let mut stream = Stream {
             session: session.clone(),
             next_id: 0,
         };
-        self.event(&mut stream, &mut out);
+        self.event(&mut stream, "", &mut out);
         if let Some(c) = self.conns.get_mut(k) {
             c.stream = Some(stream);
         }
@@ -475,7 +451,6 @@ impl Server {
     }
 
     fn end_session(&mut self, session: &str) {
-        locked(&self.control.ledger).remove(session);
         if let Some((_, Some(k))) = self.sessions.remove(session)
             && let Some(c) = self.conns.get_mut(k)
         {
@@ -485,19 +460,17 @@ impl Server {
         }
     }
 
-    /// Append the stream's next event to `out` and count it.
-    fn event(&self, stream: &mut Stream, out: &mut Vec<u8>) {
+    /// Append the stream's next event (with `extra` lines) to `out` and
+    /// count it.
+    fn event(&self, stream: &mut Stream, extra: &str, out: &mut Vec<u8>) {
         let id = stream.next_id;
         stream.next_id += 1;
         let ev = format!(
-            "id: {id}\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"seq\":{id},\"pad\":\"{}\"}}}}\n\n",
+            "id: {id}\n{extra}data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"seq\":{id},\"pad\":\"{}\"}}}}\n\n",
             "x".repeat(self.settings.event_pad)
         );
         http::encode_chunk(ev.as_bytes(), out);
         self.control.events.fetch_add(1, Ordering::Relaxed);
-        if let Some(n) = locked(&self.control.ledger).get_mut(&stream.session) {
-            *n = stream.next_id;
-        }
     }
 
     fn emit_due(&mut self, now: Instant) {
@@ -514,9 +487,7 @@ impl Server {
                 continue; // ended, or the slot holds another connection now
             };
             let mut out = Vec::new();
-            if !self.control.paused.load(Ordering::Relaxed) {
-                self.event(&mut stream, &mut out);
-            }
+            self.event(&mut stream, "", &mut out);
             if let Some(c) = self.conns.get_mut(k) {
                 c.stream = Some(stream);
                 c.out.extend_from_slice(&out);
@@ -575,18 +546,4 @@ fn call(body: &[u8]) -> Vec<u8> {
     let result = serde_json::json!({"jsonrpc":"2.0","id":id,"result":{
         "content":[{"type":"text","text":text}],"isError":false}});
     json("200 OK", None, &result.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_ids_name_their_backend() {
-        assert_eq!(backend_of("b1-1f"), Some(0));
-        assert_eq!(backend_of("b12-0"), Some(11));
-        assert_eq!(backend_of("b0-1"), None);
-        assert_eq!(backend_of("x1-1"), None);
-        assert_eq!(backend_of("b1"), None);
-    }
 }

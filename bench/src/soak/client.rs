@@ -29,7 +29,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use openssl::ssl::{ErrorCode, SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
 
-use super::backend::{BackendControl, backend_of};
+use super::kills::{KillBook, backend_index};
 
 /// After a backend changes state, how long a request that picked no
 /// backend yet may still fail because of it.
@@ -60,8 +60,6 @@ pub struct ClientSettings {
     pub connect_rate: f64,
     /// Connections in TCP or TLS handshake at once at most.
     pub max_connecting: usize,
-    /// Namespace the thread runs in (dpdk mode).
-    pub netns: Option<Arc<crate::proxy::netns::Netns>>,
 }
 
 /// Live counters (relaxed atomics), read by the orchestrator each sample.
@@ -105,16 +103,13 @@ pub struct SoakClients {
 
 impl SoakClients {
     /// Start the client thread; connections open at the paced rate.
-    pub fn start(settings: ClientSettings, backends: Arc<BackendControl>) -> anyhow::Result<Self> {
+    pub fn start(settings: ClientSettings, backends: Arc<KillBook>) -> anyhow::Result<Self> {
         let stats = Arc::new(ClientStats::default());
         let flags = Arc::new(Flags::default());
         let (st, fl) = (stats.clone(), flags.clone());
         let thread = std::thread::Builder::new()
             .name("soak-clients".into())
             .spawn(move || -> anyhow::Result<()> {
-                if let Some(ns) = &settings.netns {
-                    ns.enter()?;
-                }
                 Clients::new(settings, backends, st, fl)?.run()
             })?;
         Ok(Self {
@@ -134,9 +129,9 @@ impl SoakClients {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
-    /// Count events still owed to each open stream (the backends must be
-    /// paused and quiet for a moment first), close every connection and
-    /// wait for the thread.
+    /// Count the open streams that have not seen their `end` event (the
+    /// backends must have paused a moment before), close every connection
+    /// and wait for the thread.
     pub fn finish(mut self) -> anyhow::Result<()> {
         self.flags.finish.store(true, Ordering::Relaxed);
         match self.thread.take() {
@@ -180,6 +175,19 @@ enum Step {
     Idle,
 }
 
+impl Step {
+    fn name(&self) -> String {
+        match self {
+            Step::Queued => "queued".into(),
+            Step::Connecting => "connecting".into(),
+            Step::Handshaking => "handshaking".into(),
+            Step::Awaiting(e) => format!("awaiting {e:?}"),
+            Step::Streaming(_) => "streaming".into(),
+            Step::Idle => "idle".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     Initialize,
@@ -192,6 +200,8 @@ struct SseReader {
     decoder: ChunkedDecoder,
     text: Vec<u8>,
     next_id: u64,
+    /// The backend's last event (`event: end`) arrived.
+    ended: bool,
 }
 
 struct Client {
@@ -200,6 +210,8 @@ struct Client {
     tcp: Option<TcpStream>,
     tls: Option<SslStream<TcpStream>>,
     session: Option<String>,
+    /// The global index of the session's backend (from `serverInfo.name`).
+    session_backend: Option<usize>,
     /// The session's backend kill count when the session was created: a
     /// different count now means the session died with its backend.
     session_kills: u64,
@@ -212,7 +224,7 @@ struct Client {
 
 struct Clients {
     s: ClientSettings,
-    backends: Arc<BackendControl>,
+    backends: Arc<KillBook>,
     stats: Arc<ClientStats>,
     flags: Arc<Flags>,
     poll: Poll,
@@ -229,7 +241,7 @@ struct Clients {
 impl Clients {
     fn new(
         s: ClientSettings,
-        backends: Arc<BackendControl>,
+        backends: Arc<KillBook>,
         stats: Arc<ClientStats>,
         flags: Arc<Flags>,
     ) -> anyhow::Result<Self> {
@@ -250,6 +262,7 @@ impl Clients {
                 tcp: None,
                 tls: None,
                 session: None,
+                session_backend: None,
                 session_kills: 0,
                 epoch: 0,
                 out: Vec::new(),
@@ -303,8 +316,7 @@ impl Clients {
             };
             self.budget -= 1.0;
             if let Err(e) = self.connect(i) {
-                tracing::debug!("soak client {i}: connect: {e}");
-                self.fail(i, false);
+                self.fail(i, false, &format!("connect: {e}"));
             }
         }
     }
@@ -391,8 +403,9 @@ impl Clients {
         match (tcp.take_error(), tcp.peer_addr()) {
             (Ok(None), Ok(_)) => {}
             (Ok(None), Err(e)) if e.kind() == ErrorKind::NotConnected => return false,
-            _ => {
-                self.fail(i, false);
+            (err, peer) => {
+                let why = format!("TCP connect: {err:?} {peer:?}");
+                self.fail(i, false, &why);
                 return false;
             }
         }
@@ -408,7 +421,7 @@ impl Clients {
                 true
             }
             _ => {
-                self.fail(i, false);
+                self.fail(i, false, "TLS setup");
                 false
             }
         }
@@ -426,8 +439,8 @@ impl Clients {
                 true
             }
             Err(e) if matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE) => false,
-            Err(_) => {
-                self.fail(i, false);
+            Err(e) => {
+                self.fail(i, false, &format!("TLS handshake: {e}"));
                 false
             }
         }
@@ -522,7 +535,7 @@ impl Clients {
                                 return;
                             }
                         }
-                        Err(_) => return self.fail(i, true),
+                        Err(e) => return self.fail(i, true, &format!("response head: {e}")),
                     }
                 }
                 _ => return,
@@ -545,26 +558,26 @@ impl Clients {
             BodyFraming::Length(n) => len + n as usize,
             BodyFraming::None => len,
             BodyFraming::Chunked if expect == Expect::StreamHead && head.status == 200 => len,
-            _ => {
-                self.fail(i, true);
+            f => {
+                let why = format!("status {} framing {f:?} for {expect:?}", head.status);
+                self.fail(i, true, &why);
                 return false;
             }
         };
         if c.inbuf.len() < body_end {
             return false;
         }
-        c.inbuf.drain(..body_end);
+        let body: Vec<u8> = c.inbuf.drain(..body_end).skip(len).collect();
         let ok = match (expect, head.status) {
             (Expect::Initialize, 200) => {
                 c.session = header(&head.headers, "mcp-session-id")
                     .map(|v| String::from_utf8_lossy(v).into_owned());
+                c.session_backend = server_name(&body).and_then(|n| backend_index(&n));
                 c.session_kills = c
-                    .session
-                    .as_deref()
-                    .and_then(backend_of)
+                    .session_backend
                     .and_then(|b| self.backends.kills(b))
                     .unwrap_or(0);
-                c.session.is_some()
+                c.session.is_some() && c.session_backend.is_some()
             }
             (Expect::StreamHead, 200) => true,
             (Expect::Call, 200) => true,
@@ -575,7 +588,7 @@ impl Clients {
             _ => false,
         };
         if !ok {
-            self.fail(i, true);
+            self.fail(i, true, &format!("status {} for {expect:?}", head.status));
             return false;
         }
         self.stats.requests_ok.fetch_add(1, Ordering::Relaxed);
@@ -594,6 +607,7 @@ impl Clients {
                     decoder: ChunkedDecoder::new(),
                     text: Vec::new(),
                     next_id: 0,
+                    ended: false,
                 }));
             }
             (Role::Requester, Expect::Call) => self.idle_until(i, self.s.request_every),
@@ -615,16 +629,17 @@ impl Clients {
         let c = &self.clients[i];
         let mid_request = matches!(c.step, Step::Awaiting(_) | Step::Streaming(_));
         if mid_request || matches!(c.step, Step::Connecting | Step::Handshaking) {
-            self.fail(i, mid_request);
+            let why = format!("connection ended in step {}", c.step.name());
+            self.fail(i, mid_request, &why);
         } else {
             self.reset(i);
         }
     }
 
     /// Count a failure (excused or not) and start the client over.
-    fn fail(&mut self, i: usize, was_request: bool) {
+    fn fail(&mut self, i: usize, was_request: bool, why: &str) {
         let c = &self.clients[i];
-        let excused = match c.session.as_deref().and_then(backend_of) {
+        let excused = match c.session.as_ref().and(c.session_backend) {
             Some(b) => self.backends.kills(b) != Some(c.session_kills),
             None => self.backends.disturbed_within(GRACE),
         };
@@ -638,8 +653,9 @@ impl Clients {
             let before = counter.fetch_add(1, Ordering::Relaxed);
             if !excused && before < 20 {
                 tracing::warn!(
-                    "soak client {i} ({:?}): request failed, session {:?}",
+                    "soak client {i} ({:?}): failed in step {}: {why} (session {:?})",
                     c.role,
+                    c.step.name(),
                     c.session
                 );
             }
@@ -647,6 +663,7 @@ impl Clients {
         // Start over with a new session: the old one died with its
         // backend, or failed for a reason worth counting once, not forever.
         self.clients[i].session = None;
+        self.clients[i].session_backend = None;
         self.reset(i);
     }
 
@@ -669,6 +686,7 @@ impl Clients {
             // Streams and churners begin with a fresh session; a requester
             // keeps its own across a closed keep-alive connection.
             c.session = None;
+            c.session_backend = None;
         }
         c.out.clear();
         c.inbuf.clear();
@@ -679,18 +697,22 @@ impl Clients {
         }
     }
 
-    /// At the end: events each open stream is still owed by its backend.
+    /// At the end: an open stream that has not seen its `end` event lost
+    /// at least that one.
     fn count_tails(&mut self) {
-        let mut owed = 0;
-        for c in &self.clients {
-            if let (Step::Streaming(r), Some(s)) = (&c.step, &c.session)
-                && let Some(emitted) = self.backends.emitted(s)
-            {
-                owed += emitted.saturating_sub(r.next_id);
-            }
-        }
-        self.stats.events_lost.fetch_add(owed, Ordering::Relaxed);
+        let missing = self
+            .clients
+            .iter()
+            .filter(|c| matches!(&c.step, Step::Streaming(r) if !r.ended))
+            .count() as u64;
+        self.stats.events_lost.fetch_add(missing, Ordering::Relaxed);
     }
+}
+
+/// `result.serverInfo.name` of an initialize response body.
+fn server_name(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    Some(v.pointer("/result/serverInfo/name")?.as_str()?.to_string())
 }
 
 /// A request as the soak sends it: `body` is the JSON-RPC id of a POST
@@ -740,6 +762,7 @@ fn read_events(r: &mut SseReader, inbuf: &mut Vec<u8>) -> (u64, u64, u64, bool) 
             continue; // a comment (keep-alive) or an event without id
         };
         events += 1;
+        r.ended |= event.split(|&b| b == b'\n').any(|l| l == b"event: end");
         match id.cmp(&r.next_id) {
             std::cmp::Ordering::Equal => r.next_id += 1,
             std::cmp::Ordering::Greater => {
@@ -781,6 +804,7 @@ mod tests {
             decoder: ChunkedDecoder::new(),
             text: Vec::new(),
             next_id: 0,
+            ended: false,
         };
         let mut bytes = chunked(&[
             "id: 0\ndata: a\n\n",
@@ -791,8 +815,21 @@ mod tests {
         ]);
         assert_eq!(read_events(&mut r, &mut bytes), (4, 1, 1, false));
         assert_eq!(r.next_id, 4);
+        assert!(!r.ended);
+        let mut last = chunked(&["id: 4\nevent: end\ndata: {}\n\n"]);
+        assert_eq!(read_events(&mut r, &mut last), (1, 0, 0, false));
+        assert!(r.ended);
         let mut end = http::CHUNKED_END.to_vec();
         assert_eq!(read_events(&mut r, &mut end), (0, 0, 0, true));
+    }
+
+    #[test]
+    fn the_backend_comes_from_server_info() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"result":{"serverInfo":{"name":"b3","version":"soak"}}}"#;
+        assert_eq!(server_name(body).as_deref(), Some("b3"));
+        assert_eq!(server_name(b"{}"), None);
+        assert_eq!(server_name(b"not json"), None);
     }
 
     #[test]

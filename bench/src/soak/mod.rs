@@ -14,27 +14,38 @@
 //!   over the samples between them.
 //! - `fds_leaked`: open fds once every client has gone and idle pooled
 //!   backend connections have expired, minus the count before any load.
-//! - `events_lost`: gaps in the event ids of each stream, plus events a
-//!   backend emitted that never arrived (counted after emission pauses).
+//! - `events_lost`: gaps in the event ids of each stream, plus each open
+//!   stream whose last event (sent once emission pauses, marked `end`)
+//!   never arrived.
 //! - `requests_failed`: failures no killed backend explains (see
 //!   [`client`]).
+//!
+//! Load runs in child processes (`dpuproxy bench soak-part`, see
+//! [`part`]): this machine's hard open-file limit (20,000) caps every
+//! process, so clients and backends are spread over as many processes as
+//! their sockets need, and kernel mode runs as many proxy processes as its
+//! sockets need, sharing the listen port by SO_REUSEPORT and routing any
+//! session through sealed session ids (the fleet setup of the README).
+//! A dpdk proxy holds no descriptor per connection and runs as one process.
 
 pub mod backend;
 pub mod client;
+pub mod fleet;
+pub mod kills;
+pub mod part;
 pub mod sample;
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
 use crate::proxy::netns::Netns;
 use crate::proxy::targets::{self, Running};
-use backend::{BackendSettings, SoakBackends};
-use client::{ClientSettings, ClientStats, SoakClients};
+use fleet::{Part, sum_stats};
 use sample::Sample;
 
 /// `dpuproxy bench soak` arguments.
@@ -98,9 +109,50 @@ pub struct SoakArgs {
     pub out: PathBuf,
 }
 
-/// Client connections per source address (loopback offers ~28k ephemeral
-/// ports per source; this leaves room for reconnects in TIME-WAIT).
-const PER_SOURCE: usize = 12_000;
+/// Sockets one load process holds at most (the hard open-file limit here
+/// is 20,000).
+const PER_PART: usize = 15_000;
+
+/// Sockets one kernel-mode proxy process holds at most (a client and a
+/// backend socket per stream).
+const PER_KERNEL_PROXY: usize = 16_000;
+
+/// How the soak is laid out over processes.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    clients: usize,
+    client_parts: usize,
+    backend_parts: usize,
+    backends_per_part: usize,
+    proxies: usize,
+}
+
+impl Layout {
+    fn of(args: &SoakArgs, dpdk: bool) -> Self {
+        let clients = args.streams + args.requesters + args.churners;
+        let parts = clients.div_ceil(PER_PART);
+        Self {
+            clients,
+            client_parts: parts,
+            backend_parts: parts,
+            backends_per_part: args.backends.div_ceil(parts),
+            proxies: if dpdk {
+                1
+            } else {
+                (2 * clients).div_ceil(PER_KERNEL_PROXY)
+            },
+        }
+    }
+
+    fn backends(&self) -> usize {
+        self.backend_parts * self.backends_per_part
+    }
+
+    /// Share `n` over the client parts: part `k`'s part.
+    fn share(&self, n: usize, k: usize) -> usize {
+        n / self.client_parts + usize::from(k < n % self.client_parts)
+    }
+}
 
 /// Run the soak and print its figures.
 pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
@@ -115,71 +167,63 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         "dpdk" => true,
         other => bail!("--mode must be kernel or dpdk, not {other:?}"),
     };
-    let clients_total = args.streams + args.requesters + args.churners;
-    raise_nofile(clients_total * 3 + 10_000)?;
+    let layout = Layout::of(args, dpdk);
     crate::proxy::pin_self(&args.load_cpus);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let (mut job, token) = crate::proxy::make_keys(&args.out)?;
     job.proxy_cpus = args.proxy_cpus.clone();
     job.ciphersuite = "TLS_AES_128_GCM_SHA256".into();
-    let sources = clients_total.div_ceil(PER_SOURCE);
+    let token_file = args.out.join("soak-token");
+    std::fs::write(&token_file, &token)?;
     let ns = if dpdk {
-        let ns = std::sync::Arc::new(Netns::create()?);
-        for k in 1..sources {
+        let ns = Netns::create()?;
+        for k in 1..layout.client_parts {
             ns.add_peer_address(source_in_netns(k)?)?;
         }
         Some(ns)
     } else {
         None
     };
-    let backend_ip = ns.as_ref().map_or(Ipv4Addr::LOCALHOST, |n| n.peer_ip);
-    let backends = SoakBackends::start(BackendSettings {
-        ip: backend_ip,
-        count: args.backends,
-        event_every: Duration::from_secs_f64(args.event_every),
-        event_pad: args.event_pad,
-        netns: ns.clone(),
-    })?;
-    job.backends = backends.addrs.clone();
-    let config = write_proxy_config(&args.out, clients_total)?;
-    let (proxy, admin) = start_proxy(&mut job, &config, ns.as_deref())?;
-    let source_ips: Vec<Ipv4Addr> = match &ns {
-        Some(n) => (0..sources)
-            .map(|k| {
-                if k == 0 {
-                    Ok(n.peer_ip)
-                } else {
-                    source_in_netns(k)
-                }
-            })
-            .collect::<anyhow::Result<_>>()?,
-        None => (0..sources)
-            .map(|k| Ipv4Addr::new(127, 0, 1, 1 + k as u8))
-            .collect(),
-    };
-    let settings = ClientSettings {
-        proxy: proxy.addr,
-        sources: source_ips,
-        token,
-        ciphersuite: job.ciphersuite.clone(),
-        streams: args.streams,
-        requesters: args.requesters,
-        request_every: Duration::from_millis(args.request_every_ms),
-        churners: args.churners,
-        churn_every: Duration::from_millis(args.churn_every_ms),
-        connect_rate: args.connect_rate,
-        max_connecting: 256,
-        netns: ns.clone(),
-    };
-    let soak = Soak {
+    eprintln!(
+        "soak: {} streams, {} load processes for clients and {} for {} backends, {} proxy process(es)",
+        args.streams,
+        layout.client_parts,
+        layout.backend_parts,
+        layout.backends(),
+        layout.proxies
+    );
+    let mut backends = start_backend_parts(args, &layout, ns.as_ref())?;
+    job.backends = backends.iter().flat_map(|(_, a)| a.clone()).collect();
+    let config = write_proxy_config(&args.out, &layout)?;
+    job.extra_args = vec![
+        "--config".into(),
+        config.display().to_string(),
+        "--session-key".into(),
+        write_session_key(&args.out)?.display().to_string(),
+    ];
+    let proxies = start_proxies(&job, &layout, ns.as_ref())?;
+    let watched: Vec<(u32, SocketAddr)> = proxies
+        .iter()
+        .filter_map(|p| Some((targets::proxy_pid(p), p.admin?)))
+        .collect();
+    let idle = Sample::take(0.0, &watched);
+    eprintln!(
+        "soak: proxy idle: rss={:.1} MB fds={}",
+        idle.rss_kb as f64 / 1024.0,
+        idle.fds
+    );
+    let clients = start_client_parts(args, &layout, proxies[0].addr, &token_file, ns.as_ref())?;
+    let mut soak = Soak {
         args,
-        pid: targets::proxy_pid(&proxy),
-        admin,
-        backends: &backends,
+        proxies: watched,
+        backends: backends.drain(..).map(|(p, _)| p).collect(),
+        backends_per_part: layout.backends_per_part,
+        clients,
     };
-    let outcome = soak.run(settings);
-    drop(proxy);
+    let outcome = soak.run(&idle);
+    drop(soak);
+    drop(proxies);
     let report = outcome?;
     println!("{}", report.details);
     println!("{}", report.verdict);
@@ -198,70 +242,153 @@ fn source_in_netns(k: usize) -> anyhow::Result<Ipv4Addr> {
     Ok(Ipv4Addr::new(10, 77, 250, last))
 }
 
-/// Raise this process's open-file limit (soft and, as root, hard) to
-/// `want`; the proxy inherits it.
-fn raise_nofile(want: usize) -> anyhow::Result<()> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(1 << 20);
-    let want = (want as u64).min(nr_open);
-    let now = getrlimit(Resource::Nofile);
-    if now.current.is_some_and(|c| c >= want) {
-        return Ok(());
+fn start_backend_parts(
+    args: &SoakArgs,
+    layout: &Layout,
+    ns: Option<&Netns>,
+) -> anyhow::Result<Vec<(Part, Vec<SocketAddr>)>> {
+    let ip = ns.map_or(Ipv4Addr::LOCALHOST, |n| n.peer_ip);
+    let mut parts = Vec::new();
+    for k in 0..layout.backend_parts {
+        let mut a = vec![
+            "--role".to_string(),
+            "backends".into(),
+            "--ip".into(),
+            ip.to_string(),
+            "--first".into(),
+            (k * layout.backends_per_part).to_string(),
+            "--backends".into(),
+            layout.backends_per_part.to_string(),
+            "--event-every".into(),
+            args.event_every.to_string(),
+            "--event-pad".into(),
+            args.event_pad.to_string(),
+        ];
+        if let Some(n) = ns {
+            a.extend(["--netns".into(), n.name.clone()]);
+        }
+        let log = args.out.join(format!("soak-backends-{k}.log"));
+        let mut part = Part::spawn(&format!("backends-{k}"), &a, &log)?;
+        let mut addrs = Vec::new();
+        loop {
+            let line = part.line()?;
+            if line == "ready" {
+                break;
+            }
+            let addr = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|a| a.parse().ok())
+                .with_context(|| format!("backends-{k}: unexpected {line:?}"))?;
+            addrs.push(addr);
+        }
+        parts.push((part, addrs));
     }
-    let hard = now.maximum.map_or(want, |m| m.max(want));
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(want),
-            maximum: Some(hard),
-        },
-    )
-    .with_context(|| format!("cannot raise the open-file limit to {want} (run as root)"))
+    Ok(parts)
 }
 
-/// The proxy's config: limits sized for the soak (sessions and
+fn start_client_parts(
+    args: &SoakArgs,
+    layout: &Layout,
+    proxy: SocketAddr,
+    token_file: &Path,
+    ns: Option<&Netns>,
+) -> anyhow::Result<Vec<Part>> {
+    let mut parts = Vec::new();
+    for k in 0..layout.client_parts {
+        let source = match ns {
+            Some(n) if k == 0 => n.peer_ip,
+            Some(_) => source_in_netns(k)?,
+            None => Ipv4Addr::new(127, 0, 1, u8::try_from(1 + k).context("too many parts")?),
+        };
+        let mut a = vec![
+            "--role".to_string(),
+            "clients".into(),
+            "--proxy".into(),
+            proxy.to_string(),
+            "--sources".into(),
+            source.to_string(),
+            "--token-file".into(),
+            token_file.display().to_string(),
+            "--backends".into(),
+            layout.backends().to_string(),
+            "--streams".into(),
+            layout.share(args.streams, k).to_string(),
+            "--requesters".into(),
+            layout.share(args.requesters, k).to_string(),
+            "--request-every-ms".into(),
+            args.request_every_ms.to_string(),
+            "--churners".into(),
+            layout.share(args.churners, k).to_string(),
+            "--churn-every-ms".into(),
+            args.churn_every_ms.to_string(),
+            "--connect-rate".into(),
+            (args.connect_rate / layout.client_parts as f64).to_string(),
+        ];
+        if let Some(n) = ns {
+            a.extend(["--netns".into(), n.name.clone()]);
+        }
+        let log = args.out.join(format!("soak-clients-{k}.log"));
+        let mut part = Part::spawn(&format!("clients-{k}"), &a, &log)?;
+        let ready = part.line()?;
+        anyhow::ensure!(ready == "ready", "clients-{k}: unexpected {ready:?}");
+        parts.push(part);
+    }
+    Ok(parts)
+}
+
+/// A fresh session-sealing key (every kernel proxy of the soak shares it,
+/// so any of them routes any session).
+fn write_session_key(out: &Path) -> anyhow::Result<PathBuf> {
+    let mut key = [0u8; 32];
+    openssl::rand::rand_bytes(&mut key)?;
+    let path = out.join("soak-session.key");
+    std::fs::write(&path, format!("{}\n", hex_string(&key)))?;
+    Ok(path)
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The proxies' config: limits sized for the soak (sessions and
 /// connections beyond the defaults; the per-client session quota off, as
 /// every soak client shares one token subject).
-fn write_proxy_config(out: &Path, clients: usize) -> anyhow::Result<PathBuf> {
-    let sessions = (clients * 2).max(100_000);
+fn write_proxy_config(out: &Path, layout: &Layout) -> anyhow::Result<PathBuf> {
+    let sessions = (layout.clients * 2).max(100_000);
     let text = format!(
         "# Written by `dpuproxy bench soak`.\n[limits]\nmax_sessions = {sessions}\nmax_sessions_per_client = {sessions}\nmax_connections_per_worker = {}\n",
-        clients + 4096
+        layout.clients + 4096
     );
     let path = out.join("soak-proxy.toml");
     std::fs::write(&path, text)?;
     Ok(path)
 }
 
-fn start_proxy(
-    job: &mut targets::Job,
-    config: &Path,
+fn start_proxies(
+    job: &targets::Job,
+    layout: &Layout,
     ns: Option<&Netns>,
-) -> anyhow::Result<(Running, SocketAddr)> {
-    job.extra_args = vec!["--config".into(), config.display().to_string()];
+) -> anyhow::Result<Vec<Running>> {
     match ns {
-        Some(ns) => {
-            let r = targets::start_dpdk(job, ns)?;
-            let admin = r.admin.context("the dpdk target has an admin listener")?;
-            Ok((r, admin))
-        }
+        Some(ns) => Ok(vec![targets::start_dpdk(job, ns)?]),
         None => {
-            let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::procs::free_port()?));
-            job.extra_args.extend(["--admin".into(), admin.to_string()]);
-            let r = targets::start_kernel(job)?;
-            Ok((r, admin))
+            let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::procs::free_port()?));
+            fleet::start_kernel_fleet(job, layout.proxies, listen)
         }
     }
 }
 
 struct Soak<'a> {
     args: &'a SoakArgs,
-    pid: u32,
-    admin: SocketAddr,
-    backends: &'a SoakBackends,
+    /// (pid, admin) of every proxy process.
+    proxies: Vec<(u32, SocketAddr)>,
+    backends: Vec<Part>,
+    backends_per_part: usize,
+    clients: Vec<Part>,
 }
 
 /// What the soak prints and writes.
@@ -273,43 +400,71 @@ struct Report {
 }
 
 impl Soak<'_> {
-    fn run(&self, settings: ClientSettings) -> anyhow::Result<Report> {
-        let idle = Sample::take(0.0, self.pid, self.admin);
-        eprintln!(
-            "soak: proxy idle: rss={} MB fds={}",
-            idle.rss_kb / 1024,
-            idle.fds
-        );
-        let clients = SoakClients::start(settings, self.backends.control.clone())?;
-        let ramp = self.ramp(&clients)?;
-        let samples = self.load_phase(&clients)?;
-        clients.quiet();
-        self.backends.control.pause(true);
-        std::thread::sleep(Duration::from_secs(3));
-        let stats = clients.stats.clone();
-        clients.finish()?;
+    fn run(&mut self, idle: &Sample) -> anyhow::Result<Report> {
+        let ramp = self.ramp()?;
+        let samples = self.load_phase()?;
+        for c in &mut self.clients {
+            c.ok("quiet")?;
+        }
+        for b in &mut self.backends {
+            b.ok("pause")?;
+        }
+        self.wait_for_last_events()?;
+        let mut finals = Vec::new();
+        for c in &mut self.clients {
+            finals.push(c.command("finish")?);
+        }
+        let stats = sum_stats(&finals);
         let after = self.settle(idle.fds);
-        Ok(self.report(&idle, ramp, &samples, &after, &stats))
+        let mut backend_lines = Vec::new();
+        for b in &mut self.backends {
+            backend_lines.push(b.command("stats")?);
+        }
+        let backend = sum_stats(&backend_lines);
+        Ok(self.report(idle, ramp, &samples, &after, &stats, &backend))
+    }
+
+    /// After the pause: wait until the clients' event count has stood
+    /// still for 3 s (every `end` event relayed), 120 s at most.
+    fn wait_for_last_events(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut last, mut still) = (u64::MAX, 0);
+        while still < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            let events = self.client_stats()?.get("events").copied().unwrap_or(0);
+            still = if events == last { still + 1 } else { 0 };
+            last = events;
+        }
+        Ok(())
+    }
+
+    fn client_stats(&mut self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut lines = Vec::new();
+        for c in &mut self.clients {
+            lines.push(c.command("stats")?);
+        }
+        Ok(sum_stats(&lines))
     }
 
     /// Wait until every stream is open; returns how long it took.
-    fn ramp(&self, clients: &SoakClients) -> anyhow::Result<Duration> {
+    fn ramp(&mut self) -> anyhow::Result<Duration> {
         let start = Instant::now();
         let limit = Duration::from_secs_f64(
             60.0 + 3.0 * self.args.streams as f64 / self.args.connect_rate.max(1.0),
         );
         let mut last_report = start;
         loop {
-            let open = clients.stats.streams_open.load(Ordering::Relaxed) as usize;
+            let open = self
+                .client_stats()?
+                .get("streams_open")
+                .copied()
+                .unwrap_or(0) as usize;
             if open >= self.args.streams {
                 eprintln!(
                     "soak: {open} streams open after {:.1} s",
                     start.elapsed().as_secs_f64()
                 );
                 return Ok(start.elapsed());
-            }
-            if clients.is_finished() {
-                bail!("the client thread ended during the ramp");
             }
             if start.elapsed() > limit {
                 bail!(
@@ -322,60 +477,73 @@ impl Soak<'_> {
                 last_report = Instant::now();
                 eprintln!("soak: ramp: {open} streams open");
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(250));
         }
     }
 
+    /// Kill global backend `b`: every client part hears first, so a failure
+    /// the kill causes always finds the kill counted.
+    fn kill(&mut self, b: usize) -> anyhow::Result<()> {
+        for c in &mut self.clients {
+            c.ok(&format!("killed {b}"))?;
+        }
+        let (part, local) = (b / self.backends_per_part, b % self.backends_per_part);
+        self.backends[part].ok(&format!("down {local}"))
+    }
+
+    fn restart(&mut self, b: usize) -> anyhow::Result<()> {
+        let (part, local) = (b / self.backends_per_part, b % self.backends_per_part);
+        self.backends[part].ok(&format!("up {local}"))?;
+        for c in &mut self.clients {
+            c.ok(&format!("up {b}"))?;
+        }
+        Ok(())
+    }
+
     /// Full load for `--minutes`: samples, kills and restarts.
-    fn load_phase(&self, clients: &SoakClients) -> anyhow::Result<Vec<Sample>> {
+    fn load_phase(&mut self) -> anyhow::Result<Vec<Sample>> {
         let total = Duration::from_secs_f64(self.args.minutes * 60.0);
         let kill_every = self.args.kill_every.unwrap_or(total.as_secs_f64() / 3.0);
         let down_for = Duration::from_secs_f64(self.args.down_for);
+        let backends = self.backends.len() * self.backends_per_part;
         let start = Instant::now();
-        let mut samples = vec![self.sample(start, &clients.stats)];
+        let mut samples = vec![self.sample(start)?];
         let mut next_sample = Duration::from_secs_f64(self.args.sample_every);
         let mut kills = 0usize;
         let mut down: Option<(usize, Instant)> = None;
         while start.elapsed() < total {
-            if clients.is_finished() {
-                bail!("the client thread ended under load");
-            }
-            let t = start.elapsed();
+            let t = start.elapsed().as_secs_f64();
             if let Some((b, since)) = down
                 && since.elapsed() >= down_for
             {
-                self.backends.control.set_down(b, false);
-                eprintln!(
-                    "soak: t={:.0}s backend b{} restarted",
-                    t.as_secs_f64(),
-                    b + 1
-                );
+                self.restart(b)?;
+                eprintln!("soak: t={t:.0}s backend b{} restarted", b + 1);
                 down = None;
             }
-            let next_kill = kill_every * (kills + 1) as f64;
-            if kill_every > 0.0 && down.is_none() && t.as_secs_f64() >= next_kill {
-                let b = kills % self.args.backends;
+            if kill_every > 0.0 && down.is_none() && t >= kill_every * (kills + 1) as f64 {
+                let b = kills % backends;
                 kills += 1;
-                self.backends.control.set_down(b, true);
-                eprintln!("soak: t={:.0}s backend b{} killed", t.as_secs_f64(), b + 1);
+                self.kill(b)?;
+                eprintln!("soak: t={t:.0}s backend b{} killed", b + 1);
                 down = Some((b, Instant::now()));
             }
-            if t >= next_sample {
-                samples.push(self.sample(start, &clients.stats));
+            if start.elapsed() >= next_sample {
+                samples.push(self.sample(start)?);
                 next_sample += Duration::from_secs_f64(self.args.sample_every);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         if let Some((b, _)) = down {
-            self.backends.control.set_down(b, false);
+            self.restart(b)?;
         }
-        samples.push(self.sample(start, &clients.stats));
+        samples.push(self.sample(start)?);
         Ok(samples)
     }
 
-    fn sample(&self, start: Instant, stats: &ClientStats) -> Sample {
-        let s = Sample::take(start.elapsed().as_secs_f64(), self.pid, self.admin);
-        let r = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    fn sample(&mut self, start: Instant) -> anyhow::Result<Sample> {
+        let s = Sample::take(start.elapsed().as_secs_f64(), &self.proxies);
+        let c = self.client_stats()?;
+        let g = |k: &str| c.get(k).copied().unwrap_or(0);
         eprintln!(
             "soak: t={:.0}s rss={:.1}MB fds={} sessions={} buffered={}KB proxy_conns={} proxy_streams={} streams={} events={} lost={} ok={} failed={} excused={} reconnects={}",
             s.t,
@@ -385,66 +553,68 @@ impl Soak<'_> {
             s.buffered / 1024,
             s.connections,
             s.proxy_streams,
-            r(&stats.streams_open),
-            r(&stats.events),
-            r(&stats.events_lost),
-            r(&stats.requests_ok),
-            r(&stats.requests_failed),
-            r(&stats.requests_excused),
-            r(&stats.reconnects),
+            g("streams_open"),
+            g("events"),
+            g("events_lost"),
+            g("requests_ok"),
+            g("requests_failed"),
+            g("requests_excused"),
+            g("reconnects"),
         );
-        s
+        Ok(s)
     }
 
-    /// After the clients have gone: wait for the proxy to close every
-    /// client connection and expire its idle backend pool (pool_idle 4 s),
-    /// then sample.
+    /// After the clients have gone: wait (30 s at most) for the proxies to
+    /// close every client connection and expire their idle backend pools
+    /// (pool_idle 4 s), then one housekeeping period more (5 s: freed heap
+    /// goes back to the system), then sample.
     fn settle(&self, idle_fds: u64) -> Sample {
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut s = Sample::take(0.0, self.pid, self.admin);
+        let mut s = Sample::take(0.0, &self.proxies);
         while Instant::now() < deadline && (s.connections > 0 || s.fds > idle_fds) {
             std::thread::sleep(Duration::from_millis(500));
-            s = Sample::take(0.0, self.pid, self.admin);
+            s = Sample::take(0.0, &self.proxies);
         }
-        s
+        std::thread::sleep(Duration::from_secs(6));
+        Sample::take(0.0, &self.proxies)
     }
-
     fn report(
         &self,
         idle: &Sample,
         ramp: Duration,
         samples: &[Sample],
         after: &Sample,
-        stats: &ClientStats,
+        clients: &BTreeMap<String, u64>,
+        backends: &BTreeMap<String, u64>,
     ) -> Report {
-        let r = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let c = |k: &str| clients.get(k).copied().unwrap_or(0);
+        let b = |k: &str| backends.get(k).copied().unwrap_or(0);
         let first = samples.first().cloned().unwrap_or_default();
         let last = samples.last().cloned().unwrap_or_default();
         let slope = sample::rss_slope_kb_per_min(samples);
         let fds_leaked = after.fds.saturating_sub(idle.fds);
-        let lost = r(&stats.events_lost) + r(&stats.events_duplicated);
-        let failed = r(&stats.requests_failed);
+        let lost = c("events_lost") + c("events_duplicated");
+        let failed = c("requests_failed");
         let n = self.args.streams as f64;
         let per_stream_kb = (first.rss_kb.saturating_sub(idle.rss_kb)) as f64 / n;
         let tcp_kb = first.tcp_mem_pages.saturating_sub(idle.tcp_mem_pages) as f64 * 4.0 / n;
-        let mut details = String::new();
-        let _ = write!(
-            details,
-            "soak: mode={} ramp_s={:.1} rss_idle_mb={:.1} rss_after_mb={:.1} proxy_kb_per_stream={:.1} buffered_bytes_per_stream={:.0} kernel_tcp_kb_per_stream={:.1} events={} events_duplicated={} requests_ok={} requests_excused={} reconnects={} backend_events={} backend_stuck={}",
+        let details = format!(
+            "soak: mode={} proxies={} ramp_s={:.1} rss_idle_mb={:.1} rss_after_mb={:.1} proxy_kb_per_stream={:.1} buffered_bytes_per_stream={:.0} kernel_tcp_kb_per_stream={:.1} events={} events_duplicated={} requests_ok={} requests_excused={} reconnects={} backend_events={} backend_stuck={}",
             self.args.mode,
+            self.proxies.len(),
             ramp.as_secs_f64(),
             idle.rss_kb as f64 / 1024.0,
             after.rss_kb as f64 / 1024.0,
             per_stream_kb,
             first.buffered as f64 / n,
             tcp_kb,
-            r(&stats.events),
-            r(&stats.events_duplicated),
-            r(&stats.requests_ok),
-            r(&stats.requests_excused),
-            r(&stats.reconnects),
-            r(&self.backends.control.events),
-            r(&self.backends.control.stuck),
+            c("events"),
+            c("events_duplicated"),
+            c("requests_ok"),
+            c("requests_excused"),
+            c("reconnects"),
+            b("events"),
+            b("stuck"),
         );
         let verdict = format!(
             "streams={} minutes={} rss_start_mb={:.1} rss_end_mb={:.1} rss_slope_kb_per_min={:.1} fds_leaked={} events_lost={} requests_failed={}",
@@ -459,12 +629,15 @@ impl Soak<'_> {
         );
         let json = serde_json::json!({
             "mode": self.args.mode, "streams": self.args.streams, "minutes": self.args.minutes,
-            "rss_idle_kb": idle.rss_kb, "rss_after_kb": after.rss_kb,
+            "proxies": self.proxies.len(),
+            "rss_idle_kb": idle.rss_kb, "rss_after_kb": after.rss_kb, "fds_idle": idle.fds,
+            "fds_after": after.fds,
             "samples": samples.iter().map(|s| serde_json::json!({
                 "t": s.t, "rss_kb": s.rss_kb, "fds": s.fds, "sessions": s.sessions,
                 "buffered": s.buffered, "connections": s.connections,
                 "proxy_streams": s.proxy_streams, "tcp_mem_pages": s.tcp_mem_pages,
             })).collect::<Vec<_>>(),
+            "clients": clients, "backends": backends,
             "verdict": verdict, "details": details,
         })
         .to_string();

@@ -27,19 +27,23 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Read every figure now.
-    pub fn take(t: f64, pid: u32, admin: SocketAddr) -> Self {
-        let m = |name| metric(admin, name).unwrap_or(0.0) as u64;
-        Self {
+    /// Read every figure now, summed over the proxy processes (pid, admin).
+    pub fn take(t: f64, proxies: &[(u32, SocketAddr)]) -> Self {
+        let mut s = Self {
             t,
-            rss_kb: rss_kb(pid).unwrap_or(0),
-            fds: open_fds(pid).unwrap_or(0),
-            sessions: m("dpuproxy_sessions_active"),
-            buffered: m("dpuproxy_buffered_bytes"),
-            connections: m("dpuproxy_connections_open"),
-            proxy_streams: m("dpuproxy_sse_streams_active"),
             tcp_mem_pages: tcp_mem_pages().unwrap_or(0),
+            ..Self::default()
+        };
+        for &(pid, admin) in proxies {
+            let m = |name| metric(admin, name).unwrap_or(0.0) as u64;
+            s.rss_kb += rss_kb(pid).unwrap_or(0);
+            s.fds += open_fds(pid).unwrap_or(0);
+            s.sessions += m("dpuproxy_sessions_active");
+            s.buffered += m("dpuproxy_buffered_bytes");
+            s.connections += m("dpuproxy_connections_open");
+            s.proxy_streams += m("dpuproxy_sse_streams_active");
         }
+        s
     }
 }
 
