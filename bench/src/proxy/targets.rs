@@ -187,8 +187,8 @@ pub fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
     (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
-/// Every sample of a metric family, in exposition order.
-fn samples(admin: SocketAddr, name: &str) -> Option<Vec<f64>> {
+/// The whole `/metrics` response of an admin listener (head included).
+pub fn metrics_text(admin: SocketAddr) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -196,6 +196,12 @@ fn samples(admin: SocketAddr, name: &str) -> Option<Vec<f64>> {
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Every sample of a metric family, in exposition order.
+fn samples(admin: SocketAddr, name: &str) -> Option<Vec<f64>> {
+    let text = metrics_text(admin)?;
     let samples: Vec<f64> = text
         .lines()
         .filter(|l| {

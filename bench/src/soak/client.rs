@@ -212,9 +212,9 @@ struct Client {
     session: Option<String>,
     /// The global index of the session's backend (from `serverInfo.name`).
     session_backend: Option<usize>,
-    /// The session's backend kill count when the session was created: a
-    /// different count now means the session died with its backend.
-    session_kills: u64,
+    /// Kills booked when the session's `initialize` left: a later kill of
+    /// its backend may have taken the session with it.
+    session_booked: u64,
     /// Bumped at every reconnect; timers carry it.
     epoch: u32,
     out: Vec<u8>,
@@ -263,7 +263,7 @@ impl Clients {
                 tls: None,
                 session: None,
                 session_backend: None,
-                session_kills: 0,
+                session_booked: 0,
                 epoch: 0,
                 out: Vec::new(),
                 inbuf: Vec::new(),
@@ -500,6 +500,9 @@ impl Clients {
         let id = (method == "POST").then_some(self.next_rpc);
         self.next_rpc += 1;
         let c = &mut self.clients[i];
+        if expect == Expect::Initialize {
+            c.session_booked = self.backends.booked();
+        }
         c.out = request_bytes(method, &self.s.token, c.session.as_deref(), id);
         c.step = Step::Awaiting(expect);
     }
@@ -573,10 +576,6 @@ impl Clients {
                 c.session = header(&head.headers, "mcp-session-id")
                     .map(|v| String::from_utf8_lossy(v).into_owned());
                 c.session_backend = server_name(&body).and_then(|n| backend_index(&n));
-                c.session_kills = c
-                    .session_backend
-                    .and_then(|b| self.backends.kills(b))
-                    .unwrap_or(0);
                 c.session.is_some() && c.session_backend.is_some()
             }
             (Expect::StreamHead, 200) => true,
@@ -640,7 +639,7 @@ impl Clients {
     fn fail(&mut self, i: usize, was_request: bool, why: &str) {
         let c = &self.clients[i];
         let excused = match c.session.as_ref().and(c.session_backend) {
-            Some(b) => self.backends.kills(b) != Some(c.session_kills),
+            Some(b) => self.backends.killed_since(b, c.session_booked),
             None => self.backends.disturbed_within(GRACE),
         };
         let finishing = self.flags.finish.load(Ordering::Relaxed);

@@ -1,17 +1,22 @@
 //! What a client process knows about backend kills: the orchestrator
 //! tells every client process before it kills a backend and after it
 //! restarts one, so a failure the kill causes is always seen after the
-//! count moved.
+//! kill was booked. Kills are numbered: a session whose `initialize` left
+//! before its backend's last kill may have died with it.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// Kill counts, down flags and last state changes, per global backend index.
+/// Kill numbers, down flags and last state changes, per global backend
+/// index.
 #[derive(Debug)]
 pub struct KillBook {
     down: Vec<AtomicBool>,
-    kills: Vec<AtomicU64>,
+    /// Kills booked so far (all backends).
+    booked: AtomicU64,
+    /// Per backend: the number of its last kill (0: never killed).
+    last_kill: Vec<AtomicU64>,
     transitions: Mutex<Vec<Option<Instant>>>,
 }
 
@@ -20,15 +25,17 @@ impl KillBook {
     pub fn new(n: usize) -> Self {
         Self {
             down: (0..n).map(|_| AtomicBool::new(false)).collect(),
-            kills: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            booked: AtomicU64::new(0),
+            last_kill: (0..n).map(|_| AtomicU64::new(0)).collect(),
             transitions: Mutex::new(vec![None; n]),
         }
     }
 
     /// Backend `i` is about to be killed (out of range: ignored).
     pub fn killed(&self, i: usize) {
-        if let (Some(k), Some(d)) = (self.kills.get(i), self.down.get(i)) {
-            k.fetch_add(1, Ordering::Relaxed);
+        if let (Some(k), Some(d)) = (self.last_kill.get(i), self.down.get(i)) {
+            let number = self.booked.fetch_add(1, Ordering::Relaxed) + 1;
+            k.store(number, Ordering::Relaxed);
             d.store(true, Ordering::Relaxed);
             self.mark(i);
         }
@@ -42,9 +49,17 @@ impl KillBook {
         }
     }
 
-    /// Times backend `i` has been killed (None: out of range).
-    pub fn kills(&self, i: usize) -> Option<u64> {
-        self.kills.get(i).map(|k| k.load(Ordering::Relaxed))
+    /// Kills booked so far: note it when a session's `initialize` leaves.
+    pub fn booked(&self) -> u64 {
+        self.booked.load(Ordering::Relaxed)
+    }
+
+    /// Whether backend `i` was killed after `booked` kills had been booked
+    /// (out of range: false).
+    pub fn killed_since(&self, i: usize, booked: u64) -> bool {
+        self.last_kill
+            .get(i)
+            .is_some_and(|k| k.load(Ordering::Relaxed) > booked)
     }
 
     /// True when some backend is down or changed state within `grace`: a
@@ -96,9 +111,11 @@ mod tests {
     fn a_kill_moves_the_count_and_disturbs() {
         let book = KillBook::new(2);
         assert!(!book.disturbed_within(Duration::from_secs(5)));
+        let before = book.booked();
         book.killed(1);
-        assert_eq!(book.kills(1), Some(1));
-        assert_eq!(book.kills(0), Some(0));
+        assert!(book.killed_since(1, before));
+        assert!(!book.killed_since(0, before));
+        assert!(!book.killed_since(1, book.booked()), "nothing since");
         assert!(book.disturbed_within(Duration::ZERO), "down now");
         book.up(1);
         assert!(
@@ -107,6 +124,6 @@ mod tests {
         );
         assert!(!book.disturbed_within(Duration::ZERO));
         book.killed(7); // out of range: ignored
-        assert_eq!(book.kills(7), None);
+        assert!(!book.killed_since(7, 0));
     }
 }

@@ -415,6 +415,7 @@ impl Soak<'_> {
             finals.push(c.command("finish")?);
         }
         let stats = sum_stats(&finals);
+        self.save_metrics();
         let after = self.settle(idle.fds);
         let mut backend_lines = Vec::new();
         for b in &mut self.backends {
@@ -422,6 +423,20 @@ impl Soak<'_> {
         }
         let backend = sum_stats(&backend_lines);
         Ok(self.report(idle, ramp, &samples, &after, &stats, &backend))
+    }
+
+    /// Keep each proxy's `/metrics` as the load ended (error and local
+    /// response counts by kind explain failures) in the output directory.
+    fn save_metrics(&self) {
+        for (k, &(_, admin)) in self.proxies.iter().enumerate() {
+            if let Some(text) = targets::metrics_text(admin) {
+                let path = self
+                    .args
+                    .out
+                    .join(format!("soak-{}-metrics-{k}.txt", self.args.mode));
+                let _ = std::fs::write(path, text);
+            }
+        }
     }
 
     /// After the pause: wait until the clients' event count has stood
