@@ -44,6 +44,8 @@
 
 mod cpus;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod net;
 #[cfg(dpdk)]
 mod select;

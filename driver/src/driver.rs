@@ -365,11 +365,13 @@ impl<T: Transport> Driver<T> {
         if let Some(u) = s.upstream.take() {
             t.close_backend(u.conn, Close::Abort);
         }
-        t.close(s.client, how);
+        // Counted before the close is visible to the peer, so whoever sees
+        // the close also sees it counted.
         PathMetrics::inc(&self.metrics.closed);
         if how == Close::Abort {
             PathMetrics::inc(&self.metrics.aborted);
         }
+        t.close(s.client, how);
     }
 
     fn remove(&mut self, index: usize) -> Option<Slot<T::Client, T::Backend>> {

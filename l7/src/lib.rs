@@ -32,6 +32,8 @@ pub mod backends;
 pub mod config;
 pub mod conn;
 pub mod deadlines;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod mcp;
 pub mod metrics;

@@ -125,8 +125,9 @@ pub struct Call {
 
 /// Every message of a JSON-RPC body (one object, or each element of a
 /// batch), or `None` when the body is not JSON-RPC we can read (including
-/// duplicate keys, which other parsers resolve differently). Routing lets
-/// the backend report such bodies; scope checks must refuse them.
+/// duplicate keys, which other parsers resolve differently, and messages or
+/// `params` that are arrays, which serde would read by position). Routing
+/// lets the backend report such bodies; scope checks must refuse them.
 pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
     #[derive(serde::Deserialize)]
     struct Params {
@@ -135,25 +136,48 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
     #[derive(serde::Deserialize)]
     struct Msg {
         method: Option<String>,
-        params: Option<Params>,
+        params: Option<ObjectOnly<Params>>,
     }
     #[derive(serde::Deserialize)]
     #[serde(untagged)]
     enum Body {
-        One(Msg),
-        Batch(Vec<Msg>),
+        One(ObjectOnly<Msg>),
+        Batch(Vec<ObjectOnly<Msg>>),
     }
-    let to_call = |m: Msg| Call {
+    let to_call = |ObjectOnly(m): ObjectOnly<Msg>| Call {
         method: m.method,
         name: m
             .params
-            .and_then(|p| p.name)
+            .and_then(|ObjectOnly(p)| p.name)
             .and_then(|n| n.as_str().map(str::to_string)),
     };
     match serde_json::from_slice::<Body>(body) {
         Ok(Body::One(m)) => Some(vec![to_call(m)]),
         Ok(Body::Batch(v)) => Some(v.into_iter().map(to_call).collect()),
         Err(_) => None,
+    }
+}
+
+/// A `T` read from a JSON object only. Derived struct readers also take an
+/// array and read its elements as the fields in order, so
+/// `["initialize"]` would pass for `{"method":"initialize"}`: a reading no
+/// JSON-RPC peer shares.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Object<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+            .map(ObjectOnly)
     }
 }
 
@@ -350,6 +374,34 @@ mod tests {
             None
         );
         assert_eq!(jsonrpc_calls(b"{\"id\": NaN}"), None);
+    }
+
+    #[test]
+    fn arrays_are_not_messages_or_params() {
+        // Found by the mcp fuzz target: serde read an array as a message
+        // (or as params) by position, so the proxy routed and scope-checked
+        // a call no JSON-RPC server would see.
+        assert_eq!(jsonrpc_calls(br#"["initialize", null]"#), None);
+        assert_eq!(
+            jsonrpc_calls(br#"[["tools/call", {"name": "echo"}]]"#),
+            None
+        );
+        assert_eq!(
+            jsonrpc_calls(br#"{"method":"tools/call","params":["echo"]}"#),
+            None
+        );
+        let ok = jsonrpc_calls(br#"{"method":"tools/call","params":{"name":"echo"}}"#);
+        assert_eq!(
+            ok,
+            Some(vec![Call {
+                method: Some("tools/call".into()),
+                name: Some("echo".into())
+            }])
+        );
+        assert_eq!(
+            first_method(jsonrpc_calls(br#"[{"method":"initialize"}]"#).as_deref()),
+            Some("initialize")
+        );
     }
 
     #[test]

@@ -46,7 +46,10 @@
 //!   looks the 4-tuple up, and gives smoltcp the frame through a one-frame
 //!   device together with only that connection's set. Frames for no
 //!   connection go in with an empty set, so smoltcp answers them as a closed
-//!   port (RST) or as ARP/ICMP. Paths that create state (a SYN for a
+//!   port (RST) or as ARP/ICMP; TCP for an address not ours (broadcast,
+//!   multicast), a SYN crossing our own (simultaneous open) and anything
+//!   for a connection whose SYN has not left yet are dropped instead (see
+//!   `stack::ingress`). Paths that create state (a SYN for a
 //!   listener, a segment for a TIME-WAIT record) verify checksums first;
 //!   everything else is verified by smoltcp before it acts;
 //! - egress: only connections that were touched (a segment, a caller call,
@@ -138,6 +141,8 @@ mod error;
 pub mod fault;
 mod flow;
 mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod pattern;
 mod stack;
 mod timer;

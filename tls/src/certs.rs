@@ -8,7 +8,7 @@ use openssl::bn::{BigNum, MsbOption};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::hash::MessageDigest;
 use openssl::nid::Nid;
-use openssl::pkey::PKey;
+use openssl::pkey::{PKey, Private};
 use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
 use openssl::x509::{X509, X509NameBuilder};
 
@@ -37,6 +37,15 @@ fn write(path: &Path, pem: &[u8]) -> Result<(), CertError> {
 
 /// Write `cert` and `key` PEM files for a certificate valid `days` days.
 pub fn write_self_signed(cert: &Path, key: &Path, days: u32) -> Result<(), CertError> {
+    let (x509, pkey) = self_signed(days)?;
+    write(cert, &x509.to_pem()?)?;
+    write(key, &pkey.private_key_to_pem_pkcs8()?)?;
+    Ok(())
+}
+
+/// A fresh self-signed certificate valid `days` days and its key, in
+/// memory (what [`write_self_signed`] writes).
+pub fn self_signed(days: u32) -> Result<(X509, PKey<Private>), CertError> {
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
     let pkey = PKey::from_ec_key(EcKey::generate(&group)?)?;
     let mut name = X509NameBuilder::new()?;
@@ -62,9 +71,7 @@ pub fn write_self_signed(cert: &Path, key: &Path, days: u32) -> Result<(), CertE
         .build(&b.x509v3_context(None, None))?;
     b.append_extension(san)?;
     b.sign(&pkey, MessageDigest::sha256())?;
-    write(cert, &b.build().to_pem()?)?;
-    write(key, &pkey.private_key_to_pem_pkcs8()?)?;
-    Ok(())
+    Ok((b.build(), pkey))
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
-//! Fuzz target for the record deframer and receive path, its seed corpus,
-//! and the invariants it checks.
+//! Fuzz targets of the TLS crate. This module holds the record deframer
+//! and receive path target ([`deframe_target`]), its seed corpus, and the
+//! invariants it checks; [`handshake()`] (the server handshake feed, see
+//! `fuzz/handshake_feed.rs`) and [`records()`] (seal/open round trips, see
+//! `fuzz/records.rs` and `fuzz/layer.rs`) document theirs where they live.
 //!
 //! Stable Rust has no cargo-fuzz, so the target is a plain function:
 //! `tls/fuzz/corpus/deframe/` is replayed by `cargo test`, and a seeded
@@ -20,6 +23,18 @@
 //!
 //! [`reference_open`] and [`reference_seal13`], the independent one-shot
 //! AEAD, also serve the tests.
+
+mod handshake_feed;
+mod input;
+mod layer;
+mod records;
+
+pub use handshake_feed::{
+    ALPN_OFFERS, ClientVariant, HandshakeOutcome, HandshakeSeed, MAX_SERVER_OUTPUT, client_hello,
+    handshake, handshake_seeds,
+};
+pub use input::Cursor;
+pub use records::{RecordsOutcome, RecordsSeed, records, records_seeds};
 
 use openssl::error::ErrorStack;
 use openssl::symm;

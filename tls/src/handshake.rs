@@ -315,12 +315,15 @@ impl KeyLog {
     }
 }
 
-/// The in-memory "socket" OpenSSL reads and writes.
+/// The in-memory "socket" OpenSSL reads and writes (also the fuzz
+/// target's client end).
 #[derive(Debug, Default)]
-struct MemPipe {
-    input: Vec<u8>,
-    in_pos: usize,
-    output: Vec<u8>,
+pub(crate) struct MemPipe {
+    /// Bytes for OpenSSL to read, from `in_pos` on.
+    pub(crate) input: Vec<u8>,
+    pub(crate) in_pos: usize,
+    /// Everything OpenSSL wrote.
+    pub(crate) output: Vec<u8>,
 }
 
 impl Read for MemPipe {
@@ -450,6 +453,13 @@ impl OpensslHandshake {
     /// True after a failed handshake.
     pub fn is_failed(&self) -> bool {
         self.state == State::Failed
+    }
+
+    /// Received bytes held and not yet handed over: the inbox plus what
+    /// OpenSSL has not read (the fuzz target bounds it).
+    pub(crate) fn buffered_input(&self) -> usize {
+        let pipe = self.stream.get_ref();
+        self.inbox.len() + pipe.input.len() - pipe.in_pos
     }
 
     /// Hand over to the record layer.

@@ -35,6 +35,8 @@
 mod request;
 mod response;
 
+pub(crate) use request::{request_body_decoder, take_request_body};
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -104,10 +106,14 @@ impl InFlight {
     }
 }
 
+/// How the rest of a message body is read off the buffered input.
 #[derive(Debug)]
-enum BodyDecoder {
+pub(crate) enum BodyDecoder {
+    /// This many bytes are still to come.
     Length(u64),
+    /// A chunked body.
     Chunked(ChunkedDecoder),
+    /// Everything until the peer closes (responses only).
     UntilClose,
 }
 
@@ -193,6 +199,9 @@ pub struct Connection {
     actions: VecDeque<Action>,
     /// The proxy is draining: no new request after the current one.
     draining: bool,
+    /// The request being answered is a HEAD: the proxy's own answers to
+    /// it carry no content (RFC 9110 §9.3.2).
+    answering_head: bool,
     /// End every SSE stream at its next event boundary (the drain's time
     /// is nearly up), answers to POSTs included.
     end_streams: bool,
@@ -219,6 +228,7 @@ impl Connection {
             decode_scratch: Vec::new(),
             actions: VecDeque::new(),
             draining: false,
+            answering_head: false,
             end_streams: false,
         }
     }

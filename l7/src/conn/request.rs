@@ -58,6 +58,7 @@ impl Connection {
                     {
                         return;
                     }
+                    self.answering_head = false;
                     self.state = State::ReadingHead {
                         since: now,
                         scanned: 0,
@@ -105,27 +106,7 @@ impl Connection {
         let State::ReadingBody { decoder, body, .. } = &mut self.state else {
             return Ok(false);
         };
-        let max = self.shared.config.max_body_bytes;
-        match decoder {
-            BodyDecoder::Length(remaining) => {
-                let take = (*remaining).min(self.client_in.len() as u64) as usize;
-                body.extend_from_slice(&self.client_in[..take]);
-                self.client_in.drain(..take);
-                *remaining -= take as u64;
-                Ok(*remaining == 0)
-            }
-            BodyDecoder::Chunked(d) => {
-                let used = d.decode(&self.client_in, body)?;
-                self.client_in.drain(..used);
-                // A declared chunk that cannot fit is refused now, not after
-                // waiting for its bytes.
-                if (body.len() as u64).saturating_add(d.chunk_remaining()) > max {
-                    return Err(HttpError::BodyTooLarge(max));
-                }
-                Ok(d.is_done())
-            }
-            BodyDecoder::UntilClose => unreachable!("requests never read to close"),
-        }
+        take_request_body(decoder, &mut self.client_in, body)
     }
 
     fn start_body(
@@ -134,15 +115,7 @@ impl Connection {
         since: Instant,
         head: RequestHead,
     ) -> Result<(), HttpError> {
-        let max = self.shared.config.max_body_bytes;
-        let decoder = match head.framing {
-            BodyFraming::None => None,
-            BodyFraming::Length(n) if n > max => return Err(HttpError::BodyTooLarge(max)),
-            BodyFraming::Length(n) => Some(BodyDecoder::Length(n)),
-            BodyFraming::Chunked => Some(BodyDecoder::Chunked(ChunkedDecoder::new())),
-            BodyFraming::UntilClose => unreachable!("request framing is never until-close"),
-        };
-        match decoder {
+        match request_body_decoder(head.framing, self.shared.config.max_body_bytes)? {
             None => {
                 self.state = State::Closed;
                 self.dispatch(now, head, Vec::new());
@@ -176,6 +149,7 @@ impl Connection {
     /// or answer it.
     fn dispatch(&mut self, now: Instant, head: RequestHead, body: Vec<u8>) {
         self.shared.metrics.requests.fetch_add(1, Ordering::Relaxed);
+        self.answering_head = head.method == "HEAD";
         let keep_alive = head.keep_alive;
         match self.plan(now, &head, &body) {
             Ok(Plan::Forward {
@@ -457,6 +431,11 @@ impl Connection {
             .fetch_add(1, Ordering::Relaxed);
         let keep_alive = keep_alive && !self.draining;
         http::write_local_response(status, extra, body, keep_alive, &mut self.to_client);
+        if self.answering_head {
+            // The head says the length a GET would get; the content stays
+            // out, or the client would read it as the next response.
+            self.to_client.truncate(self.to_client.len() - body.len());
+        }
         if keep_alive {
             // The next pipelined request is picked up by the caller's
             // `advance_client` loop (or by `resume_client`), never by
@@ -479,6 +458,48 @@ impl Connection {
     }
 }
 
+/// The decoder for a request body framed as `framing`, `None` when there
+/// is no body. A declared length over `max` is refused at once (413).
+pub(crate) fn request_body_decoder(
+    framing: BodyFraming,
+    max: u64,
+) -> Result<Option<BodyDecoder>, HttpError> {
+    match framing {
+        BodyFraming::None => Ok(None),
+        BodyFraming::Length(n) if n > max => Err(HttpError::BodyTooLarge(max)),
+        BodyFraming::Length(n) => Ok(Some(BodyDecoder::Length(n))),
+        BodyFraming::Chunked => Ok(Some(BodyDecoder::Chunked(ChunkedDecoder::with_limit(max)))),
+        BodyFraming::UntilClose => unreachable!("request framing is never until-close"),
+    }
+}
+
+/// Move the body bytes buffered at the start of `input` into `body`;
+/// true once the body is whole. Bytes after the body stay in `input` (the
+/// next pipelined request). The decoder from [`request_body_decoder`]
+/// refuses a body that cannot fit its limit (413) as soon as the length or
+/// the chunk that crosses it is announced, however the bytes were cut.
+pub(crate) fn take_request_body(
+    decoder: &mut BodyDecoder,
+    input: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+) -> Result<bool, HttpError> {
+    match decoder {
+        BodyDecoder::Length(remaining) => {
+            let take = (*remaining).min(input.len() as u64) as usize;
+            body.extend_from_slice(&input[..take]);
+            input.drain(..take);
+            *remaining -= take as u64;
+            Ok(*remaining == 0)
+        }
+        BodyDecoder::Chunked(d) => {
+            let used = d.decode(input, body)?;
+            input.drain(..used);
+            Ok(d.is_done())
+        }
+        BodyDecoder::UntilClose => unreachable!("requests never read to close"),
+    }
+}
+
 /// 501 for a method the proxy does not forward.
 fn check_method(head: &RequestHead) -> Result<(), Reject> {
     if is_supported_method(&head.method) {
@@ -490,4 +511,86 @@ fn check_method(head: &RequestHead) -> Result<(), Reject> {
         Fault::Client,
         "method not supported by the proxy",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CoreConfig, Shared};
+
+    #[test]
+    fn answers_to_head_carry_no_content() {
+        // Found by the http_response fuzz target: the proxy's own answer
+        // to a HEAD carried its JSON body, which a keep-alive client reads
+        // as the start of the next response.
+        let shared = Arc::new(Shared::new(
+            CoreConfig::default(),
+            ["192.0.2.1:80".to_string()],
+        ));
+        let now = Instant::now();
+        let mut conn = Connection::new(shared, "192.0.2.7", now);
+        let head = "HEAD /mcp HTTP/1.1\r\nHost: a\r\nMcp-Session-Id: gone\r\n\r\n";
+        let get = head.replacen("HEAD", "GET", 1);
+        conn.handle_downstream_data(now, format!("{head}{get}").as_bytes());
+        let out = conn.downstream_pending().to_vec();
+        let (first, n) = http::parse_response_head(&out, "HEAD", 4096, 32)
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.status, 404);
+        let (second, m) = http::parse_response_head(&out[n..], "GET", 4096, 32)
+            .unwrap()
+            .expect("the second answer right after the first head");
+        assert_eq!(second.status, 404);
+        let length = |h: &crate::http::ResponseHead| {
+            header(&h.headers, "content-length").map(<[u8]>::to_vec)
+        };
+        assert_eq!(length(&first), length(&second), "the length a GET gets");
+        let BodyFraming::Length(len) = second.framing else {
+            panic!("{:?}", second.framing)
+        };
+        assert_eq!(out.len(), n + m + len as usize);
+    }
+
+    /// The request body reader's verdict on `wire`, fed whole or one byte
+    /// at a time.
+    fn verdict(wire: &[u8], byte_at_a_time: bool) -> Result<bool, HttpError> {
+        let mut decoder = request_body_decoder(BodyFraming::Chunked, 256)?.unwrap();
+        let mut body = Vec::new();
+        let mut input = Vec::new();
+        let reads: Vec<&[u8]> = if byte_at_a_time {
+            wire.chunks(1).collect()
+        } else {
+            vec![wire]
+        };
+        let mut done = false;
+        for read in reads {
+            input.extend_from_slice(read);
+            done = take_request_body(&mut decoder, &mut input, &mut body)?;
+        }
+        Ok(done)
+    }
+
+    #[test]
+    fn oversize_chunk_is_413_however_the_bytes_arrive() {
+        // Found by the http_request fuzz target: a chunk over the body
+        // limit, its data, then a framing error was 400 when it arrived in
+        // one read and 413 when it arrived in pieces.
+        let mut wire = b"101\r\n".to_vec();
+        wire.extend_from_slice(&[b'x'; 0x101]);
+        wire.extend_from_slice(b"XX");
+        for byte_at_a_time in [false, true] {
+            assert_eq!(
+                verdict(&wire, byte_at_a_time),
+                Err(HttpError::BodyTooLarge(256)),
+                "byte at a time: {byte_at_a_time}"
+            );
+        }
+        let fits = b"100\r\n"
+            .iter()
+            .chain(&[b'x'; 0x100])
+            .chain(b"\r\n0\r\n\r\n");
+        let fits: Vec<u8> = fits.copied().collect();
+        assert_eq!(verdict(&fits, false), Ok(true));
+        assert_eq!(verdict(&fits, true), Ok(true));
+    }
 }

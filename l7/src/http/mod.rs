@@ -281,16 +281,8 @@ pub(crate) fn parse_request_head_resume(
     max_head_bytes: usize,
     max_headers: usize,
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
-    let before = *scanned;
+    check_new_request_line(buf, *scanned, max_head_bytes)?;
     let Some(end) = find_head_end(buf, scanned, max_head_bytes)? else {
-        // The request line is checked as soon as it is whole (once): a
-        // line no HTTP/1.x request can have is answered now, not after a
-        // head end that may never come.
-        if let Some(p) = buf.windows(2).position(|w| w == b"\r\n")
-            && p + 1 >= before
-        {
-            check_request_line(&buf[..p])?;
-        }
         return Ok(None);
     };
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
@@ -305,9 +297,12 @@ pub(crate) fn parse_request_head_resume(
     let target = req.path.ok_or(HttpError::Malformed("no target"))?;
     let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
     let mut headers = collect_headers(req.headers)?;
-    if minor_version == 1 && header_count(&headers, "host") != 1 {
+    // RFC 9112 §3.2: no request may carry several Host fields (an
+    // HTTP/1.0 one would reach the backend as HTTP/1.1 with both).
+    let hosts = header_count(&headers, "host");
+    if hosts > 1 || (minor_version == 1 && hosts == 0) {
         return Err(HttpError::Malformed(
-            "HTTP/1.1 request needs exactly one Host",
+            "a request needs one Host (HTTP/1.1) and never several",
         ));
     }
     let (target, authority) = target::normalize(method, target)?;
@@ -342,25 +337,60 @@ pub(crate) fn parse_request_head_resume(
     )))
 }
 
-/// A whole request line (without CRLF) that no HTTP/1.x request can have:
-/// method, target and `HTTP/1.0` or `HTTP/1.1`, separated by single spaces.
-fn check_request_line(line: &[u8]) -> Result<(), HttpError> {
-    let mut parts = line.split(|&b| b == b' ');
-    let (Some(method), Some(target), version, None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+/// Bytes of the empty line (CRLF) before the request line that a server
+/// ignores (RFC 9112 §2.2, as httparse does once the head is whole). Only
+/// one: a second one ends an (empty) head.
+fn leading_empty_line(buf: &[u8]) -> usize {
+    if buf.starts_with(b"\r\n") { 2 } else { 0 }
+}
+
+/// The request line is checked as soon as it is whole, so that a line no
+/// HTTP/1.x request can have is answered now, not after a head end that
+/// may never come. It is checked once: when its LF is among the bytes the
+/// head scan has not seen yet (`scanned`).
+///
+/// Whatever way the bytes were cut into reads, the verdict is the one the
+/// whole head gets: the line is checked before the rest of the head is
+/// scanned (it comes first in the stream), by httparse itself, and only
+/// when it ends in CRLF within the head limit (a bare LF and an oversize
+/// line are the head scan's to refuse).
+fn check_new_request_line(buf: &[u8], scanned: usize, max: usize) -> Result<(), HttpError> {
+    let start = leading_empty_line(buf);
+    let window = &buf[..buf.len().min(max)];
+    let Some(lf) = window
+        .get(start..)
+        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
     else {
-        return Err(HttpError::Malformed("invalid request line"));
+        return Ok(());
     };
-    if method.is_empty() || target.is_empty() {
-        return Err(HttpError::Malformed("invalid request line"));
+    let lf = start + lf;
+    if lf < scanned || lf == 0 || buf[lf - 1] != b'\r' {
+        return Ok(());
     }
-    match version {
-        None => Err(HttpError::Malformed(
+    check_request_line(&buf[..=lf])
+}
+
+/// A whole request line (after any empty lines, with its CRLF) that no
+/// HTTP/1.x request can have, refused as httparse refuses the head it
+/// starts.
+fn check_request_line(line: &[u8]) -> Result<(), HttpError> {
+    match httparse::Request::new(&mut []).parse(line) {
+        Ok(_) => Ok(()),
+        Err(_) if is_http09(line) => Err(HttpError::Malformed(
             "request line without an HTTP version (HTTP/0.9 is not supported)",
         )),
-        Some(b"HTTP/1.1" | b"HTTP/1.0") => Ok(()),
-        Some(_) => Err(HttpError::Malformed("invalid HTTP version")),
+        Err(e) => Err(map_httparse(e, 0)),
     }
+}
+
+/// `METHOD TARGET` and nothing else: an HTTP/0.9 request line.
+fn is_http09(line: &[u8]) -> bool {
+    let line = line.trim_ascii();
+    let mut parts = line.split(|&b| b == b' ');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(m), Some(t), None) if !m.is_empty() && !t.is_empty()
+    )
 }
 
 /// Parse a response head at the start of `buf`. `request_method` decides
@@ -383,6 +413,11 @@ pub fn parse_response_head(
         return Err(HttpError::Malformed("incomplete head"));
     }
     let code = resp.code.ok_or(HttpError::Malformed("no status"))?;
+    if !(100..600).contains(&code) {
+        // httparse takes any three digits; `020` would reach the client
+        // as the status line `HTTP/1.1 20`, which no client can read.
+        return Err(HttpError::Malformed("status outside 100-599"));
+    }
     let minor_version = resp.version.ok_or(HttpError::Malformed("no version"))?;
     let headers = collect_headers(resp.headers)?;
     let no_body = request_method.eq_ignore_ascii_case("HEAD")
@@ -419,13 +454,20 @@ pub fn parse_response_head(
 /// Incremental decoder for `Transfer-Encoding: chunked` bodies.
 ///
 /// Chunk extensions are skipped, trailers are read and dropped. Sizes with
-/// more than 15 hex digits, missing CRLFs and bare LFs are errors.
+/// more than 15 hex digits, missing CRLFs and bare LFs are errors. With a
+/// limit ([`ChunkedDecoder::with_limit`]), a chunk that would take the body
+/// over it is an error as soon as its size line ends, before its data: the
+/// verdict on a byte stream never depends on how it was cut into reads.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkedDecoder {
     state: ChunkState,
     size: u64,
     digits: u8,
     line_len: usize,
+    /// Most payload bytes the body may have (`None`: no limit).
+    limit: Option<u64>,
+    /// Payload bytes the size lines so far declared.
+    declared: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -448,9 +490,19 @@ enum ChunkState {
 const MAX_CHUNK_LINE: usize = 4096;
 
 impl ChunkedDecoder {
-    /// A decoder at the start of a chunked body.
+    /// A decoder at the start of a chunked body, without a size limit.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A decoder that refuses a body of more than `limit` payload bytes
+    /// ([`HttpError::BodyTooLarge`]) at the size line of the chunk that
+    /// would cross it.
+    pub fn with_limit(limit: u64) -> Self {
+        Self {
+            limit: Some(limit),
+            ..Self::default()
+        }
     }
 
     /// Whether the terminating zero chunk and trailers have been read.
@@ -459,7 +511,7 @@ impl ChunkedDecoder {
     }
 
     /// Bytes of the current chunk still to come, as its size line
-    /// declared them (so a size over the body limit is refused at once).
+    /// declared them.
     pub fn chunk_remaining(&self) -> u64 {
         if self.state == ChunkState::Data {
             self.size
@@ -516,11 +568,7 @@ impl ChunkedDecoder {
                 expect(b'\n', "chunk size line without LF")?;
                 self.line_len = 0;
                 self.digits = 0;
-                if self.size == 0 {
-                    ChunkState::TrailerStart
-                } else {
-                    ChunkState::Data
-                }
+                self.declare_chunk()?
             }
             ChunkState::DataCr => {
                 expect(b'\r', "chunk data longer than its size")?;
@@ -542,6 +590,19 @@ impl ChunkedDecoder {
             ChunkState::Data | ChunkState::Done => unreachable!("decode handles these"),
         };
         Ok(())
+    }
+
+    /// A size line has ended: count its chunk against the limit and say
+    /// what comes next (its data, or the trailers after the last chunk).
+    fn declare_chunk(&mut self) -> Result<ChunkState, HttpError> {
+        if self.size == 0 {
+            return Ok(ChunkState::TrailerStart);
+        }
+        self.declared = self.declared.saturating_add(self.size);
+        match self.limit {
+            Some(limit) if self.declared > limit => Err(HttpError::BodyTooLarge(limit)),
+            _ => Ok(ChunkState::Data),
+        }
     }
 
     /// A byte of the chunk-size line before any extension.
@@ -728,6 +789,23 @@ mod tests {
     }
 
     #[test]
+    fn several_hosts_are_malformed_in_http10_too() {
+        // Found by the http_request fuzz target: an HTTP/1.0 request with
+        // two Host fields was forwarded (as HTTP/1.1) with both.
+        for wire in [
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET http://a/ HTTP/1.0\r\nHost: b\r\nHost: c\r\n\r\n",
+        ] {
+            assert!(
+                matches!(req(wire).unwrap_err(), HttpError::Malformed(_)),
+                "{wire:?}"
+            );
+        }
+        assert!(req("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+        assert!(req("GET / HTTP/1.0\r\nHost: a\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
     fn chunked_decoder_byte_at_a_time() {
         let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let mut d = ChunkedDecoder::new();
@@ -792,6 +870,81 @@ mod tests {
     }
 
     #[test]
+    fn leading_empty_line_is_ignored_however_the_head_arrives() {
+        // Found by the http_request fuzz target: a CRLF before the request
+        // line was ignored when the head arrived whole and was a 400 when
+        // the request line arrived after it.
+        let wire = b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for cut in 0..wire.len() {
+            let mut scanned = 0;
+            let early = parse_request_head_resume(&wire[..cut], &mut scanned, 8192, 32);
+            assert!(matches!(early, Ok(None)), "cut {cut}: {early:?}");
+            let (h, n) = parse_request_head_resume(wire, &mut scanned, 8192, 32)
+                .unwrap()
+                .unwrap();
+            assert_eq!((h.target.as_str(), n), ("/", wire.len()), "cut {cut}");
+        }
+        // A bad request line after the empty line is still refused early.
+        assert!(parse_request_head(b"\r\nGET /\r\n", 8192, 32).is_err());
+        // Empty lines past the head limit are the head scan's to refuse.
+        let many = b"\r\n".repeat(40);
+        assert!(parse_request_head(&many, 64, 32).is_err());
+    }
+
+    #[test]
+    fn request_line_errors_do_not_depend_on_how_the_head_arrives() {
+        // Found by the http_request fuzz target: a bad request line before
+        // a bare LF was counted as smuggling when the head arrived whole
+        // and as a bad request when the line arrived first; a CR before
+        // the line's CRLF the other way round.
+        for wire in [
+            &b"GET / HTTP/1.2\r\nHost: a\nX: 1\r\n\r\n"[..],
+            b"GET /\r\nHost: a\n\r\n",
+            b"GET / HTTP/1.1\r\r\nHost: a\r\n\r\n",
+            b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"\r\n\r\n\rGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let whole = parse_request_head(wire, 8192, 32).unwrap_err();
+            for cut in 1..wire.len() {
+                let mut scanned = 0;
+                let verdict = parse_request_head_resume(&wire[..cut], &mut scanned, 8192, 32)
+                    .and_then(|_| parse_request_head_resume(wire, &mut scanned, 8192, 32));
+                assert_eq!(
+                    std::mem::discriminant(&verdict.unwrap_err()),
+                    std::mem::discriminant(&whole),
+                    "{wire:?} cut at {cut}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_over_the_limit_is_refused_at_its_size_line() {
+        // Found by the http_request fuzz target: the data of an oversize
+        // chunk followed by a framing error gave 400 when read whole and
+        // 413 when read in pieces.
+        let mut wire = b"3\r\nabc\r\n6\r\n".to_vec();
+        wire.extend_from_slice(b"defghiXX");
+        let mut whole = ChunkedDecoder::with_limit(8);
+        assert_eq!(
+            whole.decode(&wire, &mut Vec::new()),
+            Err(HttpError::BodyTooLarge(8))
+        );
+        let mut bytes = ChunkedDecoder::with_limit(8);
+        let err = wire
+            .iter()
+            .find_map(|b| bytes.decode(std::slice::from_ref(b), &mut Vec::new()).err());
+        assert_eq!(err, Some(HttpError::BodyTooLarge(8)));
+        // At the limit exactly is fine.
+        let mut at = ChunkedDecoder::with_limit(9);
+        let mut out = Vec::new();
+        let ok = b"3\r\nabc\r\n6\r\ndefghi\r\n0\r\n\r\n";
+        assert_eq!(at.decode(ok, &mut out), Ok(ok.len()));
+        assert!(at.is_done());
+        assert_eq!(out, b"abcdefghi");
+    }
+
+    #[test]
     fn chunk_sizes_are_lowercase_hex() {
         for len in [1usize, 9, 10, 15, 16, 255, 256, 4095, 65_536, 1_000_000] {
             let mut out = Vec::new();
@@ -816,6 +969,24 @@ mod tests {
         let mut want = b"abc".to_vec();
         want.extend_from_slice(&[7u8; 300]);
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn statuses_outside_100_to_599_are_malformed() {
+        // Found by the http_response fuzz target: a backend's `020` went to
+        // the client as the status line `HTTP/1.1 20 OK`.
+        for line in ["000", "020", "099", "600", "999"] {
+            let wire = format!("HTTP/1.1 {line} X\r\nContent-Length: 0\r\n\r\n");
+            assert_eq!(
+                parse_response_head(wire.as_bytes(), "GET", 4096, 16).unwrap_err(),
+                HttpError::Malformed("status outside 100-599"),
+                "{line}"
+            );
+        }
+        for line in ["100", "599"] {
+            let wire = format!("HTTP/1.1 {line} X\r\nContent-Length: 0\r\n\r\n");
+            assert!(parse_response_head(wire.as_bytes(), "GET", 4096, 16).is_ok());
+        }
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! one-frame device with its own socket set; a TIME-WAIT record answers it
 //! itself (`time_wait`); a pure SYN for a listener is admitted (`listen`);
 //! anything else (no flow, not TCP, ARP) goes to smoltcp with an empty set,
-//! which answers as a closed port (RST) or as ARP/ICMP. An ARP frame also
+//! which answers as a closed port (RST) or as ARP/ICMP, except TCP for an
+//! address not ours (broadcast, multicast), which is dropped. A connection
+//! in SYN-SENT sees nothing before its SYN left, and no pure SYN. An ARP frame also
 //! wakes the connections held back for a neighbour. Every connection a
 //! frame reaches is queued for the egress pass.
 
@@ -40,14 +42,37 @@ impl Stack {
             return;
         };
         match self.flows.get(&seg.tuple).copied() {
+            Some(FlowEntry::Conn(slot)) if self.premature_for_syn_sent(slot, &seg) => {}
             Some(FlowEntry::Conn(slot)) => self.feed_conn(slot, vnow, frame, tx, &seg),
             Some(FlowEntry::TimeWait(tw)) => self.ingress_time_wait(now, vnow, frame, tx, &seg, tw),
             None => match self.listener_for(&seg) {
                 Some(l) => self.admit(l, vnow, frame, tx, &seg, false),
+                // Not for one of our addresses (a broadcast or multicast
+                // destination): dropped, since smoltcp would answer with a
+                // RST sent *from* that address (RFC 1122 3.2.1.3, 4.2.3.10).
+                None if !self.iface.has_ip_addr(seg.tuple.local_addr) => {}
                 // No connection: smoltcp answers with a RST (or drops a RST).
                 None => self.feed_empty(vnow, frame, tx),
             },
         }
+    }
+
+    /// A segment a connection in SYN-SENT must not see: anything before our
+    /// own SYN left (held back for ARP or by a full device: no real peer
+    /// can answer a SYN it never got, and smoltcp 0.13 panics on a SYN or a
+    /// SYN-ACK then, reading back a window it never advertised), and a
+    /// pure SYN (a simultaneous open: the proxy's backends never open
+    /// towards it, and a peer that did still completes by answering our
+    /// SYN with a SYN-ACK). Such segments are dropped.
+    fn premature_for_syn_sent(&self, slot: u32, seg: &Segment) -> bool {
+        let Some(conn) = self.slots[slot as usize].conn.as_ref() else {
+            return false;
+        };
+        let syn_sent = conn
+            .set
+            .as_ref()
+            .is_some_and(|set| set.get::<tcp::Socket>(conn.handle).state() == tcp::State::SynSent);
+        syn_sent && (seg.is_pure_syn() || conn.last_seq_ack.is_none())
     }
 
     fn feed_empty<T: TxToken>(&mut self, vnow: Instant, frame: &[u8], tx: T) {

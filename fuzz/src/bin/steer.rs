@@ -1,0 +1,6 @@
+//! Flow-steering classifier (see `dpuproxy_dp::fuzz`).
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        dpuproxy_dp::fuzz::steer(data);
+    });
+}
