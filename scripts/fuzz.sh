@@ -73,12 +73,17 @@ OUT=$ROOT/fuzz/out/$TARGET
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-# This VM: no CPU frequency governor, core dumps may go to a pipe, and
-# the fuzzer must not pick a core a DPDK test has pinned.
+# This VM: no CPU frequency governor, and core dumps may go to a pipe.
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
-export AFL_NO_UI=1 AFL_QUIET=1 AFL_NO_AFFINITY=1
-# Inputs larger than the target reads are pointless.
-cargo afl fuzz -i "$SEEDS" -o "$OUT" -V "$SECONDS_TO_RUN" -t 1000 -- "$BIN" \
+export AFL_NO_UI=1 AFL_QUIET=1
+# FUZZ_CPU=N binds the fuzzer to CPU N; by default it is not bound.
+BIND=()
+if [[ -n "${FUZZ_CPU:-}" ]]; then
+  BIND=(-b "$FUZZ_CPU")
+else
+  export AFL_NO_AFFINITY=1
+fi
+cargo afl fuzz -i "$SEEDS" -o "$OUT" -V "$SECONDS_TO_RUN" -t 1000 "${BIND[@]}" -- "$BIN" \
   > "$OUT/afl.log" 2>&1 || { tail -20 "$OUT/afl.log" >&2; echo "fuzz: afl-fuzz failed" >&2; exit 1; }
 
 STATS=$OUT/default/fuzzer_stats

@@ -1126,13 +1126,11 @@ mod tests {
     /// Replays the committed corpus of the config fuzz target.
     #[test]
     fn fuzz_corpus_replays_without_findings() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
-        let mut verdicts = Vec::new();
-        for entry in std::fs::read_dir(&dir).expect("the corpus directory") {
-            let path = entry.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
-            verdicts.push((path, fuzz_target(&data)));
-        }
+        let dir = dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), "config");
+        let verdicts: Vec<_> = dpuproxy_corpus::inputs(&dir)
+            .into_iter()
+            .map(|(path, data)| (path, fuzz_target(&data)))
+            .collect();
         let count = |v: FuzzVerdict| verdicts.iter().filter(|(_, x)| *x == v).count();
         assert!(verdicts.len() >= 25, "only {} corpus files", verdicts.len());
         assert!(count(FuzzVerdict::Resolved) >= 8, "{verdicts:#?}");

@@ -3,39 +3,25 @@
 //! Needs no DPDK (steering is sans-IO). Regenerate with
 //! `DPUPROXY_REGEN_CORPUS=1 cargo test -p dpuproxy-dp --test fuzz_corpus`.
 
-use std::fs;
 use std::path::PathBuf;
 
 use dpuproxy_dp::fuzz::{Route, seeds, steer};
 use dpuproxy_dp::steer::FrameKind;
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/steer")
+    dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), "steer")
 }
 
 #[test]
 fn corpus_matches_the_seed_generator() {
-    let dir = corpus_dir();
-    let regen = std::env::var_os("DPUPROXY_REGEN_CORPUS").is_some();
-    if regen {
-        fs::create_dir_all(&dir).unwrap();
-    }
-    for seed in seeds() {
-        let path = dir.join(format!("{}.bin", seed.name));
-        if regen {
-            fs::write(&path, &seed.input).unwrap();
-        }
-        let on_disk = fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (regenerate the corpus)", path.display()));
-        assert_eq!(on_disk, seed.input, "{} is stale (regenerate)", seed.name);
-    }
+    let seeds = seeds();
+    dpuproxy_corpus::sync_seeds(&corpus_dir(), seeds.iter().map(|s| (&s.name, &s.input)));
 }
 
 #[test]
 fn corpus_replays_without_findings() {
     let (mut n, mut handed, mut local_tcp, mut arp, mut other) = (0, 0, 0, 0, 0);
-    for entry in fs::read_dir(corpus_dir()).expect("corpus directory") {
-        let input = fs::read(entry.unwrap().path()).unwrap();
+    for (_, input) in dpuproxy_corpus::inputs(&corpus_dir()) {
         let out = steer(&input);
         n += 1;
         match (out.kind, out.route) {

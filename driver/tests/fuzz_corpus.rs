@@ -13,37 +13,26 @@ use dpuproxy_driver::fuzz::{
 };
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/sim")
+    dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), "sim")
 }
 
 #[test]
 fn corpus_matches_the_seed_generator() {
-    let dir = corpus_dir();
-    let regen = std::env::var_os("DPUPROXY_REGEN_CORPUS").is_some();
-    if regen {
-        fs::create_dir_all(&dir).unwrap();
-    }
-    for seed in seeds() {
-        let path = dir.join(format!("{}.bin", seed.name));
-        if regen {
-            fs::write(&path, &seed.input).unwrap();
-        }
-        let on_disk = fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (regenerate the corpus)", path.display()));
-        assert_eq!(on_disk, seed.input, "{} is stale (regenerate)", seed.name);
+    let seeds = seeds();
+    dpuproxy_corpus::sync_seeds(&corpus_dir(), seeds.iter().map(|s| (s.name, &s.input)));
+    for seed in &seeds {
         assert_eq!(encode(&decode(&seed.input)), seed.input, "{}", seed.name);
     }
 }
 
 fn replay() -> Vec<(String, Outcome)> {
-    let mut runs = Vec::new();
-    for entry in fs::read_dir(corpus_dir()).expect("corpus directory") {
-        let path = entry.unwrap().path();
-        let input = fs::read(&path).unwrap();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        runs.push((name, sim(&input)));
-    }
-    runs
+    dpuproxy_corpus::inputs(&corpus_dir())
+        .into_iter()
+        .map(|(path, input)| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, sim(&input))
+        })
+        .collect()
 }
 
 #[test]

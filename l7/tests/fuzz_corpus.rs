@@ -9,7 +9,6 @@
 //! in their first checks.
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::PathBuf;
 
 use dpuproxy_l7::fuzz::{self, TARGETS, http_request::End};
@@ -17,23 +16,18 @@ use dpuproxy_l7::http::BodyFraming;
 use dpuproxy_l7::mcp::Route;
 
 fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target)
+    dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), target)
 }
 
 /// Every input of a target's corpus, sorted by file name.
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
+    let files: Vec<(String, Vec<u8>)> = dpuproxy_corpus::inputs(&corpus_dir(target))
+        .into_iter()
+        .map(|(path, input)| {
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, fs::read(&path).unwrap())
+            (name, input)
         })
         .collect();
-    files.sort();
     assert!(
         files.len() >= 10,
         "{target}: only {} corpus files",
@@ -44,29 +38,15 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn corpus_matches_the_seed_generators() {
-    let regen = std::env::var_os("DPUPROXY_REGEN_CORPUS").is_some();
     for target in TARGETS {
-        let dir = corpus_dir(target);
-        if regen {
-            fs::create_dir_all(&dir).unwrap();
-        }
         let seeds = fuzz::seeds(target);
         assert!(seeds.len() >= 10, "{target}: {} seeds", seeds.len());
         let names: HashSet<&str> = seeds.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names.len(), seeds.len(), "{target}: seed names repeat");
-        for seed in seeds {
-            let path = dir.join(format!("{}.bin", seed.name));
-            if regen {
-                fs::write(&path, &seed.input).unwrap();
-            }
-            let on_disk = fs::read(&path)
-                .unwrap_or_else(|e| panic!("{}: {e} (regenerate the corpus)", path.display()));
-            assert_eq!(
-                on_disk, seed.input,
-                "{target}/{} is stale (regenerate)",
-                seed.name
-            );
-        }
+        dpuproxy_corpus::sync_seeds(
+            &corpus_dir(target),
+            seeds.iter().map(|s| (&s.name, &s.input)),
+        );
     }
 }
 

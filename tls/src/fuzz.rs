@@ -34,7 +34,26 @@ pub use handshake_feed::{
     handshake, handshake_seeds,
 };
 pub use input::Cursor;
-pub use records::{RecordsOutcome, RecordsSeed, records, records_seeds};
+pub use records::{RecordsOutcome, RecordsSeed};
+
+/// The record round-trip fuzz target: byte 0 picks the mode (see
+/// `records`), the rest is its script.
+pub fn records(data: &[u8]) -> RecordsOutcome {
+    let mut c = Cursor::new(data);
+    let sel = records::Selector::decode(c.u8());
+    if sel.layer_mode {
+        layer::layer_round_trip(sel.suite, sel.start_seq, sel.chunk, &mut c)
+    } else {
+        records::sealer_against_opener(sel, &mut c)
+    }
+}
+
+/// The seed corpus of both modes of [`records`].
+pub fn records_seeds() -> Vec<RecordsSeed> {
+    let mut seeds = records::sealer_seeds();
+    seeds.extend(layer::layer_seeds());
+    seeds
+}
 
 use openssl::error::ErrorStack;
 use openssl::symm;

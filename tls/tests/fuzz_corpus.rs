@@ -3,30 +3,19 @@
 //! generator. Regenerate with
 //! `DPUPROXY_REGEN_CORPUS=1 cargo test -p dpuproxy-tls --test fuzz_corpus`.
 
-use std::fs;
 use std::path::PathBuf;
 
 use dpuproxy_tls::fuzz::{deframe_target, seeds};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/deframe")
+    dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), "deframe")
 }
 
 #[test]
 fn corpus_matches_the_seed_generator() {
-    let dir = corpus_dir();
-    let regen = std::env::var_os("DPUPROXY_REGEN_CORPUS").is_some();
-    if regen {
-        fs::create_dir_all(&dir).unwrap();
-    }
-    for seed in seeds() {
-        let path = dir.join(format!("{}.bin", seed.name));
-        if regen {
-            fs::write(&path, &seed.input).unwrap();
-        }
-        let on_disk = fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (regenerate the corpus)", path.display()));
-        assert_eq!(on_disk, seed.input, "{} is stale (regenerate)", seed.name);
+    let seeds = seeds();
+    dpuproxy_corpus::sync_seeds(&corpus_dir(), seeds.iter().map(|s| (&s.name, &s.input)));
+    for seed in &seeds {
         let out = deframe_target(&seed.input);
         assert_eq!(out.delivered, seed.delivered, "{}", seed.name);
     }
@@ -37,9 +26,7 @@ fn corpus_replays_without_findings() {
     let mut n = 0;
     let mut with_data = 0;
     let mut errors = 0;
-    for entry in fs::read_dir(corpus_dir()).expect("corpus directory") {
-        let path = entry.unwrap().path();
-        let input = fs::read(&path).unwrap();
+    for (_, input) in dpuproxy_corpus::inputs(&corpus_dir()) {
         let out = deframe_target(&input);
         n += 1;
         with_data += usize::from(!out.delivered.is_empty());

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use dpuproxy_tls::fuzz::{handshake, handshake_seeds};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/handshake")
+    dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), "handshake")
 }
 
 #[test]
@@ -41,9 +41,8 @@ fn corpus_holds_every_generated_seed() {
 #[test]
 fn corpus_replays_without_findings() {
     let (mut n, mut completed, mut delivered, mut failed, mut answered) = (0, 0, 0, 0, 0);
-    for entry in fs::read_dir(corpus_dir()).expect("corpus directory") {
-        let path = entry.unwrap().path();
-        let out = handshake(&fs::read(&path).unwrap());
+    for (_, input) in dpuproxy_corpus::inputs(&corpus_dir()) {
+        let out = handshake(&input);
         n += 1;
         completed += usize::from(out.completed);
         delivered += usize::from(!out.delivered.is_empty());

@@ -3,38 +3,25 @@
 //! generator. Regenerate with
 //! `DPUPROXY_REGEN_CORPUS=1 cargo test -p dpuproxy-tls --test fuzz_corpus_records`.
 
-use std::fs;
 use std::path::PathBuf;
 
 use dpuproxy_tls::fuzz::{records, records_seeds};
 
 fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/records")
+    dpuproxy_corpus::dir(env!("CARGO_MANIFEST_DIR"), "records")
 }
 
 #[test]
 fn corpus_matches_the_seed_generator() {
-    let dir = corpus_dir();
-    let regen = std::env::var_os("DPUPROXY_REGEN_CORPUS").is_some();
-    if regen {
-        fs::create_dir_all(&dir).unwrap();
-    }
-    for seed in records_seeds() {
-        let path = dir.join(format!("{}.bin", seed.name));
-        if regen {
-            fs::write(&path, &seed.input).unwrap();
-        }
-        let on_disk = fs::read(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (regenerate the corpus)", path.display()));
-        assert_eq!(on_disk, seed.input, "{} is stale (regenerate)", seed.name);
-    }
+    let seeds = records_seeds();
+    dpuproxy_corpus::sync_seeds(&corpus_dir(), seeds.iter().map(|s| (&s.name, &s.input)));
 }
 
 #[test]
 fn corpus_replays_without_findings() {
     let (mut n, mut multi, mut big, mut rekeyed, mut refused) = (0, 0, 0, 0, 0);
-    for entry in fs::read_dir(corpus_dir()).expect("corpus directory") {
-        let out = records(&fs::read(entry.unwrap().path()).unwrap());
+    for (_, input) in dpuproxy_corpus::inputs(&corpus_dir()) {
+        let out = records(&input);
         n += 1;
         multi += usize::from(out.records >= 4);
         big += usize::from(out.bytes >= 16 * 1024);

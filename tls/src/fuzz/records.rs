@@ -54,14 +54,14 @@ const MAX_TOTAL_PLAINTEXT: usize = 48 * 1024;
 /// Decoded selector byte.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Selector {
-    suite: CipherSuite,
-    layer_mode: bool,
-    start_seq: u64,
-    chunk: usize,
+    pub(super) suite: CipherSuite,
+    pub(super) layer_mode: bool,
+    pub(super) start_seq: u64,
+    pub(super) chunk: usize,
 }
 
 impl Selector {
-    fn decode(b: u8) -> Self {
+    pub(super) fn decode(b: u8) -> Self {
         Selector {
             suite: CipherSuite::ALL[usize::from(b & 0x0f) % CipherSuite::ALL.len()],
             layer_mode: b & 0x10 != 0,
@@ -258,7 +258,8 @@ fn check_corruption(
 }
 
 /// Mode "records": [`Sealer`] against [`Opener`].
-fn sealer_against_opener(sel: Selector, c: &mut Cursor<'_>) -> RecordsOutcome {
+/// The records mode of the target (see [`super::records`] for the dispatch).
+pub(super) fn sealer_against_opener(sel: Selector, c: &mut Cursor<'_>) -> RecordsOutcome {
     let keys = fuzz_secrets(sel.suite, Side::Client)
         .derive()
         .expect("fixed secrets derive");
@@ -306,17 +307,6 @@ fn sealer_against_opener(sel: Selector, c: &mut Cursor<'_>) -> RecordsOutcome {
     }
 }
 
-/// The fuzz target.
-pub fn records(data: &[u8]) -> RecordsOutcome {
-    let mut c = Cursor::new(data);
-    let sel = Selector::decode(c.u8());
-    if sel.layer_mode {
-        super::layer::layer_round_trip(sel.suite, sel.start_seq, sel.chunk, &mut c)
-    } else {
-        sealer_against_opener(sel, &mut c)
-    }
-}
-
 /// Secrets for one side of the fixed keys, starting both directions at `seq`.
 pub(super) fn secrets_at(suite: CipherSuite, side: Side, seq: u64) -> Secrets {
     let mut s = fuzz_secrets(suite, side);
@@ -357,7 +347,7 @@ pub(super) fn encode_len(len: usize) -> Vec<u8> {
 
 /// Seeds of the "records" mode: every suite, every content type, sizes at
 /// the limits.
-fn sealer_seeds() -> Vec<RecordsSeed> {
+pub(super) fn sealer_seeds() -> Vec<RecordsSeed> {
     let mut seeds = Vec::new();
     for (i, &suite) in CipherSuite::ALL.iter().enumerate() {
         let seq_idx = (i % 4) as u8;
@@ -383,13 +373,6 @@ fn sealer_seeds() -> Vec<RecordsSeed> {
             input,
         });
     }
-    seeds
-}
-
-/// The seed corpus of both modes.
-pub fn records_seeds() -> Vec<RecordsSeed> {
-    let mut seeds = sealer_seeds();
-    seeds.extend(super::layer::layer_seeds());
     seeds
 }
 
