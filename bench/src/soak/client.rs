@@ -220,6 +220,10 @@ struct Client {
     out: Vec<u8>,
     inbuf: Vec<u8>,
     connected_once: bool,
+    /// Counted in `connecting`: from the TCP connect until the first
+    /// response (a proxy still busy with earlier handshakes has not
+    /// finished this one just because our side of TLS has).
+    opening: bool,
 }
 
 struct Clients {
@@ -268,6 +272,7 @@ impl Clients {
                 out: Vec::new(),
                 inbuf: Vec::new(),
                 connected_once: false,
+                opening: false,
             })
             .collect();
         Ok(Self {
@@ -344,6 +349,7 @@ impl Clients {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         c.connected_once = true;
+        c.opening = true;
         c.tcp = Some(tcp);
         c.step = Step::Connecting;
         self.connecting += 1;
@@ -433,7 +439,6 @@ impl Clients {
         };
         match tls.connect() {
             Ok(()) => {
-                self.connecting -= 1;
                 self.clients[i].step = Step::Idle;
                 self.next_request(i);
                 true
@@ -549,6 +554,13 @@ impl Clients {
     /// Handle one response head (and body when it is complete). False:
     /// wait for more bytes, or the client moved on to a state that
     /// consumes no more now.
+    /// The connection is no longer being opened (answered, or gone).
+    fn opened(&mut self, i: usize) {
+        if std::mem::replace(&mut self.clients[i].opening, false) {
+            self.connecting -= 1;
+        }
+    }
+
     fn on_response(
         &mut self,
         i: usize,
@@ -556,6 +568,7 @@ impl Clients {
         head: http::ResponseHead,
         len: usize,
     ) -> bool {
+        self.opened(i);
         let c = &mut self.clients[i];
         let body_end = match head.framing {
             BodyFraming::Length(n) => len + n as usize,
@@ -668,10 +681,8 @@ impl Clients {
 
     /// Close the connection and queue a new one.
     fn reset(&mut self, i: usize) {
+        self.opened(i);
         let c = &mut self.clients[i];
-        if matches!(c.step, Step::Connecting | Step::Handshaking) {
-            self.connecting -= 1;
-        }
         if matches!(c.step, Step::Streaming(_)) {
             self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
         }
