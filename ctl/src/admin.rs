@@ -559,7 +559,7 @@ pub fn render_metrics(state: &AdminState) -> String {
                 .map(move |c| (r(&c.lcore).to_string(), r(f(c))))
                 .collect::<Vec<_>>()
         };
-        let lcore_families: [(&str, &str, &str, LcoreField); 12] = [
+        let lcore_families: [(&str, &str, &str, LcoreField); 14] = [
             (
                 "dpuproxy_lcore_busy_cycles_total",
                 "counter",
@@ -613,6 +613,18 @@ pub fn render_metrics(state: &AdminState) -> String {
                 "gauge",
                 "The lcore's userspace TCP connections.",
                 |c| &c.tcp_connections,
+            ),
+            (
+                "dpuproxy_lcore_syn_evicted_total",
+                "counter",
+                "SYNs that found the listen backlog full and evicted the oldest half-open connection (its client gets a reset).",
+                |c| &c.syn_evicted,
+            ),
+            (
+                "dpuproxy_lcore_syn_dropped_total",
+                "counter",
+                "SYNs dropped because the listen backlog was full of established connections.",
+                |c| &c.syn_dropped,
             ),
             (
                 "dpuproxy_lcore_buffered_bytes",

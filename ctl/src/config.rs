@@ -387,6 +387,8 @@ pub struct LimitsSection {
     pub max_connections_per_worker: Option<usize>,
     /// Client connections per worker still in their TLS handshake.
     pub max_handshaking_per_worker: Option<usize>,
+    /// Listen backlog (per worker or lcore).
+    pub listen_backlog: Option<usize>,
     /// Idle pooled backend connections per backend per worker.
     pub pool_max_per_backend: Option<usize>,
 }
@@ -551,6 +553,9 @@ impl RunConfig {
         if let Some(v) = l.max_handshaking_per_worker {
             kernel.max_handshaking_per_worker = v;
         }
+        if let Some(v) = l.listen_backlog {
+            kernel.listen_backlog = v;
+        }
         if let Some(v) = l.pool_max_per_backend {
             kernel.pool_max_per_backend = v;
         }
@@ -646,6 +651,11 @@ impl RunConfig {
 /// need can be counted (`limits::files_needed`) without overflow.
 pub const MAX_PER_WORKER: usize = 1 << 24;
 
+/// Largest listen backlog (the kernel caps it at `net.core.somaxconn`
+/// anyway; in dpdk mode each slot may hold a half-open connection's
+/// buffers).
+pub const MAX_LISTEN_BACKLOG: usize = 65_535;
+
 /// Counts that would make the proxy refuse every connection, read no
 /// request or accept no body (zero), or overflow the open-file arithmetic
 /// (huge), are refused.
@@ -669,6 +679,12 @@ fn check_capacities(
         if !(min..=MAX_PER_WORKER).contains(&v) {
             bail!("`limits.{name}` must be {min}-{MAX_PER_WORKER}, got {v}");
         }
+    }
+    if !(1..=MAX_LISTEN_BACKLOG).contains(&kernel.listen_backlog) {
+        bail!(
+            "`limits.listen_backlog` must be 1-{MAX_LISTEN_BACKLOG}, got {}",
+            kernel.listen_backlog
+        );
     }
     if core.max_downstream_buffer == 0 {
         bail!("`limits.max_downstream_buffer` must be at least 1");
@@ -843,6 +859,7 @@ fn check_file_kept(file: &FileConfig, r: &RunConfig) {
             l.pool_max_per_backend,
             k.pool_max_per_backend,
         ),
+        ("listen_backlog", l.listen_backlog, k.listen_backlog),
         ("workers", file.workers, k.workers),
     ];
     for (name, given, used) in counts {
@@ -1114,6 +1131,8 @@ mod tests {
             ("max_connections_per_worker", "9223372036854775807"),
             ("pool_max_per_backend", "9223372036854775807"),
             ("max_handshaking_per_worker", "16777217"),
+            ("listen_backlog", "0"),
+            ("listen_backlog", "65536"),
         ] {
             let e = resolve(&format!("{key} = {value}")).unwrap_err();
             assert!(e.to_string().contains(key), "{key} = {value}: {e}");

@@ -121,6 +121,7 @@ pub fn run(
         prefix_len: settings.prefix_len,
         gateway: settings.gateway,
         listen_port: cfg.kernel.listen.port(),
+        listen_backlog: cfg.kernel.listen_backlog,
         device: settings.device.clone(),
         burst: 32,
         seed: seed(),

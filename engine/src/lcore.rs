@@ -270,6 +270,9 @@ impl<'l, 'p> Lcore<'l, 'p> {
             self.transport.stack.connection_count() as u64,
             Ordering::Relaxed,
         );
+        let tcp = self.transport.stack.stats();
+        mine.syn_evicted.store(tcp.syn_evicted, Ordering::Relaxed);
+        mine.syn_dropped.store(tcp.syn_dropped, Ordering::Relaxed);
         mine.buffered_bytes.store(
             self.driver.buffered_bytes(&self.transport) as u64,
             Ordering::Relaxed,
@@ -345,7 +348,7 @@ pub(crate) fn build_stack(
     let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
         .map_err(|e| Error::Stack(e.to_string()))?;
     let listener = stack
-        .listen(opts.listen_port, 1024)
+        .listen(opts.listen_port, opts.listen_backlog)
         .map_err(|e| Error::Listen {
             port: opts.listen_port,
             reason: e.to_string(),

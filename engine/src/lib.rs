@@ -124,6 +124,9 @@ pub struct ProxyOptions {
     pub gateway: Option<Ipv4Addr>,
     /// TLS port clients connect to (on `ip`).
     pub listen_port: u16,
+    /// Listen backlog per lcore: accepted-not-yet-taken plus half-open
+    /// connections; beyond it a SYN evicts the oldest half-open one.
+    pub listen_backlog: usize,
     /// Device name (default: the first port the EAL found).
     pub device: Option<String>,
     /// Rx/tx burst.
@@ -198,6 +201,10 @@ pub struct LcoreCounters {
     pub steer_dropped: AtomicU64,
     /// Its open TCP connections (clients and backends).
     pub tcp_connections: AtomicU64,
+    /// SYNs that evicted the oldest half-open connection (backlog full).
+    pub syn_evicted: AtomicU64,
+    /// SYNs dropped (backlog full of established connections).
+    pub syn_dropped: AtomicU64,
     /// Hardware steering only: TCP packets the NIC marked as hashed, whose
     /// hash was compared with ours.
     pub rss_hash_checked: AtomicU64,

@@ -110,6 +110,11 @@ pub struct KernelConfig {
     /// Client connections per worker still in their TLS handshake (beyond
     /// it the oldest is shed).
     pub max_handshaking_per_worker: usize,
+    /// Listen backlog: connections the TCP stack holds before the proxy
+    /// accepts them, half-open ones included (kernel mode: capped by
+    /// `net.core.somaxconn`; dpdk mode: beyond it a SYN evicts the oldest
+    /// half-open connection).
+    pub listen_backlog: usize,
     /// How often down backends are probed.
     pub probe_interval: Duration,
 }
@@ -127,6 +132,7 @@ impl KernelConfig {
             pool_max_per_backend: 64,
             max_connections_per_worker: 50_000,
             max_handshaking_per_worker: 4096,
+            listen_backlog: 4096,
             probe_interval: Duration::from_secs(1),
         }
     }
@@ -216,14 +222,14 @@ impl Drop for KernelProxy {
     }
 }
 
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+fn bind_reuseport(addr: SocketAddr, backlog: usize) -> std::io::Result<mio::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    s.listen(1024)?;
+    s.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(mio::net::TcpListener::from_std(s.into()))
 }
 
@@ -256,7 +262,7 @@ pub fn start(
         .ktls_available
         .store(u64::from(ktls.available), Ordering::Relaxed);
     let workers = cfg.workers.max(1);
-    let listeners = bind_listeners(cfg.listen, workers)?;
+    let listeners = bind_listeners(cfg.listen, workers, cfg.listen_backlog)?;
     let local_addr = listeners[0].local_addr().map_err(StartError::Poll)?;
     let stop = Arc::new(AtomicBool::new(false));
     let drain = Arc::new(AtomicBool::new(false));
@@ -332,11 +338,13 @@ fn probe_ktls() -> KtlsSupport {
 fn bind_listeners(
     listen: SocketAddr,
     workers: usize,
+    backlog: usize,
 ) -> Result<Vec<mio::net::TcpListener>, StartError> {
     let mut listeners = Vec::with_capacity(workers);
     let mut addr = listen;
     for _ in 0..workers {
-        let l = bind_reuseport(addr).map_err(|source| StartError::Listen { addr, source })?;
+        let l =
+            bind_reuseport(addr, backlog).map_err(|source| StartError::Listen { addr, source })?;
         if addr.port() == 0 {
             // Later workers must share the port the first one got.
             addr = l.local_addr().map_err(StartError::Poll)?;

@@ -36,6 +36,10 @@ pub(crate) struct TimeWait {
     pub snd_nxt: u32,
     /// The peer's next sequence number (after its FIN).
     pub rcv_nxt: u32,
+    /// The peer's initial sequence number, when its SYN came to one of our
+    /// listeners: with `rcv_nxt` it bounds the old connection's sequence
+    /// space, which only old duplicates can fall in.
+    pub peer_isn: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

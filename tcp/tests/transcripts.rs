@@ -421,6 +421,44 @@ fn time_wait_reuse_by_new_syn() {
     assert_eq!(&buf[..5], b"again");
 }
 
+/// A client whose clock-driven ISN went round (Linux: past half the
+/// sequence space 137 s after the old connection opened) reuses its port:
+/// its SYN is "below" the old `rcv_nxt`, yet outside the old connection's
+/// space, so it opens a new connection at once. Before, the record ACKed
+/// each SYN and ignored the client's RSTs until it expired (the soak saw
+/// thousands of reconnects stall for a minute).
+#[test]
+fn time_wait_gives_way_to_a_syn_whose_isn_went_round() {
+    let mut b = Bench::default();
+    let l = b.stack.listen(80, 8).unwrap();
+    let (snd, rcv) = into_time_wait(&mut b, l, 5000);
+    // Just below the old space (within the guard): could be old, ACKed.
+    let out = b.send(&Seg::new(43000, 80, 5000u32.wrapping_sub(4096)).syn());
+    assert!(out.len() == 1 && !out[0].syn, "{out:?}");
+    assert_eq!((out[0].seq, out[0].ack), (snd, Some(rcv)));
+    assert_eq!(b.stack.stats().time_wait_reused, 0);
+    // Half the sequence space away: a new incarnation.
+    let isn2 = rcv.wrapping_sub(0x6000_0000);
+    assert!(!seq_after(isn2, rcv), "below rcv_nxt, as the soak saw");
+    let ours = b.handshake(43000, 80, isn2);
+    assert_eq!(b.stack.stats().time_wait_reused, 1);
+    assert_eq!(b.stack.time_wait_count(), 0);
+    let c = b.stack.accept(l).unwrap().unwrap();
+    b.send(
+        &Seg::new(43000, 80, isn2.wrapping_add(1))
+            .ack(ours)
+            .data(b"back"),
+    );
+    let mut buf = [0u8; 8];
+    assert_eq!(b.stack.recv_slice(c, &mut buf).unwrap(), 4);
+    assert_eq!(&buf[..4], b"back");
+}
+
+/// RFC 793 modular "a after b".
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
 #[test]
 fn time_wait_records_are_capped() {
     let mut cfg = config(B, 7);

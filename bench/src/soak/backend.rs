@@ -442,6 +442,11 @@ impl Server {
             next_id: 0,
         };
         self.event(&mut stream, "", &mut out);
+        if self.ended {
+            // Opened after the pause (a reconnect still under way): its
+            // last event at once, as every other stream got.
+            self.event(&mut stream, "event: end\n", &mut out);
+        }
         if let Some(c) = self.conns.get_mut(k) {
             c.stream = Some(stream);
         }

@@ -67,6 +67,8 @@ pub struct ClientSettings {
 pub struct ClientStats {
     /// Streams open now (SSE head received, not ended).
     pub streams_open: AtomicU64,
+    /// Open streams that have not seen their `end` event.
+    pub streams_awaiting_end: AtomicU64,
     /// Events received.
     pub events: AtomicU64,
     /// Events missing from a stream's sequence.
@@ -518,7 +520,13 @@ impl Clients {
             let c = &mut self.clients[i];
             match &mut c.step {
                 Step::Streaming(reader) => {
+                    let ended_before = reader.ended;
                     let (events, lost, dup, done) = read_events(reader, &mut c.inbuf);
+                    if reader.ended && !ended_before {
+                        self.stats
+                            .streams_awaiting_end
+                            .fetch_sub(1, Ordering::Relaxed);
+                    }
                     self.stats.events.fetch_add(events, Ordering::Relaxed);
                     self.stats.events_lost.fetch_add(lost, Ordering::Relaxed);
                     self.stats
@@ -615,6 +623,9 @@ impl Clients {
         match (c.role, expect) {
             (Role::Stream, Expect::StreamHead) => {
                 self.stats.streams_open.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .streams_awaiting_end
+                    .fetch_add(1, Ordering::Relaxed);
                 c.step = Step::Streaming(Box::new(SseReader {
                     decoder: ChunkedDecoder::new(),
                     text: Vec::new(),
@@ -683,8 +694,13 @@ impl Clients {
     fn reset(&mut self, i: usize) {
         self.opened(i);
         let c = &mut self.clients[i];
-        if matches!(c.step, Step::Streaming(_)) {
+        if let Step::Streaming(r) = &c.step {
             self.stats.streams_open.fetch_sub(1, Ordering::Relaxed);
+            if !r.ended {
+                self.stats
+                    .streams_awaiting_end
+                    .fetch_sub(1, Ordering::Relaxed);
+            }
         }
         if let Some(mut t) = c.tcp.take() {
             let _ = self.poll.registry().deregister(&mut t);

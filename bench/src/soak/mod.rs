@@ -31,6 +31,7 @@
 pub mod backend;
 pub mod client;
 pub mod fleet;
+pub mod host;
 pub mod kills;
 pub mod part;
 pub mod sample;
@@ -95,6 +96,12 @@ pub struct SoakArgs {
     /// New client connections per second at most (ramp and reconnects).
     #[arg(long, default_value_t = 2000.0)]
     pub connect_rate: f64,
+    /// Client connections still opening (before their first response) at
+    /// most, over all load processes: bounds the handshakes queued at the
+    /// proxy, so the ramp and reconnect storms measure the proxy at its
+    /// pace instead of overloading it.
+    #[arg(long, default_value_t = 256)]
+    pub max_connecting: usize,
     /// CPUs for the proxy (taskset list; dpdk: its first CPU is the lcore).
     #[arg(long, default_value = "1")]
     pub proxy_cpus: String,
@@ -159,6 +166,10 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.streams > 0, "--streams must be at least 1");
     anyhow::ensure!(args.backends > 0, "--backends must be at least 1");
     anyhow::ensure!(
+        args.max_connecting > 0,
+        "--max-connecting must be at least 1"
+    );
+    anyhow::ensure!(
         args.minutes > 0.0 && args.sample_every > 0.0 && args.event_every > 0.0,
         "--minutes, --sample-every and --event-every must be positive"
     );
@@ -169,6 +180,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     };
     let layout = Layout::of(args, dpdk);
     crate::proxy::pin_self(&args.load_cpus);
+    let _backlog = host::BacklogRaised::at_least(65_536);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     let (mut job, token) = crate::proxy::make_keys(&args.out)?;
@@ -220,6 +232,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
         backends: backends.drain(..).map(|(p, _)| p).collect(),
         backends_per_part: layout.backends_per_part,
         clients,
+        softnet_dropped_before: host::softnet_dropped(),
     };
     let outcome = soak.run(&idle);
     drop(soak);
@@ -324,6 +337,8 @@ fn start_client_parts(
             args.churn_every_ms.to_string(),
             "--connect-rate".into(),
             (args.connect_rate / layout.client_parts as f64).to_string(),
+            "--max-connecting".into(),
+            layout.share(args.max_connecting, k).max(1).to_string(),
         ];
         if let Some(n) = ns {
             a.extend(["--netns".into(), n.name.clone()]);
@@ -389,6 +404,8 @@ struct Soak<'a> {
     backends: Vec<Part>,
     backends_per_part: usize,
     clients: Vec<Part>,
+    /// The host's backlog drops (`/proc/net/softnet_stat`) before the load.
+    softnet_dropped_before: u64,
 }
 
 /// What the soak prints and writes.
@@ -439,18 +456,33 @@ impl Soak<'_> {
         }
     }
 
-    /// After the pause: wait until the clients' event count has stood
-    /// still for 3 s (every `end` event relayed), 120 s at most.
+    /// After the pause: wait until every open stream has its `end` event,
+    /// 120 s at most (a stream still without it then counts as lost). The
+    /// pause sends every stream's `end` at once; what a burst loses on the
+    /// way (an rx ring full) comes back by TCP retransmission, whose
+    /// backoff can reach seconds after a few losses in a row.
     fn wait_for_last_events(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (mut last, mut still) = (u64::MAX, 0);
-        while still < 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_secs(1));
-            let events = self.client_stats()?.get("events").copied().unwrap_or(0);
-            still = if events == last { still + 1 } else { 0 };
-            last = events;
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(120);
+        loop {
+            let awaiting = self
+                .client_stats()?
+                .get("streams_awaiting_end")
+                .copied()
+                .unwrap_or(0);
+            if awaiting == 0 {
+                eprintln!(
+                    "soak: every stream had its end event {:.1} s after the pause",
+                    start.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                eprintln!("soak: {awaiting} streams still without their end event after 120 s");
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(500));
         }
-        Ok(())
     }
 
     fn client_stats(&mut self) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -497,13 +529,24 @@ impl Soak<'_> {
     }
 
     /// Kill global backend `b`: every client part hears first, so a failure
-    /// the kill causes always finds the kill counted.
+    /// the kill causes always finds the kill counted, and hears again once
+    /// the backend is down, so a session whose `initialize` left between
+    /// the two (and still reached the dying backend) is covered too.
     fn kill(&mut self, b: usize) -> anyhow::Result<()> {
+        self.book_kill(b)?;
+        let (part, local) = (b / self.backends_per_part, b % self.backends_per_part);
+        self.backends[part].ok(&format!("down {local}"))?;
+        // The backend thread applies the kill on its next turn (a 20 ms
+        // poll); book again well after that.
+        std::thread::sleep(Duration::from_millis(250));
+        self.book_kill(b)
+    }
+
+    fn book_kill(&mut self, b: usize) -> anyhow::Result<()> {
         for c in &mut self.clients {
             c.ok(&format!("killed {b}"))?;
         }
-        let (part, local) = (b / self.backends_per_part, b % self.backends_per_part);
-        self.backends[part].ok(&format!("down {local}"))
+        Ok(())
     }
 
     fn restart(&mut self, b: usize) -> anyhow::Result<()> {
@@ -613,8 +656,9 @@ impl Soak<'_> {
         let n = self.args.streams as f64;
         let per_stream_kb = (first.rss_kb.saturating_sub(idle.rss_kb)) as f64 / n;
         let tcp_kb = first.tcp_mem_pages.saturating_sub(idle.tcp_mem_pages) as f64 * 4.0 / n;
+        let host_dropped = host::softnet_dropped().saturating_sub(self.softnet_dropped_before);
         let details = format!(
-            "soak: mode={} proxies={} ramp_s={:.1} rss_idle_mb={:.1} rss_after_mb={:.1} proxy_kb_per_stream={:.1} buffered_bytes_per_stream={:.0} kernel_tcp_kb_per_stream={:.1} events={} events_duplicated={} requests_ok={} requests_excused={} reconnects={} backend_events={} backend_stuck={}",
+            "soak: mode={} proxies={} ramp_s={:.1} rss_idle_mb={:.1} rss_after_mb={:.1} proxy_kb_per_stream={:.1} buffered_bytes_per_stream={:.0} kernel_tcp_kb_per_stream={:.1} events={} events_duplicated={} requests_ok={} requests_excused={} reconnects={} backend_events={} backend_stuck={} host_backlog_dropped={}",
             self.args.mode,
             self.proxies.len(),
             ramp.as_secs_f64(),
@@ -630,6 +674,7 @@ impl Soak<'_> {
             c("reconnects"),
             b("events"),
             b("stuck"),
+            host_dropped,
         );
         let verdict = format!(
             "streams={} minutes={} rss_start_mb={:.1} rss_end_mb={:.1} rss_slope_kb_per_min={:.1} fds_leaked={} events_lost={} requests_failed={}",

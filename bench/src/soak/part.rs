@@ -75,6 +75,10 @@ pub struct PartArgs {
     /// Clients: new connections per second at most.
     #[arg(long, default_value_t = 1000.0)]
     pub connect_rate: f64,
+    /// Clients: connections still opening (before their first response)
+    /// at most.
+    #[arg(long, default_value_t = 256)]
+    pub max_connecting: usize,
 }
 
 /// Run one part until stdin closes (or `finish`).
@@ -176,7 +180,7 @@ fn clients(args: &PartArgs) -> anyhow::Result<()> {
             churners: args.churners,
             churn_every: Duration::from_millis(args.churn_every_ms),
             connect_rate: args.connect_rate,
-            max_connecting: 256,
+            max_connecting: args.max_connecting,
         },
         book.clone(),
     )?;
@@ -185,6 +189,7 @@ fn clients(args: &PartArgs) -> anyhow::Result<()> {
     let line_of_stats = || {
         stats_line(&[
             ("streams_open", &stats.streams_open),
+            ("streams_awaiting_end", &stats.streams_awaiting_end),
             ("events", &stats.events),
             ("events_lost", &stats.events_lost),
             ("events_duplicated", &stats.events_duplicated),

@@ -59,6 +59,9 @@ pub(super) struct Conn {
     pub(super) rst_seen: bool,
     pub(super) rst_sent: bool,
     pub(super) last_seq_ack: Option<(u32, u32)>,
+    /// The sequence number of the peer's SYN, for a connection a listener
+    /// admitted (kept in its TIME-WAIT record).
+    pub(super) peer_isn: Option<u32>,
     pub(super) dead: Option<Dead>,
     /// Unread bytes saved when the socket was dropped after a clean close.
     pub(super) leftover: Vec<u8>,

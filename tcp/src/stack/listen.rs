@@ -231,6 +231,9 @@ impl Stack {
         }
         let guard = Guard::of(&l.socket);
         let slot = self.insert_conn(sock, seg.tuple, Role::HalfOpen(lindex), guard);
+        if let Some(c) = self.slots[slot as usize].conn.as_mut() {
+            c.peer_isn = Some(seg.seq);
+        }
         self.track_half_open(lindex, slot);
         self.stats.syn_admitted += 1;
         self.feed_conn(slot, vnow, frame, tx, seg);

@@ -58,6 +58,8 @@ struct Ending {
     role: Role,
     /// Our and the peer's next sequence numbers, for a TIME-WAIT record.
     time_wait: Option<(u32, u32)>,
+    /// The peer's initial sequence number (connections a listener admitted).
+    peer_isn: Option<u32>,
     /// Closed by a RST (received or sent), or not by the full FIN exchange.
     reset: bool,
 }
@@ -107,7 +109,7 @@ impl Stack {
     /// handle (`Closed` or `Reset`), any other is freed.
     fn retire(&mut self, id: ConnId, end: Ending) {
         if let Some((snd_nxt, rcv_nxt)) = end.time_wait {
-            self.enter_time_wait(end.tuple, snd_nxt, rcv_nxt);
+            self.enter_time_wait(end.tuple, snd_nxt, rcv_nxt, end.peer_isn);
         }
         match end.role {
             Role::User => {
@@ -303,6 +305,7 @@ fn ending(conn: &mut Conn, seen: &Observed) -> Option<Ending> {
         tuple: conn.tuple,
         role: conn.role,
         time_wait,
+        peer_isn: conn.peer_isn,
         reset,
     })
 }

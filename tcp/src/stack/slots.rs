@@ -68,6 +68,7 @@ impl Stack {
             rst_seen: false,
             rst_sent: false,
             last_seq_ack: None,
+            peer_isn: None,
             dead: None,
             leftover: Vec::new(),
             leftover_pos: 0,

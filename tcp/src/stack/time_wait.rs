@@ -6,8 +6,8 @@
 //! the flow table, with one entry in the expiry queue. A record re-ACKs a
 //! retransmitted FIN and restarts its 2MSL, ignores RSTs (RFC 1337), answers
 //! an old SYN or a stray segment (data, SYN or FIN) with a bare ACK, and
-//! gives way to a SYN above the old sequence space for a listener (RFC 1122
-//! 4.2.2.13). Records expire after
+//! gives way to a SYN for a listener that cannot belong to the old
+//! connection (see [`is_new_incarnation`]). Records expire after
 //! `time_wait`; beyond `max_time_wait` the oldest are dropped first.
 //! Everything that reaches a record is checksum-verified first.
 
@@ -17,6 +17,38 @@ use smoltcp::time::Instant;
 use super::Stack;
 use crate::flow::{FlowEntry, FourTuple, TimeWait};
 use crate::frame::{self, Segment};
+
+/// Room kept around the old connection's sequence space: more than any
+/// receive window the peer could have been given, so that a new
+/// incarnation's first window cannot overlap segments of the old one.
+const OLD_SPACE_MARGIN: u32 = 1 << 20;
+
+/// Whether a pure SYN reaching TIME-WAIT record `tw` opens a new
+/// incarnation of the connection. RFC 1122 4.2.2.13 admits a SYN above
+/// the old sequence space (`seq > rcv_nxt`). That alone refuses a client
+/// whose clock-driven ISN (Linux: 64 ns ticks, past half the sequence
+/// space every 137 s) went round since the old connection opened: the
+/// record would answer its SYNs with ACKs, ignore its RSTs (RFC 1337) and
+/// keep the client out until the record expires. So a SYN is also new
+/// when it lies outside the old connection's space `[peer_isn,
+/// rcv_nxt]` with [`OLD_SPACE_MARGIN`] on both sides: an old duplicate can
+/// only carry a sequence number from that space. Without `peer_isn` (a
+/// connection we opened), only the RFC 1122 rule applies.
+pub(super) fn is_new_incarnation(seq: u32, tw: &TimeWait) -> bool {
+    if frame::seq_gt(seq, tw.rcv_nxt) {
+        return true;
+    }
+    let Some(isn) = tw.peer_isn else {
+        return false;
+    };
+    let low = isn.wrapping_sub(OLD_SPACE_MARGIN);
+    let guarded = u64::from(tw.rcv_nxt.wrapping_sub(isn)) + 2 * u64::from(OLD_SPACE_MARGIN);
+    if guarded >= 1 << 31 {
+        // The old connection moved gigabytes: too big a space to judge by.
+        return false;
+    }
+    u64::from(seq.wrapping_sub(low)) > guarded
+}
 
 impl Stack {
     pub(super) fn ingress_time_wait<T: TxToken>(
@@ -36,7 +68,7 @@ impl Stack {
             return;
         }
         if seg.is_pure_syn() {
-            if frame::seq_gt(seg.seq, tw.rcv_nxt)
+            if is_new_incarnation(seg.seq, &tw)
                 && let Some(l) = self.listener_for(seg)
             {
                 // A new incarnation of the connection (RFC 1122 4.2.2.13).
@@ -117,7 +149,13 @@ impl Stack {
         }
     }
 
-    pub(super) fn enter_time_wait(&mut self, tuple: FourTuple, snd_nxt: u32, rcv_nxt: u32) {
+    pub(super) fn enter_time_wait(
+        &mut self,
+        tuple: FourTuple,
+        snd_nxt: u32,
+        rcv_nxt: u32,
+        peer_isn: Option<u32>,
+    ) {
         let expires_us = self
             .now
             .total_micros()
@@ -128,6 +166,7 @@ impl Stack {
                 expires_us,
                 snd_nxt,
                 rcv_nxt,
+                peer_isn,
             }),
         );
         if !matches!(prev, Some(FlowEntry::TimeWait(_))) {
