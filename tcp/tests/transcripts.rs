@@ -406,19 +406,24 @@ fn time_wait_reuse_by_new_syn() {
     assert!(!out[0].syn);
     assert_eq!(b.stack.time_wait_count(), 1);
     // A SYN above the old sequence space starts a new connection on the same tuple.
-    let isn2 = rcv.wrapping_add(1_000_000);
-    let ours = b.handshake(43000, 80, isn2);
+    reopen_from_time_wait(&mut b, l, rcv.wrapping_add(1_000_000), b"again");
+}
+
+/// Open a new connection from the port a TIME-WAIT record holds (peer ISN
+/// `isn`), check the record gave way, and carry `data` over it.
+fn reopen_from_time_wait(b: &mut Bench, l: ListenerId, isn: u32, data: &[u8]) {
+    let ours = b.handshake(43000, 80, isn);
     assert_eq!(b.stack.stats().time_wait_reused, 1);
     assert_eq!(b.stack.time_wait_count(), 0);
     let c = b.stack.accept(l).unwrap().unwrap();
     b.send(
-        &Seg::new(43000, 80, isn2.wrapping_add(1))
+        &Seg::new(43000, 80, isn.wrapping_add(1))
             .ack(ours)
-            .data(b"again"),
+            .data(data),
     );
-    let mut buf = [0u8; 8];
-    assert_eq!(b.stack.recv_slice(c, &mut buf).unwrap(), 5);
-    assert_eq!(&buf[..5], b"again");
+    let mut buf = [0u8; 64];
+    let n = b.stack.recv_slice(c, &mut buf).unwrap();
+    assert_eq!(&buf[..n], data);
 }
 
 /// A client whose clock-driven ISN went round (Linux: past half the
@@ -440,18 +445,7 @@ fn time_wait_gives_way_to_a_syn_whose_isn_went_round() {
     // Half the sequence space away: a new incarnation.
     let isn2 = rcv.wrapping_sub(0x6000_0000);
     assert!(!seq_after(isn2, rcv), "below rcv_nxt, as the soak saw");
-    let ours = b.handshake(43000, 80, isn2);
-    assert_eq!(b.stack.stats().time_wait_reused, 1);
-    assert_eq!(b.stack.time_wait_count(), 0);
-    let c = b.stack.accept(l).unwrap().unwrap();
-    b.send(
-        &Seg::new(43000, 80, isn2.wrapping_add(1))
-            .ack(ours)
-            .data(b"back"),
-    );
-    let mut buf = [0u8; 8];
-    assert_eq!(b.stack.recv_slice(c, &mut buf).unwrap(), 4);
-    assert_eq!(&buf[..4], b"back");
+    reopen_from_time_wait(&mut b, l, isn2, b"back");
 }
 
 /// RFC 793 modular "a after b".
