@@ -15,6 +15,8 @@
 //!   → handler → one tx flush), counting busy and idle TSC cycles like
 //!   OVS-DPDK's pmd-stats.
 //! - [`net::Responder`]: ARP and ICMP echo for the port's IPv4 address.
+//! - [`PacketRingDrops`]: frames an af_packet vdev's kernel ring dropped
+//!   (its PMD does not report them).
 //! - [`select_port`]: the port to run on, with errors that say what to
 //!   check.
 //!
@@ -47,6 +49,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod net;
+pub mod packet_ring;
 #[cfg(dpdk)]
 mod select;
 mod stats;
@@ -63,6 +66,7 @@ mod port;
 
 pub use cpus::CpuSet;
 pub use error::{Error, Result};
+pub use packet_ring::PacketRingDrops;
 #[cfg(dpdk)]
 pub use select::select_port;
 pub use stats::{LcoreStats, PortInfo, PortStats, TxStats};

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use dpuproxy_dp::net::{Responder, Verdict};
-use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, QueuePair, TxBatch, tsc, tsc_hz};
+use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, PacketRingDrops, QueuePair, TxBatch, tsc, tsc_hz};
 use dpuproxy_driver::Driver;
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
@@ -40,6 +40,16 @@ struct Lcore<'l, 'p> {
     counts: LoopCounts,
     draining: bool,
     ending_streams: bool,
+    /// Queue 0 only: the af_packet kernel rings' drops, added to the
+    /// port's missed count (the PMD does not report them).
+    ring_drops: Option<RingDrops>,
+}
+
+/// The watched af_packet rings and when a drop was last logged.
+struct RingDrops {
+    rings: PacketRingDrops,
+    logged: u64,
+    next_log: Instant,
 }
 
 /// One lcore: its own TCP stack, connections and timers over queue pair
@@ -122,6 +132,20 @@ impl<'l, 'p> Lcore<'l, 'p> {
             counts: LoopCounts::default(),
             draining: false,
             ending_streams: false,
+            ring_drops: (queue == 0).then(|| {
+                let rings = PacketRingDrops::find();
+                if rings.sockets() > 0 {
+                    tracing::info!(
+                        sockets = rings.sockets(),
+                        "counting af_packet kernel ring drops as the port's missed packets"
+                    );
+                }
+                RingDrops {
+                    logged: rings.dropped(),
+                    rings,
+                    next_log: now,
+                }
+            }),
         })
     }
 
@@ -286,7 +310,8 @@ impl<'l, 'p> Lcore<'l, 'p> {
             m.port_tx_packets.store(s.opackets, Ordering::Relaxed);
             m.port_rx_bytes.store(s.ibytes, Ordering::Relaxed);
             m.port_tx_bytes.store(s.obytes, Ordering::Relaxed);
-            m.port_imissed.store(s.imissed, Ordering::Relaxed);
+            let ring = self.ring_drops.as_mut().map_or(0, RingDrops::poll);
+            m.port_imissed.store(s.imissed + ring, Ordering::Relaxed);
             m.port_ierrors.store(s.ierrors, Ordering::Relaxed);
             m.port_oerrors.store(s.oerrors, Ordering::Relaxed);
         }
@@ -322,6 +347,25 @@ impl<'l, 'p> Lcore<'l, 'p> {
             idle_cycles: self.counts.idle,
             accepted: mine.accepted.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl RingDrops {
+    /// The drops so far; a warning at most every 10 s while they grow.
+    fn poll(&mut self) -> u64 {
+        let total = self.rings.poll();
+        let now = Instant::now();
+        if total > self.logged && now >= self.next_log {
+            tracing::warn!(
+                dropped = total - self.logged,
+                total,
+                "the af_packet rx ring was full and the kernel dropped frames (TCP retransmits them); \
+                 give the vdev a larger ring (framecnt=) if this recurs"
+            );
+            self.logged = total;
+            self.next_log = now + std::time::Duration::from_secs(10);
+        }
+        total
     }
 }
 

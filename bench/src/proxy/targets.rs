@@ -129,6 +129,9 @@ pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
     })
 }
 
+/// Frames in each af_packet ring of the dpdk target (`framecnt=`).
+pub const AF_PACKET_FRAMES: u32 = 32_768;
+
 /// `dpuproxy run --mode dpdk` on the first proxy CPU, af_packet on the
 /// namespace's root-side veth.
 pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running> {
@@ -142,8 +145,14 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
     let addr = SocketAddr::from((ns.proxy_ip, 8443));
     let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let log = job.out_dir.join("dpdk.log");
+    // The PMD's default ring (512 frames) overflows when thousands of
+    // connections send at once (the soak's event ticks: 100,000 segments
+    // within a second), and the retransmissions of what was lost come back
+    // in the same waves and overflow it again. 32,768 frames of 2 KiB:
+    // 64 MiB per ring, rx and tx.
     let eal = format!(
-        "-l {lcore} --in-memory --no-telemetry --iova-mode=va --no-pci --vdev=net_af_packet0,iface={}",
+        "-l {lcore} --in-memory --no-telemetry --iova-mode=va --no-pci \
+         --vdev=net_af_packet0,iface={},framecnt={AF_PACKET_FRAMES}",
         ns.root_if
     );
     let mut cmd = Command::new(&exe);

@@ -658,7 +658,7 @@ impl Soak<'_> {
         let tcp_kb = first.tcp_mem_pages.saturating_sub(idle.tcp_mem_pages) as f64 * 4.0 / n;
         let host_dropped = host::softnet_dropped().saturating_sub(self.softnet_dropped_before);
         let details = format!(
-            "soak: mode={} proxies={} ramp_s={:.1} rss_idle_mb={:.1} rss_after_mb={:.1} proxy_kb_per_stream={:.1} buffered_bytes_per_stream={:.0} kernel_tcp_kb_per_stream={:.1} events={} events_duplicated={} requests_ok={} requests_excused={} reconnects={} backend_events={} backend_stuck={} host_backlog_dropped={}",
+            "soak: mode={} proxies={} ramp_s={:.1} rss_idle_mb={:.1} rss_after_mb={:.1} proxy_kb_per_stream={:.1} buffered_bytes_per_stream={:.0} kernel_tcp_kb_per_stream={:.1} events={} events_duplicated={} requests_ok={} requests_excused={} reconnects={} backend_events={} backend_stuck={} host_backlog_dropped={} proxy_rx_missed={}",
             self.args.mode,
             self.proxies.len(),
             ramp.as_secs_f64(),
@@ -675,6 +675,7 @@ impl Soak<'_> {
             b("events"),
             b("stuck"),
             host_dropped,
+            after.rx_missed,
         );
         let verdict = format!(
             "streams={} minutes={} rss_start_mb={:.1} rss_end_mb={:.1} rss_slope_kb_per_min={:.1} fds_leaked={} events_lost={} requests_failed={}",

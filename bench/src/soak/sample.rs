@@ -24,6 +24,9 @@ pub struct Sample {
     pub proxy_streams: u64,
     /// Kernel TCP memory of the whole namespace (pages, /proc/net/sockstat).
     pub tcp_mem_pages: u64,
+    /// Frames the proxies' ports missed so far (DPDK: rx queue or af_packet
+    /// ring full; kernel mode has no such counter).
+    pub rx_missed: u64,
 }
 
 impl Sample {
@@ -42,6 +45,7 @@ impl Sample {
             s.buffered += m("dpuproxy_buffered_bytes");
             s.connections += m("dpuproxy_connections_open");
             s.proxy_streams += m("dpuproxy_sse_streams_active");
+            s.rx_missed += m("dpuproxy_port_rx_missed_total");
         }
         s
     }
