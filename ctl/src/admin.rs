@@ -559,7 +559,7 @@ pub fn render_metrics(state: &AdminState) -> String {
                 .map(move |c| (r(&c.lcore).to_string(), r(f(c))))
                 .collect::<Vec<_>>()
         };
-        let lcore_families: [(&str, &str, &str, LcoreField); 14] = [
+        let lcore_families: [(&str, &str, &str, LcoreField); 19] = [
             (
                 "dpuproxy_lcore_busy_cycles_total",
                 "counter",
@@ -571,6 +571,36 @@ pub fn render_metrics(state: &AdminState) -> String {
                 "counter",
                 "TSC cycles in empty loop turns.",
                 |c| &c.idle_cycles,
+            ),
+            (
+                "dpuproxy_lcore_rx_cycles_total",
+                "counter",
+                "Of the busy cycles: rx bursts and handing frames out (OVS pmd-stats style).",
+                |c| &c.rx_cycles,
+            ),
+            (
+                "dpuproxy_lcore_processing_cycles_total",
+                "counter",
+                "Of the busy cycles: TCP, TLS, L7 and timers.",
+                |c| &c.processing_cycles,
+            ),
+            (
+                "dpuproxy_lcore_tx_cycles_total",
+                "counter",
+                "Of the busy cycles: tx bursts (on af_packet/af_xdp including the kernel work of the send kick).",
+                |c| &c.tx_cycles,
+            ),
+            (
+                "dpuproxy_lcore_busy_turns_total",
+                "counter",
+                "Loop turns that did work.",
+                |c| &c.busy_turns,
+            ),
+            (
+                "dpuproxy_lcore_idle_turns_total",
+                "counter",
+                "Loop turns that found nothing to do.",
+                |c| &c.idle_turns,
             ),
             (
                 "dpuproxy_lcore_queue",

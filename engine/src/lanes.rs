@@ -40,6 +40,11 @@ pub(crate) struct Lanes<'s, 'p> {
 pub(crate) struct LoopCounts {
     pub(crate) busy: u64,
     pub(crate) idle: u64,
+    pub(crate) rx_cycles: u64,
+    pub(crate) processing_cycles: u64,
+    pub(crate) tx_cycles: u64,
+    pub(crate) busy_turns: u64,
+    pub(crate) idle_turns: u64,
     pub(crate) rx_packets: u64,
     pub(crate) out: u64,
     pub(crate) dropped: u64,
@@ -49,9 +54,38 @@ pub(crate) struct LoopCounts {
 }
 
 impl LoopCounts {
+    /// Books one turn that began at `start`, received until `rx_done`,
+    /// processed until `processed` and flushed until `end` (TSC): busy
+    /// turns split into the three phases, an idle turn whole.
+    pub(crate) fn book_turn(
+        &mut self,
+        worked: bool,
+        start: u64,
+        rx_done: u64,
+        processed: u64,
+        end: u64,
+    ) {
+        if worked {
+            self.busy_turns += 1;
+            self.busy += end - start;
+            self.rx_cycles += rx_done - start;
+            self.processing_cycles += processed - rx_done;
+            self.tx_cycles += end - processed;
+        } else {
+            self.idle_turns += 1;
+            self.idle += end - start;
+        }
+    }
+
     pub(crate) fn publish(&self, to: &LcoreCounters) {
         to.busy_cycles.store(self.busy, Ordering::Relaxed);
         to.idle_cycles.store(self.idle, Ordering::Relaxed);
+        to.rx_cycles.store(self.rx_cycles, Ordering::Relaxed);
+        to.processing_cycles
+            .store(self.processing_cycles, Ordering::Relaxed);
+        to.tx_cycles.store(self.tx_cycles, Ordering::Relaxed);
+        to.busy_turns.store(self.busy_turns, Ordering::Relaxed);
+        to.idle_turns.store(self.idle_turns, Ordering::Relaxed);
         to.rx_packets.store(self.rx_packets, Ordering::Relaxed);
         to.steered_out.store(self.out, Ordering::Relaxed);
         to.steer_dropped.store(self.dropped, Ordering::Relaxed);
@@ -168,5 +202,24 @@ impl<'p> Lanes<'_, 'p> {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LoopCounts;
+
+    #[test]
+    fn a_busy_turn_is_split_into_its_phases_and_an_idle_turn_is_booked_whole() {
+        let mut c = LoopCounts::default();
+        c.book_turn(true, 100, 130, 190, 200);
+        c.book_turn(false, 200, 210, 215, 250);
+        assert_eq!(
+            (c.rx_cycles, c.processing_cycles, c.tx_cycles),
+            (30, 60, 10)
+        );
+        assert_eq!((c.busy, c.idle), (100, 50));
+        assert_eq!((c.busy_turns, c.idle_turns), (1, 1));
+        assert_eq!(c.busy, c.rx_cycles + c.processing_cycles + c.tx_cycles);
     }
 }

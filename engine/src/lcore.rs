@@ -73,23 +73,19 @@ pub(crate) fn lcore_loop<'l, 'p>(
     let mut rxv: Vec<Mbuf<'p>> = Vec::with_capacity(MAX_BURST);
     let report_every = tsc_hz() / 10;
     let mut next_report = tsc() + report_every;
+    // A turn's end is the next turn's start: the report and a yield count
+    // in the turn after them.
     let mut t0 = tsc();
     while !lanes.stopping() {
-        let worked = l.turn(&qp, &mut txb, &mut rxv);
-        let t1 = tsc();
-        if worked {
-            l.counts.busy += t1 - t0;
-        } else {
-            l.counts.idle += t1 - t0;
-            if yield_when_idle {
-                std::thread::yield_now();
-            }
+        let (worked, t1) = l.turn(&qp, &mut txb, &mut rxv, t0);
+        if !worked && yield_when_idle {
+            std::thread::yield_now();
         }
-        t0 = tsc();
         if t1 >= next_report {
             next_report = t1 + report_every;
             l.report(&qp, &txb);
         }
+        t0 = t1;
     }
     l.shutdown(&mut txb);
     drop(txb);
@@ -155,14 +151,17 @@ impl<'l, 'p> Lcore<'l, 'p> {
         )
     }
 
-    /// One turn; whether anything was done.
+    /// One turn that began at TSC `start`, booked in the cycle counts;
+    /// whether anything was done, and the TSC at its end.
     fn turn(
         &mut self,
         qp: &QueuePair<'_, 'p>,
         txb: &mut TxBatch<'_, 'p>,
         rxv: &mut Vec<Mbuf<'p>>,
-    ) -> bool {
+        start: u64,
+    ) -> (bool, u64) {
         let mut work = self.receive(qp, txb, rxv);
+        let rx_done = tsc();
         let now = Instant::now();
         if !self.draining && self.lanes.ctx.drain.load(Ordering::Relaxed) {
             self.begin_drain(now);
@@ -185,8 +184,13 @@ impl<'l, 'p> Lcore<'l, 'p> {
         for m in self.dev.tx.drain(..) {
             txb.push(m);
         }
+        let processed = tsc();
         let sent = txb.flush();
-        work > 0 || sent > 0 || self.driver.has_work()
+        let end = tsc();
+        let worked = work > 0 || sent > 0 || self.driver.has_work();
+        self.counts
+            .book_turn(worked, start, rx_done, processed, end);
+        (worked, end)
     }
 
     /// Rx burst and the hand-over ring: ICMP echo is answered in place in

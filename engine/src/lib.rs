@@ -188,6 +188,18 @@ pub struct LcoreCounters {
     pub busy_cycles: AtomicU64,
     /// Cycles in empty turns.
     pub idle_cycles: AtomicU64,
+    /// Of the busy cycles: the rx burst and handing frames out (steering,
+    /// ICMP), OVS `pmd-stats` style.
+    pub rx_cycles: AtomicU64,
+    /// Of the busy cycles: TCP ingress and egress, timers, TLS and L7.
+    pub processing_cycles: AtomicU64,
+    /// Of the busy cycles: the tx burst (on af_packet and af_xdp vdevs
+    /// this includes the kernel work the send kick does).
+    pub tx_cycles: AtomicU64,
+    /// Turns that did work.
+    pub busy_turns: AtomicU64,
+    /// Turns that found nothing to do.
+    pub idle_turns: AtomicU64,
     /// Packets taken from its rx queue.
     pub rx_packets: AtomicU64,
     /// Client connections it accepted.

@@ -93,7 +93,38 @@ struct TargetResult {
     errors: u64,
     cpu_us_per_req: Option<f64>,
     proxy_core_util: Option<f64>,
+    /// dpdk: where the lcore's cycles went in the median run.
+    lcore_breakdown: Option<LcoreBreakdown>,
     backend_spread: Vec<u64>,
+}
+
+/// The dpdk lcore's cycles in a measured run, OVS `pmd-stats` style.
+#[derive(Debug, Clone, serde::Serialize)]
+struct LcoreBreakdown {
+    rx_us_per_req: f64,
+    processing_us_per_req: f64,
+    tx_us_per_req: f64,
+    idle_share: f64,
+    busy_turns: u64,
+    idle_turns: u64,
+    /// Mean length of an idle turn.
+    idle_turn_ns: Option<f64>,
+}
+
+impl LcoreBreakdown {
+    fn of(c: &targets::LcoreCycles, requests: u64) -> Option<Self> {
+        let n = requests as f64;
+        let total = c.rx_s + c.processing_s + c.tx_s + c.idle_s;
+        (requests > 0 && total > 0.0).then(|| Self {
+            rx_us_per_req: c.rx_s / n * 1e6,
+            processing_us_per_req: c.processing_s / n * 1e6,
+            tx_us_per_req: c.tx_s / n * 1e6,
+            idle_share: c.idle_s / total,
+            busy_turns: c.busy_turns as u64,
+            idle_turns: c.idle_turns as u64,
+            idle_turn_ns: (c.idle_turns > 0.0).then(|| c.idle_s / c.idle_turns * 1e9),
+        })
+    }
 }
 
 impl TargetResult {
@@ -110,6 +141,7 @@ impl TargetResult {
             errors: 0,
             cpu_us_per_req: None,
             proxy_core_util: None,
+            lcore_breakdown: None,
             backend_spread: Vec::new(),
         }
     }
@@ -171,6 +203,7 @@ pub(crate) fn make_keys(dir: &std::path::Path) -> anyhow::Result<(targets::Job, 
             ciphersuite: String::new(),
             out_dir: dir.to_path_buf(),
             extra_args: Vec::new(),
+            af_packet_frames: targets::AF_PACKET_DEFAULT_FRAMES,
         },
         token,
     ))
@@ -332,6 +365,7 @@ fn measure(
     };
     let spread_before = backends.spread();
     let mut cpu_marks = Vec::new();
+    let mut cycle_marks = Vec::new();
     let duration = Duration::from_secs_f64(args.duration);
     let admin = running.admin;
     let figures = loadgen::run(
@@ -345,7 +379,8 @@ fn measure(
             cpu_marks.push(match admin {
                 Some(a) => targets::lcore_busy_seconds(a),
                 None => targets::cpu_seconds(pid),
-            })
+            });
+            cycle_marks.push(admin.and_then(targets::LcoreCycles::read));
         },
     )?;
     let spread: Vec<u64> = backends
@@ -365,6 +400,10 @@ fn measure(
         (Some(Some(a)), Some(Some(b))) => Some(b - a),
         _ => None,
     };
+    let lcore_breakdown = match (cycle_marks.get(mid), cycle_marks.get(mid + 1)) {
+        (Some(Some(a)), Some(Some(b))) => LcoreBreakdown::of(&b.since(a), f.ok),
+        _ => None,
+    };
     let q = |p: f64| f.latency.value_at_quantile(p) as f64 / 1000.0;
     Ok(TargetResult {
         target: name.to_string(),
@@ -379,6 +418,7 @@ fn measure(
         errors: figures.iter().map(|f| f.errors).sum(),
         cpu_us_per_req: cpu.filter(|_| f.ok > 0).map(|c| c / f.ok as f64 * 1e6),
         proxy_core_util: cpu.map(|c| c / secs),
+        lcore_breakdown,
         backend_spread: spread,
     })
 }
@@ -413,6 +453,22 @@ fn table(results: &[TargetResult]) -> String {
                 .map_or("n/a".into(), |u| format!("{:.0}%", u * 100.0)),
             r.backend_spread
         );
+    }
+    for r in results {
+        if let Some(b) = &r.lcore_breakdown {
+            let _ = writeln!(
+                s,
+                "{} lcore µs/req: rx {:.2} processing {:.2} tx {:.2}; idle {:.0}% of cycles; turns busy {} idle {} (idle turn {} ns)",
+                r.target,
+                b.rx_us_per_req,
+                b.processing_us_per_req,
+                b.tx_us_per_req,
+                b.idle_share * 100.0,
+                b.busy_turns,
+                b.idle_turns,
+                fmt_opt(b.idle_turn_ns, 0),
+            );
+        }
     }
     s
 }
@@ -719,6 +775,35 @@ mod tests {
         let t = table(&rs);
         assert!(t.contains("not run: not built"), "{t}");
         assert!(svg(&rs).contains("n/a"));
+    }
+
+    #[test]
+    fn lcore_breakdown_divides_each_phase_by_the_requests() {
+        let c = targets::LcoreCycles {
+            rx_s: 0.5,
+            processing_s: 2.0,
+            tx_s: 1.5,
+            idle_s: 1.0,
+            busy_turns: 1000.0,
+            idle_turns: 4000.0,
+        };
+        let b = LcoreBreakdown::of(&c, 250_000).expect("requests were made");
+        assert_eq!(b.rx_us_per_req, 2.0);
+        assert_eq!(b.processing_us_per_req, 8.0);
+        assert_eq!(b.tx_us_per_req, 6.0);
+        assert_eq!(b.idle_share, 0.2);
+        assert_eq!(b.idle_turn_ns, Some(250_000.0));
+        assert!(LcoreBreakdown::of(&c, 0).is_none());
+        let r = TargetResult {
+            status: "ok".into(),
+            lcore_breakdown: Some(b),
+            ..TargetResult::unavailable("dpdk", String::new())
+        };
+        let t = table(&[r]);
+        assert!(
+            t.contains("dpdk lcore µs/req: rx 2.00 processing 8.00 tx 6.00; idle 20% of cycles; turns busy 1000 idle 4000 (idle turn 250000 ns)"),
+            "{t}"
+        );
     }
 
     #[test]

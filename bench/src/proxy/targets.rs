@@ -39,6 +39,8 @@ pub struct Job {
     pub out_dir: PathBuf,
     /// More `dpuproxy run` arguments (dpuproxy targets only).
     pub extra_args: Vec<String>,
+    /// Frames in each af_packet ring of the dpdk target (`framecnt=`).
+    pub af_packet_frames: u32,
 }
 
 /// A started target.
@@ -129,8 +131,16 @@ pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
     })
 }
 
-/// Frames in each af_packet ring of the dpdk target (`framecnt=`).
-pub const AF_PACKET_FRAMES: u32 = 32_768;
+/// The af_packet PMD's own ring size (frames per ring), which `bench proxy`
+/// keeps: a larger ring costs per request here (≈15 % at 32,768 frames).
+pub const AF_PACKET_DEFAULT_FRAMES: u32 = 512;
+
+/// The ring `bench soak` gives the dpdk target: its event ticks and the
+/// backends' pause send 100,000 segments within a second, and the
+/// retransmissions of what a 512-frame ring dropped come back in the same
+/// waves and overflow it again for minutes. 32,768 frames of 2 KiB:
+/// 64 MiB per ring, rx and tx.
+pub const AF_PACKET_BURST_FRAMES: u32 = 32_768;
 
 /// `dpuproxy run --mode dpdk` on the first proxy CPU, af_packet on the
 /// namespace's root-side veth.
@@ -145,15 +155,10 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
     let addr = SocketAddr::from((ns.proxy_ip, 8443));
     let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
     let log = job.out_dir.join("dpdk.log");
-    // The PMD's default ring (512 frames) overflows when thousands of
-    // connections send at once (the soak's event ticks: 100,000 segments
-    // within a second), and the retransmissions of what was lost come back
-    // in the same waves and overflow it again. 32,768 frames of 2 KiB:
-    // 64 MiB per ring, rx and tx.
     let eal = format!(
         "-l {lcore} --in-memory --no-telemetry --iova-mode=va --no-pci \
-         --vdev=net_af_packet0,iface={},framecnt={AF_PACKET_FRAMES}",
-        ns.root_if
+         --vdev=net_af_packet0,iface={},framecnt={}",
+        ns.root_if, job.af_packet_frames
     );
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--mode", "dpdk", "--dpdk-eal", &eal, "--dpdk-ip"])
@@ -181,9 +186,10 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
         child,
         addr,
         describe: format!(
-            "dpuproxy {} --mode dpdk, one lcore ({lcore}), net_af_packet on {}",
+            "dpuproxy {} --mode dpdk, one lcore ({lcore}), net_af_packet on {} ({} frames per ring)",
             env!("CARGO_PKG_VERSION"),
-            ns.root_if
+            ns.root_if,
+            job.af_packet_frames
         ),
         admin: Some(admin),
     })
@@ -228,6 +234,49 @@ pub fn lcore_busy_seconds(admin: SocketAddr) -> Option<f64> {
     // Every lcore reports the same TSC rate.
     let hz = *samples(admin, "dpuproxy_lcore_tsc_hz")?.first()?;
     (hz > 0.0).then(|| busy / hz)
+}
+
+/// The dpdk target's lcore cycle counters (summed over lcores), in
+/// seconds, and its loop turns, at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LcoreCycles {
+    pub rx_s: f64,
+    pub processing_s: f64,
+    pub tx_s: f64,
+    pub idle_s: f64,
+    pub busy_turns: f64,
+    pub idle_turns: f64,
+}
+
+impl LcoreCycles {
+    /// Read from the admin listener now.
+    pub fn read(admin: SocketAddr) -> Option<Self> {
+        let hz = *samples(admin, "dpuproxy_lcore_tsc_hz")?.first()?;
+        if hz <= 0.0 {
+            return None;
+        }
+        let s = |name| metric(admin, name).map(|c| c / hz);
+        Some(Self {
+            rx_s: s("dpuproxy_lcore_rx_cycles_total")?,
+            processing_s: s("dpuproxy_lcore_processing_cycles_total")?,
+            tx_s: s("dpuproxy_lcore_tx_cycles_total")?,
+            idle_s: s("dpuproxy_lcore_idle_cycles_total")?,
+            busy_turns: metric(admin, "dpuproxy_lcore_busy_turns_total")?,
+            idle_turns: metric(admin, "dpuproxy_lcore_idle_turns_total")?,
+        })
+    }
+
+    /// What happened between `self` and a later reading.
+    pub fn since(&self, earlier: &Self) -> Self {
+        Self {
+            rx_s: self.rx_s - earlier.rx_s,
+            processing_s: self.processing_s - earlier.processing_s,
+            tx_s: self.tx_s - earlier.tx_s,
+            idle_s: self.idle_s - earlier.idle_s,
+            busy_turns: self.busy_turns - earlier.busy_turns,
+            idle_turns: self.idle_turns - earlier.idle_turns,
+        }
+    }
 }
 
 /// The HAProxy configuration for the same job.

@@ -186,6 +186,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     let (mut job, token) = crate::proxy::make_keys(&args.out)?;
     job.proxy_cpus = args.proxy_cpus.clone();
     job.ciphersuite = "TLS_AES_128_GCM_SHA256".into();
+    job.af_packet_frames = crate::proxy::targets::AF_PACKET_BURST_FRAMES;
     let token_file = args.out.join("soak-token");
     std::fs::write(&token_file, &token)?;
     let ns = if dpdk {
