@@ -49,7 +49,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod net;
-pub mod packet_ring;
+mod packet_ring;
 #[cfg(dpdk)]
 mod select;
 mod stats;

@@ -67,19 +67,7 @@ impl PacketRingDrops {
 
 fn is_packet_socket(fd: RawFd) -> bool {
     let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: domain and len are valid out-parameters of the sizes given;
-    // a fd that is not a socket makes the call fail with ENOTSOCK.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&raw mut domain).cast(),
-            &mut len,
-        )
-    };
-    rc == 0 && domain == libc::AF_PACKET
+    get_option(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, &mut domain) && domain == libc::AF_PACKET
 }
 
 /// `tp_drops` of an AF_PACKET socket since the last read (the kernel
@@ -92,20 +80,19 @@ fn read_and_reset(fd: RawFd) -> Option<u32> {
         tp_packets: 0,
         tp_drops: 0,
     };
-    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
-    // SAFETY: st and len are valid out-parameters; the kernel writes at
-    // most len bytes (a TPACKET_V3 socket's larger struct is truncated to
-    // the two leading counters, which it shares).
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_PACKET,
-            libc::PACKET_STATISTICS,
-            (&raw mut st).cast(),
-            &mut len,
-        )
-    };
-    (rc == 0).then_some(st.tp_drops)
+    // A TPACKET_V3 socket's larger struct is truncated to the two leading
+    // counters, which it shares.
+    get_option(fd, libc::SOL_PACKET, libc::PACKET_STATISTICS, &mut st).then_some(st.tp_drops)
+}
+
+/// `getsockopt(fd, level, name)` into `out`; whether it succeeded (a fd
+/// that is not a socket, or not of the option's family, fails).
+fn get_option<T: Copy>(fd: RawFd, level: libc::c_int, name: libc::c_int, out: &mut T) -> bool {
+    let mut len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: out is a valid, writable T and len its size; the kernel
+    // writes at most len bytes. T is plain data (Copy) for every caller.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (out as *mut T).cast(), &mut len) };
+    rc == 0
 }
 
 #[cfg(test)]

@@ -347,7 +347,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
         LcoreSummary {
             lcore,
             queue: self.queue,
-            busy_cycles: self.counts.busy,
+            busy_cycles: self.counts.busy(),
             idle_cycles: self.counts.idle,
             accepted: mine.accepted.load(Ordering::Relaxed),
         }

@@ -114,7 +114,7 @@ struct LcoreBreakdown {
 impl LcoreBreakdown {
     fn of(c: &targets::LcoreCycles, requests: u64) -> Option<Self> {
         let n = requests as f64;
-        let total = c.rx_s + c.processing_s + c.tx_s + c.idle_s;
+        let total = c.busy_s() + c.idle_s;
         (requests > 0 && total > 0.0).then(|| Self {
             rx_us_per_req: c.rx_s / n * 1e6,
             processing_us_per_req: c.processing_s / n * 1e6,
@@ -376,11 +376,12 @@ fn measure(
         |_| {
             // dpdk: the poller spins at 100%, so its work is the lcore's
             // busy cycles; the others: process CPU time.
+            let cycles = admin.and_then(targets::LcoreCycles::read);
             cpu_marks.push(match admin {
-                Some(a) => targets::lcore_busy_seconds(a),
+                Some(_) => cycles.map(|c| c.busy_s()),
                 None => targets::cpu_seconds(pid),
             });
-            cycle_marks.push(admin.and_then(targets::LcoreCycles::read));
+            cycle_marks.push(cycles);
         },
     )?;
     let spread: Vec<u64> = backends

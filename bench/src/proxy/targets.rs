@@ -198,8 +198,7 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
 /// The sum of a metric family's samples (all lcores, say) from an admin
 /// listener; None when it has none.
 pub fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let samples = samples(admin, name)?;
-    (!samples.is_empty()).then(|| samples.iter().sum())
+    sum_in(&metrics_text(admin)?, name)
 }
 
 /// The whole `/metrics` response of an admin listener (head included).
@@ -214,31 +213,26 @@ pub fn metrics_text(admin: SocketAddr) -> Option<String> {
     Some(text)
 }
 
-/// Every sample of a metric family, in exposition order.
-fn samples(admin: SocketAddr, name: &str) -> Option<Vec<f64>> {
-    let text = metrics_text(admin)?;
-    let samples: Vec<f64> = text
-        .lines()
+/// Every sample of metric family `name` in an exposition `text`, in order.
+fn samples_in(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    Some(samples)
+        .collect()
 }
 
-/// Busy seconds of the dpdk target's lcores so far (summed).
-pub fn lcore_busy_seconds(admin: SocketAddr) -> Option<f64> {
-    let busy = metric(admin, "dpuproxy_lcore_busy_cycles_total")?;
-    // Every lcore reports the same TSC rate.
-    let hz = *samples(admin, "dpuproxy_lcore_tsc_hz")?.first()?;
-    (hz > 0.0).then(|| busy / hz)
+/// The sum of a family's samples in `text`; `None` if it has none.
+fn sum_in(text: &str, name: &str) -> Option<f64> {
+    let samples = samples_in(text, name);
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 /// The dpdk target's lcore cycle counters (summed over lcores), in
-/// seconds, and its loop turns, at one moment.
-#[derive(Debug, Clone, Copy, Default)]
+/// seconds, and its loop turns, from one scrape of `/metrics`.
+#[derive(Debug, Clone, Copy)]
 pub struct LcoreCycles {
     pub rx_s: f64,
     pub processing_s: f64,
@@ -251,22 +245,29 @@ pub struct LcoreCycles {
 impl LcoreCycles {
     /// Read from the admin listener now.
     pub fn read(admin: SocketAddr) -> Option<Self> {
-        let hz = *samples(admin, "dpuproxy_lcore_tsc_hz")?.first()?;
+        let text = metrics_text(admin)?;
+        // Every lcore reports the same TSC rate.
+        let hz = *samples_in(&text, "dpuproxy_lcore_tsc_hz").first()?;
         if hz <= 0.0 {
             return None;
         }
-        let s = |name| metric(admin, name).map(|c| c / hz);
+        let secs = |name| sum_in(&text, name).map(|c| c / hz);
         Some(Self {
-            rx_s: s("dpuproxy_lcore_rx_cycles_total")?,
-            processing_s: s("dpuproxy_lcore_processing_cycles_total")?,
-            tx_s: s("dpuproxy_lcore_tx_cycles_total")?,
-            idle_s: s("dpuproxy_lcore_idle_cycles_total")?,
-            busy_turns: metric(admin, "dpuproxy_lcore_busy_turns_total")?,
-            idle_turns: metric(admin, "dpuproxy_lcore_idle_turns_total")?,
+            rx_s: secs("dpuproxy_lcore_rx_cycles_total")?,
+            processing_s: secs("dpuproxy_lcore_processing_cycles_total")?,
+            tx_s: secs("dpuproxy_lcore_tx_cycles_total")?,
+            idle_s: secs("dpuproxy_lcore_idle_cycles_total")?,
+            busy_turns: sum_in(&text, "dpuproxy_lcore_busy_turns_total")?,
+            idle_turns: sum_in(&text, "dpuproxy_lcore_idle_turns_total")?,
         })
     }
 
-    /// What happened between `self` and a later reading.
+    /// Busy seconds: the three phases together.
+    pub fn busy_s(&self) -> f64 {
+        self.rx_s + self.processing_s + self.tx_s
+    }
+
+    /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &Self) -> Self {
         Self {
             rx_s: self.rx_s - earlier.rx_s,
