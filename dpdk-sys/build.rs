@@ -17,6 +17,23 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The directories pkg-config searches (its `pc_path`), those that exist.
+fn pkg_config_dirs() -> Vec<String> {
+    let out = Command::new("pkg-config")
+        .args(["--variable", "pc_path", "pkg-config"])
+        .output();
+    let listed = out
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    listed
+        .split(':')
+        .filter(|d| !d.is_empty() && std::path::Path::new(d).is_dir())
+        .map(str::to_string)
+        .collect()
+}
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(dpdk)");
     println!("cargo::rerun-if-env-changed=DPUPROXY_REQUIRE_DPDK");
@@ -49,6 +66,12 @@ fn main() {
                     "DPUPROXY_REQUIRE_DPDK=1 but pkg-config cannot find libdpdk >= 22.11 \
                      (on Debian: apt-get install libdpdk-dev): {e}"
                 );
+            }
+            // Installing libdpdk-dev later adds libdpdk.pc to one of
+            // pkg-config's directories: watch them, so that the next build
+            // finds it instead of keeping this empty one.
+            for dir in pkg_config_dirs() {
+                println!("cargo::rerun-if-changed={dir}");
             }
             unavailable(&format!("pkg-config libdpdk: {e}"));
             return;

@@ -33,12 +33,18 @@ def test_bench_proxy_smoke(tmp_path):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     lines = p.stdout.strip().splitlines()
-    assert re.fullmatch(r"ratios: kernel/haproxy=(\d+\.\d\d|n/a) dpdk/kernel=(\d+\.\d\d|n/a)", lines[-1]), lines[-1]
+    assert re.fullmatch(
+        r"ratios: kernel/haproxy=(\d+\.\d\d|n/a) dpdk/kernel=(\d+\.\d\d|n/a) dpdk_us_per_req=(\d+\.\d\d|n/a)",
+        lines[-1],
+    ), lines[-1]
     report = json.loads((out / "bench-proxy.json").read_text())
     by = {r["target"]: r for r in report["results"]}
     kernel = by["kernel"]
     assert kernel["status"] == "ok", kernel
     assert kernel["rps"] > 0 and kernel["errors"] == 0, kernel
+    # Cost per request from the proxy core's /proc/stat time, for every target.
+    assert kernel["core_us_per_req"] > 0 and kernel["rps_per_core"] > 0, kernel
+    assert kernel["other_share"] is not None and kernel["other_share"] >= 0, kernel
     assert sum(kernel["backend_spread"]) > 0 and min(kernel["backend_spread"]) > 0, kernel
     assert report["misrouted"] == 0
     dpdk = by["dpdk"]
@@ -46,21 +52,24 @@ def test_bench_proxy_smoke(tmp_path):
         # CI builds with DPDK and runs as root: the dpdk target must run.
         assert dpdk["status"] == "ok", dpdk
         assert dpdk["rps"] > 0 and dpdk["errors"] == 0, dpdk
-        assert dpdk["cpu_us_per_req"] and dpdk["cpu_us_per_req"] > 0, dpdk
+        assert dpdk["core_us_per_req"] and dpdk["core_us_per_req"] > 0, dpdk
+        assert dpdk["cost_source"] == "lcore busy cycles", dpdk
+        assert re.search(r"dpdk_us_per_req=\d+\.\d\d", lines[-1])
         assert min(dpdk["backend_spread"]) > 0, dpdk
         assert re.search(r"dpdk/kernel=\d+\.\d\d", lines[-1])
     elif dpdk["status"] != "ok":
         # Without DPDK (or root) it must say why and get no number.
         assert dpdk["rps"] is None and dpdk["status"].startswith("not run:")
-        assert "dpdk/kernel=n/a" in lines[-1]
+        assert "dpdk/kernel=n/a dpdk_us_per_req=n/a" in lines[-1]
     if shutil.which("haproxy"):
         assert by["haproxy"]["status"] == "ok", by["haproxy"]
         assert by["haproxy"]["rps"] > 0 and by["haproxy"]["errors"] == 0
+        assert by["haproxy"]["core_us_per_req"] > 0, by["haproxy"]
         assert (out / "haproxy.cfg").read_text().count("jwt_verify") == 1
         assert re.search(r"kernel/haproxy=\d+\.\d\d", lines[-1])
     else:
         assert "kernel/haproxy=n/a" in lines[-1]
     svg = (out / "bench-proxy.svg").read_text()
-    assert svg.startswith("<svg") and "requests/s" in svg
+    assert svg.startswith("<svg") and "requests/s per proxy core" in svg
     # The dpdk target's namespace and veth are gone again.
     assert _bench_links() <= before, f"left behind: {_bench_links() - before}"

@@ -400,15 +400,19 @@ fn drive(
     }
 }
 
-/// Drive the load: warm-up, then `runs` runs of `duration`. `on_phase` is
-/// called at each boundary (the caller samples CPU counters there).
+/// Drive the load: warm-up, then measurement windows of `duration`, at most
+/// `max_windows`. `at_boundary(k)` is called before window `k` (1-based)
+/// and once after the last; the caller samples its counters there and
+/// returns whether window `k` should run (it may stop early once it has the
+/// windows it wants). Returns one `RunFigures` per window run.
 pub fn run(
     cfg: &LoadConfig,
     warmup: Duration,
     duration: Duration,
-    runs: usize,
-    mut on_phase: impl FnMut(usize),
+    max_windows: usize,
+    mut at_boundary: impl FnMut(usize) -> bool,
 ) -> anyhow::Result<Vec<RunFigures>> {
+    let runs = max_windows;
     let phase = Arc::new(Phase::default());
     let threads = cfg.threads.clamp(1, cfg.connections.max(1));
     let mut handles = Vec::new();
@@ -439,12 +443,15 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(warmup);
-    for k in 1..=runs {
-        on_phase(k);
+    let mut windows = 0;
+    for k in 1..=runs + 1 {
+        if !at_boundary(k) || k > runs {
+            break;
+        }
         phase.current.store(k, Ordering::Relaxed);
+        windows = k;
         std::thread::sleep(duration);
     }
-    on_phase(runs + 1);
     phase.current.store(runs + 1, Ordering::Relaxed);
     let mut total: Vec<RunFigures> = Vec::new();
     for h in handles {
@@ -461,5 +468,6 @@ pub fn run(
             }
         }
     }
+    total.truncate(windows);
     Ok(total)
 }

@@ -14,6 +14,7 @@
 //! excluded; the median of several runs is reported.
 
 mod backend;
+mod corestat;
 mod loadgen;
 pub(crate) mod netns;
 pub(crate) mod targets;
@@ -38,7 +39,9 @@ pub struct ProxyArgs {
     /// Seconds of warm-up before the runs (excluded).
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
-    /// Measurement runs per target (the median is reported).
+    /// Measurement windows per target (the median is reported; at least 5
+    /// with `--rate`). A window in which other processes took more than
+    /// 2 % of the proxy core is retried, up to 3 times.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Concurrent connections, each with its own MCP session.
@@ -79,6 +82,25 @@ pub struct ProxyArgs {
     pub ciphersuite: String,
 }
 
+impl ProxyArgs {
+    /// Clean windows wanted per target.
+    fn windows(&self) -> usize {
+        if self.rate.is_some() {
+            self.runs.max(MIN_OPEN_LOOP_WINDOWS)
+        } else {
+            self.runs
+        }
+    }
+
+    /// Extra windows allowed to replace disturbed ones.
+    fn retries(&self) -> usize {
+        3
+    }
+}
+
+/// Open loop reports the median of at least this many windows.
+const MIN_OPEN_LOOP_WINDOWS: usize = 5;
+
 /// One target's result.
 #[derive(Debug, Clone, serde::Serialize)]
 struct TargetResult {
@@ -91,8 +113,19 @@ struct TargetResult {
     p99_ms: Option<f64>,
     p999_ms: Option<f64>,
     errors: u64,
-    cpu_us_per_req: Option<f64>,
+    /// Requests per second of proxy-core time (median window).
+    rps_per_core: Option<f64>,
+    /// Proxy-core microseconds per request (median window).
+    core_us_per_req: Option<f64>,
+    /// Where `core_us_per_req` comes from.
+    cost_source: String,
+    /// Proxy-core time spent per second of wall time (median window).
     proxy_core_util: Option<f64>,
+    /// Share of the proxy core other processes took (median window).
+    other_share: Option<f64>,
+    /// Windows in which other processes took more than 2 % of the proxy
+    /// core (retried; counted in the median only if too few were clean).
+    windows_disturbed: usize,
     /// dpdk: where the lcore's cycles went in the median run.
     lcore_breakdown: Option<LcoreBreakdown>,
     backend_spread: Vec<u64>,
@@ -139,8 +172,12 @@ impl TargetResult {
             p99_ms: None,
             p999_ms: None,
             errors: 0,
-            cpu_us_per_req: None,
+            rps_per_core: None,
+            core_us_per_req: None,
+            cost_source: String::new(),
             proxy_core_util: None,
+            other_share: None,
+            windows_disturbed: 0,
             lcore_breakdown: None,
             backend_spread: Vec::new(),
         }
@@ -364,24 +401,32 @@ fn measure(
         ciphersuite: args.ciphersuite.clone(),
     };
     let spread_before = backends.spread();
-    let mut cpu_marks = Vec::new();
-    let mut cycle_marks = Vec::new();
+    let cpus = corestat::parse_cpu_list(&args.proxy_cpus)
+        .with_context(|| format!("--proxy-cpus {:?} is not a CPU list", args.proxy_cpus))?;
     let duration = Duration::from_secs_f64(args.duration);
+    let secs = duration.as_secs_f64();
     let admin = running.admin;
+    let wanted = args.windows();
+    let mut marks: Vec<Mark> = Vec::new();
+    let mut windows: Vec<Window> = Vec::new();
     let figures = loadgen::run(
         &cfg,
         Duration::from_secs_f64(args.warmup),
         duration,
-        args.runs,
+        wanted + args.retries(),
         |_| {
-            // dpdk: the poller spins at 100%, so its work is the lcore's
-            // busy cycles; the others: process CPU time.
-            let cycles = admin.and_then(targets::LcoreCycles::read);
-            cpu_marks.push(match admin {
-                Some(_) => cycles.map(|c| c.busy_s()),
-                None => targets::cpu_seconds(pid),
-            });
-            cycle_marks.push(cycles);
+            let mark = Mark {
+                core: corestat::CoreMark::read(pid, &cpus),
+                cycles: admin.and_then(targets::LcoreCycles::read),
+            };
+            if let Some(last) = marks.last() {
+                windows.push(Window::between(last, &mark, &cpus, secs, admin.is_some()));
+            }
+            marks.push(mark);
+            // Another window while too few are clean (a disturbed one is
+            // retried, up to `retries()` times).
+            let clean = windows.iter().filter(|w| !w.disturbed()).count();
+            clean < wanted && windows.len() < wanted + args.retries()
         },
     )?;
     let spread: Vec<u64> = backends
@@ -390,38 +435,106 @@ fn measure(
         .zip(spread_before.iter().chain(std::iter::repeat(&0)))
         .map(|(a, b)| a - b)
         .collect();
-    // Pick the median run by requests/s and report its latencies.
-    let mut order: Vec<usize> = (0..figures.len()).collect();
-    order.sort_by(|a, b| figures[*a].ok.cmp(&figures[*b].ok));
+    // Clean windows count; when too few are clean, all windows count and
+    // the disturbed ones are flagged.
+    let clean: Vec<usize> = (0..figures.len())
+        .filter(|&i| windows.get(i).is_some_and(|w| !w.disturbed()))
+        .collect();
+    let disturbed = figures.len() - clean.len();
+    let mut order: Vec<usize> = if clean.len() >= wanted.min(figures.len()) {
+        clean
+    } else {
+        (0..figures.len()).collect()
+    };
+    // The median window by completed requests is the median by req/s.
+    order.sort_by_key(|&i| figures[i].ok);
     let mid = order[order.len() / 2];
     let f = &figures[mid];
-    let secs = duration.as_secs_f64();
-    let rps_runs: Vec<f64> = figures.iter().map(|f| f.ok as f64 / secs).collect();
-    let cpu = match (cpu_marks.get(mid), cpu_marks.get(mid + 1)) {
-        (Some(Some(a)), Some(Some(b))) => Some(b - a),
-        _ => None,
-    };
-    let lcore_breakdown = match (cycle_marks.get(mid), cycle_marks.get(mid + 1)) {
-        (Some(Some(a)), Some(Some(b))) => LcoreBreakdown::of(&b.since(a), f.ok),
-        _ => None,
-    };
+    let w = windows.get(mid).copied().unwrap_or_default();
     let q = |p: f64| f.latency.value_at_quantile(p) as f64 / 1000.0;
+    let per_req = |s: Option<f64>| s.filter(|_| f.ok > 0).map(|c| c / f.ok as f64 * 1e6);
+    let lcore_breakdown = match (marks.get(mid), marks.get(mid + 1)) {
+        (
+            Some(Mark {
+                cycles: Some(a), ..
+            }),
+            Some(Mark {
+                cycles: Some(b), ..
+            }),
+        ) => LcoreBreakdown::of(&b.since(a), f.ok),
+        _ => None,
+    };
+    let core_us_per_req = per_req(w.cost_s);
     Ok(TargetResult {
         target: name.to_string(),
         status: "ok".into(),
         describe: running.describe.clone(),
-        // The median run by completed requests is the median by req/s.
-        rps: rps_runs.get(mid).copied(),
-        rps_runs,
+        rps: Some(f.ok as f64 / secs),
+        rps_runs: figures.iter().map(|f| f.ok as f64 / secs).collect(),
+        rps_per_core: core_us_per_req.filter(|u| *u > 0.0).map(|u| 1e6 / u),
         p50_ms: (f.ok > 0).then(|| q(0.5)),
         p99_ms: (f.ok > 0).then(|| q(0.99)),
         p999_ms: (f.ok > 0).then(|| q(0.999)),
         errors: figures.iter().map(|f| f.errors).sum(),
-        cpu_us_per_req: cpu.filter(|_| f.ok > 0).map(|c| c / f.ok as f64 * 1e6),
-        proxy_core_util: cpu.map(|c| c / secs),
+        core_us_per_req,
+        cost_source: if admin.is_some() {
+            "lcore busy cycles"
+        } else {
+            "proxy core busy time (/proc/stat)"
+        }
+        .into(),
+        proxy_core_util: w.cost_s.map(|c| c / secs),
+        other_share: w.other_share,
+        windows_disturbed: disturbed,
         lcore_breakdown,
         backend_spread: spread,
     })
+}
+
+/// Counters sampled at a window boundary.
+#[derive(Debug, Clone)]
+struct Mark {
+    core: Option<corestat::CoreMark>,
+    cycles: Option<targets::LcoreCycles>,
+}
+
+/// One measurement window's proxy-core cost and interference.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    /// Proxy-core seconds spent: lcore busy cycles for dpdk (its poller
+    /// spins, so the core is always busy), the core's busy time otherwise.
+    cost_s: Option<f64>,
+    /// Share of the proxy core other processes took.
+    other_share: Option<f64>,
+}
+
+/// A window in which other processes took more than this share of the
+/// proxy core is retried (or flagged when retries run out).
+const MAX_OTHER_SHARE: f64 = 0.02;
+
+impl Window {
+    fn between(a: &Mark, b: &Mark, cpus: &[usize], secs: f64, lcore: bool) -> Self {
+        let core = match (&a.core, &b.core) {
+            (Some(x), Some(y)) => Some(corestat::CoreWindow::between(x, y, cpus, secs)),
+            _ => None,
+        };
+        let cost_s = if lcore {
+            match (a.cycles, b.cycles) {
+                (Some(x), Some(y)) => Some(y.since(&x).busy_s()),
+                _ => None,
+            }
+        } else {
+            core.map(|c| c.busy_s)
+        };
+        Self {
+            cost_s,
+            other_share: core.map(|c| c.other_share),
+        }
+    }
+
+    fn disturbed(&self) -> bool {
+        self.other_share.is_some_and(|s| s > MAX_OTHER_SHARE)
+    }
 }
 
 fn fmt_opt(v: Option<f64>, prec: usize) -> String {
@@ -432,9 +545,19 @@ fn table(results: &[TargetResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>12} {:>9}  backend spread",
-        "target", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "cpu µs/req", "core util"
+        "{:<8} {:>10} {:>13} {:>8} {:>8} {:>9} {:>6} {:>13} {:>9} {:>6}  backend spread",
+        "target",
+        "req/s",
+        "req/s/core",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "core µs/req",
+        "core util",
+        "other"
     );
+    let pct = |v: Option<f64>| v.map_or("n/a".into(), |u| format!("{:.0}%", u * 100.0));
     for r in results {
         if r.status != "ok" {
             let _ = writeln!(s, "{:<8} {}", r.target, r.status);
@@ -442,18 +565,32 @@ fn table(results: &[TargetResult]) -> String {
         }
         let _ = writeln!(
             s,
-            "{:<8} {:>10} {:>9} {:>9} {:>9} {:>7} {:>12} {:>9}  {:?}",
+            "{:<8} {:>10} {:>13} {:>8} {:>8} {:>9} {:>6} {:>13} {:>9} {:>6}  {:?}",
             r.target,
             fmt_opt(r.rps, 0),
+            fmt_opt(r.rps_per_core, 0),
             fmt_opt(r.p50_ms, 2),
             fmt_opt(r.p99_ms, 2),
             fmt_opt(r.p999_ms, 2),
             r.errors,
-            fmt_opt(r.cpu_us_per_req, 1),
-            r.proxy_core_util
-                .map_or("n/a".into(), |u| format!("{:.0}%", u * 100.0)),
+            fmt_opt(r.core_us_per_req, 2),
+            pct(r.proxy_core_util),
+            r.other_share
+                .map_or("n/a".into(), |u| format!("{:.1}%", u * 100.0)),
             r.backend_spread
         );
+    }
+    for r in results.iter().filter(|r| r.status == "ok") {
+        let flag = if r.windows_disturbed > 0 {
+            format!(
+                "; {} window(s) had other processes above {:.0}% of the proxy core",
+                r.windows_disturbed,
+                MAX_OTHER_SHARE * 100.0
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(s, "{} cost: {}{flag}", r.target, r.cost_source);
     }
     for r in results {
         if let Some(b) = &r.lcore_breakdown {
@@ -476,21 +613,22 @@ fn table(results: &[TargetResult]) -> String {
 
 /// A two-panel bar chart (requests/s and p99) as plain SVG.
 fn svg(results: &[TargetResult]) -> String {
-    let (w, h) = (720.0, 360.0);
+    let (w, h) = (1080.0, 360.0);
     let mut s = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 "#
     );
     type Metric = fn(&TargetResult) -> Option<f64>;
-    let panels: [(&str, Metric); 2] = [
-        ("requests/s (median run)", |r| r.rps),
+    let panels: [(&str, Metric); 3] = [
+        ("requests/s (median window)", |r| r.rps),
+        ("requests/s per proxy core", |r| r.rps_per_core),
         ("p99 latency (ms)", |r| r.p99_ms),
     ];
     let colors = ["#4878d0", "#ee854a", "#6acc64", "#d65f5f"];
     for (pi, (title, get)) in panels.iter().enumerate() {
-        let x0 = 40.0 + pi as f64 * (w / 2.0);
-        let (pw, ph, y0) = (w / 2.0 - 80.0, h - 110.0, 50.0);
+        let x0 = 40.0 + pi as f64 * (w / panels.len() as f64);
+        let (pw, ph, y0) = (w / panels.len() as f64 - 80.0, h - 110.0, 50.0);
         let max = results
             .iter()
             .filter_map(get)
@@ -555,12 +693,32 @@ fn svg(results: &[TargetResult]) -> String {
     s
 }
 
+/// `a`'s requests per second of proxy-core time over `b`'s.
 fn ratio(results: &[TargetResult], a: &str, b: &str) -> String {
-    let get = |t: &str| results.iter().find(|r| r.target == t).and_then(|r| r.rps);
+    let get = |t: &str| {
+        results
+            .iter()
+            .find(|r| r.target == t)
+            .and_then(|r| r.rps_per_core)
+    };
     match (get(a), get(b)) {
         (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
         _ => "n/a".into(),
     }
+}
+
+/// The last line: per-core ratios and the dpdk target's cost per request.
+fn ratios_line(results: &[TargetResult]) -> String {
+    let dpdk_us = results
+        .iter()
+        .find(|r| r.target == "dpdk")
+        .and_then(|r| r.core_us_per_req);
+    format!(
+        "ratios: kernel/haproxy={} dpdk/kernel={} dpdk_us_per_req={}",
+        ratio(results, "kernel", "haproxy"),
+        ratio(results, "dpdk", "kernel"),
+        fmt_opt(dpdk_us, 2)
+    )
 }
 
 fn wrk_cross_check(
@@ -692,14 +850,17 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         let t = t.trim();
         println!(
             "bench proxy: {t}: warm-up {:.1}s, then {} × {:.1}s …",
-            args.warmup, args.runs, args.duration
+            args.warmup,
+            args.windows(),
+            args.duration
         );
         let r = match measure(t, args, &job, &token, &backends) {
             Ok(r) => {
                 println!(
-                    "bench proxy: {t}: runs {:?} req/s, median {} req/s, {} errors",
+                    "bench proxy: {t}: windows {:?} req/s, median {} req/s ({} per proxy core), {} errors",
                     r.rps_runs.iter().map(|x| x.round()).collect::<Vec<_>>(),
                     fmt_opt(r.rps, 0),
+                    fmt_opt(r.rps_per_core, 0),
                     r.errors
                 );
                 r
@@ -735,7 +896,8 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         "settings": {
             "connections": args.connections, "payload": args.payload, "sse": args.sse,
             "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup,
-            "runs": args.runs, "backends": args.backends, "backend_count": args.backend_count,
+            "runs": args.runs, "windows": args.windows(), "max_other_share": MAX_OTHER_SHARE,
+            "backends": args.backends, "backend_count": args.backend_count,
             "proxy_cpus": args.proxy_cpus, "load_cpus": args.load_cpus,
             "ciphersuite": args.ciphersuite,
         },
@@ -747,11 +909,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     let svg_path = dir.join("bench-proxy.svg");
     std::fs::write(&svg_path, svg(&results))?;
     println!("wrote {} and {}", json_path.display(), svg_path.display());
-    println!(
-        "ratios: kernel/haproxy={} dpdk/kernel={}",
-        ratio(&results, "kernel", "haproxy"),
-        ratio(&results, "dpdk", "kernel")
-    );
+    println!("{}", ratios_line(&results));
     Ok(())
 }
 
@@ -761,18 +919,31 @@ mod tests {
 
     #[test]
     fn ratio_is_na_without_figures() {
-        let ok = |t: &str, rps: f64| TargetResult {
+        let ok = |t: &str, rps: f64, us: f64| TargetResult {
             rps: Some(rps),
+            rps_per_core: Some(1e6 / us),
+            core_us_per_req: Some(us),
             status: "ok".into(),
             ..TargetResult::unavailable(t, String::new())
         };
-        let rs = vec![
-            ok("kernel", 300.0),
-            ok("haproxy", 200.0),
+        let mut rs = vec![
+            // Raw req/s say 1.0; per core kernel does 2× HAProxy's work.
+            ok("kernel", 300.0, 25.0),
+            ok("haproxy", 300.0, 50.0),
             TargetResult::unavailable("dpdk", "not built".into()),
         ];
-        assert_eq!(ratio(&rs, "kernel", "haproxy"), "1.50");
+        assert_eq!(ratio(&rs, "kernel", "haproxy"), "2.00");
         assert_eq!(ratio(&rs, "dpdk", "kernel"), "n/a");
+        assert_eq!(
+            ratios_line(&rs),
+            "ratios: kernel/haproxy=2.00 dpdk/kernel=n/a dpdk_us_per_req=n/a"
+        );
+        rs[2] = ok("dpdk", 310.0, 5.0);
+        assert_eq!(
+            ratios_line(&rs),
+            "ratios: kernel/haproxy=2.00 dpdk/kernel=5.00 dpdk_us_per_req=5.00"
+        );
+        rs[2] = TargetResult::unavailable("dpdk", "not built".into());
         let t = table(&rs);
         assert!(t.contains("not run: not built"), "{t}");
         assert!(svg(&rs).contains("n/a"));
@@ -806,16 +977,59 @@ mod tests {
             "{t}"
         );
     }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn mark(busy_s: f64, other_ticks: u64, lcore_busy_s: f64) -> Mark {
+        Mark {
+            core: Some(corestat::CoreMark {
+                core: corestat::CoreTimes {
+                    busy_s,
+                    steal_s: 0.0,
+                },
+                others: [(77, (other_ticks, 1))].into_iter().collect(),
+            }),
+            cycles: Some(targets::LcoreCycles {
+                rx_s: 0.0,
+                processing_s: lcore_busy_s,
+                tx_s: 0.0,
+                idle_s: 0.0,
+                busy_turns: 0.0,
+                idle_turns: 0.0,
+            }),
+        }
+    }
 
     #[test]
-    fn cpu_seconds_reads_our_own_process() {
-        // Burn a little CPU so the figure is positive.
-        let mut x = 0u64;
-        for i in 0..20_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+    fn kernel_targets_cost_the_core_busy_time_and_dpdk_its_busy_cycles() {
+        let (a, b) = (mark(10.0, 100, 1.0), mark(19.8, 110, 4.0));
+        let k = Window::between(&a, &b, &[1], 10.0, false);
+        assert!((k.cost_s.unwrap() - 9.8).abs() < 1e-9, "{k:?}");
+        let d = Window::between(&a, &b, &[1], 10.0, true);
+        assert!((d.cost_s.unwrap() - 3.0).abs() < 1e-9, "{d:?}");
+        // Another process: 10 ticks, 0.1 s of 10 s, 1 %: clean.
+        assert!((k.other_share.unwrap() - 0.01).abs() < 1e-9);
+        assert!(!k.disturbed());
+        let noisy = Window::between(&a, &mark(19.8, 130, 4.0), &[1], 10.0, false);
+        assert!(noisy.disturbed(), "{noisy:?}");
+    }
+
+    #[test]
+    fn open_loop_wants_five_windows() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            a: ProxyArgs,
         }
-        std::hint::black_box(x);
-        let s = targets::cpu_seconds(std::process::id()).expect("stat readable");
-        assert!(s > 0.0, "{s}");
+        let closed = Cli::parse_from(["x", "--runs", "3"]).a;
+        assert_eq!(closed.windows(), 3);
+        let open = Cli::parse_from(["x", "--runs", "3", "--rate", "1000"]).a;
+        assert_eq!(open.windows(), 5);
+        let many = Cli::parse_from(["x", "--runs", "7", "--rate", "1000"]).a;
+        assert_eq!(many.windows(), 7);
     }
 }

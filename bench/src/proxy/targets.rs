@@ -382,19 +382,6 @@ pub fn start_haproxy(job: &Job) -> anyhow::Result<Running> {
     })
 }
 
-/// User + system CPU seconds of a process so far (all threads), from
-/// `/proc/<pid>/stat` (USER_HZ is 100 on Linux for every architecture we
-/// run on).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = f.get(11)?.parse().ok()?;
-    let stime: f64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
 /// The pid that does the work: `taskset` execs the program, so the child's
 /// pid is the proxy's.
 pub fn proxy_pid(r: &Running) -> u32 {
