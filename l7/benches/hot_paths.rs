@@ -44,12 +44,24 @@ fn jwt(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    // A keep-alive connection presenting the token it presented last.
+    let mut memo = dpuproxy_l7::auth::AuthMemo::default();
+    c.bench_function("jwt_rs256_connection_memo", |b| {
+        b.iter(|| {
+            auth.authorize_memo(&mut memo, Some(black_box(header.as_bytes())), NOW)
+                .unwrap()
+        })
+    });
 }
 
 fn head_parse(c: &mut Criterion) {
     let req = b"POST /mcp HTTP/1.1\r\nHost: proxy.example:8443\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: 3f2a9c0d5b7e4e1c8a6b2d4f0e9c7a15\r\nMCP-Protocol-Version: 2025-11-25\r\nUser-Agent: python-httpx/2\r\nContent-Length: 92\r\n\r\n";
     c.bench_function("http_request_head_parse", |b| {
         b.iter(|| http::parse_request_head(black_box(req), 16384, 64).unwrap())
+    });
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: 3f2a9c0d5b7e4e1c8a6b2d4f0e9c7a15\r\nDate: Sat, 05 Dec 2026 18:00:00 GMT\r\nContent-Length: 120\r\n\r\n";
+    c.bench_function("http_response_head_parse", |b| {
+        b.iter(|| http::parse_response_head(black_box(resp), "POST", 16384, 64).unwrap())
     });
 }
 

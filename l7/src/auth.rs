@@ -574,6 +574,19 @@ fn numeric_date(v: &Option<serde_json::Value>) -> Result<Option<u64>, Rejection>
     }
 }
 
+/// One connection's last verified `Authorization` value (see
+/// [`Authenticator::authorize_memo`]).
+#[derive(Debug, Default)]
+pub struct AuthMemo(Option<MemoEntry>);
+
+#[derive(Debug)]
+struct MemoEntry {
+    value: Box<[u8]>,
+    principal: Arc<Principal>,
+    valid_until: u64,
+    generation: u64,
+}
+
 /// The resource server: keys, cache and counters. Shared by all workers.
 #[derive(Debug)]
 pub struct Authenticator {
@@ -682,6 +695,43 @@ impl Authenticator {
             generation,
         );
         Ok(principal)
+    }
+
+    /// [`authorize`](Self::authorize) for one connection: a keep-alive
+    /// connection presents the same `Authorization` value request after
+    /// request, and `memo` remembers the last one that verified. A request
+    /// carrying exactly those bytes, within the token's validity and under
+    /// the same key set, is authorized by one comparison: no token scan, no
+    /// hash, no lock. Anything else goes through `authorize` and refreshes
+    /// the memo (a refusal empties it). Counted like a cache hit.
+    pub fn authorize_memo(
+        &self,
+        memo: &mut AuthMemo,
+        authorization: Option<&[u8]>,
+        now_unix: u64,
+    ) -> Result<Arc<Principal>, Rejection> {
+        let generation = self.key_generation.load(Ordering::Acquire);
+        if let (Some(value), Some(m)) = (authorization, &memo.0)
+            && *m.value == *value
+            && now_unix <= m.valid_until
+            && m.generation == generation
+        {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(m.principal.clone());
+        }
+        let verdict = self.authorize(authorization, now_unix);
+        memo.0 = match (&verdict, authorization) {
+            (Ok(p), Some(value)) => Some(MemoEntry {
+                value: value.into(),
+                principal: p.clone(),
+                valid_until: p.expires.saturating_add(self.config.leeway.as_secs()),
+                // Read before verifying: keys replaced meanwhile make the
+                // memo stale at once.
+                generation,
+            }),
+            _ => None,
+        };
+        verdict
     }
 
     /// Full verification (signature, algorithm, claims) without the cache.

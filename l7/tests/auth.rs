@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Kind, TestKey, b64, jwks};
-use dpuproxy_l7::auth::{AuthConfig, Authenticator, KeyEntry, Rejection, ScopeRule};
+use dpuproxy_l7::auth::{AuthConfig, AuthMemo, Authenticator, KeyEntry, Rejection, ScopeRule};
 use dpuproxy_l7::{Action, Connection, CoreConfig, Shared};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
@@ -471,5 +471,60 @@ fn auth_off_passes_authorization_through() {
     assert!(o.connected);
     assert!(
         String::from_utf8_lossy(&o.upstream).contains("Authorization: Bearer opaque-backend-token")
+    );
+}
+
+#[test]
+fn a_connection_memo_authorizes_its_repeated_token_until_expiry_or_rotation() {
+    let mut c = claims();
+    c["exp"] = json!(NOW + 60);
+    let token = rs256(&c);
+    let value = format!("Bearer {token}");
+    let (sh, _) = shared();
+    let auth = sh.auth.as_ref().unwrap();
+    let hits = || auth.stats.cache_hits.load(Ordering::Relaxed);
+    let misses = || auth.stats.cache_misses.load(Ordering::Relaxed);
+    let mut memo = AuthMemo::default();
+    let p = auth
+        .authorize_memo(&mut memo, Some(value.as_bytes()), NOW)
+        .expect("valid");
+    assert_eq!(p.subject.as_deref(), Some("alice"));
+    assert_eq!((misses(), hits()), (1, 0));
+    for _ in 0..3 {
+        auth.authorize_memo(&mut memo, Some(value.as_bytes()), NOW + 10)
+            .expect("memo hit");
+    }
+    assert_eq!((misses(), hits()), (1, 3));
+    // Other bytes (one more space) are not the memo's: the shared cache
+    // answers, and the memo now holds them.
+    let spaced = format!("Bearer  {token}");
+    auth.authorize_memo(&mut memo, Some(spaced.as_bytes()), NOW + 10)
+        .expect("same token");
+    assert_eq!((misses(), hits()), (1, 4));
+    // No header, or a bad token: refused, and the memo is emptied.
+    assert_eq!(
+        auth.authorize_memo(&mut memo, None, NOW + 10).unwrap_err(),
+        Rejection::Missing
+    );
+    auth.authorize_memo(&mut memo, Some(value.as_bytes()), NOW + 10)
+        .expect("valid again");
+    assert_eq!((misses(), hits()), (1, 5), "from the shared cache");
+    // Past exp + leeway (30 s) the memo does not answer: expired.
+    assert_eq!(
+        auth.authorize_memo(&mut memo, Some(value.as_bytes()), NOW + 91)
+            .unwrap_err(),
+        Rejection::Expired
+    );
+    // A key rotation stales the memo at once: rsa1 is gone.
+    auth.authorize_memo(&mut memo, Some(value.as_bytes()), NOW + 10)
+        .expect("valid");
+    let other = TestKey::new(Kind::Rsa);
+    auth.replace_keys(
+        KeyEntry::from_jwks(&jwks(&[other.jwk("rsa2", Some("RS256"))]), "t.jwks").unwrap(),
+    );
+    assert_eq!(
+        auth.authorize_memo(&mut memo, Some(value.as_bytes()), NOW + 10)
+            .unwrap_err(),
+        Rejection::UnknownKid
     );
 }

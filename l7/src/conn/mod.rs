@@ -205,6 +205,8 @@ pub struct Connection {
     /// End every SSE stream at its next event boundary (the drain's time
     /// is nearly up), answers to POSTs included.
     end_streams: bool,
+    /// The last `Authorization` value this connection had verified.
+    auth_memo: crate::auth::AuthMemo,
 }
 
 /// Methods whose requests may be sent again (RFC 9110 §9.2.2).
@@ -230,6 +232,7 @@ impl Connection {
             draining: false,
             answering_head: false,
             end_streams: false,
+            auth_memo: Default::default(),
         }
     }
 

@@ -190,7 +190,7 @@ impl Connection {
     }
 
     /// The phases, in order. Each may refuse the request.
-    fn plan(&self, now: Instant, head: &RequestHead, body: &[u8]) -> Result<Plan, Reject> {
+    fn plan(&mut self, now: Instant, head: &RequestHead, body: &[u8]) -> Result<Plan, Reject> {
         check_method(head)?;
         if let Some(body) = self.metadata(head) {
             return Ok(Plan::Answer { body });
@@ -263,7 +263,7 @@ impl Connection {
     /// The caller's principal, `None` when auth is off. Nothing reaches a
     /// backend without a valid token.
     fn authorize(
-        &self,
+        &mut self,
         now: Instant,
         head: &RequestHead,
     ) -> Result<Option<Arc<Principal>>, Reject> {
@@ -277,7 +277,11 @@ impl Connection {
             auth.stats.reject(Rejection::InvalidRequest);
             Err(Rejection::InvalidRequest)
         } else {
-            auth.authorize(header(&head.headers, "authorization"), unix)
+            auth.authorize_memo(
+                &mut self.auth_memo,
+                header(&head.headers, "authorization"),
+                unix,
+            )
         };
         verdict
             .map(Some)

@@ -16,6 +16,7 @@
 //!   yields exactly the decoded payload; bad chunk sizes are errors.
 
 use std::fmt;
+use std::mem::MaybeUninit;
 
 pub mod rewrite;
 mod target;
@@ -205,6 +206,25 @@ fn map_httparse(e: httparse::Error, max_headers: usize) -> HttpError {
     }
 }
 
+/// Header slots a head parse keeps on the stack (32 bytes each); a larger
+/// `max_headers` takes them from the heap.
+const STACK_HEADER_SLOTS: usize = 128;
+
+/// Run `parse` with `max_headers` uninitialised slots for httparse to fill:
+/// on the stack when they fit, so that a head costs no allocation for them.
+fn with_header_slots<'b, R>(
+    max_headers: usize,
+    parse: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
+) -> R {
+    if max_headers <= STACK_HEADER_SLOTS {
+        let mut slots = [const { MaybeUninit::uninit() }; STACK_HEADER_SLOTS];
+        parse(&mut slots[..max_headers])
+    } else {
+        let mut slots: Vec<_> = (0..max_headers).map(|_| MaybeUninit::uninit()).collect();
+        parse(&mut slots)
+    }
+}
+
 fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HttpError> {
     raw.iter()
         .map(|h| {
@@ -285,18 +305,19 @@ pub(crate) fn parse_request_head_resume(
     let Some(end) = find_head_end(buf, scanned, max_head_bytes)? else {
         return Ok(None);
     };
-    let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut req = httparse::Request::new(&mut raw);
-    let status = req
-        .parse(&buf[..end])
-        .map_err(|e| map_httparse(e, max_headers))?;
-    if status.is_partial() {
-        return Err(HttpError::Malformed("incomplete head"));
-    }
-    let method = req.method.ok_or(HttpError::Malformed("no method"))?;
-    let target = req.path.ok_or(HttpError::Malformed("no target"))?;
-    let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
-    let mut headers = collect_headers(req.headers)?;
+    let (method, target, minor_version, mut headers) = with_header_slots(max_headers, |slots| {
+        let mut req = httparse::Request::new(&mut []);
+        let status = req
+            .parse_with_uninit_headers(&buf[..end], slots)
+            .map_err(|e| map_httparse(e, max_headers))?;
+        if status.is_partial() {
+            return Err(HttpError::Malformed("incomplete head"));
+        }
+        let method = req.method.ok_or(HttpError::Malformed("no method"))?;
+        let target = req.path.ok_or(HttpError::Malformed("no target"))?;
+        let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
+        Ok((method, target, minor_version, collect_headers(req.headers)?))
+    })?;
     // RFC 9112 §3.2: no request may carry several Host fields (an
     // HTTP/1.0 one would reach the backend as HTTP/1.1 with both).
     let hosts = header_count(&headers, "host");
@@ -404,22 +425,24 @@ pub fn parse_response_head(
     let Some(end) = find_head_end(buf, &mut 0, max_head_bytes)? else {
         return Ok(None);
     };
-    let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
-    let mut resp = httparse::Response::new(&mut raw);
-    let status = resp
-        .parse(&buf[..end])
-        .map_err(|e| map_httparse(e, max_headers))?;
-    if status.is_partial() {
-        return Err(HttpError::Malformed("incomplete head"));
-    }
-    let code = resp.code.ok_or(HttpError::Malformed("no status"))?;
-    if !(100..600).contains(&code) {
-        // httparse takes any three digits; `020` would reach the client
-        // as the status line `HTTP/1.1 20`, which no client can read.
-        return Err(HttpError::Malformed("status outside 100-599"));
-    }
-    let minor_version = resp.version.ok_or(HttpError::Malformed("no version"))?;
-    let headers = collect_headers(resp.headers)?;
+    let (code, reason, minor_version, headers) = with_header_slots(max_headers, |slots| {
+        let mut resp = httparse::Response::new(&mut []);
+        let status = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, &buf[..end], slots)
+            .map_err(|e| map_httparse(e, max_headers))?;
+        if status.is_partial() {
+            return Err(HttpError::Malformed("incomplete head"));
+        }
+        let code = resp.code.ok_or(HttpError::Malformed("no status"))?;
+        if !(100..600).contains(&code) {
+            // httparse takes any three digits; `020` would reach the client
+            // as the status line `HTTP/1.1 20`, which no client can read.
+            return Err(HttpError::Malformed("status outside 100-599"));
+        }
+        let minor_version = resp.version.ok_or(HttpError::Malformed("no version"))?;
+        let reason = resp.reason.unwrap_or("");
+        Ok((code, reason, minor_version, collect_headers(resp.headers)?))
+    })?;
     let no_body = request_method.eq_ignore_ascii_case("HEAD")
         || (100..200).contains(&code)
         || code == 204
@@ -441,7 +464,7 @@ pub fn parse_response_head(
     Ok(Some((
         ResponseHead {
             status: code,
-            reason: resp.reason.unwrap_or("").to_string(),
+            reason: reason.to_string(),
             minor_version,
             headers,
             framing,
@@ -778,6 +801,43 @@ mod tests {
         }
         at.push_str("\r\n");
         assert!(req(&at).unwrap().is_some());
+    }
+
+    #[test]
+    fn header_counts_past_the_stack_slots_use_the_heap_and_keep_the_limit() {
+        let limit = STACK_HEADER_SLOTS + 72;
+        let head = |n: usize, status_line: &str| {
+            let mut h = String::from(status_line);
+            for i in 0..n {
+                h.push_str(&format!("X-{i}: v{i}\r\n"));
+            }
+            h + "\r\n"
+        };
+        // Requests: Host + 199 fields = the limit, all kept in order.
+        let at = head(limit - 1, "GET / HTTP/1.1\r\nHost: a\r\n");
+        let (parsed, _) = parse_request_head(at.as_bytes(), 1 << 16, limit)
+            .unwrap()
+            .expect("whole head");
+        assert_eq!(parsed.headers.len(), limit);
+        assert_eq!(parsed.headers[limit - 1].name, format!("X-{}", limit - 2));
+        let over = head(limit, "GET / HTTP/1.1\r\nHost: a\r\n");
+        assert_eq!(
+            parse_request_head(over.as_bytes(), 1 << 16, limit).unwrap_err(),
+            HttpError::TooManyHeaders(limit)
+        );
+        // Responses: the same on both sides of the stack slots.
+        for max in [STACK_HEADER_SLOTS, limit] {
+            let at = head(max, "HTTP/1.1 200 OK\r\n");
+            let (r, _) = parse_response_head(at.as_bytes(), "GET", 1 << 16, max)
+                .unwrap()
+                .expect("whole head");
+            assert_eq!((r.headers.len(), r.reason.as_str()), (max, "OK"));
+            let over = head(max + 1, "HTTP/1.1 200 OK\r\n");
+            assert_eq!(
+                parse_response_head(over.as_bytes(), "GET", 1 << 16, max).unwrap_err(),
+                HttpError::TooManyHeaders(max)
+            );
+        }
     }
 
     #[test]
