@@ -208,9 +208,30 @@ impl<'p> Lanes<'_, 'p> {
     }
 }
 
+/// The TSC `wait` after TSC `at`, at `hz` ticks per second (saturating:
+/// `Duration::MAX` is never).
+pub(crate) fn tsc_after(at: u64, wait: std::time::Duration, hz: u64) -> u64 {
+    let cycles = wait.as_nanos().saturating_mul(u128::from(hz)) / 1_000_000_000;
+    at.saturating_add(u64::try_from(cycles).unwrap_or(u64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::LoopCounts;
+    use super::{LoopCounts, tsc_after};
+    use std::time::Duration;
+
+    #[test]
+    fn tsc_after_converts_a_wait_at_the_calibrated_rate() {
+        let hz = 2_400_000_000;
+        assert_eq!(tsc_after(1_000, Duration::ZERO, hz), 1_000);
+        assert_eq!(tsc_after(1_000, Duration::from_micros(5), hz), 13_000);
+        assert_eq!(tsc_after(0, Duration::from_secs(3), hz), 7_200_000_000);
+        assert_eq!(tsc_after(1, Duration::MAX, hz), u64::MAX);
+        assert_eq!(
+            tsc_after(u64::MAX - 1, Duration::from_secs(1), hz),
+            u64::MAX
+        );
+    }
 
     #[test]
     fn a_busy_turn_is_split_into_its_phases_and_an_idle_turn_is_booked_whole() {

@@ -17,7 +17,7 @@ use dpuproxy_tcp::{Event, ListenerId, Stack, StackConfig};
 
 use crate::device::{ARP_AND_TCP_MTU, MbufDevice};
 use crate::error::{Error, Result};
-use crate::lanes::{Lanes, LoopCounts, STEER_BUDGET};
+use crate::lanes::{Lanes, LoopCounts, STEER_BUDGET, tsc_after};
 use crate::transport::{UserspaceClient, UserspaceTransport};
 use crate::{LcoreCounters, LcoreSummary, ProxyOptions};
 
@@ -40,6 +40,12 @@ struct Lcore<'l, 'p> {
     counts: LoopCounts,
     draining: bool,
     ending_streams: bool,
+    /// TSC before which nothing is due: no timer of the stack or the
+    /// driver, no connection waiting to be driven. A turn that receives
+    /// nothing before then stops after the rx burst (0: not quiet).
+    quiet_until: u64,
+    /// TSC ticks per second.
+    tsc_hz: u64,
     /// Queue 0 only: the af_packet kernel rings' drops, added to the
     /// port's missed count (the PMD does not report them).
     ring_drops: Option<RingDrops>,
@@ -128,6 +134,8 @@ impl<'l, 'p> Lcore<'l, 'p> {
             counts: LoopCounts::default(),
             draining: false,
             ending_streams: false,
+            quiet_until: 0,
+            tsc_hz: tsc_hz().max(1),
             ring_drops: (queue == 0).then(|| {
                 let rings = PacketRingDrops::find();
                 if rings.sockets() > 0 {
@@ -162,6 +170,17 @@ impl<'l, 'p> Lcore<'l, 'p> {
     ) -> (bool, u64) {
         let mut work = self.receive(qp, txb, rxv);
         let rx_done = tsc();
+        if work == 0
+            && rx_done < self.quiet_until
+            && self.dev.rx.is_empty()
+            && !self.control_changed()
+        {
+            // Nothing arrived and nothing is due: an idle turn is the rx
+            // burst and two TSC reads.
+            self.counts
+                .book_turn(false, start, rx_done, rx_done, rx_done);
+            return (false, rx_done);
+        }
         let now = Instant::now();
         if !self.draining && self.lanes.ctx.drain.load(Ordering::Relaxed) {
             self.begin_drain(now);
@@ -190,7 +209,33 @@ impl<'l, 'p> Lcore<'l, 'p> {
         let worked = work > 0 || sent > 0 || self.driver.has_work();
         self.counts
             .book_turn(worked, start, rx_done, processed, end);
+        self.quiet_until = self.quiet_until(now, snow, rx_done);
         (worked, end)
+    }
+
+    /// The drain or end-of-streams flag was raised since this lcore last
+    /// looked.
+    fn control_changed(&self) -> bool {
+        let ctx = &self.lanes.ctx;
+        (!self.draining && ctx.drain.load(Ordering::Relaxed))
+            || (!self.ending_streams && ctx.end_streams.load(Ordering::Relaxed))
+    }
+
+    /// The TSC until which nothing is due, reckoned from `now` (read at
+    /// TSC `at`): the earlier of the stack's and the driver's next
+    /// deadline; 0 when a connection is already waiting to be driven.
+    fn quiet_until(&self, now: Instant, snow: dpuproxy_tcp::Instant, at: u64) -> u64 {
+        if self.driver.has_work() {
+            return 0;
+        }
+        let driver_in = self.driver.poll_timeout().saturating_duration_since(now);
+        let stack_in = match self.transport.stack.poll_at() {
+            // smoltcp's Instant difference is absolute: compare first.
+            Some(t) if t <= snow => return 0,
+            Some(t) => std::time::Duration::from_micros((t - snow).total_micros()),
+            None => std::time::Duration::MAX,
+        };
+        tsc_after(at, driver_in.min(stack_in), self.tsc_hz)
     }
 
     /// Rx burst and the hand-over ring: ICMP echo is answered in place in
