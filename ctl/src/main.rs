@@ -85,6 +85,9 @@ enum BenchCommand {
     /// One load process of `bench soak` (started by it, driven over stdin).
     #[command(hide = true)]
     SoakPart(Box<dpuproxy_bench::soak::part::PartArgs>),
+    /// The memif rig's peer of `bench proxy` (started by it, driven over stdin).
+    #[command(hide = true)]
+    Peer(Box<dpuproxy_bench::proxy::peer::PeerArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -554,6 +557,7 @@ fn main() {
         Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
         Command::Bench(BenchCommand::Soak(args)) => dpuproxy_bench::soak::run(&args),
         Command::Bench(BenchCommand::SoakPart(args)) => dpuproxy_bench::soak::part::run(&args),
+        Command::Bench(BenchCommand::Peer(args)) => dpuproxy_bench::proxy::peer::run(&args),
         Command::GenCert { cert, key, days } => {
             dpuproxy_tls::certs::write_self_signed(&cert, &key, days)
                 .map_err(anyhow::Error::from)

@@ -1,4 +1,5 @@
-//! The smoltcp device over DPDK mbufs (DPDK builds only).
+//! The smoltcp device over DPDK mbufs (DPDK builds only). Public for
+//! the bench rig's peer, which runs our TCP stack over a DPDK port too.
 
 use std::collections::VecDeque;
 
@@ -6,22 +7,45 @@ use dpuproxy_dp::{Mbuf, Mempool};
 use dpuproxy_tcp::smoltcp::phy::{self, DeviceCapabilities};
 
 /// Ethernet MTU frames (ARP and TCP).
-pub(crate) const ARP_AND_TCP_MTU: usize = 1514;
+pub const ARP_AND_TCP_MTU: usize = 1514;
 
 /// smoltcp device over DPDK mbufs: received mbufs are handed to the stack
 /// as they are; transmitted frames are written into fresh mbufs and queued
 /// for the turn's single tx burst.
-pub(crate) struct MbufDevice<'p> {
-    pub(crate) pool: &'p Mempool<'p>,
-    pub(crate) rx: VecDeque<Mbuf<'p>>,
-    pub(crate) tx: Vec<Mbuf<'p>>,
-    pub(crate) tx_nombuf: u64,
-    pub(crate) caps: DeviceCapabilities,
+#[derive(Debug)]
+pub struct MbufDevice<'p> {
+    /// Where transmitted frames' mbufs come from.
+    pub pool: &'p Mempool<'p>,
+    /// Received frames the stack has not taken yet.
+    pub rx: VecDeque<Mbuf<'p>>,
+    /// Frames the stack wrote, for the next tx burst.
+    pub tx: Vec<Mbuf<'p>>,
+    /// Frames lost because the pool was empty.
+    pub tx_nombuf: u64,
+    /// What the stack is told about the device.
+    pub caps: DeviceCapabilities,
 }
 
-pub(crate) struct RxTok<'p>(Mbuf<'p>);
+impl<'p> MbufDevice<'p> {
+    /// An empty device over `pool`.
+    pub fn new(pool: &'p Mempool<'p>, caps: DeviceCapabilities) -> Self {
+        Self {
+            pool,
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            tx_nombuf: 0,
+            caps,
+        }
+    }
+}
 
-pub(crate) struct TxTok<'a, 'p> {
+/// A received frame.
+#[derive(Debug)]
+pub struct RxTok<'p>(Mbuf<'p>);
+
+/// Room for one frame to transmit.
+#[derive(Debug)]
+pub struct TxTok<'a, 'p> {
     dev: &'a mut MbufDevice<'p>,
 }
 

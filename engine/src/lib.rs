@@ -73,7 +73,7 @@ mod owners;
 pub mod transport;
 
 #[cfg(dpdk)]
-mod device;
+pub mod device;
 #[cfg(dpdk)]
 mod lanes;
 #[cfg(dpdk)]

@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 
+import pytest
+
 from conftest import proxy_binary
 
 
@@ -54,6 +56,8 @@ def test_bench_proxy_smoke(tmp_path):
         assert dpdk["rps"] > 0 and dpdk["errors"] == 0, dpdk
         assert dpdk["core_us_per_req"] and dpdk["core_us_per_req"] > 0, dpdk
         assert dpdk["cost_source"] == "lcore busy cycles", dpdk
+        # The default rig: a memif peer process, no kernel network path.
+        assert "net_memif" in dpdk["describe"], dpdk
         assert re.search(r"dpdk_us_per_req=\d+\.\d\d", lines[-1])
         assert min(dpdk["backend_spread"]) > 0, dpdk
         assert re.search(r"dpdk/kernel=\d+\.\d\d", lines[-1])
@@ -72,4 +76,24 @@ def test_bench_proxy_smoke(tmp_path):
     svg = (out / "bench-proxy.svg").read_text()
     assert svg.startswith("<svg") and "requests/s per proxy core" in svg
     # The dpdk target's namespace and veth are gone again.
+    assert _bench_links() <= before, f"left behind: {_bench_links() - before}"
+
+
+def test_bench_proxy_dpdk_on_the_veth_rig(tmp_path):
+    """The dpdk target's other rig: af_packet on a veth, kernel peers in a namespace."""
+    if os.environ.get("DPUPROXY_REQUIRE_DPDK") != "1":
+        pytest.skip("needs a DPDK build and root (CI sets DPUPROXY_REQUIRE_DPDK=1)")
+    before = _bench_links()
+    out = tmp_path / "bench-out"
+    cmd = [
+        *proxy_binary(), "bench", "proxy", "--targets", "dpdk", "--dpdk-rig", "veth",
+        "--duration", "2", "--warmup", "0.5", "--runs", "1", "--connections", "8",
+        "--out", str(out),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    dpdk = json.loads((out / "bench-proxy.json").read_text())["results"][0]
+    assert dpdk["status"] == "ok" and dpdk["rps"] > 0 and dpdk["errors"] == 0, dpdk
+    assert "net_af_packet" in dpdk["describe"], dpdk
+    assert min(dpdk["backend_spread"]) > 0, dpdk
     assert _bench_links() <= before, f"left behind: {_bench_links() - before}"

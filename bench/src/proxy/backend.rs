@@ -44,12 +44,39 @@ pub struct NativeBackend {
     _thread: Background,
 }
 
-struct State {
+/// One backend's sessions and replies, whatever carries its bytes (kernel
+/// sockets here, the memif peer's userspace TCP there).
+#[derive(Debug)]
+pub(crate) struct BackendState {
     name: String,
     sse: bool,
     sessions: Mutex<HashSet<String>>,
     next: AtomicU64,
     stats: Arc<BackendStats>,
+}
+
+impl BackendState {
+    /// A backend called `name` (its session ids start with it).
+    pub(crate) fn new(name: &str, sse: bool) -> Self {
+        Self {
+            name: name.to_string(),
+            sse,
+            sessions: Mutex::new(HashSet::new()),
+            next: AtomicU64::new(1),
+            stats: Arc::new(BackendStats::default()),
+        }
+    }
+
+    /// Its counters.
+    pub(crate) fn stats(&self) -> &BackendStats {
+        &self.stats
+    }
+
+    /// The reply to one whole request.
+    pub(crate) fn respond(&self, head: &http::RequestHead, body: &[u8]) -> Vec<u8> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        respond(self, head, body)
+    }
 }
 
 impl NativeBackend {
@@ -68,14 +95,8 @@ impl NativeBackend {
         netns: Option<Arc<super::netns::Netns>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let stats = Arc::new(BackendStats::default());
-        let state = Arc::new(State {
-            name: name.to_string(),
-            sse,
-            sessions: Mutex::new(HashSet::new()),
-            next: AtomicU64::new(1),
-            stats: stats.clone(),
-        });
+        let state = Arc::new(BackendState::new(name, sse));
+        let stats = state.stats.clone();
         let thread = Background::spawn(&format!("bench-backend-{name}"), move |s| {
             let bound = (|| -> std::io::Result<TcpListener> {
                 if let Some(ns) = &netns {
@@ -119,7 +140,7 @@ impl NativeBackend {
     }
 }
 
-fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
+fn serve(mut s: TcpStream, st: &BackendState, stop: &AtomicBool) {
     let _ = s.set_nodelay(true);
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
@@ -136,8 +157,7 @@ fn serve(mut s: TcpStream, st: &State, stop: &AtomicBool) {
             }
             let body = buf[len..len + body_len].to_vec();
             buf.drain(..len + body_len);
-            let resp = respond(st, &head, &body);
-            st.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let resp = st.respond(&head, &body);
             if s.write_all(&resp).is_err() {
                 return;
             }
@@ -164,7 +184,7 @@ fn json_response(status: &str, session: Option<&str>, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn respond(st: &State, head: &http::RequestHead, body: &[u8]) -> Vec<u8> {
+fn respond(st: &BackendState, head: &http::RequestHead, body: &[u8]) -> Vec<u8> {
     let session =
         header(&head.headers, "mcp-session-id").map(|v| String::from_utf8_lossy(v).into_owned());
     if head.method == "DELETE" {

@@ -91,21 +91,32 @@ struct Conn {
 }
 
 fn request(cfg: &LoadConfig, session: Option<&str>, id: u64) -> Vec<u8> {
+    request_bytes(&cfg.host, cfg.token.as_deref(), cfg.payload, session, id)
+}
+
+/// The next request of a session: `initialize` without a session id, a
+/// `tools/call` echoing `payload` bytes with one.
+pub(crate) fn request_bytes(
+    host: &str,
+    token: Option<&str>,
+    payload: usize,
+    session: Option<&str>,
+    id: u64,
+) -> Vec<u8> {
     let body = match session {
         None => format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"dpuproxy-bench","version":"1"}}}}}}"#
         ),
         Some(_) => format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{}"}}}}}}"#,
-            "x".repeat(cfg.payload)
+            "x".repeat(payload)
         ),
     };
     let mut h = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
-        cfg.host,
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if let Some(t) = &cfg.token {
+    if let Some(t) = token {
         h.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }
     if let Some(s) = session {
@@ -119,8 +130,13 @@ fn request(cfg: &LoadConfig, session: Option<&str>, id: u64) -> Vec<u8> {
     out
 }
 
+/// A latency histogram (µs, 1 µs to 120 s, 3 significant digits).
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds")
+}
+
 /// A complete response at the start of `buf`: (status, session id, bytes).
-fn parse_response(buf: &[u8]) -> Result<Option<(u16, Option<String>, usize)>, ()> {
+pub(crate) fn parse_response(buf: &[u8]) -> Result<Option<(u16, Option<String>, usize)>, ()> {
     let Some((head, len)) = http::parse_response_head(buf, "POST", 65536, 100).map_err(|_| ())?
     else {
         return Ok(None);
@@ -166,7 +182,7 @@ pub fn thread_main(
         .map(|_| RunFigures {
             ok: 0,
             errors: 0,
-            latency: Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
+            latency: new_histogram(),
         })
         .collect();
     let interval = cfg

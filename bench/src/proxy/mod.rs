@@ -16,7 +16,9 @@
 mod backend;
 mod corestat;
 mod loadgen;
+mod memif;
 pub(crate) mod netns;
+pub mod peer;
 pub(crate) mod targets;
 
 use std::fmt::Write as _;
@@ -80,6 +82,11 @@ pub struct ProxyArgs {
     /// TLS 1.3 suite for every target.
     #[arg(long, default_value = "TLS_AES_128_GCM_SHA256")]
     pub ciphersuite: String,
+    /// The dpdk target's rig: memif (a peer DPDK process runs the load and
+    /// the backends on our userspace TCP and TLS; no kernel network path)
+    /// or veth (af_packet on a veth, kernel peers in a namespace).
+    #[arg(long, default_value = "memif")]
+    pub dpdk_rig: String,
 }
 
 impl ProxyArgs {
@@ -129,6 +136,9 @@ struct TargetResult {
     /// dpdk: where the lcore's cycles went in the median run.
     lcore_breakdown: Option<LcoreBreakdown>,
     backend_spread: Vec<u64>,
+    /// Requests that reached a backend that did not own their session
+    /// (memif rig; the other targets' backends are counted at the end).
+    misrouted: u64,
 }
 
 /// The dpdk lcore's cycles in a measured run, OVS `pmd-stats` style.
@@ -180,6 +190,7 @@ impl TargetResult {
             windows_disturbed: 0,
             lcore_breakdown: None,
             backend_spread: Vec::new(),
+            misrouted: 0,
         }
     }
 }
@@ -353,15 +364,28 @@ fn measure(
     token: &str,
     backends: &Backends,
 ) -> anyhow::Result<TargetResult> {
-    // The dpdk target's peers sit behind a veth in their own namespace.
+    // The dpdk target's peers: a memif peer process (default), or kernel
+    // peers behind a veth in their own namespace.
     let mut dpdk_env = None;
+    let mut rig = None;
     let (running, backends) = match name {
-        "kernel" => (targets::start_kernel(job)?, backends),
-        "haproxy" => (targets::start_haproxy(job)?, backends),
-        "dpdk" => {
-            if !dpuproxy_engine::AVAILABLE {
-                bail!("this binary was built without DPDK");
-            }
+        "kernel" => (Some(targets::start_kernel(job)?), backends),
+        "haproxy" => (Some(targets::start_haproxy(job)?), backends),
+        "dpdk" if !dpuproxy_engine::AVAILABLE => bail!("this binary was built without DPDK"),
+        "dpdk" if args.dpdk_rig == "memif" => {
+            let load = memif::RigLoad {
+                connections: args.connections,
+                payload: args.payload,
+                backend_count: args.backend_count,
+                sse: args.sse,
+                load_cpus: &args.load_cpus,
+                token,
+                rate: args.rate,
+            };
+            rig = Some(memif::MemifRig::start(job, &load)?);
+            (None, backends)
+        }
+        "dpdk" if args.dpdk_rig == "veth" => {
             let ns = std::sync::Arc::new(netns::Netns::create()?);
             let set = (0..args.backend_count)
                 .map(|i| {
@@ -380,15 +404,21 @@ fn measure(
                 .collect();
             let r = targets::start_dpdk(&djob, &ns)?;
             dpdk_env = Some((ns, Backends::Native(set)));
-            (r, backends)
+            (Some(r), backends)
         }
+        "dpdk" => bail!("--dpdk-rig must be memif or veth, not {:?}", args.dpdk_rig),
         other => bail!("unknown target {other:?} (kernel, dpdk, haproxy)"),
     };
     let backends = match &dpdk_env {
         Some((_, b)) => b,
         None => backends,
     };
-    let pid = targets::proxy_pid(&running);
+    let running = match (&running, &rig) {
+        (Some(r), _) => r,
+        (None, Some(rig)) => &rig.proxy,
+        (None, None) => bail!("no target started"),
+    };
+    let pid = targets::proxy_pid(running);
     let cfg = loadgen::LoadConfig {
         netns: dpdk_env.as_ref().map(|(ns, _)| ns.clone()),
         addr: running.addr,
@@ -400,6 +430,7 @@ fn measure(
         rate: args.rate,
         ciphersuite: args.ciphersuite.clone(),
     };
+    let describe = running.describe.clone();
     let spread_before = backends.spread();
     let cpus = corestat::parse_cpu_list(&args.proxy_cpus)
         .with_context(|| format!("--proxy-cpus {:?} is not a CPU list", args.proxy_cpus))?;
@@ -409,32 +440,41 @@ fn measure(
     let wanted = args.windows();
     let mut marks: Vec<Mark> = Vec::new();
     let mut windows: Vec<Window> = Vec::new();
-    let figures = loadgen::run(
-        &cfg,
-        Duration::from_secs_f64(args.warmup),
-        duration,
-        wanted + args.retries(),
-        |_| {
-            let mark = Mark {
-                core: corestat::CoreMark::read(pid, &cpus),
-                cycles: admin.and_then(targets::LcoreCycles::read),
-            };
-            if let Some(last) = marks.last() {
-                windows.push(Window::between(last, &mark, &cpus, secs, admin.is_some()));
-            }
-            marks.push(mark);
-            // Another window while too few are clean (a disturbed one is
-            // retried, up to `retries()` times).
-            let clean = windows.iter().filter(|w| !w.disturbed()).count();
-            clean < wanted && windows.len() < wanted + args.retries()
-        },
-    )?;
-    let spread: Vec<u64> = backends
-        .spread()
-        .iter()
-        .zip(spread_before.iter().chain(std::iter::repeat(&0)))
-        .map(|(a, b)| a - b)
-        .collect();
+    let at_boundary = |_| {
+        let mark = Mark {
+            core: corestat::CoreMark::read(pid, &cpus),
+            cycles: admin.and_then(targets::LcoreCycles::read),
+        };
+        if let Some(last) = marks.last() {
+            windows.push(Window::between(last, &mark, &cpus, secs, admin.is_some()));
+        }
+        marks.push(mark);
+        // Another window while too few are clean (a disturbed one is
+        // retried, up to `retries()` times).
+        let clean = windows.iter().filter(|w| !w.disturbed()).count();
+        clean < wanted && windows.len() < wanted + args.retries()
+    };
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let max_windows = wanted + args.retries();
+    let (figures, spread, misrouted) = match rig.as_mut() {
+        Some(rig) => {
+            let (before, _) = rig.spread()?;
+            let figures = rig.run(warmup, duration, max_windows, at_boundary)?;
+            let (after, misrouted) = rig.spread()?;
+            let spread = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+            (figures, spread, misrouted)
+        }
+        None => {
+            let figures = loadgen::run(&cfg, warmup, duration, max_windows, at_boundary)?;
+            let spread = backends
+                .spread()
+                .iter()
+                .zip(spread_before.iter().chain(std::iter::repeat(&0)))
+                .map(|(a, b)| a - b)
+                .collect();
+            (figures, spread, 0)
+        }
+    };
     // Clean windows count; when too few are clean, all windows count and
     // the disturbed ones are flagged.
     let clean: Vec<usize> = (0..figures.len())
@@ -468,7 +508,7 @@ fn measure(
     Ok(TargetResult {
         target: name.to_string(),
         status: "ok".into(),
-        describe: running.describe.clone(),
+        describe,
         rps: Some(f.ok as f64 / secs),
         rps_runs: figures.iter().map(|f| f.ok as f64 / secs).collect(),
         rps_per_core: core_us_per_req.filter(|u| *u > 0.0).map(|u| 1e6 / u),
@@ -488,6 +528,7 @@ fn measure(
         windows_disturbed: disturbed,
         lcore_breakdown,
         backend_spread: spread,
+        misrouted,
     })
 }
 
@@ -872,7 +913,7 @@ pub fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         };
         results.push(r);
     }
-    let misrouted = backends.misrouted();
+    let misrouted = backends.misrouted() + results.iter().map(|r| r.misrouted).sum::<u64>();
     print!("\n{}", table(&results));
     if misrouted > 0 {
         println!("warning: {misrouted} requests reached a backend that did not own their session");

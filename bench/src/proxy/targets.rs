@@ -145,24 +145,45 @@ pub const AF_PACKET_BURST_FRAMES: u32 = 32_768;
 /// `dpuproxy run --mode dpdk` on the first proxy CPU, af_packet on the
 /// namespace's root-side veth.
 pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running> {
-    let exe = std::env::current_exe().context("cannot find the dpuproxy binary")?;
-    let lcore = job
-        .proxy_cpus
-        .split([',', '-'])
-        .next()
-        .unwrap_or("1")
-        .to_string();
-    let addr = SocketAddr::from((ns.proxy_ip, 8443));
-    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-    let log = job.out_dir.join("dpdk.log");
-    let eal = format!(
-        "-l {lcore} --in-memory --no-telemetry --iova-mode=va --no-pci \
-         --vdev=net_af_packet0,iface={},framecnt={}",
+    let vdev = format!(
+        "net_af_packet0,iface={},framecnt={}",
         ns.root_if, job.af_packet_frames
     );
+    let what = format!(
+        "net_af_packet on {} ({} frames per ring)",
+        ns.root_if, job.af_packet_frames
+    );
+    start_dpdk_on(job, &vdev, ns.proxy_ip, &what)
+}
+
+/// `dpuproxy run --mode dpdk` on the first proxy CPU, serving a memif
+/// socket (the rig's peer is the client).
+pub fn start_dpdk_memif(job: &Job, socket: &Path, ip: Ipv4Addr) -> anyhow::Result<Running> {
+    let vdev = format!("net_memif0,role=server,socket={}", socket.display());
+    let what = format!("net_memif server on {}", socket.display());
+    start_dpdk_on(job, &vdev, ip, &what)
+}
+
+/// The first CPU of a taskset list.
+pub(crate) fn first_cpu(list: &str) -> String {
+    list.split([',', '-'])
+        .next()
+        .unwrap_or("1")
+        .trim()
+        .to_string()
+}
+
+fn start_dpdk_on(job: &Job, vdev: &str, ip: Ipv4Addr, what: &str) -> anyhow::Result<Running> {
+    let exe = std::env::current_exe().context("cannot find the dpuproxy binary")?;
+    let lcore = first_cpu(&job.proxy_cpus);
+    let addr = SocketAddr::from((ip, 8443));
+    let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
+    let log = job.out_dir.join("dpdk.log");
+    let eal =
+        format!("-l {lcore} --in-memory --no-telemetry --iova-mode=va --no-pci --vdev={vdev}");
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--mode", "dpdk", "--dpdk-eal", &eal, "--dpdk-ip"])
-        .arg(format!("{}/24", ns.proxy_ip))
+        .arg(format!("{ip}/24"))
         .arg("--admin")
         .arg(admin.to_string());
     same_job_args(&mut cmd, job, addr, &log)?;
@@ -186,10 +207,8 @@ pub fn start_dpdk(job: &Job, ns: &super::netns::Netns) -> anyhow::Result<Running
         child,
         addr,
         describe: format!(
-            "dpuproxy {} --mode dpdk, one lcore ({lcore}), net_af_packet on {} ({} frames per ring)",
+            "dpuproxy {} --mode dpdk, one lcore ({lcore}), {what}",
             env!("CARGO_PKG_VERSION"),
-            ns.root_if,
-            job.af_packet_frames
         ),
         admin: Some(admin),
     })
