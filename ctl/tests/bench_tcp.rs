@@ -15,7 +15,7 @@ fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Parse the last line: `connections=N completed=X/N corrupted=C ns_per_packet=T bytes_per_conn=M`.
+/// Parse the last line: `connections=N completed=X/N corrupted=C ns_per_packet=T connect_ns_per_packet=U bytes_per_conn=M`.
 fn last_line(stdout: &str) -> Vec<(String, String)> {
     let line = stdout.lines().last().expect("some output");
     line.split(' ')
@@ -52,6 +52,7 @@ fn last_line_contract_under_faults() {
             "completed",
             "corrupted",
             "ns_per_packet",
+            "connect_ns_per_packet",
             "bytes_per_conn"
         ]
     );
@@ -59,8 +60,9 @@ fn last_line_contract_under_faults() {
     assert_eq!(kv[1].1, "200/200");
     assert_eq!(kv[2].1, "0");
     let ns: u64 = kv[3].1.parse().unwrap();
-    let bytes: u64 = kv[4].1.parse().unwrap();
-    assert!(ns > 0);
+    let connect_ns: u64 = kv[4].1.parse().unwrap();
+    let bytes: u64 = kv[5].1.parse().unwrap();
+    assert!(ns > 0 && connect_ns > 0, "{kv:?}");
     // Measured, so only a loose sanity range: more than the buffers, less than 64 KiB.
     assert!(
         (12 * 1024..64 * 1024).contains(&bytes),

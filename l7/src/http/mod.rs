@@ -228,7 +228,7 @@ fn with_header_slots<'b, R>(
 fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HttpError> {
     raw.iter()
         .map(|h| {
-            if h.value.iter().any(|&b| b == b'\r' || b == b'\n') {
+            if memchr::memchr2(b'\r', b'\n', h.value).is_some() {
                 // httparse accepts obs-fold; a proxy must not.
                 return Err(HttpError::Smuggling("obsolete line folding"));
             }
