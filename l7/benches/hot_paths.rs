@@ -114,5 +114,12 @@ fn sse_relay(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, jwt, head_parse, affinity, sse_relay);
+fn body_sniff(c: &mut Criterion) {
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}}"#;
+    c.bench_function("mcp_jsonrpc_calls", |b| {
+        b.iter(|| dpuproxy_l7::mcp::jsonrpc_calls(black_box(body)).unwrap())
+    });
+}
+
+criterion_group!(benches, jwt, head_parse, affinity, sse_relay, body_sniff);
 criterion_main!(benches);

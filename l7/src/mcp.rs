@@ -138,12 +138,6 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
         method: Option<String>,
         params: Option<ObjectOnly<Params>>,
     }
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Body {
-        One(ObjectOnly<Msg>),
-        Batch(Vec<ObjectOnly<Msg>>),
-    }
     let to_call = |ObjectOnly(m): ObjectOnly<Msg>| Call {
         method: m.method,
         name: m
@@ -151,10 +145,17 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
             .and_then(|ObjectOnly(p)| p.name)
             .and_then(|n| n.as_str().map(str::to_string)),
     };
-    match serde_json::from_slice::<Body>(body) {
-        Ok(Body::One(m)) => Some(vec![to_call(m)]),
-        Ok(Body::Batch(v)) => Some(v.into_iter().map(to_call).collect()),
-        Err(_) => None,
+    // The first byte decides between one message and a batch, so that
+    // serde reads the body once, straight into the types (an untagged
+    // enum would buffer the whole body first to try each reading).
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => serde_json::from_slice::<ObjectOnly<Msg>>(body)
+            .ok()
+            .map(|m| vec![to_call(m)]),
+        Some(b'[') => serde_json::from_slice::<Vec<ObjectOnly<Msg>>>(body)
+            .ok()
+            .map(|v| v.into_iter().map(to_call).collect()),
+        _ => None,
     }
 }
 
