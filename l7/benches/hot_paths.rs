@@ -59,6 +59,16 @@ fn head_parse(c: &mut Criterion) {
     c.bench_function("http_request_head_parse", |b| {
         b.iter(|| http::parse_request_head(black_box(req), 16384, 64).unwrap())
     });
+    // As the bench's load sends it: a ~600-byte RS256 bearer token.
+    let with_token = format!(
+        "POST /mcp HTTP/1.1\r\nHost: proxy.example:8443\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: 92\r\nAuthorization: Bearer {}.{}.{}\r\nMcp-Session-Id: 3f2a9c0d5b7e4e1c8a6b2d4f0e9c7a15\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n",
+        "e".repeat(36),
+        "p".repeat(180),
+        "s".repeat(342)
+    );
+    c.bench_function("http_request_head_parse_with_token", |b| {
+        b.iter(|| http::parse_request_head(black_box(with_token.as_bytes()), 16384, 64).unwrap())
+    });
     let resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: 3f2a9c0d5b7e4e1c8a6b2d4f0e9c7a15\r\nDate: Sat, 05 Dec 2026 18:00:00 GMT\r\nContent-Length: 120\r\n\r\n";
     c.bench_function("http_response_head_parse", |b| {
         b.iter(|| http::parse_response_head(black_box(resp), "POST", 16384, 64).unwrap())

@@ -175,16 +175,17 @@ pub fn is_hop_by_hop(name: &str) -> bool {
 /// it got, so a head that trickles in is scanned once, not once per read.
 fn find_head_end(buf: &[u8], scanned: &mut usize, max: usize) -> Result<Option<usize>, HttpError> {
     let scan = &buf[..buf.len().min(max)];
-    // Each position is checked together with the bytes before it, so the
-    // positions already checked need no second look.
-    for i in *scanned..scan.len() {
-        if scan[i] == b'\n' {
-            if i == 0 || scan[i - 1] != b'\r' {
-                return Err(HttpError::Smuggling("bare LF line ending"));
-            }
-            if i >= 3 && &scan[i - 3..=i] == b"\r\n\r\n" {
-                return Ok(Some(i + 1));
-            }
+    // Each LF is checked together with the bytes before it, so the
+    // positions already checked need no second look. memchr jumps from LF
+    // to LF (a head is ~1 KB with a bearer token; a byte loop cost ~1 ns
+    // a byte).
+    let start = (*scanned).min(scan.len());
+    for i in memchr::memchr_iter(b'\n', &scan[start..]).map(|at| start + at) {
+        if i == 0 || scan[i - 1] != b'\r' {
+            return Err(HttpError::Smuggling("bare LF line ending"));
+        }
+        if i >= 3 && &scan[i - 3..=i] == b"\r\n\r\n" {
+            return Ok(Some(i + 1));
         }
     }
     *scanned = scan.len();
@@ -380,7 +381,7 @@ fn check_new_request_line(buf: &[u8], scanned: usize, max: usize) -> Result<(), 
     let window = &buf[..buf.len().min(max)];
     let Some(lf) = window
         .get(start..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+        .and_then(|rest| memchr::memchr(b'\n', rest))
     else {
         return Ok(());
     };
