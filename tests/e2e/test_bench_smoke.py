@@ -24,17 +24,23 @@ def _bench_links() -> set[str]:
     return names | {line.split()[0] for line in spaces.splitlines() if line.startswith("dpb")}
 
 
-def test_bench_proxy_smoke(tmp_path):
-    before = _bench_links()
-    out = tmp_path / "bench-out"
+def _bench_proxy(out, *extra):
+    """A 2-second `bench proxy` run into `out`; its stdout (it must succeed)."""
     cmd = [
-        *proxy_binary(), "bench", "proxy", "--targets", "kernel,dpdk,haproxy",
+        *proxy_binary(), "bench", "proxy", *extra,
         "--duration", "2", "--warmup", "0.5", "--runs", "1", "--connections", "8",
         "--out", str(out),
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
-    lines = p.stdout.strip().splitlines()
+    return p.stdout
+
+
+def test_bench_proxy_smoke(tmp_path):
+    before = _bench_links()
+    out = tmp_path / "bench-out"
+    stdout = _bench_proxy(out, "--targets", "kernel,dpdk,haproxy")
+    lines = stdout.strip().splitlines()
     assert re.fullmatch(
         r"ratios: kernel/haproxy=(\d+\.\d\d|n/a) dpdk/kernel=(\d+\.\d\d|n/a) dpdk_us_per_req=(\d+\.\d\d|n/a)",
         lines[-1],
@@ -85,13 +91,7 @@ def test_bench_proxy_dpdk_on_the_veth_rig(tmp_path):
         pytest.skip("needs a DPDK build and root (CI sets DPUPROXY_REQUIRE_DPDK=1)")
     before = _bench_links()
     out = tmp_path / "bench-out"
-    cmd = [
-        *proxy_binary(), "bench", "proxy", "--targets", "dpdk", "--dpdk-rig", "veth",
-        "--duration", "2", "--warmup", "0.5", "--runs", "1", "--connections", "8",
-        "--out", str(out),
-    ]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stdout + p.stderr
+    _bench_proxy(out, "--targets", "dpdk", "--dpdk-rig", "veth")
     dpdk = json.loads((out / "bench-proxy.json").read_text())["results"][0]
     assert dpdk["status"] == "ok" and dpdk["rps"] > 0 and dpdk["errors"] == 0, dpdk
     assert "net_af_packet" in dpdk["describe"], dpdk

@@ -316,14 +316,16 @@ impl KeyLog {
 }
 
 /// The in-memory "socket" OpenSSL reads and writes (also the fuzz
-/// target's client end).
+/// target's client end, and the bench rig's TLS clients over our TCP).
+/// Reading an empty pipe is `WouldBlock`.
 #[derive(Debug, Default)]
-pub(crate) struct MemPipe {
-    /// Bytes for OpenSSL to read, from `in_pos` on.
-    pub(crate) input: Vec<u8>,
-    pub(crate) in_pos: usize,
-    /// Everything OpenSSL wrote.
-    pub(crate) output: Vec<u8>,
+pub struct MemPipe {
+    /// Bytes for OpenSSL to read, from `in_pos` on (append to it).
+    pub input: Vec<u8>,
+    /// How much of `input` OpenSSL has read.
+    pub in_pos: usize,
+    /// Everything OpenSSL wrote (drain it).
+    pub output: Vec<u8>,
 }
 
 impl Read for MemPipe {

@@ -21,7 +21,9 @@
 //!   backend answered so far, and those for a session it never issued;
 //! - `quit` (or the end of stdin) stops it.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Write};
+
+use dpuproxy_tls::handshake::MemPipe;
 use std::net::SocketAddrV4;
 
 /// `dpuproxy bench peer` arguments.
@@ -61,43 +63,6 @@ pub struct PeerArgs {
     /// schedule, latency from the scheduled time (closed loop if absent).
     #[arg(long)]
     pub rate: Option<f64>,
-}
-
-/// Bytes between an OpenSSL client and our TCP stack.
-#[derive(Debug, Default)]
-struct MemPipe {
-    /// From the network, not yet read by TLS.
-    rx: Vec<u8>,
-    rx_at: usize,
-    /// Written by TLS, not yet taken by TCP.
-    tx: Vec<u8>,
-}
-
-impl Read for MemPipe {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let have = &self.rx[self.rx_at..];
-        if have.is_empty() {
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        let n = have.len().min(buf.len());
-        buf[..n].copy_from_slice(&have[..n]);
-        self.rx_at += n;
-        if self.rx_at == self.rx.len() {
-            self.rx.clear();
-            self.rx_at = 0;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for MemPipe {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.tx.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A control command from stdin.
@@ -626,13 +591,13 @@ mod imp {
             let Some(mut tls) = cl.tls.take() else {
                 return false;
             };
-            let mut rx = std::mem::take(&mut tls.get_mut().rx);
+            let mut rx = std::mem::take(&mut tls.get_mut().input);
             let open = self.read_all(c, &mut rx);
-            tls.get_mut().rx = rx;
+            tls.get_mut().input = rx;
             let alive = open && self.client_tls(cl, &mut tls);
-            let mut tx = std::mem::take(&mut tls.get_mut().tx);
+            let mut tx = std::mem::take(&mut tls.get_mut().output);
             let sent = self.write_some(c, &mut tx);
-            tls.get_mut().tx = tx;
+            tls.get_mut().output = tx;
             cl.tls = Some(tls);
             alive && sent
         }
@@ -772,19 +737,20 @@ mod tests {
 
     #[test]
     fn the_pipe_reads_what_arrived_and_would_block_after() {
+        use std::io::Read;
         let mut p = MemPipe::default();
         let mut b = [0u8; 4];
         assert_eq!(
             p.read(&mut b).unwrap_err().kind(),
             std::io::ErrorKind::WouldBlock
         );
-        p.rx.extend_from_slice(b"abcdef");
+        p.input.extend_from_slice(b"abcdef");
         assert_eq!(p.read(&mut b).unwrap(), 4);
         assert_eq!(&b, b"abcd");
         assert_eq!(p.read(&mut b).unwrap(), 2);
         assert_eq!(&b[..2], b"ef");
-        assert!(p.rx.is_empty());
+        assert!(p.input.is_empty() && p.in_pos == 0);
         p.write_all(b"xyz").unwrap();
-        assert_eq!(p.tx, b"xyz");
+        assert_eq!(p.output, b"xyz");
     }
 }
