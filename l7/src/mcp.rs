@@ -6,7 +6,9 @@
 //! guesses: a malformed version, session id or header/body disagreement is
 //! an error the caller answers with 400.
 
-use crate::http::{Header, header, header_count};
+use std::borrow::Cow;
+
+use crate::http::{Headers, header, header_count};
 
 /// The first stateless revision (no initialize, no session id).
 pub const STATELESS_REVISION: &str = "2026-07-28";
@@ -95,7 +97,7 @@ fn is_date(v: &str) -> bool {
 }
 
 /// Determine the era from `MCP-Protocol-Version`.
-pub fn era(headers: &[Header]) -> Result<Era, McpError> {
+pub fn era(headers: &Headers) -> Result<Era, McpError> {
     let Some(v) = header(headers, "mcp-protocol-version") else {
         return Ok(Era::Handshake);
     };
@@ -114,13 +116,14 @@ pub fn era(headers: &[Header]) -> Result<Era, McpError> {
 }
 
 /// One JSON-RPC message's method and `params.name`, as routing and scope
-/// rules see them.
+/// rules see them; borrowed from the body unless JSON escapes had to be
+/// undone.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Call {
+pub struct Call<'a> {
     /// `method`.
-    pub method: Option<String>,
+    pub method: Option<Cow<'a, str>>,
     /// `params.name` (tool or prompt name), when a string.
-    pub name: Option<String>,
+    pub name: Option<Cow<'a, str>>,
 }
 
 /// Every message of a JSON-RPC body (one object, or each element of a
@@ -128,23 +131,28 @@ pub struct Call {
 /// duplicate keys, which other parsers resolve differently, and messages or
 /// `params` that are arrays, which serde would read by position). Routing
 /// lets the backend report such bodies; scope checks must refuse them.
-pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
+pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call<'_>>> {
     #[derive(serde::Deserialize)]
-    struct Params {
-        name: Option<serde_json::Value>,
+    struct Params<'a> {
+        #[serde(borrow)]
+        name: Option<StringOrOther<'a>>,
     }
     #[derive(serde::Deserialize)]
-    struct Msg {
-        method: Option<String>,
-        params: Option<ObjectOnly<Params>>,
+    struct Msg<'a> {
+        #[serde(borrow)]
+        method: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        params: Option<ObjectOnly<Params<'a>>>,
     }
-    let to_call = |ObjectOnly(m): ObjectOnly<Msg>| Call {
-        method: m.method,
-        name: m
-            .params
-            .and_then(|ObjectOnly(p)| p.name)
-            .and_then(|n| n.as_str().map(str::to_string)),
-    };
+    fn to_call(ObjectOnly(m): ObjectOnly<Msg<'_>>) -> Call<'_> {
+        Call {
+            method: m.method,
+            name: m
+                .params
+                .and_then(|ObjectOnly(p)| p.name)
+                .and_then(|StringOrOther(n)| n),
+        }
+    }
     // The first byte decides between one message and a batch, so that
     // serde reads the body once, straight into the types (an untagged
     // enum would buffer the whole body first to try each reading).
@@ -156,6 +164,64 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call>> {
             .ok()
             .map(|v| v.into_iter().map(to_call).collect()),
         _ => None,
+    }
+}
+
+/// Any JSON value, kept only when it is a string (borrowed unless it had
+/// escapes); any other value is read past and gives `None`.
+struct StringOrOther<'a>(Option<Cow<'a, str>>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for StringOrOther<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Text<'a> {
+            type Value = StringOrOther<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(StringOrOther(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(StringOrOther(Some(Cow::Owned(v.to_string()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(StringOrOther(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(StringOrOther(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(StringOrOther(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Self::Value, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(StringOrOther(None))
+            }
+        }
+        d.deserialize_any(Text(std::marker::PhantomData))
     }
 }
 
@@ -182,19 +248,27 @@ impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for ObjectOnly<T> 
     }
 }
 
-fn header_string(headers: &[Header], name: &str) -> Option<String> {
+fn header_string(headers: &Headers, name: &str) -> Option<String> {
     header(headers, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
 }
 
 /// The method of the first message of already-parsed calls.
-pub fn first_method(calls: Option<&[Call]>) -> Option<&str> {
+pub fn first_method<'a>(calls: Option<&'a [Call<'_>]>) -> Option<&'a str> {
     calls?.first()?.method.as_deref()
+}
+
+/// Whether [`classify_parsed`] needs the body's first method for these
+/// headers: not for a handshake-era request that names its session (it
+/// goes to the session's backend whatever it calls), so such a body need
+/// not be parsed unless scope rules read it.
+pub fn body_decides_route(headers: &Headers) -> bool {
+    !matches!(era(headers), Ok(Era::Handshake)) || header(headers, SESSION_HEADER).is_none()
 }
 
 /// Classify a complete request for routing. The caller parses the body
 /// once with [`jsonrpc_calls`] (scope checks need it too): `body_method` is
 /// the first message's method, `None` for non-POST or unreadable bodies.
-pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<Route, McpError> {
+pub fn classify_parsed(headers: &Headers, body_method: Option<&str>) -> Result<Route, McpError> {
     let era = era(headers)?;
     let sessions = header_count(headers, SESSION_HEADER);
     if sessions > 1 {
@@ -242,19 +316,13 @@ pub fn classify_parsed(headers: &[Header], body_method: Option<&str>) -> Result<
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&str, &str)]) -> Vec<Header> {
-        pairs
-            .iter()
-            .map(|(n, v)| Header {
-                name: n.to_string(),
-                value: v.as_bytes().to_vec(),
-            })
-            .collect()
+    fn h(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().map(|(n, v)| (*n, v.as_bytes())).collect()
     }
 
     /// The request as the connection classifies it: the body is read as
     /// JSON-RPC for POST only.
-    fn classify(method: &str, headers: &[Header], body: &[u8]) -> Result<Route, McpError> {
+    fn classify(method: &str, headers: &Headers, body: &[u8]) -> Result<Route, McpError> {
         let calls = if method == "POST" {
             jsonrpc_calls(body)
         } else {
@@ -403,6 +471,73 @@ mod tests {
             first_method(jsonrpc_calls(br#"[{"method":"initialize"}]"#).as_deref()),
             Some("initialize")
         );
+    }
+
+    #[test]
+    fn names_are_strings_borrowed_unless_escaped_and_other_values_are_skipped() {
+        let calls = jsonrpc_calls(
+            br#"[{"method":"tools/call","params":{"name":"echo"}},
+                {"method":"tools\/call","params":{"name":"e\u0063ho","arguments":{"x":[1]}}},
+                {"method":"tools/call","params":{"name":{"nested":["a",{"b":null}]}}},
+                {"method":"tools/call","params":{"name":[1,"two"]}},
+                {"method":"tools/call","params":{"name":7}},
+                {"method":null,"params":{"name":null}}]"#,
+        )
+        .expect("a readable batch");
+        let seen: Vec<(Option<&str>, Option<&str>, bool)> = calls
+            .iter()
+            .map(|c| {
+                let borrowed = matches!(c.name, Some(Cow::Borrowed(_)));
+                (c.method.as_deref(), c.name.as_deref(), borrowed)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("tools/call"), Some("echo"), true),
+                (Some("tools/call"), Some("echo"), false),
+                (Some("tools/call"), None, false),
+                (Some("tools/call"), None, false),
+                (Some("tools/call"), None, false),
+                (None, None, false),
+            ]
+        );
+        // A message whose method is not a string is not JSON-RPC we read.
+        assert_eq!(jsonrpc_calls(br#"{"method":1}"#), None);
+    }
+
+    #[test]
+    fn only_a_named_handshake_session_is_routed_without_its_body() {
+        let cases = [
+            (h(&[("Mcp-Session-Id", "s-1")]), false),
+            (
+                h(&[
+                    ("MCP-Protocol-Version", "2025-06-18"),
+                    ("Mcp-Session-Id", "s"),
+                ]),
+                false,
+            ),
+            (h(&[]), true),
+            (h(&[("MCP-Protocol-Version", "2025-06-18")]), true),
+            (h(&[("MCP-Protocol-Version", STATELESS_REVISION)]), true),
+            (
+                h(&[
+                    ("MCP-Protocol-Version", STATELESS_REVISION),
+                    ("Mcp-Session-Id", "s"),
+                ]),
+                true,
+            ),
+            (h(&[("MCP-Protocol-Version", "garbage")]), true),
+        ];
+        for (headers, decides) in cases {
+            assert_eq!(body_decides_route(&headers), decides, "{headers:?}");
+            // Where the body does not decide, no body method changes the route.
+            if !decides {
+                let without = classify_parsed(&headers, None);
+                assert_eq!(classify_parsed(&headers, Some("initialize")), without);
+                assert_eq!(classify_parsed(&headers, Some("tools/call")), without);
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! backend → build the upstream request). Each phase returns
 //! `Result<_, Reject>`; [`Connection::respond`] answers a reject.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -196,13 +197,19 @@ impl Connection {
             return Ok(Plan::Answer { body });
         }
         let principal = self.authorize(now, head)?;
-        // The body is parsed once: for routing (initialize? method?) and for
-        // scope checks.
-        let calls = if head.method == "POST" {
-            mcp::jsonrpc_calls(body)
-        } else {
-            None
-        };
+        // The body is parsed once, and only when routing (initialize?
+        // method?) or scope rules read it.
+        let scope_rules = self
+            .shared
+            .auth
+            .as_ref()
+            .is_some_and(|a| !a.config.scope_rules.is_empty());
+        let calls =
+            if head.method == "POST" && (scope_rules || mcp::body_decides_route(&head.headers)) {
+                mcp::jsonrpc_calls(body)
+            } else {
+                None
+            };
         let route = mcp::classify_parsed(&head.headers, mcp::first_method(calls.as_deref()))
             .map_err(|e| Reject::mcp(&e))?;
         if let Some(p) = &principal {
@@ -315,8 +322,8 @@ impl Connection {
         };
         if let Route::Stateless { method, name } = route {
             calls.push(Call {
-                method: method.clone(),
-                name: name.clone(),
+                method: method.as_deref().map(Cow::Borrowed),
+                name: name.as_deref().map(Cow::Borrowed),
             });
         }
         if calls.is_empty() {

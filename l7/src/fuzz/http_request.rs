@@ -131,7 +131,7 @@ enum Stage {
         scanned: usize,
     },
     Body {
-        req: Framed,
+        req: Box<Framed>,
         decoder: BodyDecoder,
     },
 }
@@ -172,7 +172,7 @@ impl Framer {
                         let Stage::Body { req, .. } = mem::take(&mut self.stage) else {
                             unreachable!("matched above")
                         };
-                        self.complete(req)
+                        self.complete(*req)
                     }
                     Err(e) => self.refuse(e),
                 }
@@ -193,7 +193,10 @@ impl Framer {
             Err(e) => self.refuse(e),
             Ok(None) => self.complete(req),
             Ok(Some(decoder)) => {
-                self.stage = Stage::Body { req, decoder };
+                self.stage = Stage::Body {
+                    req: Box::new(req),
+                    decoder,
+                };
                 true
             }
         }
@@ -217,7 +220,7 @@ impl Framer {
         Framing {
             requests: self.requests,
             open: match self.stage {
-                Stage::Body { req, .. } => Some(req),
+                Stage::Body { req, .. } => Some(*req),
                 _ => None,
             },
             end: self.end.unwrap_or(End::NeedMore),
@@ -328,7 +331,7 @@ fn check_against_httparse(stream: &[u8], req: &Framed) {
     let ours_fields: Vec<(String, Vec<u8>)> = ours
         .headers
         .iter()
-        .map(|h| (h.name.clone(), h.value.clone()))
+        .map(|h| (h.name.to_string(), h.value.to_vec()))
         .collect();
     assert_eq!(ours_fields, fields, "header fields");
     assert_eq!(

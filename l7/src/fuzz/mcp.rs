@@ -18,13 +18,14 @@
 //!   carries exactly it; a stateless method only from `Mcp-Method` or the
 //!   body; a method mismatch only when header and body really differ.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use super::Seed;
-use crate::http::Header;
+use crate::http::{Header, Headers};
 use crate::mcp::{Call, McpError, Route, classify_parsed, first_method, jsonrpc_calls};
 
 /// What a run saw.
@@ -60,17 +61,14 @@ pub fn mcp(data: &[u8]) -> McpOutcome {
 
 /// The header sets byte 0 selects; `value` is the fuzzed value (absent
 /// when `None`).
-pub fn headers_for(selector: u8, value: Option<&[u8]>) -> Vec<Header> {
-    let h = |name: &str, v: &[u8]| Header {
-        name: name.to_string(),
-        value: v.to_vec(),
-    };
-    let mut out = match selector & 7 {
-        3 | 5 | 7 => vec![h("MCP-Protocol-Version", b"2026-07-28")],
-        4 => vec![h("MCP-Protocol-Version", b"2025-06-18")],
-        6 => vec![h("Mcp-Session-Id", b"s-1")],
-        _ => Vec::new(),
-    };
+pub fn headers_for(selector: u8, value: Option<&[u8]>) -> Headers {
+    let mut out = Headers::new();
+    match selector & 7 {
+        3 | 5 | 7 => out.push("MCP-Protocol-Version", b"2026-07-28"),
+        4 => out.push("MCP-Protocol-Version", b"2025-06-18"),
+        6 => out.push("Mcp-Session-Id", b"s-1"),
+        _ => {}
+    }
     let name = match selector & 7 {
         0 => return out,
         2 => "MCP-Protocol-Version",
@@ -79,16 +77,16 @@ pub fn headers_for(selector: u8, value: Option<&[u8]>) -> Vec<Header> {
         _ => "Mcp-Session-Id",
     };
     if let Some(v) = value {
-        out.push(h(name, v));
+        out.push(name, v);
     }
     out
 }
 
 /// The calls a body holds as a `serde_json::Value` sees it, `None` when it
 /// is not JSON-RPC shaped (see the module docs).
-fn reference_calls(body: &[u8]) -> Option<Vec<Call>> {
+fn reference_calls(body: &[u8]) -> Option<Vec<Call<'static>>> {
     let value: Value = serde_json::from_slice(body).ok()?;
-    let call = |m: &Value| -> Option<Call> {
+    let call = |m: &Value| -> Option<Call<'static>> {
         let m = m.as_object()?;
         let method = match m.get("method") {
             None | Some(Value::Null) => None,
@@ -100,7 +98,10 @@ fn reference_calls(body: &[u8]) -> Option<Vec<Call>> {
             Some(Value::Object(p)) => p.get("name").and_then(Value::as_str).map(str::to_string),
             Some(_) => return None,
         };
-        Some(Call { method, name })
+        Some(Call {
+            method: method.map(Cow::Owned),
+            name: name.map(Cow::Owned),
+        })
     };
     match &value {
         Value::Array(items) => items.iter().map(call).collect(),
@@ -124,16 +125,20 @@ fn check_calls(body: &[u8], calls: Option<&[Call]>) {
 /// The first message's method per the reference reading (used only where
 /// the production reader read the body, and the two were checked equal).
 fn reference_first_method(body: &[u8]) -> Option<String> {
-    reference_calls(body)?.into_iter().next()?.method
+    reference_calls(body)?
+        .into_iter()
+        .next()?
+        .method
+        .map(Cow::into_owned)
 }
 
 /// A header's value as the classifier reads it (lossy, trimmed).
-fn header_text(headers: &[Header], name: &str) -> Option<String> {
+fn header_text(headers: &Headers, name: &str) -> Option<String> {
     crate::http::header(headers, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
 }
 
-fn check_route(headers: &[Header], body_method: Option<&str>, route: &Result<Route, McpError>) {
-    let sessions: Vec<&Header> = headers
+fn check_route(headers: &Headers, body_method: Option<&str>, route: &Result<Route, McpError>) {
+    let sessions: Vec<Header<'_>> = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("mcp-session-id"))
         .collect();
@@ -145,7 +150,7 @@ fn check_route(headers: &[Header], body_method: Option<&str>, route: &Result<Rou
         }
         Ok(Route::Session { id }) => {
             assert_eq!(sessions.len(), 1, "session route with {sessions:?}");
-            assert_eq!(id.as_bytes(), sessions[0].value.as_slice());
+            assert_eq!(id.as_bytes(), sessions[0].value);
         }
         Ok(Route::Stateless { method, name }) => {
             assert!(sessions.is_empty(), "stateless route despite a session id");

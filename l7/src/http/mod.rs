@@ -15,11 +15,13 @@
 //! - [`ChunkedDecoder`] is incremental: it can be fed one byte at a time and
 //!   yields exactly the decoded payload; bad chunk sizes are errors.
 
-use std::fmt;
 use std::mem::MaybeUninit;
 
+mod headers;
 pub mod rewrite;
 mod target;
+
+pub use headers::{Header, Headers};
 
 pub use rewrite::{
     ClientHead, Forwarding, SUBJECT_HEADER, folded_name_is, write_local_response,
@@ -63,21 +65,6 @@ pub enum BodyFraming {
     UntilClose,
 }
 
-/// One header field, name as sent and raw value bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Header {
-    /// Field name as received (compare case-insensitively).
-    pub name: String,
-    /// Raw field value.
-    pub value: Vec<u8>,
-}
-
-impl fmt::Debug for Header {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.name, String::from_utf8_lossy(&self.value))
-    }
-}
-
 /// A parsed request head.
 #[derive(Debug, Clone)]
 pub struct RequestHead {
@@ -88,7 +75,7 @@ pub struct RequestHead {
     /// HTTP minor version (0 or 1).
     pub minor_version: u8,
     /// Header fields in order.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Body framing derived from the headers.
     pub framing: BodyFraming,
     /// Whether the client asked to keep the connection open afterwards.
@@ -107,7 +94,7 @@ pub struct ResponseHead {
     /// HTTP minor version (0 or 1).
     pub minor_version: u8,
     /// Header fields in order.
-    pub headers: Vec<Header>,
+    pub headers: Headers,
     /// Body framing (depends on the request method too).
     pub framing: BodyFraming,
     /// Whether the upstream connection may be reused afterwards.
@@ -115,15 +102,15 @@ pub struct ResponseHead {
 }
 
 /// Look up the first header with this name (ASCII case-insensitive).
-pub fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a [u8]> {
+pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_slice())
+        .map(|h| h.value)
 }
 
 /// Number of headers with this name.
-pub fn header_count(headers: &[Header], name: &str) -> usize {
+pub fn header_count(headers: &Headers, name: &str) -> usize {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case(name))
@@ -131,7 +118,7 @@ pub fn header_count(headers: &[Header], name: &str) -> usize {
 }
 
 /// Whether a comma-separated header (e.g. `Connection`) contains `token`.
-pub fn header_has_token(headers: &[Header], name: &str, token: &str) -> bool {
+pub fn header_has_token(headers: &Headers, name: &str, token: &str) -> bool {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case(name))
@@ -226,24 +213,23 @@ fn with_header_slots<'b, R>(
     }
 }
 
-fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Vec<Header>, HttpError> {
-    raw.iter()
-        .map(|h| {
-            if memchr::memchr2(b'\r', b'\n', h.value).is_some() {
-                // httparse accepts obs-fold; a proxy must not.
-                return Err(HttpError::Smuggling("obsolete line folding"));
-            }
-            Ok(Header {
-                name: h.name.to_string(),
-                value: h.value.to_vec(),
-            })
-        })
-        .collect()
+fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, HttpError> {
+    let names = raw.iter().map(|h| h.name.len()).sum();
+    let values = raw.iter().map(|h| h.value.len()).sum();
+    let mut headers = Headers::with_capacity(raw.len(), names, values);
+    for h in raw {
+        if memchr::memchr2(b'\r', b'\n', h.value).is_some() {
+            // httparse accepts obs-fold; a proxy must not.
+            return Err(HttpError::Smuggling("obsolete line folding"));
+        }
+        headers.push(h.name, h.value);
+    }
+    Ok(headers)
 }
 
 /// Derive body framing from `Content-Length` / `Transfer-Encoding`.
 /// `None` means "no length information" (the caller decides what that means).
-fn framing_from_headers(headers: &[Header]) -> Result<Option<BodyFraming>, HttpError> {
+fn framing_from_headers(headers: &Headers) -> Result<Option<BodyFraming>, HttpError> {
     let te_count = header_count(headers, "transfer-encoding");
     let cl_count = header_count(headers, "content-length");
     if te_count > 0 && cl_count > 0 {
@@ -329,11 +315,11 @@ pub(crate) fn parse_request_head_resume(
     }
     let (target, authority) = target::normalize(method, target)?;
     if let Some(authority) = authority {
-        target::set_host(&mut headers, authority);
+        headers.set("Host", authority.as_bytes());
     }
     if headers
         .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("host") && !target::valid_host(&h.value))
+        .any(|h| h.name.eq_ignore_ascii_case("host") && !target::valid_host(h.value))
     {
         return Err(HttpError::Malformed("invalid Host"));
     }
@@ -820,7 +806,10 @@ mod tests {
             .unwrap()
             .expect("whole head");
         assert_eq!(parsed.headers.len(), limit);
-        assert_eq!(parsed.headers[limit - 1].name, format!("X-{}", limit - 2));
+        assert_eq!(
+            parsed.headers.get(limit - 1).map(|h| h.name.to_string()),
+            Some(format!("X-{}", limit - 2))
+        );
         let over = head(limit, "GET / HTTP/1.1\r\nHost: a\r\n");
         assert_eq!(
             parse_request_head(over.as_bytes(), 1 << 16, limit).unwrap_err(),

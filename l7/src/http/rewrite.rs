@@ -82,15 +82,25 @@ fn underscore_spelling(name: &str) -> bool {
 }
 
 /// Whether a client's request field stays out of the forwarded request.
-fn dropped_from_request(h: &Header, head: &RequestHead, fwd: &Forwarding<'_>) -> bool {
-    let name = h.name.as_str();
+///
+/// `connection_named` says whether the request has a `Connection` field at
+/// all (looked up once per request, not once per field).
+fn dropped_from_request(
+    h: Header<'_>,
+    head: &RequestHead,
+    fwd: &Forwarding<'_>,
+    connection_named: bool,
+) -> bool {
+    let name = h.name;
     let is = |n: &str| name.eq_ignore_ascii_case(n);
     is_hop_by_hop(name)
         || is("expect")
         || is("x-forwarded-for")
         || is("x-forwarded-proto")
         || underscore_spelling(name)
-        || (!interpreted(name) && header_has_token(&head.headers, "connection", name))
+        || (connection_named
+            && !interpreted(name)
+            && header_has_token(&head.headers, "connection", name))
         || (fwd.drop_authorization && is("authorization"))
         || (fwd.guard_subject && folded_name_is(name, SUBJECT_HEADER))
 }
@@ -105,20 +115,32 @@ pub fn write_upstream_request(
     fwd: &Forwarding<'_>,
     out: &mut Vec<u8>,
 ) {
-    out.reserve(256 + body.len());
+    // Every field as received (4 bytes of ": " and CRLF each), the fields
+    // the proxy adds, and the body: one allocation for a new buffer.
+    out.reserve(
+        head.method.len()
+            + head.target.len()
+            + head.headers.text_len()
+            + 4 * head.headers.len()
+            + fwd.client_addr.len()
+            + fwd.subject.map_or(0, str::len)
+            + 160
+            + body.len(),
+    );
+    let connection_named = header(&head.headers, "connection").is_some();
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in &head.headers {
-        if dropped_from_request(h, head, fwd) {
+        if dropped_from_request(h, head, fwd, connection_named) {
             continue;
         }
         match fwd.session_id {
             Some(id) if h.name.eq_ignore_ascii_case(crate::mcp::SESSION_HEADER) => {
-                write_field(out, &h.name, id)
+                write_field(out, h.name, id)
             }
-            _ => write_field(out, &h.name, &h.value),
+            _ => write_field(out, h.name, h.value),
         }
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -166,14 +188,14 @@ pub struct ClientHead<'a> {
 pub fn write_response_head(head: &ResponseHead, framing: ClientHead<'_>, out: &mut Vec<u8>) {
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", head.status, framing.reason);
     for h in &head.headers {
-        if is_hop_by_hop(&h.name) {
+        if is_hop_by_hop(h.name) {
             continue;
         }
         match framing.session_id {
             Some(id) if h.name.eq_ignore_ascii_case(crate::mcp::SESSION_HEADER) => {
-                write_field(out, &h.name, id.as_bytes())
+                write_field(out, h.name, id.as_bytes())
             }
-            _ => write_field(out, &h.name, &h.value),
+            _ => write_field(out, h.name, h.value),
         }
     }
     if framing.chunked {

@@ -9,7 +9,7 @@
 //! - anything else (`mcp`, authority-form, another scheme, userinfo) is a
 //!   400.
 
-use super::{Header, HttpError};
+use super::HttpError;
 
 /// The origin-form target, and the authority when the request used
 /// absolute-form.
@@ -47,20 +47,6 @@ pub(super) fn normalize(method: &str, target: &str) -> Result<(String, Option<St
         format!("/{path}")
     };
     Ok((path, Some(authority.to_string())))
-}
-
-/// Replace (or add) `Host` with `authority`.
-pub(super) fn set_host(headers: &mut Vec<Header>, authority: String) {
-    match headers
-        .iter_mut()
-        .find(|h| h.name.eq_ignore_ascii_case("host"))
-    {
-        Some(h) => h.value = authority.into_bytes(),
-        None => headers.push(Header {
-            name: "Host".into(),
-            value: authority.into_bytes(),
-        }),
-    }
 }
 
 /// `uri-host [":" port]` (RFC 9110 §7.2): an IP literal in brackets, or a
