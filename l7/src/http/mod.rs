@@ -103,26 +103,19 @@ pub struct ResponseHead {
 
 /// Look up the first header with this name (ASCII case-insensitive).
 pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value)
+    headers.values_of(name).next()
 }
 
 /// Number of headers with this name.
 pub fn header_count(headers: &Headers, name: &str) -> usize {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .count()
+    headers.values_of(name).count()
 }
 
 /// Whether a comma-separated header (e.g. `Connection`) contains `token`.
 pub fn header_has_token(headers: &Headers, name: &str, token: &str) -> bool {
     headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .flat_map(|h| h.value.split(|b| *b == b','))
+        .values_of(name)
+        .flat_map(|v| v.split(|b| *b == b','))
         .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
 }
 
