@@ -196,6 +196,10 @@ pub struct Connection {
     to_upstream: Vec<u8>,
     /// Reused output buffer of the chunked decoder.
     decode_scratch: Vec<u8>,
+    /// An empty buffer the next forwarded request is written into (kept
+    /// from an earlier request when it was at most [`SPARE_REQUEST_MAX`]),
+    /// so that a keep-alive connection's requests cost no allocation.
+    spare_request: Vec<u8>,
     actions: VecDeque<Action>,
     /// The proxy is draining: no new request after the current one.
     draining: bool,
@@ -208,6 +212,10 @@ pub struct Connection {
     /// The last `Authorization` value this connection had verified.
     auth_memo: crate::auth::AuthMemo,
 }
+
+/// The largest request buffer kept for reuse (a larger one, from a large
+/// body, is freed).
+const SPARE_REQUEST_MAX: usize = 16 * 1024;
 
 /// Methods whose requests may be sent again (RFC 9110 §9.2.2).
 fn is_idempotent(method: &str) -> bool {
@@ -228,6 +236,7 @@ impl Connection {
             to_client: Vec::new(),
             to_upstream: Vec::new(),
             decode_scratch: Vec::new(),
+            spare_request: Vec::new(),
             actions: VecDeque::new(),
             draining: false,
             answering_head: false,
@@ -294,11 +303,14 @@ impl Connection {
         self.shared.backends.request_started(req.backend);
         // The request is kept only while a fresh-connection retry is
         // still possible (see `upstream_ended`).
-        self.to_upstream = if req.may_retry_fresh() {
-            req.request_bytes.clone()
+        self.to_upstream.clear();
+        if req.may_retry_fresh() {
+            self.to_upstream.extend_from_slice(&req.request_bytes);
         } else {
-            std::mem::take(&mut req.request_bytes)
-        };
+            // The emptied send buffer goes back with the request, to be
+            // reused for a later one.
+            std::mem::swap(&mut self.to_upstream, &mut req.request_bytes);
+        }
         self.upstream_in.clear();
         self.state = State::AwaitingResponse { since: now, req };
     }

@@ -229,9 +229,10 @@ impl Connection {
             .with_field("Retry-After", "1"));
         }
         let (backend, inner) = self.pick_backend(now, &route)?;
+        let mut request_bytes = std::mem::take(&mut self.spare_request);
+        request_bytes.clear();
         let mut fwd = self.forwarding(principal.as_deref());
         fwd.session_id = inner.as_deref();
-        let mut request_bytes = Vec::new();
         http::write_upstream_request(head, body, &fwd, &mut request_bytes);
         Ok(Plan::Forward {
             route,

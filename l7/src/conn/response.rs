@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Action, BodyDecoder, Connection, InFlight, Relay, State};
+use super::{Action, BodyDecoder, Connection, InFlight, Relay, SPARE_REQUEST_MAX, State};
 use crate::http::{
     self, BodyFraming, CHUNKED_END, ChunkedDecoder, ClientHead, ResponseHead, encode_chunk, header,
     reason_phrase,
@@ -425,6 +425,11 @@ impl Connection {
         leftover: bool,
     ) {
         self.shared.backends.request_finished(req.backend);
+        let mut spare = req.request_bytes;
+        if spare.capacity() <= SPARE_REQUEST_MAX {
+            spare.clear();
+            self.spare_request = spare;
+        }
         if relay.chunked_down {
             self.to_client.extend_from_slice(CHUNKED_END);
         }
