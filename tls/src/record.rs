@@ -17,6 +17,7 @@ use std::fmt;
 use openssl::cipher::CipherRef;
 use openssl::cipher_ctx::CipherCtx;
 
+use crate::aead;
 use crate::error::TlsError;
 use crate::keys::TrafficKeys;
 use crate::suite::{Aead, CipherSuite, ProtocolVersion};
@@ -346,12 +347,10 @@ impl Sealer {
             (&aad12, payload_len)
         };
         let (inner, tag) = record[hl..].split_at_mut(inner_len);
-        let ctx = &mut self.0.ctx;
-        ctx.encrypt_init(None, None, Some(&nonce))?;
-        ctx.cipher_update(aad, None)?;
-        ctx.cipher_update_inplace(inner, inner_len)?;
-        ctx.cipher_final(&mut [])?;
-        ctx.tag(tag)?;
+        let tag: &mut [u8; TAG_LEN] = tag
+            .try_into()
+            .map_err(|_| TlsError::BadLength("seal buffer shorter than the record"))?;
+        aead::seal(&mut self.0.ctx, &nonce, aad, inner, tag)?;
         self.0.seq += 1;
         Ok(total)
     }
@@ -432,16 +431,8 @@ impl Opener {
         ct: &mut [u8],
         tag: &[u8],
     ) -> Result<(), TlsError> {
-        let ctx = &mut self.0.ctx;
-        let ct_len = ct.len();
-        ctx.decrypt_init(None, None, Some(nonce))?;
-        ctx.cipher_update(aad, None)?;
-        ctx.cipher_update_inplace(ct, ct_len)?;
-        ctx.set_tag(tag)?;
-        if ctx.cipher_final(&mut []).is_err() {
-            // A failed tag check leaves an OpenSSL error on the thread's
-            // queue; drain it so it is not blamed on a later call.
-            let _ = openssl::error::ErrorStack::get();
+        let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| TlsError::BadRecordMac)?;
+        if !aead::open(&mut self.0.ctx, nonce, aad, ct, tag)? {
             ct.fill(0);
             return Err(TlsError::BadRecordMac);
         }
@@ -596,6 +587,30 @@ mod tests {
                 assert!(o.open_in_place(&mut bad).is_err(), "{suite} bit {bit}");
                 assert_eq!(o.seq(), 0, "a failed open must not advance the sequence");
             }
+        }
+    }
+
+    #[test]
+    fn a_failed_tag_check_leaves_no_openssl_error_and_no_plaintext() {
+        for suite in CipherSuite::ALL {
+            let k = keys(suite);
+            let mut s = Sealer::new(suite, &k, 0).unwrap();
+            let mut rec = seal(&mut s, ContentType::ApplicationData, b"secret payload");
+            let last = rec.len() - 1;
+            rec[last] ^= 0x80;
+            let mut o = Opener::new(suite, &k, 0).unwrap();
+            assert!(matches!(
+                o.open_in_place(&mut rec),
+                Err(TlsError::BadRecordMac)
+            ));
+            assert!(
+                openssl::error::ErrorStack::get().errors().is_empty(),
+                "{suite}: the failed check's error is left on the queue"
+            );
+            assert!(
+                !rec.windows(6).any(|w| w == b"secret"),
+                "{suite}: unauthenticated plaintext left in the buffer"
+            );
         }
     }
 

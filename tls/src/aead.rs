@@ -1,0 +1,182 @@
+//! One AEAD pass over one record, on an OpenSSL cipher context keyed once.
+//!
+//! The record layer calls OpenSSL's EVP functions here directly, not
+//! through the `openssl` crate's safe wrappers: those ask the context for
+//! its IV length before every nonce and for its mode and block size before
+//! every update. On OpenSSL 3.0 each such question is an `OSSL_PARAM`
+//! round trip into the provider (name lookups by `strcmp`), and a record
+//! made three of them on top of the two OpenSSL makes itself (the nonce's
+//! own IV-length check and the tag). The crypto is OpenSSL's all the same.
+//!
+//! Contract of both functions: `ctx` holds an AEAD cipher (AES-GCM or
+//! ChaCha20-Poly1305) and its key, set up by the caller with the openssl
+//! crate in the direction the function uses (encrypt for [`seal`],
+//! decrypt for [`open`]); `nonce` has the cipher's IV length (12 bytes for
+//! every TLS suite), which the caller checked when it keyed the context;
+//! the tag is [`Aead::TAG_LEN`] bytes.
+
+#![allow(unsafe_code)]
+
+use std::ffi::c_int;
+use std::ptr;
+
+use foreign_types_shared::ForeignTypeRef;
+use openssl::cipher_ctx::CipherCtxRef;
+use openssl::error::ErrorStack;
+use openssl_sys as ffi;
+
+use crate::suite::Aead;
+
+const TAG_LEN: usize = Aead::TAG_LEN;
+
+/// Encrypt `inout` in place under `nonce`, authenticating `aad` too, and
+/// write the tag.
+pub(crate) fn seal(
+    ctx: &mut CipherCtxRef,
+    nonce: &[u8; Aead::NONCE_LEN],
+    aad: &[u8],
+    inout: &mut [u8],
+    tag: &mut [u8; TAG_LEN],
+) -> Result<(), ErrorStack> {
+    let ctx = ctx.as_ptr();
+    set_nonce(ctx, nonce)?;
+    add_aad(ctx, aad)?;
+    update_in_place(ctx, inout)?;
+    finish(ctx, ffi::EVP_EncryptFinal_ex)?;
+    tag_param(ctx, tag.as_mut_ptr(), TagOp::Get)
+}
+
+/// Decrypt `inout` in place under `nonce`, authenticating `aad` too, and
+/// check `tag`. `Ok(false)` means the record is not authentic: `inout`
+/// then holds unauthenticated bytes the caller must discard, and the
+/// failed check's entry is cleared from OpenSSL's error queue.
+pub(crate) fn open(
+    ctx: &mut CipherCtxRef,
+    nonce: &[u8; Aead::NONCE_LEN],
+    aad: &[u8],
+    inout: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<bool, ErrorStack> {
+    let ctx = ctx.as_ptr();
+    set_nonce(ctx, nonce)?;
+    add_aad(ctx, aad)?;
+    update_in_place(ctx, inout)?;
+    // OpenSSL only reads the expected tag through this pointer.
+    tag_param(ctx, tag.as_ptr().cast_mut(), TagOp::Set)?;
+    if finish(ctx, ffi::EVP_DecryptFinal_ex).is_err() {
+        // A failed tag check leaves an entry on the thread's error queue;
+        // drain it so it is not blamed on a later call.
+        let _ = ErrorStack::get();
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Set the next record's nonce; cipher, key and direction stay.
+fn set_nonce(
+    ctx: *mut ffi::EVP_CIPHER_CTX,
+    nonce: &[u8; Aead::NONCE_LEN],
+) -> Result<(), ErrorStack> {
+    // SAFETY: ctx is live and keyed; with no cipher, engine or key given
+    // only the IV is set, and OpenSSL reads exactly the context's IV
+    // length (NONCE_LEN, checked by the caller) from nonce. enc = -1
+    // keeps the direction the context was keyed for.
+    cvt(unsafe {
+        ffi::EVP_CipherInit_ex(
+            ctx,
+            ptr::null(),
+            ptr::null_mut(),
+            ptr::null(),
+            nonce.as_ptr(),
+            -1,
+        )
+    })
+}
+
+/// Authenticate `aad` (not encrypted).
+fn add_aad(ctx: *mut ffi::EVP_CIPHER_CTX, aad: &[u8]) -> Result<(), ErrorStack> {
+    let len = len_of(aad)?;
+    let mut written: c_int = 0;
+    // SAFETY: ctx is live and has its nonce; aad is readable for len
+    // bytes; a NULL output makes the input AAD, so nothing is written.
+    cvt(unsafe { ffi::EVP_CipherUpdate(ctx, ptr::null_mut(), &mut written, aad.as_ptr(), len) })
+}
+
+/// Encrypt or decrypt `data` in place.
+fn update_in_place(ctx: *mut ffi::EVP_CIPHER_CTX, data: &mut [u8]) -> Result<(), ErrorStack> {
+    let len = len_of(data)?;
+    let mut written: c_int = 0;
+    let p = data.as_mut_ptr();
+    // SAFETY: ctx is live and has its nonce; AES-GCM and ChaCha20-Poly1305
+    // are stream modes that may work in place (input == output) and write
+    // exactly len bytes, all within data.
+    cvt(unsafe { ffi::EVP_CipherUpdate(ctx, p, &mut written, p, len) })
+}
+
+/// Whether [`tag_param`] reads the tag out or sets the expected one.
+#[derive(Clone, Copy)]
+enum TagOp {
+    Get,
+    Set,
+}
+
+unsafe extern "C" {
+    fn EVP_CIPHER_CTX_get_params(
+        ctx: *mut ffi::EVP_CIPHER_CTX,
+        params: *mut ffi::OSSL_PARAM,
+    ) -> c_int;
+    fn EVP_CIPHER_CTX_set_params(
+        ctx: *mut ffi::EVP_CIPHER_CTX,
+        params: *const ffi::OSSL_PARAM,
+    ) -> c_int;
+}
+
+/// The tag, straight through the provider's parameter call
+/// (`EVP_CIPHER_CTX_ctrl` builds the same parameter and calls it, after
+/// its own translation of the control code).
+fn tag_param(ctx: *mut ffi::EVP_CIPHER_CTX, tag: *mut u8, op: TagOp) -> Result<(), ErrorStack> {
+    // SAFETY: the key is a NUL-terminated literal; tag points at TAG_LEN
+    // bytes that outlive the call below (the caller's buffer), which is
+    // all OpenSSL reads or writes through the parameter.
+    let params = unsafe {
+        [
+            ffi::OSSL_PARAM_construct_octet_string(c"tag".as_ptr(), tag.cast(), TAG_LEN),
+            ffi::OSSL_PARAM_construct_end(),
+        ]
+    };
+    let mut params = params;
+    // SAFETY: ctx is live and keyed; params is a terminated array whose
+    // one entry describes TAG_LEN valid bytes.
+    cvt(unsafe {
+        match op {
+            TagOp::Get => EVP_CIPHER_CTX_get_params(ctx, params.as_mut_ptr()),
+            TagOp::Set => EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()),
+        }
+    })
+}
+
+/// A direction's `EVP_*Final_ex`.
+type FinalFn = unsafe extern "C" fn(*mut ffi::EVP_CIPHER_CTX, *mut u8, *mut c_int) -> c_int;
+
+/// Finish the record: the tag is computed (sealing, `EVP_EncryptFinal_ex`)
+/// or checked (opening, `EVP_DecryptFinal_ex`).
+fn finish(ctx: *mut ffi::EVP_CIPHER_CTX, final_fn: FinalFn) -> Result<(), ErrorStack> {
+    // An AEAD stream cipher writes nothing here; the room is a margin.
+    let mut spare = [0u8; 32];
+    let mut written: c_int = 0;
+    // SAFETY: ctx is live and was given the whole record; spare has room
+    // for more than one cipher block, which is all a final call may write.
+    cvt(unsafe { final_fn(ctx, spare.as_mut_ptr(), &mut written) })
+}
+
+fn len_of(data: &[u8]) -> Result<c_int, ErrorStack> {
+    c_int::try_from(data.len()).map_err(|_| ErrorStack::get())
+}
+
+fn cvt(ret: c_int) -> Result<(), ErrorStack> {
+    if ret <= 0 {
+        Err(ErrorStack::get())
+    } else {
+        Ok(())
+    }
+}
