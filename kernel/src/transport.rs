@@ -1,15 +1,20 @@
 //! The kernel data path as a [`Transport`] for the shared driver: clients
 //! are OpenSSL sessions on kernel sockets ([`FdTls`], kTLS when the kernel
 //! takes it), backends are non-blocking kernel TCP sockets, and readiness
-//! comes from mio (epoll, edge-triggered). Each socket is registered under
-//! a token that encodes its driver slot (index and generation) and side.
+//! comes from mio (epoll, edge-triggered). A client socket is registered
+//! under a token that encodes its driver slot (index and generation); a
+//! backend socket under a token of its own, registered once for its whole
+//! life: the transport's table says which slot it serves, or that it idles
+//! in the pool. Handing a pooled connection to a request (and back) is a
+//! table update, not two `epoll_ctl` calls, and an idle connection is only
+//! probed (`MSG_PEEK`) when an event came for it while it idled.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use dpuproxy_driver::{
-    Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, Side, SlotId, Transport,
+    Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, SlotId, Transport,
 };
 use dpuproxy_l7::Shared;
 use mio::net::TcpStream;
@@ -31,23 +36,35 @@ const _: () = assert!(
     "tokens need 64-bit usize"
 );
 
-/// The mio token of one side of a slot.
-pub(crate) fn token(id: SlotId, side: Side) -> Token {
+/// The mio token of a slot's client socket.
+pub(crate) fn client_token(id: SlotId) -> Token {
     let gen_bits = (id.generation as usize & GEN_MASK) << GEN_SHIFT;
-    let side_bit = usize::from(side == Side::Backend);
-    Token(gen_bits | ((id.index as usize) << 1) | side_bit)
+    Token(gen_bits | ((id.index as usize) << 1))
 }
 
-/// The slot and side a (non-reserved) token stands for.
-pub(crate) fn slot_of(t: Token) -> (SlotId, Side) {
-    let side = if t.0 & 1 == 1 {
-        Side::Backend
-    } else {
-        Side::Client
-    };
+/// The mio token of backend connection `id` (its entry in the transport's
+/// table).
+fn backend_token(id: usize) -> Token {
+    Token((id << 1) | 1)
+}
+
+/// What a (non-reserved) token stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// A slot's client socket.
+    Client(SlotId),
+    /// Backend connection `id` of the transport's table.
+    Backend(usize),
+}
+
+/// The socket a (non-reserved) token stands for.
+pub(crate) fn owner_of(t: Token) -> Owner {
+    if t.0 & 1 == 1 {
+        return Owner::Backend(t.0 >> 1);
+    }
     let index = ((t.0 >> 1) & 0xffff_ffff) as u32;
     let generation = ((t.0 >> GEN_SHIFT) & GEN_MASK) as u32;
-    (SlotId { index, generation }, side)
+    Owner::Client(SlotId { index, generation })
 }
 
 /// A client connection of the kernel path.
@@ -74,6 +91,18 @@ impl KernelClient {
 pub(crate) struct KernelBackend {
     stream: TcpStream,
     addr: SocketAddr,
+    /// Its entry in [`KernelTransport`]'s table (and its token).
+    id: usize,
+}
+
+/// Where a backend connection's events go.
+#[derive(Debug, Clone, Copy)]
+struct BackendEntry {
+    /// The slot it serves; `None` while it idles in the pool.
+    owner: Option<SlotId>,
+    /// An event came while it idled: it may have closed or sent bytes, so
+    /// it is probed before reuse.
+    stirred: bool,
 }
 
 /// One worker's sockets, registered with its mio poll.
@@ -82,6 +111,7 @@ pub(crate) struct KernelTransport {
     shared: Arc<Shared>,
     metrics: Arc<KernelMetrics>,
     buf: Vec<u8>,
+    backends: slab::Slab<BackendEntry>,
 }
 
 impl KernelTransport {
@@ -95,7 +125,19 @@ impl KernelTransport {
             shared,
             metrics,
             buf: vec![0; READ_CHUNK],
+            backends: slab::Slab::new(),
         }
+    }
+
+    /// The slot an event for backend connection `id` is for; `None` when
+    /// the connection idles in the pool (the event is remembered, so the
+    /// connection is probed before it is reused) or is gone.
+    pub(crate) fn backend_event(&mut self, id: usize) -> Option<SlotId> {
+        let entry = self.backends.get_mut(id)?;
+        if entry.owner.is_none() {
+            entry.stirred = true;
+        }
+        entry.owner
     }
 }
 
@@ -126,7 +168,7 @@ impl Transport for KernelTransport {
     fn attach_client(&mut self, client: &mut KernelClient, slot: SlotId) -> io::Result<()> {
         client
             .tls
-            .register(&self.registry, token(slot, Side::Client), both())
+            .register(&self.registry, client_token(slot), both())
     }
 
     fn handshake(&mut self, client: &mut KernelClient) -> HandshakeStep {
@@ -226,9 +268,15 @@ impl Transport for KernelTransport {
         let addr = self.shared.backends.get(backend).socket;
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
+        let entry = self.backends.vacant_entry();
+        let id = entry.key();
         self.registry
-            .register(&mut stream, token(slot, Side::Backend), both())?;
-        Ok(KernelBackend { stream, addr })
+            .register(&mut stream, backend_token(id), both())?;
+        entry.insert(BackendEntry {
+            owner: Some(slot),
+            stirred: false,
+        });
+        Ok(KernelBackend { stream, addr, id })
     }
 
     /// A non-blocking connect is done when the socket has a peer; it failed
@@ -264,22 +312,40 @@ impl Transport for KernelTransport {
     }
 
     fn adopt(&mut self, conn: &mut KernelBackend, slot: SlotId) -> bool {
-        self.registry
-            .register(&mut conn.stream, token(slot, Side::Backend), both())
-            .is_ok()
+        match self.backends.get_mut(conn.id) {
+            Some(entry) => {
+                entry.owner = Some(slot);
+                true
+            }
+            None => false,
+        }
     }
 
     fn park(&mut self, conn: &mut KernelBackend) {
-        let _ = self.registry.deregister(&mut conn.stream);
+        if let Some(entry) = self.backends.get_mut(conn.id) {
+            *entry = BackendEntry {
+                owner: None,
+                stirred: false,
+            };
+        }
     }
 
+    /// Silent since it was parked (no event: edge-triggered epoll reports
+    /// every FIN, RST and byte that arrives), or probed and found silent.
     fn idle_alive(&mut self, conn: &mut KernelBackend) -> bool {
+        let Some(entry) = self.backends.get(conn.id) else {
+            return false;
+        };
+        if !entry.stirred {
+            return true;
+        }
         let mut probe = [0u8; 1];
         matches!(conn.stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     fn close_backend(&mut self, mut conn: KernelBackend, how: Close) {
         let _ = self.registry.deregister(&mut conn.stream);
+        self.backends.try_remove(conn.id);
         if how == Close::Abort {
             set_linger_zero(&conn.stream);
         }
@@ -290,19 +356,94 @@ impl Transport for KernelTransport {
 mod tests {
     use super::*;
 
+    /// Poll until `conn` is connected, handing backend events to the
+    /// transport as the worker does; bounded in time.
+    fn pump(t: &mut KernelTransport, poll: &mut mio::Poll, rounds: usize) {
+        let mut events = mio::Events::with_capacity(64);
+        for _ in 0..rounds {
+            poll.poll(&mut events, Some(std::time::Duration::from_millis(20)))
+                .unwrap();
+            for ev in events.iter() {
+                if let Owner::Backend(id) = owner_of(ev.token()) {
+                    let _ = t.backend_event(id);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parked_backends_keep_their_registration_and_are_probed_only_after_an_event() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shared = Arc::new(Shared::new(Default::default(), vec![addr]));
+        let mut poll = mio::Poll::new().unwrap();
+        let registry = poll.registry().try_clone().unwrap();
+        let mut t = KernelTransport::new(registry, shared, Default::default());
+        let slot = SlotId {
+            index: 3,
+            generation: 1,
+        };
+        let mut conns = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let mut c = t.connect(slot, 0).expect("connect starts");
+            let (peer, _) = listener.accept().unwrap();
+            pump(&mut t, &mut poll, 3);
+            assert!(matches!(t.connect_status(&mut c), ConnectStatus::Connected));
+            // While a slot owns it, its events go to that slot.
+            assert_eq!(t.backend_event(c.id), Some(slot));
+            t.park(&mut c);
+            conns.push(c);
+            peers.push(peer);
+        }
+        pump(&mut t, &mut poll, 3);
+        // Silent while parked: reusable with no probe at all.
+        for c in &mut conns {
+            assert!(!t.backends[c.id].stirred);
+            assert!(t.idle_alive(c));
+        }
+        // The backend sends a stray byte on one, closes another; the third
+        // stays silent.
+        peers[0].write_all(b"x").unwrap();
+        peers[1].shutdown(std::net::Shutdown::Both).unwrap();
+        pump(&mut t, &mut poll, 10);
+        assert!(t.backends[conns[0].id].stirred && !t.idle_alive(&mut conns[0]));
+        assert!(t.backends[conns[1].id].stirred && !t.idle_alive(&mut conns[1]));
+        assert!(t.idle_alive(&mut conns[2]));
+        // An event for a silent idle connection costs a probe, not the
+        // connection.
+        t.backends[conns[2].id].stirred = true;
+        assert!(t.idle_alive(&mut conns[2]));
+        // Adopted again, its events go to the new slot; closed, its entry
+        // and token are gone.
+        let next = SlotId {
+            index: 9,
+            generation: 2,
+        };
+        assert!(t.adopt(&mut conns[2], next));
+        assert_eq!(t.backend_event(conns[2].id), Some(next));
+        for c in conns {
+            let id = c.id;
+            t.close_backend(c, Close::Graceful);
+            assert_eq!(t.backend_event(id), None);
+        }
+        assert!(t.backends.is_empty());
+    }
+
     #[test]
     fn tokens_round_trip_and_stay_below_the_reserved_ones() {
         let max_gen = (1 << dpuproxy_driver::GENERATION_BITS) - 1;
         for (index, generation) in [(0, 0), (7, 3), (u32::MAX, 0), (12, max_gen)] {
-            for side in [Side::Client, Side::Backend] {
-                let id = SlotId { index, generation };
-                let t = token(id, side);
-                assert!(t.0 < RESERVED, "{t:?}");
-                let (back, s) = slot_of(t);
-                assert_eq!(s, side);
-                assert_eq!(back.index, index);
-                assert_eq!(back.generation, generation);
-            }
+            let id = SlotId { index, generation };
+            let t = client_token(id);
+            assert!(t.0 < RESERVED, "{t:?}");
+            assert_eq!(owner_of(t), Owner::Client(id));
+        }
+        for id in [0, 1, 4096, u32::MAX as usize] {
+            let t = backend_token(id);
+            assert!(t.0 < RESERVED, "{t:?}");
+            assert_eq!(owner_of(t), Owner::Backend(id));
         }
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dpuproxy_driver::{Driver, DriverSettings, PathMetrics};
+use dpuproxy_driver::{Driver, DriverSettings, PathMetrics, Side};
 use dpuproxy_l7::Shared;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -17,7 +17,7 @@ use openssl::ssl::SslContext;
 
 use crate::KernelMetrics;
 use crate::tls_fd::FdTls;
-use crate::transport::{KernelClient, KernelTransport, RESERVED, slot_of};
+use crate::transport::{KernelClient, KernelTransport, Owner, RESERVED, owner_of};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -119,10 +119,14 @@ impl Worker {
                 match ev.token() {
                     LISTENER => self.accept_all(now),
                     WAKER => {}
-                    Token(t) if t < RESERVED => {
-                        let (id, side) = slot_of(Token(t));
-                        self.driver.mark(id, side);
-                    }
+                    Token(t) if t < RESERVED => match owner_of(Token(t)) {
+                        Owner::Client(id) => self.driver.mark(id, Side::Client),
+                        Owner::Backend(conn) => {
+                            if let Some(id) = self.transport.backend_event(conn) {
+                                self.driver.mark(id, Side::Backend);
+                            }
+                        }
+                    },
                     Token(_) => {}
                 }
             }
