@@ -85,7 +85,7 @@ struct InFlight {
     method: String,
     route: Route,
     /// Whose quota a new session counts against (the token's subject, else
-    /// the client's address).
+    /// the client's address); empty for any other route.
     owner: String,
     client_keep_alive: bool,
     client_minor: u8,

@@ -215,11 +215,16 @@ impl Connection {
         if let Some(p) = &principal {
             self.check_scopes(head, p, calls, &route)?;
         }
-        let owner = principal
-            .as_ref()
-            .and_then(|p| p.subject.clone())
-            .unwrap_or_else(|| self.peer.clone());
-        if matches!(route, Route::NewSession { .. }) && self.shared.affinity.owner_full(&owner) {
+        // Only a new session counts against a quota (and needs its owner).
+        let new_session = matches!(route, Route::NewSession { .. });
+        let owner = match new_session {
+            true => principal
+                .as_ref()
+                .and_then(|p| p.subject.clone())
+                .unwrap_or_else(|| self.peer.clone()),
+            false => String::new(),
+        };
+        if new_session && self.shared.affinity.owner_full(&owner) {
             return Err(Reject::new(
                 429,
                 ErrorKind::TooManySessions,

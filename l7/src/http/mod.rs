@@ -223,8 +223,18 @@ fn collect_headers(raw: &[httparse::Header<'_>]) -> Result<Headers, HttpError> {
 /// Derive body framing from `Content-Length` / `Transfer-Encoding`.
 /// `None` means "no length information" (the caller decides what that means).
 fn framing_from_headers(headers: &Headers) -> Result<Option<BodyFraming>, HttpError> {
-    let te_count = header_count(headers, "transfer-encoding");
-    let cl_count = header_count(headers, "content-length");
+    // One pass over the fields for both (a request's heads are framed on
+    // every request).
+    let (mut te, mut te_count, mut cl, mut cl_count) = (None, 0, None, 0);
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_count += 1;
+            te = te.or(Some(h.value));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            cl_count += 1;
+            cl = cl.or(Some(h.value));
+        }
+    }
     if te_count > 0 && cl_count > 0 {
         return Err(HttpError::Smuggling(
             "both Content-Length and Transfer-Encoding",
@@ -237,13 +247,12 @@ fn framing_from_headers(headers: &Headers) -> Result<Option<BodyFraming>, HttpEr
         if te_count > 1 {
             return Err(HttpError::Smuggling("several Transfer-Encoding fields"));
         }
-        let te = header(headers, "transfer-encoding").unwrap_or_default();
-        if trim(te).eq_ignore_ascii_case(b"chunked") {
+        if trim(te.unwrap_or_default()).eq_ignore_ascii_case(b"chunked") {
             return Ok(Some(BodyFraming::Chunked));
         }
         return Err(HttpError::UnsupportedCoding);
     }
-    if let Some(cl) = header(headers, "content-length") {
+    if let Some(cl) = cl {
         let cl = trim(cl);
         if cl.is_empty() || cl.len() > 19 || !cl.iter().all(u8::is_ascii_digit) {
             return Err(HttpError::Smuggling("invalid Content-Length"));
@@ -281,11 +290,18 @@ pub(crate) fn parse_request_head_resume(
     max_head_bytes: usize,
     max_headers: usize,
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
-    check_new_request_line(buf, *scanned, max_head_bytes)?;
-    let Some(end) = find_head_end(buf, scanned, max_head_bytes)? else {
-        return Ok(None);
+    // The request line's verdict comes first (see `check_new_request_line`).
+    // A whole head that parses has a good request line, so the line is
+    // parsed on its own only when the head is not whole yet or is refused.
+    let before = *scanned;
+    let end = match find_head_end(buf, scanned, max_head_bytes) {
+        Ok(Some(end)) => end,
+        incomplete_or_refused => {
+            check_new_request_line(buf, before, max_head_bytes)?;
+            return incomplete_or_refused.map(|_| None);
+        }
     };
-    let (method, target, minor_version, mut headers) = with_header_slots(max_headers, |slots| {
+    let parsed = with_header_slots(max_headers, |slots| {
         let mut req = httparse::Request::new(&mut []);
         let status = req
             .parse_with_uninit_headers(&buf[..end], slots)
@@ -297,7 +313,14 @@ pub(crate) fn parse_request_head_resume(
         let target = req.path.ok_or(HttpError::Malformed("no target"))?;
         let minor_version = req.version.ok_or(HttpError::Malformed("no version"))?;
         Ok((method, target, minor_version, collect_headers(req.headers)?))
-    })?;
+    });
+    let (method, target, minor_version, mut headers) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            check_new_request_line(buf, before, max_head_bytes)?;
+            return Err(e);
+        }
+    };
     // RFC 9112 §3.2: no request may carry several Host fields (an
     // HTTP/1.0 one would reach the backend as HTTP/1.1 with both).
     let hosts = header_count(&headers, "host");

@@ -43,6 +43,15 @@ pub struct Forwarding<'a> {
     pub session_id: Option<&'a [u8]>,
 }
 
+/// `Content-Length: n` and its CRLF.
+fn write_length(out: &mut Vec<u8>, n: u64) {
+    write_field(
+        out,
+        "Content-Length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
+}
+
 fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -157,8 +166,7 @@ pub fn write_upstream_request(
     }
     let needs_length = !body.is_empty() || matches!(head.method.as_str(), "POST" | "PUT" | "PATCH");
     if needs_length {
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "Content-Length: {}\r\n", body.len());
+        write_length(out, body.len() as u64);
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -186,7 +194,11 @@ pub struct ClientHead<'a> {
 /// reason and end-to-end fields, then framing and connection fields of the
 /// proxy's own.
 pub fn write_response_head(head: &ResponseHead, framing: ClientHead<'_>, out: &mut Vec<u8>) {
-    let _ = write!(out, "HTTP/1.1 {} {}\r\n", head.status, framing.reason);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(head.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(framing.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
     for h in &head.headers {
         if is_hop_by_hop(h.name) {
             continue;
@@ -201,7 +213,7 @@ pub fn write_response_head(head: &ResponseHead, framing: ClientHead<'_>, out: &m
     if framing.chunked {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     } else if let Some(n) = framing.length {
-        let _ = write!(out, "Content-Length: {n}\r\n");
+        write_length(out, n);
     }
     if framing.close {
         out.extend_from_slice(b"Connection: close\r\n");
