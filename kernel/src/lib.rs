@@ -20,6 +20,7 @@
 
 pub mod heap;
 pub mod ktls;
+pub mod repair;
 mod tls_fd;
 mod transport;
 mod worker;

@@ -1,0 +1,350 @@
+//! An established kernel TCP connection taken out of one socket and put
+//! into another with `TCP_REPAIR`, the peer none the wiser (the first part
+//! of a live move between data paths, after XO and CRIU).
+//!
+//! Contract:
+//! - [`capture`] puts a connected socket into repair mode and reads
+//!   everything the kernel needs to go on: both sequence numbers, the
+//!   unread receive queue, the send queue (unacknowledged and unsent bytes,
+//!   and which is which), MSS, window scales, SACK and timestamp options,
+//!   the windows and the timestamp clock. The socket stays in repair mode:
+//!   closing it then sends nothing (no FIN, no RST), so the caller closes
+//!   it once the new socket has taken over.
+//! - [`restore`] builds a new socket from a [`TcpState`]: bound to the same
+//!   local address (possible while a listener holds it), "connected" to the
+//!   peer without a SYN, queues refilled, options and windows set; it then
+//!   leaves repair mode with a window probe, so the connection resumes at
+//!   once. The unsent tail is written after that, as any write; what does
+//!   not fit is returned for the caller to write when the socket is
+//!   writable.
+//! - Between the two, segments from the peer must not reach the host's
+//!   stack (a listener on the address would answer them with RST): the
+//!   caller steers or holds them. Nothing here touches the TLS state.
+//!
+//! Linux only; `TCP_REPAIR` needs `CAP_NET_ADMIN`.
+
+use std::ffi::c_int;
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+
+/// `TCP_REPAIR_QUEUE` values (linux/tcp.h).
+const TCP_RECV_QUEUE: c_int = 1;
+const TCP_SEND_QUEUE: c_int = 2;
+/// `TCP_REPAIR` values: on, off with a window probe.
+const REPAIR_ON: c_int = 1;
+const REPAIR_OFF: c_int = 0;
+/// `TCP_REPAIR_OPTIONS` option codes (the TCP option kinds).
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+/// `tcp_info.tcpi_options` bits.
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+/// `struct tcp_repair_opt`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct RepairOpt {
+    code: u32,
+    val: u32,
+}
+
+/// `struct tcp_repair_window`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RepairWindow {
+    /// Sequence number of the segment that last updated the send window.
+    pub snd_wl1: u32,
+    /// The peer's receive window (our send window), unscaled bytes.
+    pub snd_wnd: u32,
+    /// The largest window the peer ever offered.
+    pub max_window: u32,
+    /// Our receive window.
+    pub rcv_wnd: u32,
+    /// `rcv_nxt` when our window was last advertised.
+    pub rcv_wup: u32,
+}
+
+/// Everything [`restore`] needs to continue a connection elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpState {
+    /// Our address (the listener's, for an accepted connection).
+    pub local: SocketAddr,
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Sequence number of the first byte of `send_queue` (the oldest
+    /// unacknowledged byte).
+    pub send_seq: u32,
+    /// Sequence number of the first byte of `recv_queue` (the oldest
+    /// unread byte).
+    pub recv_seq: u32,
+    /// Bytes written by the application and not yet acknowledged, oldest
+    /// first; the last `unsent` of them were never sent.
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` were never sent.
+    pub unsent: usize,
+    /// Bytes received and not yet read by the application.
+    pub recv_queue: Vec<u8>,
+    /// The MSS the peer accepts.
+    pub mss: u32,
+    /// Window scales (send, receive), when negotiated.
+    pub wscale: Option<(u8, u8)>,
+    /// SACK was negotiated.
+    pub sack: bool,
+    /// Timestamps were negotiated.
+    pub timestamps: bool,
+    /// The socket's timestamp clock (`TCP_TIMESTAMP`).
+    pub timestamp: u32,
+    /// Both windows.
+    pub window: RepairWindow,
+}
+
+/// Read the state of the connection on `fd` and leave the socket in
+/// repair mode (see the module docs). On error the socket is taken out of
+/// repair mode again, unchanged.
+pub fn capture(socket: &impl AsFd) -> io::Result<TcpState> {
+    let sock = SockRef::from(socket);
+    let local = sock.local_addr()?.as_socket().ok_or_else(not_inet)?;
+    let peer = sock.peer_addr()?.as_socket().ok_or_else(not_inet)?;
+    let fd = sock.as_raw_fd();
+    set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
+    let state = read_state(fd, local, peer);
+    if state.is_err() {
+        let _ = set_int(fd, libc::TCP_REPAIR, REPAIR_OFF);
+    }
+    state
+}
+
+fn read_state(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> io::Result<TcpState> {
+    let info: libc::tcp_info = get(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
+    let recv_len = ioctl_len(fd, libc::FIONREAD)?;
+    let send_len = ioctl_len(fd, libc::TIOCOUTQ)?;
+    let unsent = ioctl_len(fd, libc::SIOCOUTQNSD as _)?;
+    let (recv_next, recv_queue) = read_queue(fd, TCP_RECV_QUEUE, recv_len)?;
+    let (write_seq, send_queue) = read_queue(fd, TCP_SEND_QUEUE, send_len)?;
+    let mss: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)?;
+    let timestamp: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP)?;
+    let window: RepairWindow = get(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)?;
+    let scales = info.tcpi_snd_rcv_wscale;
+    Ok(TcpState {
+        local,
+        peer,
+        send_seq: write_seq.wrapping_sub(send_queue.len() as u32),
+        recv_seq: recv_next.wrapping_sub(recv_queue.len() as u32),
+        unsent: unsent.min(send_queue.len()),
+        send_queue,
+        recv_queue,
+        mss,
+        wscale: (info.tcpi_options & TCPI_OPT_WSCALE != 0).then_some((scales & 0xf, scales >> 4)),
+        sack: info.tcpi_options & TCPI_OPT_SACK != 0,
+        timestamps: info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0,
+        timestamp,
+        window,
+    })
+}
+
+/// A restored connection: the socket (non-blocking, out of repair mode)
+/// and the part of the unsent tail it could not take yet.
+#[derive(Debug)]
+pub struct Restored {
+    /// The connection, resumed.
+    pub stream: TcpStream,
+    /// Bytes still to write, in order, before any new ones.
+    pub pending: Vec<u8>,
+}
+
+/// Build a socket that carries on the connection `state` describes.
+pub fn restore(state: &TcpState) -> io::Result<Restored> {
+    let domain = match state.local {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let fd = sock.as_raw_fd();
+    // Repair mode lets the socket bind where a listener (or the old
+    // socket) already is (the kernel forces address reuse for it); a
+    // later SO_REUSEADDR would undo that, so none is set.
+    set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
+    // A fresh socket's send buffer is too small for a large send queue
+    // written in repair mode (it would block).
+    let send_room = (state.send_queue.len() * 2).max(64 * 1024);
+    sock.set_send_buffer_size(send_room)?;
+    sock.set_nonblocking(true)?;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    set_int(fd, libc::TCP_QUEUE_SEQ, state.send_seq as c_int)?;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    set_int(fd, libc::TCP_QUEUE_SEQ, state.recv_seq as c_int)?;
+    sock.bind(&SockAddr::from(state.local))?;
+    // In repair mode connect sends no SYN: the socket is ESTABLISHED.
+    sock.connect(&SockAddr::from(state.peer))?;
+    set_options(fd, state)?;
+    set_int(fd, libc::TCP_TIMESTAMP, state.timestamp as c_int)?;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    write_queue(fd, &state.recv_queue)?;
+    let sent = state.send_queue.len() - state.unsent.min(state.send_queue.len());
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    write_queue(fd, &state.send_queue[..sent])?;
+    // The windows are checked against rcv_nxt: set after the receive queue.
+    set(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_REPAIR_WINDOW,
+        &state.window,
+    )?;
+    set_int(fd, libc::TCP_REPAIR, REPAIR_OFF)?;
+    let stream: TcpStream = sock.into();
+    let pending = write_what_fits(&stream, &state.send_queue[sent..])?;
+    Ok(Restored { stream, pending })
+}
+
+fn set_options(fd: RawFd, state: &TcpState) -> io::Result<()> {
+    let mut opts = vec![RepairOpt {
+        code: TCPOPT_MSS,
+        val: state.mss,
+    }];
+    if let Some((snd, rcv)) = state.wscale {
+        opts.push(RepairOpt {
+            code: TCPOPT_WINDOW,
+            val: u32::from(snd) | (u32::from(rcv) << 16),
+        });
+    }
+    if state.sack {
+        opts.push(RepairOpt {
+            code: TCPOPT_SACK_PERM,
+            val: 0,
+        });
+    }
+    if state.timestamps {
+        opts.push(RepairOpt {
+            code: TCPOPT_TIMESTAMP,
+            val: 0,
+        });
+    }
+    let len = (opts.len() * size_of::<RepairOpt>()) as libc::socklen_t;
+    // SAFETY: opts is a live array of repr(C) tcp_repair_opt of len bytes.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_REPAIR_OPTIONS,
+            opts.as_ptr().cast(),
+            len,
+        )
+    })
+}
+
+/// The sequence number after the queue's last byte, and its bytes (read
+/// without consuming them).
+fn read_queue(fd: RawFd, queue: c_int, len: usize) -> io::Result<(u32, Vec<u8>)> {
+    set_int(fd, libc::TCP_REPAIR_QUEUE, queue)?;
+    let seq: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
+    let mut buf = vec![0u8; len];
+    if len > 0 {
+        // SAFETY: buf is writable for len bytes. In repair mode a peek
+        // reads the selected queue from its start.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                len,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != len {
+            return Err(io::Error::other(format!(
+                "peeked {n} of {len} queued bytes"
+            )));
+        }
+    }
+    Ok((seq, buf))
+}
+
+/// Refill the selected queue in repair mode (no segment goes out).
+fn write_queue(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: data is readable for its length.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Err(io::Error::other("repair-mode queue write made no progress"));
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+/// Write `data` as far as the socket takes it now; the rest is returned.
+fn write_what_fits(mut stream: &TcpStream, mut data: &[u8]) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    while !data.is_empty() {
+        match stream.write(data) {
+            Ok(0) => break,
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(data.to_vec())
+}
+
+fn ioctl_len(fd: RawFd, request: libc::Ioctl) -> io::Result<usize> {
+    let mut n: c_int = 0;
+    // SAFETY: these ioctls write one int through the pointer.
+    cvt(unsafe { libc::ioctl(fd, request, &mut n) })?;
+    usize::try_from(n).map_err(|_| io::Error::other("negative queue length"))
+}
+
+fn set_int(fd: RawFd, opt: c_int, val: c_int) -> io::Result<()> {
+    set(fd, libc::IPPROTO_TCP, opt, &val)
+}
+
+fn set<T>(fd: RawFd, level: c_int, opt: c_int, val: &T) -> io::Result<()> {
+    // SAFETY: val points at size_of::<T>() readable bytes for the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (val as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })
+}
+
+/// A socket option of plain-old-data type `T` (integers and repr(C)
+/// structs of integers, which any bytes initialise).
+fn get<T: Copy>(fd: RawFd, level: c_int, opt: c_int) -> io::Result<T> {
+    let mut val = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: val has room for size_of::<T>() bytes and len says so; the
+    // kernel writes at most len bytes.
+    cvt(unsafe { libc::getsockopt(fd, level, opt, val.as_mut_ptr().cast(), &mut len) })?;
+    // SAFETY: val was zeroed (all-zero is valid for the integer and
+    // integer-struct types this is used with) and then partly or wholly
+    // overwritten by the kernel.
+    Ok(unsafe { val.assume_init() })
+}
+
+fn not_inet() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not an IP socket")
+}
+
+fn cvt(ret: c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! `repair::capture` and `repair::restore` move a live loopback connection
+//! from one socket to another with unread bytes on our side and unsent,
+//! unacknowledged bytes towards a peer that stopped reading; the peer's
+//! socket never notices: every byte arrives once, in order, both ways.
+//! Needs CAP_NET_ADMIN (CI runs as root).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use dpuproxy_kernel::repair;
+
+/// Byte `i` of a stream named by `seed`.
+fn pattern(seed: u8, from: usize, len: usize) -> Vec<u8> {
+    (from..from + len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+        .collect()
+}
+
+/// Read exactly `n` bytes within `limit`.
+fn read_exactly(s: &mut TcpStream, n: usize, limit: Duration) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 64 * 1024];
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of {n} bytes in time",
+            out.len()
+        );
+        match s.read(&mut buf[..(n - out.len()).min(64 * 1024)]) {
+            Ok(0) => panic!("EOF after {} of {n} bytes", out.len()),
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("read failed after {} of {n} bytes: {e}", out.len()),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_connection_with_queued_bytes_both_ways_moves_to_a_new_socket() {
+    move_a_connection(None);
+}
+
+/// On loopback every byte sent is acknowledged at once, so the captured
+/// send queue is all unsent. Marking part of it as sent makes the restored
+/// socket treat those bytes as in flight (as after a capture mid-flight):
+/// written in repair mode, retransmitted when no ACK comes, and still
+/// received once each.
+#[test]
+fn bytes_restored_as_in_flight_are_retransmitted_not_lost() {
+    move_a_connection(Some(2));
+}
+
+/// Move the server side of a loopback connection; with `in_flight_part`
+/// = k, the first 1/k of its send queue is restored as sent.
+fn move_a_connection(in_flight_part: Option<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let (mut server, _) = listener.accept().unwrap();
+
+    // Some traffic first, so the sequence numbers are not the initial ones.
+    client.write_all(b"hello").unwrap();
+    assert_eq!(
+        read_exactly(&mut server, 5, Duration::from_secs(5)),
+        b"hello"
+    );
+    server.write_all(b"world").unwrap();
+    assert_eq!(
+        read_exactly(&mut client, 5, Duration::from_secs(5)),
+        b"world"
+    );
+
+    // Unread on our side: 30 KB the server does not read.
+    let unread = pattern(1, 0, 30_000);
+    client.write_all(&unread).unwrap();
+    // Unacknowledged and unsent towards the client, which stops reading:
+    // the server writes until its socket takes no more.
+    server.set_nonblocking(true).unwrap();
+    let mut written = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "send queue never filled");
+        let chunk = pattern(2, written, 16 * 1024);
+        match server.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    // Let delayed ACKs and window updates settle before the move.
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut state = repair::capture(&server).expect("capture (needs CAP_NET_ADMIN)");
+    assert_eq!(state.recv_queue, unread, "the unread bytes, as they came");
+    assert!(
+        !state.send_queue.is_empty(),
+        "a full send queue was captured"
+    );
+    assert!(state.unsent <= state.send_queue.len());
+    assert_eq!(state.local, server.local_addr().unwrap());
+    assert_eq!(state.peer.port(), client_port);
+    eprintln!(
+        "captured: {} unread, {} in the send queue ({} unsent), mss {}, wscale {:?}, sack {}, timestamps {}",
+        state.recv_queue.len(),
+        state.send_queue.len(),
+        state.unsent,
+        state.mss,
+        state.wscale,
+        state.sack,
+        state.timestamps
+    );
+    if let Some(k) = in_flight_part {
+        state.unsent = state.send_queue.len() - state.send_queue.len() / k;
+    }
+    // The old socket closes in repair mode: nothing goes out.
+    drop(server);
+    let restored = repair::restore(&state).expect("restore");
+    let mut server = restored.stream;
+    let mut pending = restored.pending;
+
+    // The client reads everything the old socket had written, and a tail
+    // the new one writes after the move; the new socket writes what is
+    // still pending as the client's window opens.
+    let after_move = pattern(3, 0, 50_000);
+    let expected: Vec<u8> = pattern(2, 0, written)
+        .into_iter()
+        .chain(after_move.iter().copied())
+        .collect();
+    pending.extend_from_slice(&after_move);
+    let total = expected.len();
+    let reader = std::thread::spawn(move || {
+        let got = read_exactly(&mut client, total, Duration::from_secs(20));
+        (client, got)
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} bytes never written",
+            pending.len()
+        );
+        match server.write(&pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("write after the move: {e}"),
+        }
+    }
+    let (mut client, got) = reader.join().unwrap();
+    assert!(
+        got == expected,
+        "the client's stream differs after the move"
+    );
+
+    // Our side reads the 30 KB it had not read, then what comes next.
+    server.set_nonblocking(false).unwrap();
+    assert_eq!(
+        read_exactly(&mut server, unread.len(), Duration::from_secs(5)),
+        unread
+    );
+    let more = pattern(4, 0, 100_000);
+    let send = more.clone();
+    let writer = std::thread::spawn(move || {
+        client.write_all(&send).unwrap();
+        client
+    });
+    assert_eq!(
+        read_exactly(&mut server, more.len(), Duration::from_secs(10)),
+        more
+    );
+    let client = writer.join().unwrap();
+    assert_eq!(
+        client.local_addr().unwrap().port(),
+        client_port,
+        "the same client connection throughout"
+    );
+}
