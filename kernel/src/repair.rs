@@ -9,7 +9,8 @@
 //!   and which is which), MSS, window scales, SACK and timestamp options,
 //!   the windows and the timestamp clock. The socket stays in repair mode:
 //!   closing it then sends nothing (no FIN, no RST), so the caller closes
-//!   it once the new socket has taken over.
+//!   it once the new socket has taken over, or takes it back with
+//!   [`resume`] when the restore failed.
 //! - [`restore`] builds a new socket from a [`TcpState`]: bound to the same
 //!   local address (possible while a listener holds it), "connected" to the
 //!   peer without a SYN, queues refilled, options and windows set; it then
@@ -119,6 +120,18 @@ pub fn capture(socket: &impl AsFd) -> io::Result<TcpState> {
         let _ = set_int(fd, libc::TCP_REPAIR, REPAIR_OFF);
     }
     state
+}
+
+/// Take a captured socket back (its restore failed elsewhere): it leaves
+/// repair mode with a window probe and carries on as before the capture.
+/// Nothing was lost meanwhile: in repair mode the socket kept receiving
+/// and acknowledging.
+pub fn resume(socket: &impl AsFd) -> io::Result<()> {
+    set_int(
+        SockRef::from(socket).as_raw_fd(),
+        libc::TCP_REPAIR,
+        REPAIR_OFF,
+    )
 }
 
 fn read_state(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> io::Result<TcpState> {

@@ -187,3 +187,39 @@ fn move_a_connection(in_flight_part: Option<usize>) {
         "the same client connection throughout"
     );
 }
+
+/// A capture whose restore fails (here: it is never tried) costs nothing:
+/// the old socket resumes, both ways, byte-exact, even for bytes the peer
+/// sent while it was in repair mode.
+#[test]
+fn a_captured_socket_taken_back_carries_on() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let first = pattern(5, 0, 20_000);
+    client.write_all(&first).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let state = repair::capture(&server).expect("capture (needs CAP_NET_ADMIN)");
+    assert_eq!(state.recv_queue, first);
+    // The peer goes on sending while our socket is in repair mode.
+    let during = pattern(6, 0, 10_000);
+    client.write_all(&during).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    repair::resume(&server).expect("resume");
+    let all: Vec<u8> = first.iter().chain(during.iter()).copied().collect();
+    assert_eq!(
+        read_exactly(&mut server, all.len(), Duration::from_secs(5)),
+        all
+    );
+    let back = pattern(7, 0, 200_000);
+    let send = back.clone();
+    let writer = std::thread::spawn(move || {
+        server.write_all(&send).unwrap();
+        server
+    });
+    assert_eq!(
+        read_exactly(&mut client, back.len(), Duration::from_secs(10)),
+        back
+    );
+    writer.join().unwrap();
+}
