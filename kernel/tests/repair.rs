@@ -158,7 +158,7 @@ fn move_a_connection(in_flight_part: Option<usize>) {
             Err(e) => panic!("write after the move: {e}"),
         }
     }
-    let (mut client, got) = reader.join().unwrap();
+    let (client, got) = reader.join().unwrap();
     assert!(
         got == expected,
         "the client's stream differs after the move"
@@ -170,17 +170,7 @@ fn move_a_connection(in_flight_part: Option<usize>) {
         read_exactly(&mut server, unread.len(), Duration::from_secs(5)),
         unread
     );
-    let more = pattern(4, 0, 100_000);
-    let send = more.clone();
-    let writer = std::thread::spawn(move || {
-        client.write_all(&send).unwrap();
-        client
-    });
-    assert_eq!(
-        read_exactly(&mut server, more.len(), Duration::from_secs(10)),
-        more
-    );
-    let client = writer.join().unwrap();
+    let client = stream_across(client, &mut server, pattern(4, 0, 100_000));
     assert_eq!(
         client.local_addr().unwrap().port(),
         client_port,
@@ -211,15 +201,20 @@ fn a_captured_socket_taken_back_carries_on() {
         read_exactly(&mut server, all.len(), Duration::from_secs(5)),
         all
     );
-    let back = pattern(7, 0, 200_000);
-    let send = back.clone();
+    stream_across(server, &mut client, pattern(7, 0, 200_000));
+}
+
+/// `from` writes `data` (on a thread of its own, so that neither side's
+/// buffers limit it) while `to` reads it back byte-exact; `from` is
+/// returned.
+fn stream_across(mut from: TcpStream, to: &mut TcpStream, data: Vec<u8>) -> TcpStream {
+    let len = data.len();
     let writer = std::thread::spawn(move || {
-        server.write_all(&send).unwrap();
-        server
+        from.write_all(&data).unwrap();
+        (from, data)
     });
-    assert_eq!(
-        read_exactly(&mut client, back.len(), Duration::from_secs(10)),
-        back
-    );
-    writer.join().unwrap();
+    let got = read_exactly(to, len, Duration::from_secs(10));
+    let (from, data) = writer.join().unwrap();
+    assert!(got == data, "{len} bytes arrived changed");
+    from
 }
