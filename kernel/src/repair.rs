@@ -43,6 +43,10 @@ const TCPOPT_MSS: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
 const TCPOPT_TIMESTAMP: u32 = 8;
+/// How often a queue is read again when segments changed it meanwhile.
+const QUEUE_READ_TRIES: usize = 16;
+/// `tcp_info.tcpi_state` of an established connection.
+const TCP_ESTABLISHED: u8 = 1;
 /// `tcp_info.tcpi_options` bits.
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
@@ -104,6 +108,9 @@ pub struct TcpState {
     pub timestamp: u32,
     /// Both windows.
     pub window: RepairWindow,
+    /// The socket's send and receive buffer sizes (`SO_SNDBUF`,
+    /// `SO_RCVBUF`, as the kernel reports them).
+    pub buffers: (u32, u32),
 }
 
 /// Read the state of the connection on `fd` and leave the socket in
@@ -136,30 +143,55 @@ pub fn resume(socket: &impl AsFd) -> io::Result<()> {
 
 fn read_state(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> io::Result<TcpState> {
     let info: libc::tcp_info = get(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
-    let recv_len = ioctl_len(fd, libc::FIONREAD)?;
-    let send_len = ioctl_len(fd, libc::TIOCOUTQ)?;
+    if info.tcpi_state != TCP_ESTABLISHED {
+        // A FIN already exchanged would be lost: restore builds ESTABLISHED.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "only an ESTABLISHED connection can be moved (TCP state {})",
+                info.tcpi_state
+            ),
+        ));
+    }
+    let (recv_seq, recv_queue) = read_queue(fd, TCP_RECV_QUEUE, libc::FIONREAD)?;
+    let (send_seq, send_queue) = read_queue(fd, TCP_SEND_QUEUE, libc::TIOCOUTQ)?;
     let unsent = ioctl_len(fd, libc::SIOCOUTQNSD as _)?;
-    let (recv_next, recv_queue) = read_queue(fd, TCP_RECV_QUEUE, recv_len)?;
-    let (write_seq, send_queue) = read_queue(fd, TCP_SEND_QUEUE, send_len)?;
     let mss: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)?;
     let timestamp: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP)?;
     let window: RepairWindow = get(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)?;
-    let scales = info.tcpi_snd_rcv_wscale;
+    let sndbuf: c_int = get(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    let rcvbuf: c_int = get(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
     Ok(TcpState {
         local,
         peer,
-        send_seq: write_seq.wrapping_sub(send_queue.len() as u32),
-        recv_seq: recv_next.wrapping_sub(recv_queue.len() as u32),
+        send_seq,
+        recv_seq,
         unsent: unsent.min(send_queue.len()),
         send_queue,
         recv_queue,
         mss,
-        wscale: (info.tcpi_options & TCPI_OPT_WSCALE != 0).then_some((scales & 0xf, scales >> 4)),
+        wscale: (info.tcpi_options & TCPI_OPT_WSCALE != 0)
+            .then(|| window_scales(info.tcpi_snd_rcv_wscale)),
         sack: info.tcpi_options & TCPI_OPT_SACK != 0,
         timestamps: info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0,
         timestamp,
         window,
+        buffers: (
+            u32::try_from(sndbuf).unwrap_or(0),
+            u32::try_from(rcvbuf).unwrap_or(0),
+        ),
     })
+}
+
+/// `tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4` as the C compiler lays out
+/// the bit-fields: from the low bits on little-endian targets (x86_64,
+/// aarch64 Linux), from the high bits on big-endian ones.
+fn window_scales(byte: u8) -> (u8, u8) {
+    if cfg!(target_endian = "little") {
+        (byte & 0xf, byte >> 4)
+    } else {
+        (byte >> 4, byte & 0xf)
+    }
 }
 
 /// A restored connection: the socket (non-blocking, out of repair mode)
@@ -184,10 +216,14 @@ pub fn restore(state: &TcpState) -> io::Result<Restored> {
     // socket) already is (the kernel forces address reuse for it); a
     // later SO_REUSEADDR would undo that, so none is set.
     set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
-    // A fresh socket's send buffer is too small for a large send queue
-    // written in repair mode (it would block).
-    let send_room = (state.send_queue.len() * 2).max(64 * 1024);
-    sock.set_send_buffer_size(send_room)?;
+    // A fresh socket's buffers may be too small for the queues written in
+    // repair mode (the send queue would block, the receive queue fail
+    // with ENOMEM), and `wmem_max`/`rmem_max` may cap a plain setsockopt:
+    // the old sizes, or the queues' (with room), are forced (this needs
+    // CAP_NET_ADMIN like the rest, and fixes the sizes from then on).
+    let (sndbuf, rcvbuf) = state.buffers;
+    force_buffer(fd, libc::SO_SNDBUFFORCE, sndbuf, state.send_queue.len())?;
+    force_buffer(fd, libc::SO_RCVBUFFORCE, rcvbuf, state.recv_queue.len())?;
     sock.set_nonblocking(true)?;
     set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
     set_int(fd, libc::TCP_QUEUE_SEQ, state.send_seq as c_int)?;
@@ -214,6 +250,14 @@ pub fn restore(state: &TcpState) -> io::Result<Restored> {
     let stream: TcpStream = sock.into();
     let pending = write_what_fits(&stream, &state.send_queue[sent..])?;
     Ok(Restored { stream, pending })
+}
+
+/// Force a buffer size of at least `reported` (a size as the kernel
+/// reports it, which is twice what was set) and room for `queued` bytes.
+fn force_buffer(fd: RawFd, opt: c_int, reported: u32, queued: usize) -> io::Result<()> {
+    let want = (reported as usize).max(2 * queued + 64 * 1024) / 2;
+    let want = c_int::try_from(want).unwrap_or(c_int::MAX);
+    set(fd, libc::SOL_SOCKET, opt, &want)
 }
 
 fn set_options(fd: RawFd, state: &TcpState) -> io::Result<()> {
@@ -252,33 +296,46 @@ fn set_options(fd: RawFd, state: &TcpState) -> io::Result<()> {
     })
 }
 
-/// The sequence number after the queue's last byte, and its bytes (read
-/// without consuming them).
-fn read_queue(fd: RawFd, queue: c_int, len: usize) -> io::Result<(u32, Vec<u8>)> {
+/// The sequence number of the selected queue's first byte, and its bytes
+/// (read without consuming them). The socket still takes segments in
+/// repair mode (bytes arrive, ACKs shrink the send queue), so the sequence
+/// number and length are read before and after the peek, and the read is
+/// taken only when they agree.
+fn read_queue(fd: RawFd, queue: c_int, len_request: libc::Ioctl) -> io::Result<(u32, Vec<u8>)> {
     set_int(fd, libc::TCP_REPAIR_QUEUE, queue)?;
-    let seq: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
-    let mut buf = vec![0u8; len];
-    if len > 0 {
-        // SAFETY: buf is writable for len bytes. In repair mode a peek
-        // reads the selected queue from its start.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                len,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
+    for _ in 0..QUEUE_READ_TRIES {
+        // TCP_QUEUE_SEQ is the sequence number after the queue's last byte
+        // (rcv_nxt, write_seq).
+        let end: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
+        let len = ioctl_len(fd, len_request)?;
+        let mut buf = vec![0u8; len];
+        let got = if len == 0 {
+            0
+        } else {
+            // SAFETY: buf is writable for len bytes. In repair mode a peek
+            // reads the selected queue from its start.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr().cast(),
+                    len,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            n as usize
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != len {
-            return Err(io::Error::other(format!(
-                "peeked {n} of {len} queued bytes"
-            )));
+        let end_after: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
+        let len_after = ioctl_len(fd, len_request)?;
+        if got == len && end_after == end && len_after == len {
+            return Ok((end.wrapping_sub(len as u32), buf));
         }
     }
-    Ok((seq, buf))
+    Err(io::Error::other(
+        "the TCP queue kept changing while it was read",
+    ))
 }
 
 /// Refill the selected queue in repair mode (no segment goes out).

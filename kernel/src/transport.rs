@@ -6,11 +6,13 @@
 //! backend socket under a token of its own, registered once for its whole
 //! life: the transport's table says which slot it serves, or that it idles
 //! in the pool. Handing a pooled connection to a request (and back) is a
-//! table update, not two `epoll_ctl` calls, and an idle connection is only
-//! probed (`MSG_PEEK`) when an event came for it while it idled.
+//! table update, not two `epoll_ctl` calls; a connection is probed
+//! (`MSG_PEEK`) once when it is parked, and again at reuse only if an event
+//! came for it while it idled.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use dpuproxy_driver::{
@@ -98,6 +100,8 @@ pub(crate) struct KernelBackend {
 /// Where a backend connection's events go.
 #[derive(Debug, Clone, Copy)]
 struct BackendEntry {
+    /// The socket's descriptor (an entry belongs to one socket).
+    fd: RawFd,
     /// The slot it serves; `None` while it idles in the pool.
     owner: Option<SlotId>,
     /// An event came while it idled: it may have closed or sent bytes, so
@@ -129,6 +133,19 @@ impl KernelTransport {
         }
     }
 
+    /// Register a backend socket for life under a new entry owned by `slot`.
+    fn register_backend(&mut self, stream: &mut TcpStream, slot: SlotId) -> io::Result<usize> {
+        let entry = self.backends.vacant_entry();
+        let id = entry.key();
+        self.registry.register(stream, backend_token(id), both())?;
+        entry.insert(BackendEntry {
+            fd: stream.as_raw_fd(),
+            owner: Some(slot),
+            stirred: false,
+        });
+        Ok(id)
+    }
+
     /// The slot an event for backend connection `id` is for; `None` when
     /// the connection idles in the pool (the event is remembered, so the
     /// connection is probed before it is reused) or is gone.
@@ -143,6 +160,12 @@ impl KernelTransport {
 
 fn both() -> Interest {
     Interest::READABLE | Interest::WRITABLE
+}
+
+/// Open, and nothing to read: neither bytes nor a FIN (one `MSG_PEEK`).
+fn probe_silent(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Read a non-blocking socket once into `buf`.
@@ -268,14 +291,7 @@ impl Transport for KernelTransport {
         let addr = self.shared.backends.get(backend).socket;
         let mut stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        let entry = self.backends.vacant_entry();
-        let id = entry.key();
-        self.registry
-            .register(&mut stream, backend_token(id), both())?;
-        entry.insert(BackendEntry {
-            owner: Some(slot),
-            stirred: false,
-        });
+        let id = self.register_backend(&mut stream, slot)?;
         Ok(KernelBackend { stream, addr, id })
     }
 
@@ -311,36 +327,45 @@ impl Transport for KernelTransport {
         }
     }
 
+    /// A connection of this transport's is handed over by a table update.
+    /// One from another worker's transport (moved by `Driver::attach`,
+    /// deregistered there) is registered here under a new entry.
     fn adopt(&mut self, conn: &mut KernelBackend, slot: SlotId) -> bool {
+        let fd = conn.stream.as_raw_fd();
         match self.backends.get_mut(conn.id) {
-            Some(entry) => {
+            Some(entry) if entry.fd == fd => {
                 entry.owner = Some(slot);
                 true
             }
-            None => false,
+            _ => match self.register_backend(&mut conn.stream, slot) {
+                Ok(id) => {
+                    conn.id = id;
+                    true
+                }
+                Err(_) => false,
+            },
         }
     }
 
+    /// The connection stays registered; its events now only mark it
+    /// stirred. Whatever came before the park (a FIN or bytes after the
+    /// response, whose event the serving slot already took) is found by
+    /// one probe here; whatever comes after raises an event.
     fn park(&mut self, conn: &mut KernelBackend) {
+        let silent = probe_silent(&conn.stream);
         if let Some(entry) = self.backends.get_mut(conn.id) {
-            *entry = BackendEntry {
-                owner: None,
-                stirred: false,
-            };
+            entry.owner = None;
+            entry.stirred = !silent;
         }
     }
 
-    /// Silent since it was parked (no event: edge-triggered epoll reports
-    /// every FIN, RST and byte that arrives), or probed and found silent.
+    /// Silent since it was parked (no event since the probe at the park),
+    /// or probed again and found silent.
     fn idle_alive(&mut self, conn: &mut KernelBackend) -> bool {
         let Some(entry) = self.backends.get(conn.id) else {
             return false;
         };
-        if !entry.stirred {
-            return true;
-        }
-        let mut probe = [0u8; 1];
-        matches!(conn.stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        !entry.stirred || probe_silent(&conn.stream)
     }
 
     fn close_backend(&mut self, mut conn: KernelBackend, how: Close) {
@@ -386,17 +411,28 @@ mod tests {
         };
         let mut conns = Vec::new();
         let mut peers = Vec::new();
-        for _ in 0..3 {
+        for i in 0..4 {
             let mut c = t.connect(slot, 0).expect("connect starts");
             let (peer, _) = listener.accept().unwrap();
             pump(&mut t, &mut poll, 3);
             assert!(matches!(t.connect_status(&mut c), ConnectStatus::Connected));
             // While a slot owns it, its events go to that slot.
             assert_eq!(t.backend_event(c.id), Some(slot));
+            let mut peer = peer;
+            if i == 3 {
+                // Bytes (or a FIN) whose event the serving slot took
+                // before the park: the probe at the park finds them.
+                peer.write_all(b"late").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                pump(&mut t, &mut poll, 2);
+            }
             t.park(&mut c);
             conns.push(c);
             peers.push(peer);
         }
+        let mut late = conns.pop().unwrap();
+        assert!(t.backends[late.id].stirred && !t.idle_alive(&mut late));
+        t.close_backend(late, Close::Abort);
         pump(&mut t, &mut poll, 3);
         // Silent while parked: reusable with no probe at all.
         for c in &mut conns {

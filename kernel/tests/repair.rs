@@ -218,3 +218,19 @@ fn stream_across(mut from: TcpStream, to: &mut TcpStream, data: Vec<u8>) -> TcpS
     assert!(got == data, "{len} bytes arrived changed");
     from
 }
+
+/// A connection past ESTABLISHED (here CLOSE_WAIT: the peer sent its FIN)
+/// is refused, since a restore would lose the FIN, and the socket is left
+/// as it was: out of repair mode, still able to send.
+#[test]
+fn a_half_closed_connection_is_refused_and_left_usable() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let err = repair::capture(&server).expect_err("CLOSE_WAIT is refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("ESTABLISHED"), "{err}");
+    stream_across(server, &mut client, pattern(8, 0, 10_000));
+}

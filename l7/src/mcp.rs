@@ -140,13 +140,13 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call<'_>>> {
     #[derive(serde::Deserialize)]
     struct Msg<'a> {
         #[serde(borrow)]
-        method: Option<Cow<'a, str>>,
+        method: Option<Text<'a>>,
         #[serde(borrow)]
         params: Option<ObjectOnly<Params<'a>>>,
     }
     fn to_call(ObjectOnly(m): ObjectOnly<Msg<'_>>) -> Call<'_> {
         Call {
-            method: m.method,
+            method: m.method.map(|Text(t)| t),
             name: m
                 .params
                 .and_then(|ObjectOnly(p)| p.name)
@@ -164,6 +164,19 @@ pub fn jsonrpc_calls(body: &[u8]) -> Option<Vec<Call<'_>>> {
             .ok()
             .map(|v| v.into_iter().map(to_call).collect()),
         _ => None,
+    }
+}
+
+/// A JSON string, borrowed unless it had escapes; any other value is an
+/// error. (serde's own `Cow<str>` always copies inside an `Option`.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match StringOrOther::deserialize(d)? {
+            StringOrOther(Some(t)) => Ok(Text(t)),
+            StringOrOther(None) => Err(serde::de::Error::custom("expected a string")),
+        }
     }
 }
 
@@ -502,8 +515,15 @@ mod tests {
                 (None, None, false),
             ]
         );
+        // Methods are borrowed too unless escaped.
+        let methods: Vec<bool> = calls
+            .iter()
+            .map(|c| matches!(c.method, Some(Cow::Borrowed(_))))
+            .collect();
+        assert_eq!(methods, [true, false, true, true, true, false]);
         // A message whose method is not a string is not JSON-RPC we read.
         assert_eq!(jsonrpc_calls(br#"{"method":1}"#), None);
+        assert_eq!(jsonrpc_calls(br#"{"method":{"a":"b"}}"#), None);
     }
 
     #[test]

@@ -11,9 +11,11 @@
 //! Contract of both functions: `ctx` holds an AEAD cipher (AES-GCM or
 //! ChaCha20-Poly1305) and its key, set up by the caller with the openssl
 //! crate in the direction the function uses (encrypt for [`seal`],
-//! decrypt for [`open`]); `nonce` has the cipher's IV length (12 bytes for
-//! every TLS suite), which the caller checked when it keyed the context;
-//! the tag is [`Aead::TAG_LEN`] bytes.
+//! decrypt for [`open`]), from a provider (OpenSSL 3: the tag goes
+//! through `EVP_CIPHER_CTX_get_params`/`set_params`); `nonce` has the
+//! cipher's IV length, which for every TLS suite's cipher is its default
+//! of 12 bytes (the record layer never changes it); the tag is
+//! [`Aead::TAG_LEN`] bytes.
 
 #![allow(unsafe_code)]
 
@@ -79,8 +81,9 @@ fn set_nonce(
 ) -> Result<(), ErrorStack> {
     // SAFETY: ctx is live and keyed; with no cipher, engine or key given
     // only the IV is set, and OpenSSL reads exactly the context's IV
-    // length (NONCE_LEN, checked by the caller) from nonce. enc = -1
-    // keeps the direction the context was keyed for.
+    // length from nonce: the default 12 bytes (NONCE_LEN) of AES-GCM and
+    // ChaCha20-Poly1305, which nothing changes. enc = -1 keeps the
+    // direction the context was keyed for.
     cvt(unsafe {
         ffi::EVP_CipherInit_ex(
             ctx,

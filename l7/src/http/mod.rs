@@ -374,10 +374,12 @@ fn leading_empty_line(buf: &[u8]) -> usize {
 /// head scan has not seen yet (`scanned`).
 ///
 /// Whatever way the bytes were cut into reads, the verdict is the one the
-/// whole head gets: the line is checked before the rest of the head is
-/// scanned (it comes first in the stream), by httparse itself, and only
-/// when it ends in CRLF within the head limit (a bare LF and an oversize
-/// line are the head scan's to refuse).
+/// whole head gets: the line's verdict is given before any verdict on the
+/// rest of the head (it comes first in the stream), by httparse itself,
+/// and only when it ends in CRLF within the head limit (a bare LF and an
+/// oversize line are the head scan's to refuse). The caller runs this
+/// after the head scan when the head is not whole yet or is refused; a
+/// whole head that httparse accepts has a good request line.
 fn check_new_request_line(buf: &[u8], scanned: usize, max: usize) -> Result<(), HttpError> {
     let start = leading_empty_line(buf);
     let window = &buf[..buf.len().min(max)];
