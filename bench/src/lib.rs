@@ -9,6 +9,8 @@
 //! - [`soak`]: `bench soak`, many SSE streams for minutes or hours with
 //!   request and session churn and backend kills, RSS/fd/session samples;
 //! - [`records`]: `bench records`, the TLS record layer against raw EVP;
+//! - [`repair`]: `bench repair`, kernel TCP connections moved between
+//!   sockets with `TCP_REPAIR`, timed and checked;
 //! - [`procs`] and [`background`]: child processes, free ports and
 //!   stoppable background threads (the demo uses them too).
 //!
@@ -21,5 +23,6 @@ pub mod background;
 pub mod procs;
 pub mod proxy;
 pub mod records;
+pub mod repair;
 pub mod soak;
 pub mod tcp;

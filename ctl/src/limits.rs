@@ -29,6 +29,15 @@ pub fn ensure_open_files(needed: u64) -> u64 {
         return soft;
     }
     let target = needed.min(hard);
+    if target <= soft {
+        tracing::warn!(
+            soft,
+            hard,
+            needed,
+            "the hard open-file limit is below what is needed"
+        );
+        return soft;
+    }
     let raised = setrlimit(
         Resource::Nofile,
         Rlimit {

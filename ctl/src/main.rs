@@ -78,6 +78,8 @@ enum BenchCommand {
     Records(dpuproxy_bench::records::RecordsArgs),
     /// Userspace TCP: two stacks over an in-memory wire, optionally with faults.
     Tcp(dpuproxy_bench::tcp::TcpArgs),
+    /// Kernel TCP connections moved between sockets with TCP_REPAIR (needs root), timed and checked.
+    Repair(dpuproxy_bench::repair::RepairArgs),
     /// Whole-proxy comparison: kernel vs dpdk vs HAProxy on the same MCP workload.
     Proxy(Box<dpuproxy_bench::proxy::ProxyArgs>),
     /// Many SSE streams for minutes or hours, with churn and backend kills; samples RSS, fds, sessions.
@@ -554,6 +556,12 @@ fn main() {
         Command::TlsEcho(args) => tls_echo::run(&args),
         Command::Bench(BenchCommand::Records(args)) => dpuproxy_bench::records::run(&args),
         Command::Bench(BenchCommand::Tcp(args)) => dpuproxy_bench::tcp::run(&args),
+        Command::Bench(BenchCommand::Repair(args)) => {
+            // Two sockets per connection (the old one closes before its
+            // restore opens the new one).
+            limits::ensure_open_files(2 * args.connections as u64 + 64);
+            dpuproxy_bench::repair::run(&args)
+        }
         Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
         Command::Bench(BenchCommand::Soak(args)) => dpuproxy_bench::soak::run(&args),
         Command::Bench(BenchCommand::SoakPart(args)) => dpuproxy_bench::soak::part::run(&args),
