@@ -97,3 +97,20 @@ def test_bench_proxy_dpdk_on_the_veth_rig(tmp_path):
     assert "net_af_packet" in dpdk["describe"], dpdk
     assert min(dpdk["backend_spread"]) > 0, dpdk
     assert _bench_links() <= before, f"left behind: {_bench_links() - before}"
+
+
+def test_bench_repair_smoke():
+    """`bench repair` moves every connection and checks each byte-exact (the
+    figures are the benchmark's; here only that all moved and none failed)."""
+    if os.geteuid() != 0:
+        pytest.skip("TCP_REPAIR needs root")
+    p = subprocess.run(
+        [*proxy_binary(), "bench", "repair", "--connections", "200", "--queued", "4000"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    last = p.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"moved=(\d+) failed=(\d+) conns_per_s=(\d+) pause_p99_us=(\d+)", last)
+    assert m, last
+    assert (int(m[1]), int(m[2])) == (200, 0), p.stdout + p.stderr
+    assert int(m[3]) > 0 and int(m[4]) > 0, last
