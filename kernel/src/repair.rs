@@ -7,20 +7,30 @@
 //!   everything the kernel needs to go on: both sequence numbers, the
 //!   unread receive queue, the send queue (unacknowledged and unsent bytes,
 //!   and which is which), MSS, window scales, SACK and timestamp options,
-//!   the windows and the timestamp clock. The socket stays in repair mode:
-//!   closing it then sends nothing (no FIN, no RST), so the caller closes
-//!   it once the new socket has taken over, or takes it back with
-//!   [`resume`] when the restore failed.
-//! - [`restore`] builds a new socket from a [`TcpState`]: bound to the same
-//!   local address (possible while a listener holds it), "connected" to the
-//!   peer without a SYN, queues refilled, options and windows set; it then
-//!   leaves repair mode with a window probe, so the connection resumes at
-//!   once. The unsent tail is written after that, as any write; what does
-//!   not fit is returned for the caller to write when the socket is
-//!   writable.
-//! - Between the two, segments from the peer must not reach the host's
-//!   stack (a listener on the address would answer them with RST): the
-//!   caller steers or holds them. Nothing here touches the TLS state.
+//!   the windows, the timestamp clock and the buffer sizes. The reads are
+//!   repeated until two rounds agree (the socket still takes segments in
+//!   repair mode). The socket stays in repair mode: closing it then sends
+//!   nothing (no FIN, no RST).
+//! - [`restore`] builds a new kernel socket from a [`TcpState`]: bound to
+//!   the same local address (possible while a listener holds it),
+//!   "connected" to the peer without a SYN, queues refilled, options and
+//!   windows set; it then leaves repair mode with a window probe, so the
+//!   connection resumes at once. The unsent tail is written after that, as
+//!   any write; what does not fit is returned for the caller to write when
+//!   the socket is writable. The old socket must be closed first: the
+//!   kernel keeps one socket per address pair, and the connect fails with
+//!   `EADDRNOTAVAIL` while the old one is open.
+//! - A move to another stack (the DPDK path) keeps the old socket open
+//!   until the new owner has the connection; if that fails, [`resume`]
+//!   takes the old socket back and nothing is lost. A move between kernel
+//!   sockets has closed the old one, so a failed [`restore`] is answered
+//!   with [`reset`]: the peer gets an RST instead of waiting on a silent
+//!   connection.
+//! - From the capture until the old socket is closed, segments from the
+//!   peer must not reach the old socket (it would acknowledge bytes the
+//!   state does not hold) nor the host's stack in between (a listener on
+//!   the address would answer them with RST): the caller steers or holds
+//!   them. Nothing here touches the TLS state.
 //!
 //! Linux only; `TCP_REPAIR` needs `CAP_NET_ADMIN`.
 
@@ -33,11 +43,13 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 /// `TCP_REPAIR_QUEUE` values (linux/tcp.h).
+const TCP_NO_QUEUE: c_int = 0;
 const TCP_RECV_QUEUE: c_int = 1;
 const TCP_SEND_QUEUE: c_int = 2;
-/// `TCP_REPAIR` values: on, off with a window probe.
+/// `TCP_REPAIR` values: on, off with a window probe, off without one.
 const REPAIR_ON: c_int = 1;
 const REPAIR_OFF: c_int = 0;
+const REPAIR_OFF_NO_PROBE: c_int = -1;
 /// `TCP_REPAIR_OPTIONS` option codes (the TCP option kinds).
 const TCPOPT_MSS: u32 = 2;
 const TCPOPT_WINDOW: u32 = 3;
@@ -115,7 +127,7 @@ pub struct TcpState {
 
 /// Read the state of the connection on `fd` and leave the socket in
 /// repair mode (see the module docs). On error the socket is taken out of
-/// repair mode again, unchanged.
+/// repair mode again (with a window probe) and goes on.
 pub fn capture(socket: &impl AsFd) -> io::Result<TcpState> {
     let sock = SockRef::from(socket);
     let local = sock.local_addr()?.as_socket().ok_or_else(not_inet)?;
@@ -153,12 +165,30 @@ fn read_state(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> io::Result<TcpS
             ),
         ));
     }
-    let (recv_seq, recv_queue) = read_queue(fd, TCP_RECV_QUEUE, libc::FIONREAD)?;
-    let (send_seq, send_queue) = read_queue(fd, TCP_SEND_QUEUE, libc::TIOCOUTQ)?;
-    let unsent = ioctl_len(fd, libc::SIOCOUTQNSD as _)?;
+    // Segments may still land while this reads; a round counts only when
+    // both queues' ends and lengths are the same after it as before.
+    let mut round = 0;
+    let (recv_seq, recv_queue, send_seq, send_queue, unsent, window) = loop {
+        let before = queue_marks(fd)?;
+        let unsent = ioctl_len(fd, libc::SIOCOUTQNSD as _)?;
+        let (recv_seq, recv_queue) = read_queue(fd, TCP_RECV_QUEUE, libc::FIONREAD)?;
+        let (send_seq, send_queue) = read_queue(fd, TCP_SEND_QUEUE, libc::TIOCOUTQ)?;
+        let window: RepairWindow = get(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)?;
+        if queue_marks(fd)? == before {
+            break (recv_seq, recv_queue, send_seq, send_queue, unsent, window);
+        }
+        round += 1;
+        if round == QUEUE_READ_TRIES {
+            return Err(io::Error::other(
+                "the connection kept changing while it was captured",
+            ));
+        }
+    };
+    // No queue selected: a window opening now must not mark unsent bytes
+    // as sent (they would wait for a retransmission after a resume).
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
     let mss: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_MAXSEG)?;
     let timestamp: u32 = get(fd, libc::IPPROTO_TCP, libc::TCP_TIMESTAMP)?;
-    let window: RepairWindow = get(fd, libc::IPPROTO_TCP, libc::TCP_REPAIR_WINDOW)?;
     let sndbuf: c_int = get(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
     let rcvbuf: c_int = get(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
     Ok(TcpState {
@@ -260,6 +290,39 @@ fn force_buffer(fd: RawFd, opt: c_int, reported: u32, queued: usize) -> io::Resu
     set(fd, libc::SOL_SOCKET, opt, &want)
 }
 
+/// End the connection `state` describes with an RST, when its old socket
+/// is closed and it cannot be restored: a socket is rebuilt at the
+/// sequence numbers the peer expects (nothing queued), taken out of repair
+/// mode without a probe, and closed with a zero linger.
+pub fn reset(state: &TcpState) -> io::Result<()> {
+    let domain = match state.local {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let fd = sock.as_raw_fd();
+    set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
+    let sent = (state.send_queue.len() - state.unsent.min(state.send_queue.len())) as u32;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    set_int(
+        fd,
+        libc::TCP_QUEUE_SEQ,
+        state.send_seq.wrapping_add(sent) as c_int,
+    )?;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    set_int(
+        fd,
+        libc::TCP_QUEUE_SEQ,
+        state.recv_seq.wrapping_add(state.recv_queue.len() as u32) as c_int,
+    )?;
+    sock.bind(&SockAddr::from(state.local))?;
+    sock.connect(&SockAddr::from(state.peer))?;
+    set_int(fd, libc::TCP_REPAIR, REPAIR_OFF_NO_PROBE)?;
+    sock.set_linger(Some(std::time::Duration::ZERO))?;
+    drop(sock);
+    Ok(())
+}
+
 fn set_options(fd: RawFd, state: &TcpState) -> io::Result<()> {
     let mut opts = vec![RepairOpt {
         code: TCPOPT_MSS,
@@ -294,6 +357,24 @@ fn set_options(fd: RawFd, state: &TcpState) -> io::Result<()> {
             len,
         )
     })
+}
+
+/// Both queues' end sequence numbers and lengths (a segment that lands
+/// changes one of them).
+fn queue_marks(fd: RawFd) -> io::Result<[u32; 4]> {
+    let mut marks = [0u32; 4];
+    for (i, (queue, len_request)) in [
+        (TCP_RECV_QUEUE, libc::FIONREAD),
+        (TCP_SEND_QUEUE, libc::TIOCOUTQ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        set_int(fd, libc::TCP_REPAIR_QUEUE, queue)?;
+        marks[2 * i] = get(fd, libc::IPPROTO_TCP, libc::TCP_QUEUE_SEQ)?;
+        marks[2 * i + 1] = ioctl_len(fd, len_request)? as u32;
+    }
+    Ok(marks)
 }
 
 /// The sequence number of the selected queue's first byte, and its bytes
@@ -393,17 +474,22 @@ fn set<T>(fd: RawFd, level: c_int, opt: c_int, val: &T) -> io::Result<()> {
     })
 }
 
-/// A socket option of plain-old-data type `T` (integers and repr(C)
-/// structs of integers, which any bytes initialise).
-fn get<T: Copy>(fd: RawFd, level: c_int, opt: c_int) -> io::Result<T> {
+/// Types any bytes initialise: integers and repr(C) structs of integers.
+trait PlainData: Copy {}
+impl PlainData for u32 {}
+impl PlainData for c_int {}
+impl PlainData for RepairWindow {}
+impl PlainData for libc::tcp_info {}
+
+/// A socket option of plain-old-data type `T`.
+fn get<T: PlainData>(fd: RawFd, level: c_int, opt: c_int) -> io::Result<T> {
     let mut val = MaybeUninit::<T>::zeroed();
     let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: val has room for size_of::<T>() bytes and len says so; the
     // kernel writes at most len bytes.
     cvt(unsafe { libc::getsockopt(fd, level, opt, val.as_mut_ptr().cast(), &mut len) })?;
-    // SAFETY: val was zeroed (all-zero is valid for the integer and
-    // integer-struct types this is used with) and then partly or wholly
-    // overwritten by the kernel.
+    // SAFETY: val was zeroed and then partly or wholly overwritten by the
+    // kernel; every bit pattern is a valid T (PlainData).
     Ok(unsafe { val.assume_init() })
 }
 

@@ -328,8 +328,11 @@ impl Transport for KernelTransport {
     }
 
     /// A connection of this transport's is handed over by a table update.
-    /// One from another worker's transport (moved by `Driver::attach`,
-    /// deregistered there) is registered here under a new entry.
+    /// One from another worker's transport (moved by `Driver::attach`) is
+    /// registered here under a new entry. Kernel mode moves no backend
+    /// connection between workers today: `Driver::detach` has no transport
+    /// hook, so the old worker would keep its registration and entry; a
+    /// move will need that hook first.
     fn adopt(&mut self, conn: &mut KernelBackend, slot: SlotId) -> bool {
         let fd = conn.stream.as_raw_fd();
         match self.backends.get_mut(conn.id) {

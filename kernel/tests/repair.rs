@@ -178,9 +178,11 @@ fn move_a_connection(in_flight_part: Option<usize>) {
     );
 }
 
-/// A capture whose restore fails (here: it is never tried) costs nothing:
-/// the old socket resumes, both ways, byte-exact, even for bytes the peer
-/// sent while it was in repair mode.
+/// A capture whose move fails while the old socket is still open (as in a
+/// move to another stack) costs nothing: the old socket resumes, both ways,
+/// byte-exact, even for bytes the peer sent while it was in repair mode.
+/// Here the move that fails is a kernel restore tried too early: the old
+/// socket still holds the address pair.
 #[test]
 fn a_captured_socket_taken_back_carries_on() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -195,6 +197,8 @@ fn a_captured_socket_taken_back_carries_on() {
     let during = pattern(6, 0, 10_000);
     client.write_all(&during).unwrap();
     std::thread::sleep(Duration::from_millis(50));
+    let early = repair::restore(&state).expect_err("the old socket holds the address pair");
+    assert_eq!(early.raw_os_error(), Some(libc::EADDRNOTAVAIL), "{early}");
     repair::resume(&server).expect("resume");
     let all: Vec<u8> = first.iter().chain(during.iter()).copied().collect();
     assert_eq!(
@@ -233,4 +237,37 @@ fn a_half_closed_connection_is_refused_and_left_usable() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("ESTABLISHED"), "{err}");
     stream_across(server, &mut client, pattern(8, 0, 10_000));
+}
+
+/// A connection whose old socket is closed and that is not restored is
+/// ended with an RST: the peer learns at once instead of waiting on a
+/// silent connection.
+#[test]
+fn a_connection_that_cannot_be_restored_is_reset() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"request").unwrap();
+    assert_eq!(
+        read_exactly(&mut server, 7, Duration::from_secs(5)),
+        b"request"
+    );
+    server.write_all(b"partial answer").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let state = repair::capture(&server).expect("capture (needs CAP_NET_ADMIN)");
+    drop(server);
+    repair::reset(&state).expect("reset");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let err = loop {
+        let mut buf = [0u8; 64];
+        match client.read(&mut buf) {
+            Ok(0) => panic!("a FIN, not an RST, after {got:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
 }

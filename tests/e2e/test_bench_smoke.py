@@ -105,7 +105,7 @@ def test_bench_repair_smoke():
     if os.geteuid() != 0:
         pytest.skip("TCP_REPAIR needs root")
     p = subprocess.run(
-        [*proxy_binary(), "bench", "repair", "--connections", "200", "--queued", "4000"],
+        [*proxy_binary(), "bench", "repair", "--connections", "200", "--queued", "16000"],
         capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stdout + p.stderr
@@ -114,3 +114,6 @@ def test_bench_repair_smoke():
     assert m, last
     assert (int(m[1]), int(m[2])) == (200, 0), p.stdout + p.stderr
     assert int(m[3]) > 0 and int(m[4]) > 0, last
+    # Every move carried bytes in the send queue too (the client's window is small).
+    held = re.search(r"(\d+) captures held bytes in the send queue", p.stderr)
+    assert held and int(held[1]) == 200, p.stderr
