@@ -23,6 +23,7 @@ pub mod background;
 pub mod procs;
 pub mod proxy;
 pub mod records;
+mod records_ssl;
 pub mod repair;
 pub mod soak;
 pub mod tcp;
