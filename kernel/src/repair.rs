@@ -125,6 +125,14 @@ pub struct TcpState {
     pub buffers: (u32, u32),
 }
 
+impl TcpState {
+    /// Bytes at the start of the send queue that were sent (and await
+    /// their acknowledgement).
+    pub fn sent(&self) -> usize {
+        self.send_queue.len() - self.unsent.min(self.send_queue.len())
+    }
+}
+
 /// Read the state of the connection on `fd` and leave the socket in
 /// repair mode (see the module docs). On error the socket is taken out of
 /// repair mode again (with a window probe) and goes on.
@@ -236,16 +244,8 @@ pub struct Restored {
 
 /// Build a socket that carries on the connection `state` describes.
 pub fn restore(state: &TcpState) -> io::Result<Restored> {
-    let domain = match state.local {
-        SocketAddr::V4(_) => Domain::IPV4,
-        SocketAddr::V6(_) => Domain::IPV6,
-    };
-    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let sock = connected_in_repair(state, state.send_seq, state.recv_seq)?;
     let fd = sock.as_raw_fd();
-    // Repair mode lets the socket bind where a listener (or the old
-    // socket) already is (the kernel forces address reuse for it); a
-    // later SO_REUSEADDR would undo that, so none is set.
-    set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
     // A fresh socket's buffers may be too small for the queues written in
     // repair mode (the send queue would block, the receive queue fail
     // with ENOMEM), and `wmem_max`/`rmem_max` may cap a plain setsockopt:
@@ -255,18 +255,11 @@ pub fn restore(state: &TcpState) -> io::Result<Restored> {
     force_buffer(fd, libc::SO_SNDBUFFORCE, sndbuf, state.send_queue.len())?;
     force_buffer(fd, libc::SO_RCVBUFFORCE, rcvbuf, state.recv_queue.len())?;
     sock.set_nonblocking(true)?;
-    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
-    set_int(fd, libc::TCP_QUEUE_SEQ, state.send_seq as c_int)?;
-    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
-    set_int(fd, libc::TCP_QUEUE_SEQ, state.recv_seq as c_int)?;
-    sock.bind(&SockAddr::from(state.local))?;
-    // In repair mode connect sends no SYN: the socket is ESTABLISHED.
-    sock.connect(&SockAddr::from(state.peer))?;
     set_options(fd, state)?;
     set_int(fd, libc::TCP_TIMESTAMP, state.timestamp as c_int)?;
     set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
     write_queue(fd, &state.recv_queue)?;
-    let sent = state.send_queue.len() - state.unsent.min(state.send_queue.len());
+    let sent = state.sent();
     set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
     write_queue(fd, &state.send_queue[..sent])?;
     // The windows are checked against rcv_nxt: set after the receive queue.
@@ -282,6 +275,29 @@ pub fn restore(state: &TcpState) -> io::Result<Restored> {
     Ok(Restored { stream, pending })
 }
 
+/// A new socket in repair mode, its queues starting at `send_seq` and
+/// `recv_seq`, bound to the connection's local address and "connected" to
+/// its peer (in repair mode connect sends no SYN: the socket is
+/// ESTABLISHED). Repair mode lets it bind where a listener already is (the
+/// kernel forces address reuse for it; a later SO_REUSEADDR would undo
+/// that, so none is set).
+fn connected_in_repair(state: &TcpState, send_seq: u32, recv_seq: u32) -> io::Result<Socket> {
+    let domain = match state.local {
+        SocketAddr::V4(_) => Domain::IPV4,
+        SocketAddr::V6(_) => Domain::IPV6,
+    };
+    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    let fd = sock.as_raw_fd();
+    set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+    set_int(fd, libc::TCP_QUEUE_SEQ, send_seq as c_int)?;
+    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+    set_int(fd, libc::TCP_QUEUE_SEQ, recv_seq as c_int)?;
+    sock.bind(&SockAddr::from(state.local))?;
+    sock.connect(&SockAddr::from(state.peer))?;
+    Ok(sock)
+}
+
 /// Force a buffer size of at least `reported` (a size as the kernel
 /// reports it, which is twice what was set) and room for `queued` bytes.
 fn force_buffer(fd: RawFd, opt: c_int, reported: u32, queued: usize) -> io::Result<()> {
@@ -295,29 +311,10 @@ fn force_buffer(fd: RawFd, opt: c_int, reported: u32, queued: usize) -> io::Resu
 /// sequence numbers the peer expects (nothing queued), taken out of repair
 /// mode without a probe, and closed with a zero linger.
 pub fn reset(state: &TcpState) -> io::Result<()> {
-    let domain = match state.local {
-        SocketAddr::V4(_) => Domain::IPV4,
-        SocketAddr::V6(_) => Domain::IPV6,
-    };
-    let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-    let fd = sock.as_raw_fd();
-    set_int(fd, libc::TCP_REPAIR, REPAIR_ON)?;
-    let sent = (state.send_queue.len() - state.unsent.min(state.send_queue.len())) as u32;
-    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
-    set_int(
-        fd,
-        libc::TCP_QUEUE_SEQ,
-        state.send_seq.wrapping_add(sent) as c_int,
-    )?;
-    set_int(fd, libc::TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
-    set_int(
-        fd,
-        libc::TCP_QUEUE_SEQ,
-        state.recv_seq.wrapping_add(state.recv_queue.len() as u32) as c_int,
-    )?;
-    sock.bind(&SockAddr::from(state.local))?;
-    sock.connect(&SockAddr::from(state.peer))?;
-    set_int(fd, libc::TCP_REPAIR, REPAIR_OFF_NO_PROBE)?;
+    let snd_nxt = state.send_seq.wrapping_add(state.sent() as u32);
+    let rcv_nxt = state.recv_seq.wrapping_add(state.recv_queue.len() as u32);
+    let sock = connected_in_repair(state, snd_nxt, rcv_nxt)?;
+    set_int(sock.as_raw_fd(), libc::TCP_REPAIR, REPAIR_OFF_NO_PROBE)?;
     sock.set_linger(Some(std::time::Duration::ZERO))?;
     drop(sock);
     Ok(())
