@@ -17,6 +17,15 @@ fn pattern(seed: u8, from: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A loopback connection: the listener (kept open, as a proxy's is), the
+/// client end and our end.
+fn loopback_pair() -> (TcpListener, TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (ours, _) = listener.accept().unwrap();
+    (listener, client, ours)
+}
+
 /// Read exactly `n` bytes within `limit`.
 fn read_exactly(s: &mut TcpStream, n: usize, limit: Duration) -> Vec<u8> {
     s.set_read_timeout(Some(Duration::from_millis(100)))
@@ -62,10 +71,8 @@ fn bytes_restored_as_in_flight_are_retransmitted_not_lost() {
 /// Move the server side of a loopback connection; with `in_flight_part`
 /// = k, the first 1/k of its send queue is restored as sent.
 fn move_a_connection(in_flight_part: Option<usize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (_listener, mut client, mut server) = loopback_pair();
     let client_port = client.local_addr().unwrap().port();
-    let (mut server, _) = listener.accept().unwrap();
 
     // Some traffic first, so the sequence numbers are not the initial ones.
     client.write_all(b"hello").unwrap();
@@ -185,9 +192,7 @@ fn move_a_connection(in_flight_part: Option<usize>) {
 /// socket still holds the address pair.
 #[test]
 fn a_captured_socket_taken_back_carries_on() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    let (_listener, mut client, mut server) = loopback_pair();
     let first = pattern(5, 0, 20_000);
     client.write_all(&first).unwrap();
     std::thread::sleep(Duration::from_millis(50));
@@ -228,9 +233,7 @@ fn stream_across(mut from: TcpStream, to: &mut TcpStream, data: Vec<u8>) -> TcpS
 /// as it was: out of repair mode, still able to send.
 #[test]
 fn a_half_closed_connection_is_refused_and_left_usable() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    let (_listener, mut client, server) = loopback_pair();
     client.shutdown(std::net::Shutdown::Write).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let err = repair::capture(&server).expect_err("CLOSE_WAIT is refused");
@@ -244,9 +247,7 @@ fn a_half_closed_connection_is_refused_and_left_usable() {
 /// silent connection.
 #[test]
 fn a_connection_that_cannot_be_restored_is_reset() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (mut server, _) = listener.accept().unwrap();
+    let (_listener, mut client, mut server) = loopback_pair();
     client.write_all(b"request").unwrap();
     assert_eq!(
         read_exactly(&mut server, 7, Duration::from_secs(5)),

@@ -186,8 +186,8 @@ struct StringOrOther<'a>(Option<Cow<'a, str>>);
 
 impl<'de: 'a, 'a> serde::Deserialize<'de> for StringOrOther<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text<'a>(std::marker::PhantomData<&'a str>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Text<'a> {
+        struct AnyValue<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for AnyValue<'a> {
             type Value = StringOrOther<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("any JSON value")
@@ -234,7 +234,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for StringOrOther<'a> {
                 Ok(StringOrOther(None))
             }
         }
-        d.deserialize_any(Text(std::marker::PhantomData))
+        d.deserialize_any(AnyValue(std::marker::PhantomData))
     }
 }
 

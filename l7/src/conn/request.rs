@@ -217,12 +217,13 @@ impl Connection {
         }
         // Only a new session counts against a quota (and needs its owner).
         let new_session = matches!(route, Route::NewSession { .. });
-        let owner = match new_session {
-            true => principal
+        let owner = if new_session {
+            principal
                 .as_ref()
                 .and_then(|p| p.subject.clone())
-                .unwrap_or_else(|| self.peer.clone()),
-            false => String::new(),
+                .unwrap_or_else(|| self.peer.clone())
+        } else {
+            String::new()
         };
         if new_session && self.shared.affinity.owner_full(&owner) {
             return Err(Reject::new(

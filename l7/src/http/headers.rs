@@ -6,6 +6,7 @@
 //! field ends), not two per field: the proxy parses two heads per request.
 
 use std::fmt;
+use std::ops::Range;
 
 /// One header field as stored in [`Headers`].
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -83,22 +84,21 @@ impl Headers {
 
     /// The `i`th field.
     pub fn get(&self, i: usize) -> Option<Header<'_>> {
-        let (name_end, value_end) = *self.ends.get(i)?;
-        let (name_start, value_start) = match i {
-            0 => (0, 0),
-            _ => self.ends[i - 1],
-        };
-        Some(Header {
-            name: &self.names[name_start as usize..name_end as usize],
-            value: &self.values[value_start as usize..value_end as usize],
-        })
+        self.iter().nth(i)
     }
 
     /// The fields in order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
             headers: self,
-            next: 0,
+            spans: self.spans(),
+        }
+    }
+
+    /// Where each field's name lies in `names` and its value in `values`.
+    fn spans(&self) -> Spans<'_> {
+        Spans {
+            ends: self.ends.iter(),
             starts: (0, 0),
         }
     }
@@ -111,12 +111,10 @@ impl Headers {
         name: &'n str,
     ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         let names = self.names.as_bytes();
-        let mut starts = (0, 0);
-        self.ends.iter().filter_map(move |&(name_end, value_end)| {
-            let (name_start, value_start) = std::mem::replace(&mut starts, (name_end, value_end));
-            names[name_start as usize..name_end as usize]
+        self.spans().filter_map(move |(n, v)| {
+            names[n]
                 .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| &self.values[value_start as usize..value_end as usize])
+                .then(|| &self.values[v])
         })
     }
 
@@ -160,31 +158,51 @@ impl<'a> FromIterator<(&'a str, &'a [u8])> for Headers {
     }
 }
 
+/// The spans of [`Headers`]' fields, in order: name range, value range.
+#[derive(Debug, Clone)]
+struct Spans<'a> {
+    ends: std::slice::Iter<'a, (u32, u32)>,
+    /// Where the next field starts in the names and in the values.
+    starts: (u32, u32),
+}
+
+impl Iterator for Spans<'_> {
+    type Item = (Range<usize>, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let &(name_end, value_end) = self.ends.next()?;
+        let (name_start, value_start) = std::mem::replace(&mut self.starts, (name_end, value_end));
+        Some((
+            name_start as usize..name_end as usize,
+            value_start as usize..value_end as usize,
+        ))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ends.size_hint()
+    }
+}
+
 /// The fields of [`Headers`] in order.
 #[derive(Debug, Clone)]
 pub struct Iter<'a> {
     headers: &'a Headers,
-    next: usize,
-    /// Where field `next` starts in the names and in the values.
-    starts: (u32, u32),
+    spans: Spans<'a>,
 }
 
 impl<'a> Iterator for Iter<'a> {
     type Item = Header<'a>;
 
     fn next(&mut self) -> Option<Header<'a>> {
-        let (name_end, value_end) = *self.headers.ends.get(self.next)?;
-        let (name_start, value_start) = std::mem::replace(&mut self.starts, (name_end, value_end));
-        self.next += 1;
+        let (name, value) = self.spans.next()?;
         Some(Header {
-            name: &self.headers.names[name_start as usize..name_end as usize],
-            value: &self.headers.values[value_start as usize..value_end as usize],
+            name: &self.headers.names[name],
+            value: &self.headers.values[value],
         })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.headers.len() - self.next;
-        (left, Some(left))
+        self.spans.size_hint()
     }
 }
 
