@@ -31,7 +31,7 @@ apt_install() {
 }
 
 # gcc + libc6-dev: the C compiler and linker for -sys crates and the DPDK shim.
-APT_PACKAGES=(pkg-config libssl-dev openssl ca-certificates curl gcc libc6-dev wrk haproxy)
+APT_PACKAGES=(pkg-config libssl-dev openssl ca-certificates curl gcc libc6-dev wrk haproxy patch)
 # --- DPDK (issue 4): DPDK 22.11 headers and PMDs, libclang for bindgen,
 # and the tools the namespace/veth tests drive. ---
 APT_PACKAGES+=(libdpdk-dev clang libclang-dev iproute2 ethtool iputils-ping)
@@ -51,6 +51,9 @@ if [[ $(id -u) -eq 0 && -w /proc/sys/vm/nr_hugepages ]] && (($(cat /proc/sys/vm/
     echo "setup: hugepages 2M: $(cat /proc/sys/vm/nr_hugepages)"
 fi
 # --- end DPDK ---
+
+# Patched registry crates (patches/) must exist before any cargo command.
+bash scripts/patch-deps.sh
 
 PY=${PYTHON:-python3}
 if [[ ! -x .venv/bin/python ]]; then

@@ -47,6 +47,9 @@ pub(crate) enum FlowEntry {
     /// Index of a connection slot.
     Conn(u32),
     TimeWait(TimeWait),
+    /// An exported connection's 4-tuple: its frames are dropped silently
+    /// until the stack stops holding it (see `handoff`).
+    Held,
 }
 
 /// A keyed multiply-fold hash (the construction of foldhash/wyhash): cheap

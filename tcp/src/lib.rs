@@ -36,7 +36,7 @@
 //! remain readable). After `close` the stack finishes the FIN exchange alone
 //! and discards late data.
 //!
-//! # Design: per-socket driving, no smoltcp patch
+//! # Design: per-socket driving over an unpatched engine
 //! smoltcp's `Socket::accepts/process/dispatch/poll_at` are crate-private;
 //! the public way in is `Interface::poll_ingress_single/poll_egress/poll_at`
 //! over a `SocketSet`. So each connection owns a `SocketSet` holding exactly
@@ -58,10 +58,16 @@
 //! - a connection's next deadline is `Interface::poll_at` over its own set.
 //!
 //! Per segment, the cost over smoltcp's own work is one header peek and one
-//! hash lookup, independent of the number of connections. Vendoring a
-//! patched smoltcp (2 MB of source) to expose four functions was the
-//! alternative; it would also have had to re-implement IP, ARP and RST
-//! handling around the socket, and it would freeze the smoltcp version.
+//! hash lookup, independent of the number of connections. Patching smoltcp
+//! to expose its per-socket `process/dispatch` was the alternative; it would
+//! also have had to re-implement IP, ARP and RST handling around the socket.
+//!
+//! The one patch the stack does build on (`patches/smoltcp+0.13.1.patch`,
+//! applied by `scripts/patch-deps.sh`) only adds what smoltcp cannot give at
+//! all: a snapshot of an established socket, a peek at its send queue, and
+//! a restore of a closed socket into an established one. [`Stack::export`]
+//! and [`Stack::import`] build on it to move connections between stacks
+//! and, through `TCP_REPAIR`, to and from the kernel (see [`ConnState`]).
 //!
 //! Three things smoltcp 0.13 does not let a caller configure are handled
 //! around it:
@@ -90,8 +96,7 @@
 //! client completes as long as its ACK returns before `backlog` newer SYNs
 //! arrive; memory stays bounded either way. If every slot is an established
 //! connection waiting for `accept`, the SYN is dropped silently (the client
-//! retries). SYN cookies are not possible: smoltcp cannot create a socket
-//! directly in ESTABLISHED.
+//! retries). There are no SYN cookies.
 //!
 //! # Timers
 //! A binary heap of `(deadline, slot, generation)`, at most one live entry
@@ -151,7 +156,7 @@ pub mod wire;
 pub use config::{Congestion, SocketConfig, StackConfig};
 pub use error::TcpError;
 pub use flow::FourTuple;
-pub use stack::{ConnId, ConnectOptions, Event, ListenerId, MemoryUsage, Stack, Stats};
+pub use stack::{ConnId, ConnState, ConnectOptions, Event, ListenerId, MemoryUsage, Stack, Stats};
 
 pub use smoltcp;
 pub use smoltcp::socket::tcp::State;

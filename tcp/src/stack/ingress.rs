@@ -45,6 +45,9 @@ impl Stack {
             Some(FlowEntry::Conn(slot)) if self.premature_for_syn_sent(slot, &seg) => {}
             Some(FlowEntry::Conn(slot)) => self.feed_conn(slot, vnow, frame, tx, &seg),
             Some(FlowEntry::TimeWait(tw)) => self.ingress_time_wait(now, vnow, frame, tx, &seg, tw),
+            // Exported: neither answered nor acknowledged (the peer
+            // retransmits to the connection's new owner).
+            Some(FlowEntry::Held) => self.stats.held_drops += 1,
             None => match self.listener_for(&seg) {
                 Some(l) => self.admit(l, vnow, frame, tx, &seg, false),
                 // Not for one of our addresses (a broadcast or multicast

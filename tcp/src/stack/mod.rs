@@ -7,6 +7,7 @@
 //! - `listen`: listeners, accept queues and the backlog policy for SYNs;
 //! - `connect`: active opens and ephemeral port choice;
 //! - `data`: send/recv and the caller's other per-connection calls;
+//! - `handoff`: export and import of established connections;
 //! - `poll`: the calling loop (`poll`, `egress`, timers, `poll_at`);
 //! - `ingress`: demux of one received frame to its connection, listener,
 //!   TIME-WAIT record or smoltcp's closed-port answer;
@@ -19,6 +20,7 @@
 mod conn;
 mod connect;
 mod data;
+mod handoff;
 mod ingress;
 mod listen;
 mod poll;
@@ -45,6 +47,7 @@ use listen::ListenerSlot;
 use slots::Slot;
 
 pub use connect::ConnectOptions;
+pub use handoff::ConnState;
 pub use stats::{MemoryUsage, Stats};
 
 /// A connection handle. Stays valid until `close` or `abort` is called on it

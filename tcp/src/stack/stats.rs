@@ -36,6 +36,12 @@ pub struct Stats {
     pub time_wait_acks: u64,
     /// Connection timers that fired.
     pub timer_fires: u64,
+    /// Connections taken out by `export`.
+    pub exported: u64,
+    /// Connections continued by `import`.
+    pub imported: u64,
+    /// Frames dropped for a held (exported) 4-tuple.
+    pub held_drops: u64,
 }
 
 /// Memory held by the stack, from the capacities of what it allocated.
