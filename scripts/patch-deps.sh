@@ -35,7 +35,11 @@ for patch in "${patches[@]}"; do
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     archive="$work/$crate-$version.crate"
-    cached=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$crate-$version.crate" 2>/dev/null | head -n1 || true)
+    cached=""
+    for f in "${CARGO_HOME:-$HOME/.cargo}"/registry/cache/*/"$crate-$version.crate"; do
+        cached=$f # nullglob: no match, no iteration
+        break
+    done
     if [[ -n $cached ]] && echo "$checksum  $cached" | sha256sum -c --quiet - 2>/dev/null; then
         cp "$cached" "$archive"
     else

@@ -18,6 +18,7 @@
 //! Unsafe code is confined to `tls_fd` (OpenSSL FFI, `SO_LINGER`),
 //! [`ktls`] (`setsockopt`) and [`heap`] (`malloc_trim`).
 
+pub mod handoff;
 pub mod heap;
 pub mod ktls;
 pub mod repair;

@@ -11,7 +11,9 @@
 
 use crate::error::{AlertDescription, ErrorKind, TlsError};
 use crate::handshake::Reader;
-use crate::keys::{Secret, Secrets, TrafficKeys, tls13_next_secret, tls13_traffic_keys};
+use crate::keys::{
+    Secret, SecretMaterial, Secrets, TrafficKeys, tls13_next_secret, tls13_traffic_keys,
+};
 use crate::ktls::{CryptoInfo, Direction};
 use crate::record::{ContentType, MAX_PLAINTEXT, Opener, Sealer, next_record};
 use crate::suite::{Aead, CipherSuite, ProtocolVersion, Side};
@@ -57,6 +59,25 @@ impl Default for Limits {
             max_empty_records: 32,
         }
     }
+}
+
+/// A record layer's state as it moves (see [`RecordLayer::snapshot`]).
+#[derive(Debug, Clone)]
+pub struct RecordState {
+    /// Suite, side, the current traffic secrets and both sequence numbers.
+    pub secrets: Secrets,
+    /// Sealed control records (KeyUpdate, alerts) not yet handed out.
+    pub pending: Vec<u8>,
+    /// A post-handshake handshake message received in part.
+    pub partial_handshake: Vec<u8>,
+    /// A KeyUpdate answer is already queued in `pending`.
+    pub key_update_answer_queued: bool,
+    /// The peer sent close_notify.
+    pub peer_closed: bool,
+    /// We sent (or queued) close_notify.
+    pub closed_for_writing: bool,
+    /// The connection's counters so far.
+    pub stats: Stats,
 }
 
 /// Counters of one connection.
@@ -120,6 +141,9 @@ pub struct Opened<'a> {
 pub struct RecordLayer {
     side: Side,
     suite: CipherSuite,
+    /// TLS 1.2's master secret and randoms (its keys never change), kept
+    /// for [`RecordLayer::snapshot`]; TLS 1.3 carries `tx_secret`/`rx_secret`.
+    tls12_material: Option<SecretMaterial>,
     tx: Sealer,
     rx: Opener,
     tx_secret: Option<Secret>,
@@ -146,6 +170,10 @@ impl RecordLayer {
         Ok(RecordLayer {
             side: secrets.side,
             suite: secrets.suite,
+            tls12_material: match &secrets.material {
+                m @ SecretMaterial::Tls12 { .. } => Some(m.clone()),
+                SecretMaterial::Tls13 { .. } => None,
+            },
             tx: Sealer::new(secrets.suite, &keys.tx, secrets.tx_seq)?,
             rx: Opener::new(secrets.suite, &keys.rx, secrets.rx_seq)?,
             tx_secret: keys.tx_secret,
@@ -160,6 +188,60 @@ impl RecordLayer {
             failed: false,
             stats: Stats::default(),
         })
+    }
+
+    /// Everything needed to continue this connection's records elsewhere
+    /// (another data path, another record layer): the current secrets
+    /// (after every KeyUpdate so far) with both sequence numbers, the
+    /// control records sealed and not yet handed out, a partial
+    /// post-handshake message, and the close state. Fails with
+    /// [`TlsError::Closed`] once the layer has failed.
+    ///
+    /// The snapshot holds traffic secrets: keep it no longer than the move
+    /// (its [`Secret`]s are wiped when dropped).
+    pub fn snapshot(&self) -> Result<RecordState, TlsError> {
+        if self.failed {
+            return Err(TlsError::Closed("record layer failed"));
+        }
+        let material = match (&self.tls12_material, &self.tx_secret, &self.rx_secret) {
+            (Some(m), _, _) => m.clone(),
+            (None, Some(tx), Some(rx)) => {
+                let (client, server) = match self.side {
+                    Side::Client => (tx.clone(), rx.clone()),
+                    Side::Server => (rx.clone(), tx.clone()),
+                };
+                SecretMaterial::Tls13 { client, server }
+            }
+            _ => unreachable!("a TLS 1.3 record layer keeps both traffic secrets"),
+        };
+        Ok(RecordState {
+            secrets: Secrets {
+                side: self.side,
+                suite: self.suite,
+                material,
+                tx_seq: self.tx.seq(),
+                rx_seq: self.rx.seq(),
+            },
+            pending: self.pending.clone(),
+            partial_handshake: self.hs_buf.clone(),
+            key_update_answer_queued: self.key_update_answer_queued,
+            peer_closed: self.rx_closed,
+            closed_for_writing: self.tx_closed,
+            stats: self.stats.clone(),
+        })
+    }
+
+    /// A record layer continuing exactly where `state` was taken
+    /// ([`Self::snapshot`]), under `limits`.
+    pub fn resume(state: &RecordState, limits: Limits) -> Result<Self, TlsError> {
+        let mut rl = Self::new(&state.secrets, limits)?;
+        rl.pending = state.pending.clone();
+        rl.hs_buf = state.partial_handshake.clone();
+        rl.key_update_answer_queued = state.key_update_answer_queued;
+        rl.rx_closed = state.peer_closed;
+        rl.tx_closed = state.closed_for_writing;
+        rl.stats = state.stats.clone();
+        Ok(rl)
     }
 
     /// Our side.

@@ -25,6 +25,11 @@
 //!   record over the limit) queues an alert, is counted by kind, and ends
 //!   the connection; unauthenticated bytes are never returned, and no input
 //!   makes it panic.
+//! - [`RecordLayer::snapshot`] gives a [`RecordState`] (current secrets
+//!   after any KeyUpdate, both sequence numbers, queued control records, a
+//!   partial post-handshake message, close state, counters) and
+//!   [`RecordLayer::resume`] continues from it: the TLS half of moving a
+//!   connection to the other data path.
 //! - [`CryptoInfo`] is the kTLS `crypto_info` (linux/tls.h layout) of
 //!   either direction's current keys. Nothing installs it in a kernel; it
 //!   is the independent view of the keys that the fuzz target's reference
@@ -50,7 +55,7 @@ pub mod ktls;
 pub mod record;
 pub mod suite;
 
-pub use conn::{Incoming, Limits, Opened, RecordLayer, Stats};
+pub use conn::{Incoming, Limits, Opened, RecordLayer, RecordState, Stats};
 pub use context::{ContextError, alpn_http11, server_builder};
 pub use error::{AlertDescription, ErrorKind, TlsError};
 pub use handshake::{

@@ -9,75 +9,10 @@ mod common;
 use common::*;
 use dpuproxy_tls::record::{HEADER_LEN, RecordHeader};
 use dpuproxy_tls::{
-    CipherSuite, ErrorKind, Established, Handshake, HandshakeConfig, HandshakeError,
-    HandshakeOptions, Incoming, OpensslHandshake, ProtocolVersion, RecordLayer, Side, TlsError,
+    CipherSuite, ErrorKind, Handshake, HandshakeConfig, HandshakeError, HandshakeOptions,
+    OpensslHandshake, ProtocolVersion, Side, TlsError,
 };
 use openssl::ssl::{SslContext, SslSession};
-
-/// Our side of a connection after the handshake.
-struct Ours {
-    rl: RecordLayer,
-    rx: Vec<u8>,
-}
-
-impl Ours {
-    fn new(est: Established) -> Self {
-        Ours {
-            rl: est.record_layer,
-            rx: est.leftover,
-        }
-    }
-
-    /// Take bytes from the peer; return application data and whether
-    /// close_notify arrived.
-    fn receive(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, bool), TlsError> {
-        self.rx.extend_from_slice(bytes);
-        let mut data = Vec::new();
-        let mut pos = 0;
-        let mut closed = false;
-        loop {
-            let o = self.rl.open_next(&mut self.rx[pos..])?;
-            match o.incoming {
-                Incoming::NeedMore => break,
-                Incoming::AppData(d) => data.extend_from_slice(d),
-                Incoming::Control => {}
-                Incoming::CloseNotify => {
-                    closed = true;
-                    pos += o.consumed;
-                    break;
-                }
-            }
-            pos += o.consumed;
-        }
-        self.rx.drain(..pos);
-        Ok((data, closed))
-    }
-
-    fn output(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let _ = self.rl.poll_output(&mut out);
-        out
-    }
-}
-
-/// Pump a handshake between our engine and an OpenSSL peer.
-fn pump(mut ours: OpensslHandshake, peer: &mut OsslPeer) -> Established {
-    let mut out = Vec::new();
-    for _ in 0..20 {
-        let _ = ours.poll_output(&mut out);
-        peer.inbound.push(&out);
-        out.clear();
-        let peer_done = peer.handshake_step();
-        ours.feed(&peer.outbound.take_all())
-            .expect("our handshake failed");
-        if peer_done && !ours.is_handshaking() {
-            let est = ours.into_established().unwrap();
-            peer.inbound.push(&est.output);
-            return est;
-        }
-    }
-    panic!("handshake did not finish in 20 rounds");
-}
 
 fn openssl_client(suite: CipherSuite) -> OsslPeer {
     let mut b = client_builder();

@@ -9,7 +9,10 @@ use std::io::{self, Read, Write};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use dpuproxy_tls::{CipherSuite, ProtocolVersion};
+use dpuproxy_tls::{
+    CipherSuite, Established, Handshake, Incoming, OpensslHandshake, ProtocolVersion, RecordLayer,
+    TlsError,
+};
 use openssl::asn1::Asn1Time;
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -283,4 +286,69 @@ pub fn openssl_request_max_fragment_len(b: &mut SslContextBuilder, mode: u8) {
     // the function only stores the mode in it.
     let rc = unsafe { SSL_CTX_set_tlsext_max_fragment_length(b.as_ptr(), mode) };
     assert_eq!(rc, 1, "SSL_CTX_set_tlsext_max_fragment_length failed");
+}
+
+/// Our side of a connection after the handshake.
+pub struct Ours {
+    pub rl: RecordLayer,
+    pub rx: Vec<u8>,
+}
+
+impl Ours {
+    pub fn new(est: Established) -> Self {
+        Ours {
+            rl: est.record_layer,
+            rx: est.leftover,
+        }
+    }
+
+    /// Take bytes from the peer; return application data and whether
+    /// close_notify arrived.
+    pub fn receive(&mut self, bytes: &[u8]) -> Result<(Vec<u8>, bool), TlsError> {
+        self.rx.extend_from_slice(bytes);
+        let mut data = Vec::new();
+        let mut pos = 0;
+        let mut closed = false;
+        loop {
+            let o = self.rl.open_next(&mut self.rx[pos..])?;
+            match o.incoming {
+                Incoming::NeedMore => break,
+                Incoming::AppData(d) => data.extend_from_slice(d),
+                Incoming::Control => {}
+                Incoming::CloseNotify => {
+                    closed = true;
+                    pos += o.consumed;
+                    break;
+                }
+            }
+            pos += o.consumed;
+        }
+        self.rx.drain(..pos);
+        Ok((data, closed))
+    }
+
+    pub fn output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.rl.poll_output(&mut out);
+        out
+    }
+}
+
+/// Pump a handshake between our engine and an OpenSSL peer.
+pub fn pump(mut ours: OpensslHandshake, peer: &mut OsslPeer) -> Established {
+    let mut out = Vec::new();
+    for _ in 0..20 {
+        let _ = ours.poll_output(&mut out);
+        peer.inbound.push(&out);
+        out.clear();
+        let peer_done = peer.handshake_step();
+        ours.feed(&peer.outbound.take_all())
+            .expect("our handshake failed");
+        if peer_done && !ours.is_handshaking() {
+            let est = ours.into_established().unwrap();
+            peer.inbound.push(&est.output);
+            return est;
+        }
+    }
+    panic!("handshake did not finish in 20 rounds");
 }

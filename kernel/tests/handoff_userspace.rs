@@ -1,0 +1,623 @@
+//! One TCP connection moved back and forth between a kernel socket
+//! (`TCP_REPAIR`) and the userspace stack while the peer streams through
+//! it; the peer must see every byte echoed in order, no reset and no new
+//! connection.
+//!
+//! Topology (all created here and removed by a drop guard, also on
+//! failure; every wait is bounded):
+//! - namespace P: tap `P` with 10.88.x.2, a Python client that connects
+//!   once to 10.88.x.1:7000, streams 3 MB paced over about two seconds and
+//!   checks the echo byte by byte;
+//! - namespace M: tap `M` with 10.88.x.1 (the proxy's address, fixed MAC)
+//!   and TCP timestamps off (the userspace stack sends none); this test
+//!   binary runs again inside M as the *kernel owner*: it accepts the
+//!   connection, echoes, and on command captures it (`repair::capture`)
+//!   or restores it (`repair::restore`);
+//! - this process holds both taps' file descriptors and is the wire and
+//!   the steering between them: frames from P for the connection go to the
+//!   current owner (tap M or the userspace stack, dropped while it moves);
+//!   everything else is bridged. The userspace stack has M's address and
+//!   MAC.
+//!
+//! The echo's own unwritten bytes (the "application" state) move with the
+//! connection, as the proxy's L7 object would.
+//!
+//! Needs root, iproute2, python3 and /dev/net/tun; without them it is
+//! skipped with a loud message, unless `DPUPROXY_REQUIRE_NETNS=1` (CI).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration as StdDuration, Instant as StdInstant};
+
+use dpuproxy_kernel::handoff::{to_kernel, to_userspace};
+use dpuproxy_kernel::repair::{self, RepairWindow, TcpState};
+use dpuproxy_tcp::smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxToken};
+use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
+use dpuproxy_tcp::wire::{self, WirePort};
+use dpuproxy_tcp::{ConnId, Instant, SocketConfig, Stack, StackConfig};
+
+const HELPER_ENV: &str = "DPUPROXY_HANDOFF_KERNEL_OWNER";
+const PORT: u16 = 7000;
+const TOTAL: usize = 3 * 1024 * 1024;
+const DEADLINE: StdDuration = StdDuration::from_secs(60);
+
+const PEER: &str = r#"
+import socket, sys, random, threading, time
+ip, total = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection((ip, 7000), timeout=30)
+port = s.getsockname()[1]
+print("PORT", port, flush=True)
+data = random.Random(5).randbytes(total)
+got = bytearray(); err = []
+def reader():
+    try:
+        while len(got) < total:
+            b = s.recv(65536)
+            if not b:
+                err.append("eof"); break
+            got.extend(b)
+    except Exception as e:
+        err.append(repr(e))
+t = threading.Thread(target=reader); t.start()
+try:
+    for i in range(0, total, 32768):
+        s.sendall(data[i:i + 32768]); time.sleep(0.02)
+except Exception as e:
+    err.append(repr(e))
+t.join(40)
+same = s.getsockname()[1] == port
+print("DONE", len(got), "OK" if bytes(got) == data else "BAD", "SAMEPORT" if same else "NEWPORT", "ERR=" + ";".join(err), flush=True)
+s.close()
+"#;
+
+fn main() {
+    if let Ok(ip) = std::env::var(HELPER_ENV) {
+        kernel_owner(&ip);
+        return;
+    }
+    moved_between_kernel_and_userspace_while_streaming();
+    println!("test moved_between_kernel_and_userspace_while_streaming ... ok");
+}
+
+// ---------------------------------------------------------------- state text
+
+fn encode(s: &TcpState, app: &[u8]) -> String {
+    let w = s.window;
+    format!(
+        "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+        s.local,
+        s.peer,
+        s.send_seq,
+        s.recv_seq,
+        hex(&s.send_queue),
+        s.unsent,
+        hex(&s.recv_queue),
+        s.mss,
+        s.wscale.map_or("-".into(), |(a, b)| format!("{a},{b}")),
+        u8::from(s.sack),
+        u8::from(s.timestamps),
+        s.timestamp,
+        w.snd_wl1,
+        w.snd_wnd,
+        w.max_window,
+        w.rcv_wnd,
+        w.rcv_wup,
+        s.buffers.0,
+        s.buffers.1,
+        hex(app),
+    )
+}
+
+fn decode(line: &str) -> (TcpState, Vec<u8>) {
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f.len(), 20, "state line: {line}");
+    let n = |i: usize| f[i].parse::<u32>().unwrap();
+    let state = TcpState {
+        local: f[0].parse::<SocketAddr>().unwrap(),
+        peer: f[1].parse::<SocketAddr>().unwrap(),
+        send_seq: n(2),
+        recv_seq: n(3),
+        send_queue: unhex(f[4]),
+        unsent: f[5].parse().unwrap(),
+        recv_queue: unhex(f[6]),
+        mss: n(7),
+        wscale: (f[8] != "-").then(|| {
+            let (a, b) = f[8].split_once(',').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        }),
+        sack: f[9] == "1",
+        timestamps: f[10] == "1",
+        timestamp: n(11),
+        window: RepairWindow {
+            snd_wl1: n(12),
+            snd_wnd: n(13),
+            max_window: n(14),
+            rcv_wnd: n(15),
+            rcv_wup: n(16),
+        },
+        buffers: (n(17), n(18)),
+    };
+    (state, unhex(f[19]))
+}
+
+fn hex(b: &[u8]) -> String {
+    if b.is_empty() {
+        return "-".into();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    if s == "-" {
+        return Vec::new();
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+// ------------------------------------------------------ the kernel owner (M)
+
+/// Runs inside namespace M. Lines on stdout starting with `@` are the
+/// protocol; commands come on stdin: `capture`, `restore <state>`, `quit`.
+fn kernel_owner(ip: &str) {
+    let listener = TcpListener::bind((ip, PORT)).unwrap();
+    println!("@READY");
+    let (cmd_tx, cmds) = channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if cmd_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (stream, _) = listener.accept().unwrap();
+    println!("@ACCEPTED");
+    let mut conn = Some(stream);
+    let mut app: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let started = StdInstant::now();
+    while started.elapsed() < DEADLINE {
+        match cmds.try_recv() {
+            Ok(cmd) if cmd == "capture" => {
+                let s = conn.take().expect("capture without a connection");
+                let state = repair::capture(&s).unwrap();
+                // Closed in repair mode: nothing reaches the peer.
+                drop(s);
+                println!("@STATE {}", encode(&state, &app));
+                app.clear();
+            }
+            Ok(cmd) if cmd.starts_with("restore ") => {
+                let (state, carried) = decode(&cmd["restore ".len()..]);
+                let restored = repair::restore(&state).unwrap();
+                app = restored.pending;
+                app.extend_from_slice(&carried);
+                conn = Some(restored.stream);
+                println!("@RESTORED");
+            }
+            Ok(cmd) if cmd == "quit" => return,
+            Ok(cmd) => panic!("unknown command {cmd}"),
+            Err(_) => {}
+        }
+        let Some(s) = conn.as_mut() else {
+            std::thread::sleep(StdDuration::from_micros(200));
+            continue;
+        };
+        s.set_nonblocking(true).unwrap();
+        let mut idle = true;
+        if app.len() < 1 << 20 {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    app.extend_from_slice(&buf[..n]);
+                    idle = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("kernel owner read: {e}"),
+            }
+        }
+        if !app.is_empty() {
+            match s.write(&app) {
+                Ok(n) => {
+                    app.drain(..n);
+                    idle = false;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("kernel owner write: {e}"),
+            }
+        }
+        if idle {
+            std::thread::sleep(StdDuration::from_micros(200));
+        }
+    }
+    panic!("kernel owner ran past its deadline");
+}
+
+// ------------------------------------------------------------- the harness
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// Removes both namespaces (and with them the taps); kills the children.
+struct Topology {
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// A tap opened here, then moved into `ns` with `addr` (and `mac`).
+fn tap_in(ns: &str, name: &str, addr: &str, mac: Option<&str>) -> TunTapInterface {
+    let _ = Command::new("ip").args(["link", "del", name]).output();
+    run("ip", &["tuntap", "add", "dev", name, "mode", "tap"]);
+    let tap = TunTapInterface::new(name, Medium::Ethernet).unwrap();
+    run("ip", &["link", "set", name, "netns", ns]);
+    if let Some(mac) = mac {
+        run("ip", &["-n", ns, "link", "set", name, "address", mac]);
+    }
+    run("ip", &["-n", ns, "addr", "add", addr, "dev", name]);
+    run("ip", &["-n", ns, "link", "set", "lo", "up"]);
+    run("ip", &["-n", ns, "link", "set", name, "up"]);
+    tap
+}
+
+/// Lines of a child's stdout, in a channel.
+fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Who gets the connection's frames from P.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Kernel,
+    Userspace,
+    Moving,
+}
+
+fn read_frame(dev: &mut impl Device) -> Option<Vec<u8>> {
+    let (rx, _tx) = dev.receive(Instant::from_micros(0))?;
+    Some(rx.consume(|b| b.to_vec()))
+}
+
+fn write_frame(dev: &mut impl Device, frame: &[u8]) {
+    if let Some(tx) = dev.transmit(Instant::from_micros(0)) {
+        tx.consume(frame.len(), |b| b.copy_from_slice(frame));
+    }
+}
+
+/// An IPv4 TCP frame to our port 7000 (from P).
+fn for_connection(frame: &[u8]) -> bool {
+    frame.len() >= 14 + 20 + 4 && frame[12..14] == [0x08, 0x00] && frame[14 + 9] == 6 && {
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        frame.len() >= 14 + ihl + 4
+            && u16::from_be_bytes([frame[14 + ihl + 2], frame[14 + ihl + 3]]) == PORT
+    }
+}
+
+fn is_arp(frame: &[u8]) -> bool {
+    frame.len() >= 14 && frame[12..14] == [0x08, 0x06]
+}
+
+struct Rig {
+    tap_p: TunTapInterface,
+    tap_m: TunTapInterface,
+    /// The wire end the steering uses; the stack has the other.
+    to_stack: WirePort,
+    stack_port: WirePort,
+    stack: Stack,
+    owner: Owner,
+    conn: Option<ConnId>,
+    /// The userspace echo's bytes read and not yet written back.
+    app: Vec<u8>,
+    epoch: StdInstant,
+    dropped: usize,
+}
+
+impl Rig {
+    fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Move frames one round: P's to their owner, M's and the stack's to P;
+    /// run the stack and the userspace echo.
+    fn pump(&mut self) -> bool {
+        let mut worked = false;
+        while let Some(f) = read_frame(&mut self.tap_p) {
+            worked = true;
+            if is_arp(&f) {
+                write_frame(&mut self.tap_m, &f);
+                write_frame(&mut self.to_stack, &f);
+            } else if for_connection(&f) {
+                match self.owner {
+                    Owner::Kernel => write_frame(&mut self.tap_m, &f),
+                    Owner::Userspace => write_frame(&mut self.to_stack, &f),
+                    Owner::Moving => self.dropped += 1,
+                }
+            } else {
+                write_frame(&mut self.tap_m, &f);
+            }
+        }
+        while let Some(f) = read_frame(&mut self.tap_m) {
+            worked = true;
+            write_frame(&mut self.tap_p, &f);
+        }
+        let now = self.now();
+        self.stack.poll(now, &mut self.stack_port);
+        while self.stack.poll_event().is_some() {}
+        if let Some(c) = self.conn {
+            while self.app.len() < 1 << 20 {
+                let mut buf = [0u8; 16384];
+                match self.stack.recv_slice(c, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => self.app.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!("userspace echo read: {e}"),
+                }
+            }
+            if !self.app.is_empty() {
+                let n = self.stack.send_slice(c, &self.app).unwrap();
+                self.app.drain(..n);
+            }
+            self.stack.egress(now, &mut self.stack_port);
+        }
+        while let Some(f) = read_frame(&mut self.to_stack) {
+            worked = true;
+            write_frame(&mut self.tap_p, &f);
+        }
+        worked
+    }
+}
+
+/// Wait for the helper's next protocol line, pumping meanwhile.
+fn expect(rig: &mut Rig, lines: &Receiver<String>, prefix: &str, started: StdInstant) -> String {
+    loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out waiting for {prefix}"
+        );
+        match lines.try_recv() {
+            Ok(l) if l.starts_with(prefix) => return l[prefix.len()..].trim().to_string(),
+            Ok(_) => {}
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if !rig.pump() {
+                    std::thread::sleep(StdDuration::from_micros(100));
+                }
+            }
+            Err(e) => panic!("kernel owner gone while waiting for {prefix}: {e}"),
+        }
+    }
+}
+
+fn send_cmd(stdin: &mut ChildStdin, cmd: &str) {
+    stdin.write_all(cmd.as_bytes()).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    stdin.flush().unwrap();
+}
+
+fn moved_between_kernel_and_userspace_while_streaming() {
+    if !is_root()
+        || !have("ip")
+        || !have("python3")
+        || !std::path::Path::new("/dev/net/tun").exists()
+    {
+        let why = "handoff_userspace needs root, iproute2, python3 and /dev/net/tun";
+        assert!(
+            std::env::var("DPUPROXY_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "{why} (DPUPROXY_REQUIRE_NETNS=1)"
+        );
+        eprintln!("\n!!! SKIPPED: {why} !!!\n");
+        return;
+    }
+    let started = StdInstant::now();
+    let pid = std::process::id();
+    let x = (pid % 200 + 20) as u8;
+    let (ns_p, ns_m) = (format!("dph{pid}p"), format!("dph{pid}m"));
+    let mut topo = Topology {
+        namespaces: vec![ns_p.clone(), ns_m.clone()],
+        children: Vec::new(),
+    };
+    for ns in &topo.namespaces {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        run("ip", &["netns", "add", ns]);
+    }
+    let proxy_ip = format!("10.88.{x}.1");
+    let mac = [0x02, 0, 0, 0x88, x, 1];
+    let mac_text = format!("02:00:00:88:{x:02x}:01");
+    let tap_p = tap_in(
+        &ns_p,
+        &format!("dph{pid}P"),
+        &format!("10.88.{x}.2/24"),
+        None,
+    );
+    let tap_m = tap_in(
+        &ns_m,
+        &format!("dph{pid}M"),
+        &format!("{proxy_ip}/24"),
+        Some(&mac_text),
+    );
+    // The userspace stack sends no timestamps, so connections it takes
+    // must not have negotiated them.
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns_m,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_timestamps=0",
+        ],
+    );
+
+    let exe = std::env::current_exe().unwrap();
+    let mut owner = Command::new("ip")
+        .args(["netns", "exec", &ns_m])
+        .arg(&exe)
+        .env(HELPER_ENV, &proxy_ip)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let owner_out = lines_of(owner.stdout.take().unwrap());
+    let mut owner_in = owner.stdin.take().unwrap();
+    topo.children.push(owner);
+
+    let (stack_port, to_stack) = wire::pair(Medium::Ethernet, 1514, 4096);
+    let mut cfg = StackConfig::new(
+        HardwareAddress::Ethernet(EthernetAddress(mac)),
+        Ipv4Cidr::new(proxy_ip.parse::<Ipv4Address>().unwrap(), 24),
+    );
+    cfg.seed = u64::from(pid);
+    cfg.socket = SocketConfig {
+        rx_buffer: 256 * 1024,
+        tx_buffer: 256 * 1024,
+        ..SocketConfig::default()
+    };
+    let epoch = StdInstant::now();
+    let stack = Stack::new(cfg, stack_port.capabilities(), Instant::from_micros(0)).unwrap();
+    let mut rig = Rig {
+        tap_p,
+        tap_m,
+        to_stack,
+        stack_port,
+        stack,
+        owner: Owner::Kernel,
+        conn: None,
+        app: Vec::new(),
+        epoch,
+        dropped: 0,
+    };
+    expect(&mut rig, &owner_out, "@READY", started);
+
+    let mut peer = Command::new("ip")
+        .args(["netns", "exec", &ns_p, "python3", "-c", PEER, &proxy_ip])
+        .arg(TOTAL.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let peer_out = lines_of(peer.stdout.take().unwrap());
+    topo.children.push(peer);
+    expect(&mut rig, &owner_out, "@ACCEPTED", started);
+
+    let mut moves = 0;
+    let mut pauses_us = Vec::new();
+    let mut last_move = StdInstant::now();
+    let mut peer_lines = Vec::new();
+    let done = loop {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "timed out; peer said {peer_lines:?}"
+        );
+        if let Ok(l) = peer_out.try_recv() {
+            if l.starts_with("DONE") {
+                break l;
+            }
+            peer_lines.push(l);
+        }
+        if last_move.elapsed() > StdDuration::from_millis(150) {
+            let t0 = StdInstant::now();
+            rig.owner = Owner::Moving;
+            match rig.conn.take() {
+                None => {
+                    send_cmd(&mut owner_in, "capture");
+                    let line = expect(&mut rig, &owner_out, "@STATE ", started);
+                    let (state, app) = decode(&line);
+                    let carried = to_userspace(&state).unwrap();
+                    rig.conn = Some(rig.stack.import(&carried, None).unwrap());
+                    rig.app = app;
+                    rig.owner = Owner::Userspace;
+                }
+                Some(c) => {
+                    let carried = rig.stack.export(c).unwrap();
+                    assert!(rig.stack.unhold(&carried.tuple));
+                    let app = std::mem::take(&mut rig.app);
+                    send_cmd(
+                        &mut owner_in,
+                        &format!("restore {}", encode(&to_kernel(&carried), &app)),
+                    );
+                    expect(&mut rig, &owner_out, "@RESTORED", started);
+                    rig.owner = Owner::Kernel;
+                }
+            }
+            pauses_us.push(t0.elapsed().as_micros());
+            moves += 1;
+            last_move = StdInstant::now();
+        }
+        if !rig.pump() {
+            std::thread::sleep(StdDuration::from_micros(100));
+        }
+    };
+    // The kernel owner ends by itself when the peer closes a connection it
+    // holds; otherwise on `quit` (so the pipe may already be closed).
+    let _ = owner_in.write_all(b"quit\n");
+    let owner_status = (0..500).find_map(|_| {
+        let status = topo.children[0].try_wait().unwrap();
+        if status.is_none() {
+            std::thread::sleep(StdDuration::from_millis(10));
+        }
+        status
+    });
+    assert!(
+        owner_status.is_some_and(|s| s.success()),
+        "kernel owner: {owner_status:?}"
+    );
+    let f: Vec<&str> = done.split(' ').collect();
+    println!(
+        "handoff_userspace: {moves} moves, pauses (µs) {pauses_us:?}, {} frames dropped in flight; peer: {done}",
+        rig.dropped
+    );
+    assert_eq!(f[1], TOTAL.to_string(), "echo incomplete: {done}");
+    assert_eq!(f[2], "OK", "echo differs: {done}");
+    assert_eq!(f[3], "SAMEPORT", "{done}");
+    assert_eq!(f[4], "ERR=", "peer errors: {done}");
+    assert!(moves >= 4, "only {moves} moves before the stream ended");
+    drop(topo);
+}
