@@ -510,7 +510,7 @@ pub fn render_metrics(state: &AdminState) -> String {
                 if state.dpdk.is_some() {
                     r(&p.handshakes)
                 } else {
-                    0
+                    r(&k.ours_records)
                 },
             ),
         ],

@@ -365,6 +365,21 @@ pub struct TlsSection {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// Who processes records in kernel mode after the handshake:
+    /// `openssl` (default: kTLS when the kernel takes it, else
+    /// `SSL_read`/`SSL_write`) or `ours` (the DPDK path's record layer on
+    /// the socket). DPDK mode always uses ours.
+    pub records: Option<RecordsChoice>,
+}
+
+/// `tls.records`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordsChoice {
+    /// OpenSSL on the socket.
+    Openssl,
+    /// Our record layer on the socket.
+    Ours,
 }
 
 /// `[limits]`
@@ -460,6 +475,8 @@ pub struct CliOverrides {
     pub tls_cert: Option<PathBuf>,
     /// `--tls-key`
     pub tls_key: Option<PathBuf>,
+    /// `--tls-records`
+    pub tls_records: Option<RecordsChoice>,
     /// `--jwt-*`, `--auth-*`, `--forward-token`, `--subject-header`
     pub auth: AuthSection,
     /// `--dpdk-*`
@@ -533,6 +550,12 @@ impl RunConfig {
             .or(file.tls.key)
             .context("missing TLS key: pass --tls-key FILE or set `tls.key`")?;
         let mut kernel = dpuproxy_kernel::KernelConfig::new(listen, cert, key);
+        if let Some(r) = cli.tls_records.or(file.tls.records) {
+            kernel.records = match r {
+                RecordsChoice::Openssl => dpuproxy_kernel::KernelRecords::Openssl,
+                RecordsChoice::Ours => dpuproxy_kernel::KernelRecords::Ours,
+            };
+        }
         if let Some(w) = cli.workers.or(file.workers) {
             if w == 0 || w > 1024 {
                 bail!("`workers` must be 1-1024, got {w}");

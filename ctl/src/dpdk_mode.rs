@@ -57,9 +57,10 @@ fn backends_v4(shared: &Shared) -> anyhow::Result<()> {
 }
 
 fn tls_config(cfg: &RunConfig) -> anyhow::Result<dpuproxy_tls::HandshakeConfig> {
-    let mut b = dpuproxy_tls::server_builder(&cfg.kernel.tls_cert, &cfg.kernel.tls_key)?;
-    dpuproxy_tls::alpn_http11(&mut b);
-    Ok(dpuproxy_tls::HandshakeConfig::server(b)?)
+    Ok(dpuproxy_kernel::handshake_config(
+        &cfg.kernel.tls_cert,
+        &cfg.kernel.tls_key,
+    )?)
 }
 
 /// Keep the wall clock anchored, expire idle sessions, and give backends

@@ -109,6 +109,10 @@ struct RunArgs {
     /// PEM private key.
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Kernel mode's TLS records: openssl (kTLS when the kernel takes it,
+    /// else SSL_read/SSL_write) or ours (the DPDK path's record layer).
+    #[arg(long, value_enum)]
+    tls_records: Option<config::RecordsChoice>,
     /// Worker threads, one epoll loop each (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -230,6 +234,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin: args.admin,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        tls_records: args.tls_records,
         auth: args.auth.into(),
         dpdk: config::DpdkSection {
             eal: args.dpdk.dpdk_eal,

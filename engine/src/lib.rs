@@ -68,7 +68,6 @@ use dpuproxy_l7::Shared;
 use dpuproxy_tls::HandshakeConfig;
 
 mod error;
-mod outbuf;
 mod owners;
 pub mod transport;
 

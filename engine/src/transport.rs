@@ -14,45 +14,26 @@ use dpuproxy_driver::{
 };
 use dpuproxy_l7::Shared;
 use dpuproxy_tcp::{ConnId, ConnectOptions, Stack, State, TcpError};
-use dpuproxy_tls::{Handshake, HandshakeConfig, Incoming, OpensslHandshake, RecordLayer};
+use dpuproxy_tls::HandshakeConfig;
+use dpuproxy_tls::session::{ServerSession, Step};
 
-use crate::outbuf::OutBuf;
 use crate::owners::{Owner, Owners};
 
 /// TLS bytes held for one client in each direction before reads (or
 /// seals) stop.
-pub const MAX_TLS_BUFFER: usize = 256 * 1024;
+pub use dpuproxy_tls::session::MAX_TLS_BUFFER;
 
 /// Whether a local port for a backend connection is acceptable (with
 /// several lcores: its replies must hash to this lcore). Arguments: the
 /// backend's address and port, and the candidate local port.
 pub type PortFilter<'a> = Box<dyn Fn(Ipv4Addr, u16, u16) -> bool + 'a>;
 
-enum Tls {
-    Handshaking(Box<OpensslHandshake>),
-    Established(Box<RecordLayer>),
-    Failed,
-}
-
-/// A client connection of the userspace path: its TCP connection, its TLS
-/// state, and the TLS bytes on their way in and out.
+/// A client connection of the userspace path: its TCP connection and its
+/// TLS session (state and the TLS bytes on their way in and out).
+#[derive(Debug)]
 pub struct UserspaceClient {
     tcp: ConnId,
-    tls: Tls,
-    /// TLS bytes received and not yet opened.
-    inbuf: Vec<u8>,
-    /// TLS bytes sealed and not yet taken by the TCP send buffer.
-    outbuf: OutBuf,
-}
-
-impl std::fmt::Debug for UserspaceClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserspaceClient")
-            .field("tcp", &self.tcp)
-            .field("inbuf", &self.inbuf.len())
-            .field("outbuf", &self.outbuf.len())
-            .finish_non_exhaustive()
-    }
+    tls: ServerSession,
 }
 
 impl UserspaceClient {
@@ -63,9 +44,7 @@ impl UserspaceClient {
     ) -> Result<Self, dpuproxy_tls::HandshakeError> {
         Ok(Self {
             tcp,
-            tls: Tls::Handshaking(Box::new(OpensslHandshake::new(config)?)),
-            inbuf: Vec::new(),
-            outbuf: OutBuf::default(),
+            tls: ServerSession::new(config)?,
         })
     }
 }
@@ -110,108 +89,30 @@ impl<'a> UserspaceTransport<'a> {
 
     /// Send what is sealed, as far as the TCP send buffer takes it.
     fn push_out(&mut self, c: &mut UserspaceClient) -> Io {
-        if c.outbuf.is_empty() {
+        if c.tls.out_len() == 0 {
             return Io::Done(0);
         }
-        match self.stack.send_slice(c.tcp, c.outbuf.pending()) {
+        match self.stack.send_slice(c.tcp, c.tls.pending_out()) {
             Ok(0) => Io::WouldBlock,
             Ok(n) => {
-                c.outbuf.consume(n);
+                c.tls.consume_out(n);
                 Io::Done(n)
             }
             Err(_) => Io::Failed(Failure::Broken),
         }
     }
 
-    /// Move received TCP bytes into `inbuf` (bounded): how many came, or
-    /// `Err` on the end of the TCP stream or a failure.
+    /// Move received TCP bytes into the session's `inbuf` (bounded): how
+    /// many came, or `Err` on the end of the TCP stream or a failure.
     fn pull_in(&mut self, c: &mut UserspaceClient) -> Result<usize, TcpError> {
-        if c.inbuf.len() >= MAX_TLS_BUFFER {
+        if c.tls.inbuf_full() {
             return Ok(0);
         }
-        let inbuf = &mut c.inbuf;
+        let inbuf = c.tls.inbuf();
         self.stack.recv(c.tcp, |buf| {
             inbuf.extend_from_slice(buf);
             (buf.len(), buf.len())
         })
-    }
-}
-
-/// What opening the buffered records gave.
-struct Opened {
-    consumed: usize,
-    close_notify: bool,
-    error: bool,
-}
-
-/// Open every whole record in `inbuf`, handing application data to `sink`.
-fn open_records(rl: &mut RecordLayer, inbuf: &mut Vec<u8>, sink: &mut dyn FnMut(&[u8])) -> Opened {
-    let mut used = 0;
-    let mut out = Opened {
-        consumed: 0,
-        close_notify: false,
-        error: false,
-    };
-    while used < inbuf.len() && !out.close_notify {
-        match rl.open_next(&mut inbuf[used..]) {
-            Ok(o) => {
-                let n = o.consumed;
-                match o.incoming {
-                    Incoming::NeedMore => break,
-                    Incoming::AppData(data) if !data.is_empty() => sink(data),
-                    Incoming::AppData(_) | Incoming::Control => {}
-                    Incoming::CloseNotify => out.close_notify = true,
-                }
-                used += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "TLS record error");
-                out.error = true;
-                break;
-            }
-        }
-    }
-    inbuf.drain(..used.min(inbuf.len()));
-    out.consumed = used;
-    out
-}
-
-/// Feed the buffered handshake bytes to OpenSSL; hand over to the record
-/// layer when it is done.
-fn feed_handshake(c: &mut UserspaceClient) -> HandshakeStep {
-    let Tls::Handshaking(hs) = &mut c.tls else {
-        return HandshakeStep::Failed;
-    };
-    let fed = hs.feed(&c.inbuf);
-    c.inbuf.clear();
-    let _ = hs.poll_output(c.outbuf.appender());
-    match fed {
-        Err(e) => {
-            tracing::debug!(error = %e, "TLS handshake failed");
-            c.tls = Tls::Failed;
-            HandshakeStep::Failed
-        }
-        Ok(()) if hs.is_handshaking() => HandshakeStep::Pending,
-        Ok(()) => {
-            let Tls::Handshaking(hs) = std::mem::replace(&mut c.tls, Tls::Failed) else {
-                unreachable!("matched above")
-            };
-            match hs.into_established() {
-                Ok(est) => {
-                    c.outbuf.appender().extend_from_slice(&est.output);
-                    c.inbuf = est.leftover;
-                    c.tls = Tls::Established(Box::new(est.record_layer));
-                    HandshakeStep::Done
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "TLS hand-over failed");
-                    HandshakeStep::Failed
-                }
-            }
-        }
     }
 }
 
@@ -231,14 +132,16 @@ impl Transport for UserspaceTransport<'_> {
             if self.pull_in(c).is_err() {
                 return HandshakeStep::Failed;
             }
-            if c.inbuf.is_empty() {
+            if c.tls.inbuf().is_empty() {
                 let _ = self.push_out(c);
                 return HandshakeStep::Pending;
             }
-            let step = feed_handshake(c);
+            let step = c.tls.handshake();
             let _ = self.push_out(c);
-            if step != HandshakeStep::Pending {
-                return step;
+            match step {
+                Step::Done => return HandshakeStep::Done,
+                Step::Failed => return HandshakeStep::Failed,
+                Step::Pending => {}
             }
         }
     }
@@ -249,14 +152,8 @@ impl Transport for UserspaceTransport<'_> {
             Err(TcpError::Finished) => (0, true),
             Err(_) => return Io::Failed(Failure::Broken),
         };
-        let Tls::Established(rl) = &mut c.tls else {
-            return Io::Failed(Failure::Tls);
-        };
-        let opened = open_records(rl, &mut c.inbuf, sink);
-        // KeyUpdate answers, alerts.
-        let _ = rl.poll_output(c.outbuf.appender());
+        let opened = c.tls.open(sink);
         if opened.error {
-            c.inbuf.clear();
             return Io::Failed(Failure::Tls);
         }
         if opened.close_notify || (tcp_end && opened.consumed == 0) {
@@ -270,18 +167,15 @@ impl Transport for UserspaceTransport<'_> {
     }
 
     fn write(&mut self, c: &mut UserspaceClient, data: &[u8]) -> Io {
-        if c.outbuf.len() >= MAX_TLS_BUFFER {
+        if c.tls.outbuf_full() {
             if let Io::Failed(f) = self.push_out(c) {
                 return Io::Failed(f);
             }
-            if c.outbuf.len() >= MAX_TLS_BUFFER {
+            if c.tls.outbuf_full() {
                 return Io::WouldBlock;
             }
         }
-        let Tls::Established(rl) = &mut c.tls else {
-            return Io::Failed(Failure::Broken);
-        };
-        if let Err(e) = rl.write_app_data(data, c.outbuf.appender()) {
+        if let Err(e) = c.tls.seal(data) {
             tracing::debug!(error = %e, "TLS seal failed");
             return Io::Failed(Failure::Broken);
         }
@@ -296,17 +190,14 @@ impl Transport for UserspaceTransport<'_> {
     }
 
     fn flushed(&self, c: &UserspaceClient) -> bool {
-        c.outbuf.is_empty()
+        c.tls.out_len() == 0
     }
 
     fn shutdown(&mut self, c: &mut UserspaceClient) -> Linger {
-        // close_notify goes through outbuf like any record, so a full send
-        // buffer cannot cut it short; the FIN follows at `close`, after it.
-        if let Tls::Established(rl) = &mut c.tls
-            && rl.send_close_notify().is_ok()
-        {
-            let _ = rl.poll_output(c.outbuf.appender());
-        }
+        // close_notify goes through the session's outbuf like any record,
+        // so a full send buffer cannot cut it short; the FIN follows at
+        // `close`, after it.
+        c.tls.close_notify();
         // The stack discards what arrives after `close` itself.
         Linger::No
     }
@@ -320,7 +211,7 @@ impl Transport for UserspaceTransport<'_> {
     }
 
     fn buffered(&self, c: &UserspaceClient) -> usize {
-        c.inbuf.len() + c.outbuf.len()
+        c.tls.buffered()
     }
 
     fn connect(&mut self, slot: SlotId, backend: usize) -> io::Result<ConnId> {

@@ -21,6 +21,7 @@
 pub mod handoff;
 pub mod heap;
 pub mod ktls;
+mod records_fd;
 pub mod repair;
 mod tls_fd;
 mod transport;
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpuproxy_driver::{DriverSettings, PathMetrics};
 use dpuproxy_l7::Shared;
+use dpuproxy_tls::HandshakeConfig;
 use openssl::ssl::{SslContext, SslMode, SslOptions, SslVersion};
 
 pub use ktls::KtlsSupport;
@@ -71,6 +73,9 @@ pub struct KernelMetrics {
     pub ktls_rx: AtomicU64,
     /// Connections whose records OpenSSL processes in userspace.
     pub openssl_records: AtomicU64,
+    /// Connections whose records our record layer processes
+    /// (`[tls] records = "ours"`, or moved in from the DPDK path).
+    pub ours_records: AtomicU64,
     /// 1 when the kTLS probe succeeded.
     pub ktls_available: AtomicU64,
 }
@@ -119,6 +124,21 @@ pub struct KernelConfig {
     pub listen_backlog: usize,
     /// How often down backends are probed.
     pub probe_interval: Duration,
+    /// Who processes TLS records after the handshake.
+    pub records: KernelRecords,
+}
+
+/// Who processes a kernel-mode connection's TLS records after the
+/// handshake (`[tls] records`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelRecords {
+    /// OpenSSL on the socket: kTLS when the kernel takes it, else
+    /// `SSL_read`/`SSL_write` (the stock-Linux design).
+    #[default]
+    Openssl,
+    /// Our record layer (the DPDK path's) on the socket, after OpenSSL's
+    /// handshake over memory buffers; never kTLS.
+    Ours,
 }
 
 impl KernelConfig {
@@ -136,6 +156,7 @@ impl KernelConfig {
             max_handshaking_per_worker: 4096,
             listen_backlog: 4096,
             probe_interval: Duration::from_secs(1),
+            records: KernelRecords::default(),
         }
     }
 }
@@ -161,6 +182,16 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
     );
     dpuproxy_tls::alpn_http11(&mut b);
     Ok(b.build())
+}
+
+/// The memory-buffer handshake's configuration for the same certificate
+/// (records by our record layer: DPDK mode, and kernel mode with
+/// [`KernelRecords::Ours`]).
+pub fn handshake_config(cert: &Path, key: &Path) -> Result<HandshakeConfig, StartError> {
+    let mut b =
+        dpuproxy_tls::server_builder(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
+    dpuproxy_tls::alpn_http11(&mut b);
+    HandshakeConfig::server(b).map_err(|e| StartError::Tls(e.to_string()))
 }
 
 /// A running kernel-mode proxy.
@@ -257,6 +288,10 @@ pub fn start(
     path: Arc<PathMetrics>,
 ) -> Result<KernelProxy, StartError> {
     let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
+    let records = match cfg.records {
+        KernelRecords::Openssl => None,
+        KernelRecords::Ours => Some(handshake_config(&cfg.tls_cert, &cfg.tls_key)?),
+    };
     anchor_wall_clock(&shared);
     let ktls = probe_ktls();
     let metrics = Arc::new(KernelMetrics::default());
@@ -276,6 +311,7 @@ pub fn start(
         let waker = Arc::new(worker::Worker::new_waker(&poll).map_err(StartError::Poll)?);
         let parts = WorkerParts {
             ctx: ctx.clone(),
+            records: records.clone(),
             shared: shared.clone(),
             metrics: metrics.clone(),
             path: path.clone(),

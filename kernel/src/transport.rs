@@ -14,6 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, SlotId, Transport,
@@ -23,6 +24,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::KernelMetrics;
+use crate::records_fd::FdRecords;
 use crate::tls_fd::{FdTls, Handshake, set_linger_zero};
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -69,17 +71,26 @@ pub(crate) fn owner_of(t: Token) -> Owner {
     Owner::Client(SlotId { index, generation })
 }
 
+/// Who processes a kernel client's TLS records.
+#[derive(Debug)]
+pub(crate) enum ClientTls {
+    /// OpenSSL on the fd (`SSL_read`/`SSL_write`, or kTLS it installs).
+    Openssl(FdTls),
+    /// Our record layer on the fd, after a memory-buffer handshake.
+    Ours(FdRecords),
+}
+
 /// A client connection of the kernel path.
 #[derive(Debug)]
 pub(crate) struct KernelClient {
-    pub(crate) tls: FdTls,
+    pub(crate) tls: ClientTls,
     /// The client sent its first bytes: OpenSSL runs the handshake.
     started: bool,
     established: bool,
 }
 
 impl KernelClient {
-    pub(crate) fn new(tls: FdTls) -> Self {
+    pub(crate) fn new(tls: ClientTls) -> Self {
         Self {
             tls,
             started: false,
@@ -189,28 +200,48 @@ impl Transport for KernelTransport {
     type Backend = KernelBackend;
 
     fn attach_client(&mut self, client: &mut KernelClient, slot: SlotId) -> io::Result<()> {
-        client
-            .tls
-            .register(&self.registry, client_token(slot), both())
+        match &mut client.tls {
+            ClientTls::Openssl(t) => t.register(&self.registry, client_token(slot), both()),
+            ClientTls::Ours(r) => {
+                self.registry
+                    .register(r.stream_mut(), client_token(slot), both())
+            }
+        }
     }
 
     fn handshake(&mut self, client: &mut KernelClient) -> HandshakeStep {
         // OpenSSL allocates tens of KiB per connection when its handshake
         // starts: a connection that has sent nothing yet costs none of it.
         if !client.started {
-            match client.tls.has_input() {
+            let input = match &client.tls {
+                ClientTls::Openssl(t) => t.has_input(),
+                ClientTls::Ours(r) => r.has_input(),
+            };
+            match input {
                 Ok(true) => client.started = true,
                 Ok(false) => return HandshakeStep::Pending,
                 Err(()) => return HandshakeStep::Failed,
             }
         }
-        match client.tls.handshake() {
+        let tls = match &mut client.tls {
+            ClientTls::Openssl(tls) => tls,
+            ClientTls::Ours(r) => {
+                let step = r.handshake(&mut self.buf);
+                if step == HandshakeStep::Done {
+                    client.established = true;
+                    self.metrics.ours_records.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(tls = %r.describe(), record_path = "ours", "handshake done");
+                }
+                return step;
+            }
+        };
+        match tls.handshake() {
             Ok(Handshake::Done) => {
                 client.established = true;
-                let path = client.tls.record_path();
+                let path = tls.record_path();
                 self.metrics.record_path(path);
                 tracing::debug!(
-                    tls = %client.tls.describe(),
+                    tls = %tls.describe(),
                     record_path = path.label(),
                     "handshake done"
                 );
@@ -225,7 +256,11 @@ impl Transport for KernelTransport {
     }
 
     fn read(&mut self, client: &mut KernelClient, sink: &mut dyn FnMut(&[u8])) -> Io {
-        match client.tls.read(&mut self.buf) {
+        let tls = match &mut client.tls {
+            ClientTls::Openssl(tls) => tls,
+            ClientTls::Ours(r) => return r.read(&mut self.buf, sink),
+        };
+        match tls.read(&mut self.buf) {
             Ok(0) => Io::Eof,
             Ok(n) => {
                 sink(&self.buf[..n]);
@@ -244,7 +279,11 @@ impl Transport for KernelTransport {
     }
 
     fn write(&mut self, client: &mut KernelClient, data: &[u8]) -> Io {
-        match client.tls.write(data) {
+        let tls = match &mut client.tls {
+            ClientTls::Openssl(tls) => tls,
+            ClientTls::Ours(r) => return r.write(data),
+        };
+        match tls.write(data) {
             Ok(n) => Io::Done(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Io::WouldBlock,
             Err(e) => {
@@ -254,34 +293,59 @@ impl Transport for KernelTransport {
         }
     }
 
-    fn flush(&mut self, _client: &mut KernelClient) -> Io {
-        // OpenSSL writes records straight to the socket.
-        Io::Done(0)
+    fn flush(&mut self, client: &mut KernelClient) -> Io {
+        match &mut client.tls {
+            // OpenSSL writes records straight to the socket.
+            ClientTls::Openssl(_) => Io::Done(0),
+            ClientTls::Ours(r) => r.flush(),
+        }
     }
 
-    fn flushed(&self, _client: &KernelClient) -> bool {
-        true
+    fn flushed(&self, client: &KernelClient) -> bool {
+        match &client.tls {
+            ClientTls::Openssl(_) => true,
+            ClientTls::Ours(r) => r.flushed(),
+        }
     }
 
     fn shutdown(&mut self, client: &mut KernelClient) -> Linger {
         if !client.established {
             return Linger::No;
         }
-        client.tls.shutdown();
-        client.tls.shutdown_write();
+        match &mut client.tls {
+            ClientTls::Openssl(tls) => {
+                tls.shutdown();
+                tls.shutdown_write();
+            }
+            // The FIN follows close_notify once the socket took it.
+            ClientTls::Ours(r) => r.shutdown(),
+        }
         Linger::Drain
     }
 
     fn close(&mut self, mut client: KernelClient, how: Close) {
-        let _ = client.tls.deregister(&self.registry);
-        if how == Close::Abort {
-            client.tls.set_abortive_close();
+        match &mut client.tls {
+            ClientTls::Openssl(tls) => {
+                let _ = tls.deregister(&self.registry);
+                if how == Close::Abort {
+                    tls.set_abortive_close();
+                }
+            }
+            ClientTls::Ours(r) => {
+                let _ = self.registry.deregister(r.stream_mut());
+                if how == Close::Abort {
+                    set_linger_zero(r.stream());
+                }
+            }
         }
         // Dropping frees the SSL (which sends nothing), then closes the fd.
     }
 
-    fn buffered(&self, _client: &KernelClient) -> usize {
-        0
+    fn buffered(&self, client: &KernelClient) -> usize {
+        match &client.tls {
+            ClientTls::Openssl(_) => 0,
+            ClientTls::Ours(r) => r.buffered(),
+        }
     }
 
     fn connect(&mut self, slot: SlotId, backend: usize) -> io::Result<KernelBackend> {

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use dpuproxy_driver::{Driver, DriverSettings, PathMetrics, Side};
 use dpuproxy_l7::Shared;
+use dpuproxy_tls::HandshakeConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use openssl::ssl::SslContext;
 
 use crate::KernelMetrics;
+use crate::records_fd::FdRecords;
 use crate::tls_fd::FdTls;
-use crate::transport::{KernelClient, KernelTransport, Owner, RESERVED, owner_of};
+use crate::transport::{ClientTls, KernelClient, KernelTransport, Owner, RESERVED, owner_of};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -25,6 +27,9 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// What a worker needs besides its poll and listener.
 pub(crate) struct WorkerParts {
     pub ctx: SslContext,
+    /// Set when our record layer processes the records (`[tls] records =
+    /// "ours"`): the memory-buffer handshake's configuration.
+    pub records: Option<HandshakeConfig>,
     pub shared: Arc<Shared>,
     pub metrics: Arc<KernelMetrics>,
     pub path: Arc<PathMetrics>,
@@ -40,6 +45,7 @@ pub(crate) struct Worker {
     /// `None` once draining (closed: new connections are refused).
     listener: Option<TcpListener>,
     ctx: SslContext,
+    records: Option<HandshakeConfig>,
     driver: Driver<KernelTransport>,
     transport: KernelTransport,
     stop: Arc<AtomicBool>,
@@ -72,6 +78,7 @@ impl Worker {
             poll,
             listener: Some(listener),
             ctx: parts.ctx,
+            records: parts.records,
             driver,
             transport,
             stop: parts.stop,
@@ -192,12 +199,15 @@ impl Worker {
             return;
         }
         let _ = stream.set_nodelay(true);
-        let tls = match FdTls::accept(&self.ctx, stream) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot create TLS state");
-                return;
-            }
+        let tls = match &self.records {
+            Some(cfg) => ClientTls::Ours(FdRecords::accept(stream, cfg.clone())),
+            None => match FdTls::accept(&self.ctx, stream) {
+                Ok(t) => ClientTls::Openssl(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create TLS state");
+                    return;
+                }
+            },
         };
         let client = KernelClient::new(tls);
         let _ = self

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dpuproxy_driver::PathMetrics;
-use dpuproxy_kernel::{KernelConfig, ktls};
+use dpuproxy_kernel::{KernelConfig, KernelRecords, ktls};
 use dpuproxy_l7::{CoreConfig, ErrorKind, Shared};
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 
@@ -124,42 +124,7 @@ fn ktls_probe_matches_the_record_path_and_data_flows() {
     // TLS 1.2 with AES-GCM: the combination for which OpenSSL 3.0 would use
     // kTLS in both directions if the kernel allowed it.
     for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
-        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        b.set_verify(SslVerifyMode::NONE);
-        b.set_min_proto_version(Some(version)).unwrap();
-        b.set_max_proto_version(Some(version)).unwrap();
-        if version == SslVersion::TLS1_2 {
-            b.set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256").unwrap();
-        }
-        let connector = b.build();
-        let tcp = TcpStream::connect(proxy.local_addr).unwrap();
-        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut tls = connector
-            .configure()
-            .unwrap()
-            .verify_hostname(false)
-            .connect("localhost", tcp)
-            .unwrap();
-        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","v":"{version:?}"}}"#);
-        let req = format!(
-            "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        tls.write_all(req.as_bytes()).unwrap();
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while !String::from_utf8_lossy(&got).ends_with(&body) {
-            let n = tls.read(&mut chunk).expect("response arrives");
-            assert!(
-                n > 0,
-                "connection closed early: {:?}",
-                String::from_utf8_lossy(&got)
-            );
-            got.extend_from_slice(&chunk[..n]);
-        }
-        let text = String::from_utf8_lossy(&got);
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
-        assert!(text.contains("mcp-session-id: kt-1"));
+        initialize_round_trip(proxy.local_addr, version);
     }
 
     let m = &proxy.metrics;
@@ -183,6 +148,66 @@ fn ktls_probe_matches_the_record_path_and_data_flows() {
         1,
         "session learned through the kernel path"
     );
+    proxy.shutdown();
+    drop(backend_thread);
+}
+
+/// One TLS connection of `version` through the proxy: an initialize POST
+/// whose echoed body and learned session must come back.
+fn initialize_round_trip(addr: std::net::SocketAddr, version: SslVersion) {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(version)).unwrap();
+    b.set_max_proto_version(Some(version)).unwrap();
+    if version == SslVersion::TLS1_2 {
+        b.set_cipher_list("ECDHE-ECDSA-AES128-GCM-SHA256").unwrap();
+    }
+    let connector = b.build();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut tls = connector
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect("localhost", tcp)
+        .unwrap();
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","v":"{version:?}"}}"#);
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).ends_with(&body) {
+        let n = tls.read(&mut chunk).expect("response arrives");
+        assert!(
+            n > 0,
+            "connection closed early: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("mcp-session-id: kt-1"));
+}
+
+/// `[tls] records = "ours"`: the same connections, with OpenSSL running only
+/// the handshake (over memory buffers) and our record layer every record.
+#[test]
+fn our_record_layer_on_kernel_sockets_serves_both_versions() {
+    let (backend, backend_thread) = spawn_backend();
+    let (_dir, shared, proxy) = start_proxy(backend, KernelRecords::Ours);
+    for version in [SslVersion::TLS1_2, SslVersion::TLS1_3] {
+        initialize_round_trip(proxy.local_addr, version);
+    }
+    let m = &proxy.metrics;
+    assert_eq!(PathMetrics::get(&proxy.path.handshakes), 2);
+    assert_eq!(m.ours_records.load(Ordering::Relaxed), 2);
+    assert_eq!(m.openssl_records.load(Ordering::Relaxed), 0);
+    assert_eq!(m.ktls_tx.load(Ordering::Relaxed), 0);
+    assert_eq!(shared.affinity.len(), 1);
     proxy.shutdown();
     drop(backend_thread);
 }
@@ -262,12 +287,16 @@ fn spawn_resetting_backend() -> (String, std::thread::JoinHandle<()>) {
     (addr, h)
 }
 
-fn start_proxy(backend: String) -> (tempfile::TempDir, Arc<Shared>, dpuproxy_kernel::KernelProxy) {
+fn start_proxy(
+    backend: String,
+    records: KernelRecords,
+) -> (tempfile::TempDir, Arc<Shared>, dpuproxy_kernel::KernelProxy) {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_cert(dir.path());
     let shared = Arc::new(Shared::new(CoreConfig::default(), vec![backend.clone()]));
     let mut cfg = KernelConfig::new("127.0.0.1:0".parse().unwrap(), cert, key);
     cfg.workers = 1;
+    cfg.records = records;
     let proxy = dpuproxy_kernel::start(&cfg, shared.clone(), Default::default()).unwrap();
     (dir, shared, proxy)
 }
@@ -277,8 +306,14 @@ fn start_proxy(backend: String) -> (tempfile::TempDir, Arc<Shared>, dpuproxy_ker
 /// truncated body look complete), a reset.
 #[test]
 fn abortive_close_is_a_reset_without_close_notify() {
+    for records in [KernelRecords::Openssl, KernelRecords::Ours] {
+        abortive_close(records);
+    }
+}
+
+fn abortive_close(records: KernelRecords) {
     let (backend, backend_thread) = spawn_resetting_backend();
-    let (_dir, _shared, proxy) = start_proxy(backend);
+    let (_dir, _shared, proxy) = start_proxy(backend, records);
     let mut tls = tls_client(proxy.local_addr);
     send_initialize(&mut tls, 0);
     let mut got = Vec::new();
@@ -307,8 +342,14 @@ fn abortive_close_is_a_reset_without_close_notify() {
 /// not a TLS error.
 #[test]
 fn client_close_without_close_notify_is_no_tls_error() {
+    for records in [KernelRecords::Openssl, KernelRecords::Ours] {
+        client_close_without_close_notify(records);
+    }
+}
+
+fn client_close_without_close_notify(records: KernelRecords) {
     let (backend, backend_thread) = spawn_backend();
-    let (_dir, shared, proxy) = start_proxy(backend);
+    let (_dir, shared, proxy) = start_proxy(backend, records);
     let mut tls = tls_client(proxy.local_addr);
     let body = send_initialize(&mut tls, 1);
     let mut got = Vec::new();

@@ -53,6 +53,7 @@ pub mod handshake;
 pub mod keys;
 pub mod ktls;
 pub mod record;
+pub mod session;
 pub mod suite;
 
 pub use conn::{Incoming, Limits, Opened, RecordLayer, RecordState, Stats};
@@ -65,4 +66,5 @@ pub use handshake::{
 pub use keys::{Secret, SecretMaterial, Secrets, TrafficKeys};
 pub use ktls::{CryptoInfo, Direction};
 pub use record::{ContentType, Opener, Sealer};
+pub use session::{ServerSession, SessionState};
 pub use suite::{Aead, CipherSuite, HashAlg, ProtocolVersion, Side};

@@ -87,6 +87,11 @@ pub struct ProxyArgs {
     /// or veth (af_packet on a veth, kernel peers in a namespace).
     #[arg(long, default_value = "memif")]
     pub dpdk_rig: String,
+    /// The kernel target's TLS records: openssl (the stock design: kTLS
+    /// when the kernel takes it, else SSL_read/SSL_write) or ours (our
+    /// record layer on the socket, as in DPDK mode).
+    #[arg(long, default_value = "openssl")]
+    pub kernel_records: String,
 }
 
 impl ProxyArgs {
@@ -369,7 +374,10 @@ fn measure(
     let mut dpdk_env = None;
     let mut rig = None;
     let (running, backends) = match name {
-        "kernel" => (Some(targets::start_kernel(job)?), backends),
+        "kernel" => (
+            Some(targets::start_kernel(job, &args.kernel_records)?),
+            backends,
+        ),
         "haproxy" => (Some(targets::start_haproxy(job)?), backends),
         "dpdk" if !dpuproxy_engine::AVAILABLE => bail!("this binary was built without DPDK"),
         "dpdk" if args.dpdk_rig == "memif" => {
@@ -768,7 +776,7 @@ fn wrk_cross_check(
     token: &str,
     ours: Option<f64>,
 ) -> anyhow::Result<String> {
-    let running = targets::start_kernel(job)?;
+    let running = targets::start_kernel(job, &args.kernel_records)?;
     let cfg = loadgen::LoadConfig {
         addr: running.addr,
         host: format!("localhost:{}", running.addr.port()),

@@ -109,14 +109,26 @@ pub(crate) fn same_job_args(
     Ok(())
 }
 
-/// `dpuproxy run --mode kernel`, one worker, on the proxy core.
-pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
+/// `dpuproxy run --mode kernel`, one worker, on the proxy core, with its
+/// TLS records by `records` (`openssl` or `ours`).
+pub fn start_kernel(job: &Job, records: &str) -> anyhow::Result<Running> {
+    if !matches!(records, "openssl" | "ours") {
+        anyhow::bail!("--kernel-records must be openssl or ours, not {records:?}");
+    }
     let exe = std::env::current_exe().context("cannot find the dpuproxy binary")?;
     let port = free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let log = job.out_dir.join("kernel.log");
     let mut cmd = pinned(&job.proxy_cpus, &exe);
-    cmd.args(["run", "--mode", "kernel", "--workers", "1"]);
+    cmd.args([
+        "run",
+        "--mode",
+        "kernel",
+        "--workers",
+        "1",
+        "--tls-records",
+        records,
+    ]);
     same_job_args(&mut cmd, job, addr, &log)?;
     let mut child = cmd.spawn().context("cannot start dpuproxy (kernel)")?;
     wait_listening(addr, &mut child, "dpuproxy kernel", WAIT, Some(&log))?;
@@ -124,7 +136,7 @@ pub fn start_kernel(job: &Job) -> anyhow::Result<Running> {
         child,
         addr,
         describe: format!(
-            "dpuproxy {} --mode kernel --workers 1",
+            "dpuproxy {} --mode kernel --workers 1 --tls-records {records}",
             env!("CARGO_PKG_VERSION")
         ),
         admin: None,
