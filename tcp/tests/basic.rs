@@ -341,3 +341,49 @@ fn ethernet_arp_and_time_wait_ack() {
         (tcp0.seq_number(), tcp0.ack_number())
     );
 }
+
+#[test]
+fn buffers_start_small_and_grow_with_use() {
+    let mut p = Pair::default_pair(17);
+    let (c, s) = established(&mut p);
+    // A new connection holds 2 KiB + 1 KiB of buffers, not the configured
+    // maxima (8 KiB + 4 KiB by default).
+    assert_eq!(p.a.memory_usage().buffers, 2048 + 1024);
+    assert_eq!(p.b.memory_usage().buffers, 2048 + 1024);
+    // A small exchange does not grow them.
+    assert_eq!(p.a.send_slice(c, b"ping"), Ok(4));
+    let mut got = Vec::new();
+    assert!(p.run_until(1000, |p| {
+        let mut buf = [0u8; 16];
+        let n = p.b.recv_slice(s, &mut buf).unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+        got == b"ping"
+    }));
+    assert_eq!(p.b.memory_usage().buffers, 2048 + 1024);
+    // Bulk one way, read late: the receiver's buffer grows to its maximum
+    // (the window opens with it), the sender's too; every byte arrives.
+    let total = 100_000u64;
+    let (mut out, mut inn) = (Stream::default(), Stream::default());
+    let mut step = 0;
+    assert!(p.run_until(100_000, |p| {
+        step += 1;
+        send_pattern(&mut p.a, c, 3, &mut out, total);
+        if step % 50 == 0 {
+            let _ = recv_pattern(&mut p.b, s, 3, &mut inn);
+        }
+        inn.received == total
+    }));
+    assert_eq!(inn.bad, 0);
+    assert_eq!(
+        p.a.memory_usage().buffers,
+        2048 + 4096,
+        "sender grew its send buffer"
+    );
+    assert_eq!(
+        p.b.memory_usage().buffers,
+        8192 + 1024,
+        "receiver grew its receive buffer"
+    );
+    // The send room counts the growth still allowed.
+    assert_eq!(p.b.send_room(s), Ok(4096));
+}

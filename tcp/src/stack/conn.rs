@@ -62,6 +62,9 @@ pub(super) struct Conn {
     /// The sequence number of the peer's SYN, for a connection a listener
     /// admitted (kept in its TIME-WAIT record).
     pub(super) peer_isn: Option<u32>,
+    /// How far the buffers may grow.
+    pub(super) rx_max: usize,
+    pub(super) tx_max: usize,
     pub(super) dead: Option<Dead>,
     /// Unread bytes saved when the socket was dropped after a clean close.
     pub(super) leftover: Vec<u8>,
@@ -117,11 +120,14 @@ pub(super) fn fin_received(s: tcp::State) -> bool {
     )
 }
 
-/// The user-timeout settings a connection keeps.
+/// The settings a connection keeps beside its socket: the user timeout and
+/// how far its buffers may grow.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Guard {
     pub(super) timeout_us: Option<i64>,
     pub(super) keep_alive: bool,
+    pub(super) rx_max: usize,
+    pub(super) tx_max: usize,
 }
 
 impl Guard {
@@ -131,13 +137,71 @@ impl Guard {
                 .timeout
                 .map(|d| i64::try_from(d.total_micros()).unwrap_or(i64::MAX / 4)),
             keep_alive: cfg.keep_alive.is_some(),
+            rx_max: cfg.rx_buffer,
+            tx_max: cfg.tx_buffer,
         }
     }
 }
 
+/// A new connection's receive buffer, before it grows with use.
+pub(super) const INITIAL_RX: usize = 2048;
+/// A new connection's send buffer, before it grows with use.
+pub(super) const INITIAL_TX: usize = 1024;
+/// Largest receive buffer that can grow: the window scale is negotiated
+/// from the buffer's size at the handshake, and up to 64 KiB it is none at
+/// all, so a grown buffer is advertised whole. Larger ones are allocated
+/// whole from the start.
+const GROWABLE_MAX: usize = 64 * 1024;
+
+/// The size a buffer starts at for a maximum of `max` (and at least
+/// `queued`, the bytes a moved connection brings).
+fn initial_size(max: usize, initial: usize, queued: usize) -> usize {
+    let start = if max <= GROWABLE_MAX {
+        max.min(initial)
+    } else {
+        max
+    };
+    start.max(queued)
+}
+
+/// Grow the send buffer (doubling, up to `max`) when fewer than `want`
+/// bytes are free. The queue moves with it.
+pub(super) fn grow_tx(sock: &mut tcp::Socket<'static>, want: usize, max: usize) {
+    let cap = sock.send_capacity();
+    let queued = sock.send_queue();
+    if cap - queued >= want || cap >= max {
+        return;
+    }
+    let size = (cap * 2).max(queued + want).min(max);
+    let _ = sock.replace_tx_buffer(tcp::SocketBuffer::new(zeroed(size)));
+}
+
+/// Grow the receive buffer (doubling, up to `max`) once it is more than
+/// half full, so the window the peer sees opens again. The queue moves with
+/// it; not while out-of-order data is held (smoltcp keeps it in the free
+/// space), which the next segment retries.
+pub(super) fn grow_rx(sock: &mut tcp::Socket<'static>, max: usize) {
+    let cap = sock.recv_capacity();
+    if sock.recv_queue() * 2 <= cap || cap >= max {
+        return;
+    }
+    let _ = sock.replace_rx_buffer(tcp::SocketBuffer::new(zeroed((cap * 2).min(max))));
+}
+
 pub(super) fn new_socket(cfg: &SocketConfig, clock: Clock) -> tcp::Socket<'static> {
-    let rx = tcp::SocketBuffer::new(zeroed(cfg.rx_buffer));
-    let tx = tcp::SocketBuffer::new(zeroed(cfg.tx_buffer));
+    new_socket_holding(cfg, clock, 0, 0)
+}
+
+/// A socket whose buffers start large enough for `rx_queued` and
+/// `tx_queued` bytes (a moved connection's queues).
+pub(super) fn new_socket_holding(
+    cfg: &SocketConfig,
+    clock: Clock,
+    rx_queued: usize,
+    tx_queued: usize,
+) -> tcp::Socket<'static> {
+    let rx = tcp::SocketBuffer::new(zeroed(initial_size(cfg.rx_buffer, INITIAL_RX, rx_queued)));
+    let tx = tcp::SocketBuffer::new(zeroed(initial_size(cfg.tx_buffer, INITIAL_TX, tx_queued)));
     let mut s = tcp::Socket::new(rx, tx);
     s.set_nagle_enabled(cfg.nagle);
     s.set_ack_delay(cfg.ack_delay.map(|d| clock.dur_to_virt(d)));

@@ -11,7 +11,7 @@
 
 use smoltcp::socket::tcp;
 
-use super::conn::{Conn, Dead, push_ready};
+use super::conn::{Conn, Dead, INITIAL_TX, grow_tx, push_ready};
 use super::slots::user_conn_in;
 use super::{ConnId, Stack};
 use crate::TcpError;
@@ -27,16 +27,20 @@ impl Stack {
     }
 
     /// Write through `write`, which returns a value and whether the write
-    /// fell short of what the caller had. Then: a full send buffer or a short
+    /// fell short of what the caller had; the send buffer grows first when
+    /// fewer than `want` bytes are free. Then: a full send buffer or a short
     /// write asks for `Writable`; queued bytes have the connection transmit
     /// on the next poll.
     fn with_send<R>(
         &mut self,
         id: ConnId,
+        want: usize,
         write: impl FnOnce(&mut tcp::Socket<'static>) -> Result<(R, bool), tcp::SendError>,
     ) -> Result<R, TcpError> {
         let c = user_conn_in(&mut self.slots, id)?;
+        let tx_max = c.tx_max;
         let sock = c.socket()?;
+        grow_tx(sock, want, tx_max);
         let before = sock.send_queue();
         let (r, short) = write(sock).map_err(|_| TcpError::InvalidState)?;
         let after = sock.send_queue();
@@ -56,7 +60,9 @@ impl Stack {
         id: ConnId,
         f: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, TcpError> {
-        self.with_send(id, |sock| {
+        // The caller's size is unknown: the buffer grows once half of it is
+        // taken.
+        self.with_send(id, INITIAL_TX / 2, |sock| {
             // A closure that claims more than it was given must not panic smoltcp.
             let r = sock.send(|buf| {
                 let (n, r) = f(buf);
@@ -68,7 +74,7 @@ impl Stack {
 
     /// Copy as much of `data` as fits into the send buffer; returns the count.
     pub fn send_slice(&mut self, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
-        self.with_send(id, |sock| {
+        self.with_send(id, data.len(), |sock| {
             let n = sock.send_slice(data)?;
             Ok((n, n < data.len()))
         })
@@ -161,10 +167,12 @@ impl Stack {
         }
     }
 
-    /// Free space in the send buffer.
+    /// Bytes the send buffer takes now, counting the growth it is allowed.
     pub fn send_room(&mut self, id: ConnId) -> Result<usize, TcpError> {
-        let s = self.user_socket(id)?;
-        Ok(s.send_capacity() - s.send_queue())
+        let c = self.user_conn(id)?;
+        let max = c.tx_max;
+        let s = c.socket()?;
+        Ok(max.max(s.send_capacity()) - s.send_queue())
     }
 
     /// The TCP state (`Closed` once the connection is dead).

@@ -25,7 +25,7 @@
 use smoltcp::socket::tcp::{RestoreError, Snapshot};
 use smoltcp::wire::{IpAddress, IpEndpoint, TcpSeqNumber};
 
-use super::conn::{Guard, Role, new_socket};
+use super::conn::{Guard, Role, new_socket_holding};
 use super::slots::user_conn_in;
 use super::{ConnId, Stack};
 use crate::TcpError;
@@ -146,7 +146,18 @@ impl Stack {
         cfg.rx_buffer = cfg.rx_buffer.max(state.recv_queue.len());
         cfg.tx_buffer = cfg.tx_buffer.max(state.send_queue.len());
         let snap = snapshot_of(state).ok_or(TcpError::InvalidState)?;
-        let mut sock = new_socket(&cfg, self.clock);
+        // The receive buffer holds everything up to the right edge of the
+        // window the peer was given, not only the unread bytes.
+        let promised = state
+            .last_ack
+            .wrapping_add(state.last_window)
+            .wrapping_sub(state.recv_seq) as usize;
+        let mut sock = new_socket_holding(
+            &cfg,
+            self.clock,
+            promised.max(state.recv_queue.len()),
+            state.send_queue.len(),
+        );
         sock.restore(&snap, &state.send_queue, &state.recv_queue)
             .map_err(|e| match e {
                 RestoreError::InvalidState | RestoreError::BufferTooSmall => {

@@ -18,6 +18,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
 use super::Stack;
+use super::conn::grow_rx;
 use crate::adapters::{InspectTx, OneShot, TxObs};
 use crate::flow::FlowEntry;
 use crate::frame::{self, Segment};
@@ -115,6 +116,7 @@ impl Stack {
             set,
         );
         conn.last_rx_us = self.now.total_micros();
+        grow_rx(set.get_mut::<tcp::Socket>(conn.handle), conn.rx_max);
         if seg.rst && set.get::<tcp::Socket>(conn.handle).state() == tcp::State::Closed {
             conn.rst_seen = true;
         }

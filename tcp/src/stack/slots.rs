@@ -69,6 +69,8 @@ impl Stack {
             rst_sent: false,
             last_seq_ack: None,
             peer_isn: None,
+            rx_max: guard.rx_max,
+            tx_max: guard.tx_max,
             dead: None,
             leftover: Vec::new(),
             leftover_pos: 0,
