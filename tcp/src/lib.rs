@@ -89,6 +89,18 @@
 //!   `time_wait` (60 s) and at most `max_time_wait` are kept, oldest dropped
 //!   first.
 //!
+//! # Buffers that grow
+//! A connection's receive buffer starts at 2 KiB and its send buffer at
+//! 1 KiB (or the configured size, if smaller). The receive buffer doubles,
+//! up to `rx_buffer`, once a segment leaves it more than half full (the
+//! window the peer sees opens with it); the send buffer doubles, up to
+//! `tx_buffer`, when a write finds less room than it brings. Growing copies
+//! the queue into a new buffer (smoltcp patch: `replace_rx_buffer`/
+//! `replace_tx_buffer`, which refuse a buffer that would not hold the
+//! window already advertised, or while out-of-order data is held). Buffers
+//! do not shrink back. A receive buffer above 64 KiB is allocated whole,
+//! since the window scale is fixed at the handshake from the buffer's size.
+//!
 //! # Accept queue
 //! Per listener, half-open plus established-but-not-accepted connections are
 //! at most `backlog`. A SYN beyond that evicts the oldest half-open one
@@ -110,7 +122,7 @@
 //! | `min_rto` | 50 ms | DC RTTs are µs; 1 s (smoltcp) or 200 ms (Linux) stall request/response on a single loss |
 //! | `ack_delay` | 1 ms | lets an in-process response carry the ACK; well under the RTO |
 //! | `nagle` | off | a proxy writes whole messages; Nagle plus delayed ACK would stall the tail |
-//! | `rx_buffer`/`tx_buffer` | 8 KiB / 4 KiB | ~13 KiB per connection all told, for 100k connections per core; above 64 KiB window scaling is used |
+//! | `rx_buffer`/`tx_buffer` | 8 KiB / 4 KiB | the most a connection's buffers grow to; they start at 2 KiB / 1 KiB (under 4 KiB per idle connection all told, for 100k connections per core); above 64 KiB window scaling is used and the buffer is whole from the start |
 //! | `timeout` | 30 s | user timeout while something awaits an ACK |
 //! | `handshake_timeout` | 5 s | half-open and SYN-SENT give up |
 //! | `time_wait` / `max_time_wait` | 60 s / 262144 | 2×MSL-ish; records are small |
