@@ -21,6 +21,8 @@ use dpuproxy_tls::session::{MAX_TLS_BUFFER, SessionState, Step};
 use dpuproxy_tls::{HandshakeConfig, Limits, ServerSession, TlsError};
 use mio::net::TcpStream;
 
+use crate::tls_fd::peer_sent_bytes;
+
 /// A kernel socket with our TLS session on it.
 #[derive(Debug)]
 pub(crate) struct FdRecords {
@@ -85,14 +87,7 @@ impl FdRecords {
         if self.session.is_some() {
             return Ok(true);
         }
-        let mut probe = [0u8; 1];
-        match self.stream.peek(&mut probe) {
-            Ok(0) => Err(()),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-            Err(_) => Err(()),
-        }
+        peer_sent_bytes(&self.stream)
     }
 
     fn session(&mut self) -> Option<&mut ServerSession> {

@@ -179,14 +179,7 @@ impl FdTls {
     /// Whether the peer sent anything yet (`Err`: it closed, or the socket
     /// failed, before sending a byte).
     pub fn has_input(&self) -> Result<bool, ()> {
-        let mut probe = [0u8; 1];
-        match self.stream.peek(&mut probe) {
-            Ok(0) => Err(()),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-            Err(_) => Err(()),
-        }
+        peer_sent_bytes(&self.stream)
     }
 
     /// One non-blocking handshake step.
@@ -305,6 +298,20 @@ impl FdTls {
                 .map(|c| c.name())
                 .unwrap_or("no-cipher")
         )
+    }
+}
+
+/// Whether the peer of a fresh connection sent anything yet, by one
+/// `MSG_PEEK` (`Err`: it closed, or the socket failed, before sending a
+/// byte).
+pub(crate) fn peer_sent_bytes(stream: &TcpStream) -> Result<bool, ()> {
+    let mut probe = [0u8; 1];
+    match stream.peek(&mut probe) {
+        Ok(0) => Err(()),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+        Err(_) => Err(()),
     }
 }
 

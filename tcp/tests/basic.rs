@@ -5,20 +5,6 @@ mod common;
 use common::*;
 use dpuproxy_tcp::{ConnId, Duration, Event, SocketConfig, State, TcpError};
 
-/// Connect A→B:80 and accept; returns (client, server) handles.
-fn established(p: &mut Pair) -> (ConnId, ConnId) {
-    let l = p.b.listen(80, 16).unwrap();
-    let c = p.a.connect(B, 80).unwrap();
-    assert!(
-        p.run_until(1000, |p| p.a_events.contains(&Event::Connected(c))
-            && p.b_events.contains(&Event::Accept(l)))
-    );
-    let s = p.b.accept(l).unwrap().unwrap();
-    p.take_a();
-    p.take_b();
-    (c, s)
-}
-
 fn read_all(p: &mut Pair, on_b: bool, c: ConnId, want: usize) -> Vec<u8> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];

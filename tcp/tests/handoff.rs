@@ -9,19 +9,6 @@ use common::*;
 use dpuproxy_tcp::fault::Faults;
 use dpuproxy_tcp::{ConnId, ConnState, Event, Stack, State, TcpError};
 
-fn established(p: &mut Pair) -> (ConnId, ConnId) {
-    let l = p.b.listen(80, 16).unwrap();
-    let c = p.a.connect(B, 80).unwrap();
-    assert!(
-        p.run_until(1000, |p| p.a_events.contains(&Event::Connected(c))
-            && p.b_events.contains(&Event::Accept(l)))
-    );
-    let s = p.b.accept(l).unwrap().unwrap();
-    p.take_a();
-    p.take_b();
-    (c, s)
-}
-
 /// A fresh stack for B's address on B's side of the wire.
 fn fresh_b(p: &Pair, seed: u64) -> Stack {
     use dpuproxy_tcp::smoltcp::phy::Device;

@@ -8,7 +8,7 @@ pub use dpuproxy_tcp::pattern::{Stream, recv_pattern, send_pattern};
 use dpuproxy_tcp::smoltcp::phy::{Device, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
-use dpuproxy_tcp::{Duration, Event, Instant, Stack, StackConfig};
+use dpuproxy_tcp::{ConnId, Duration, Event, Instant, Stack, StackConfig};
 
 pub const A: Ipv4Address = Ipv4Address::new(10, 77, 0, 1);
 pub const B: Ipv4Address = Ipv4Address::new(10, 77, 0, 2);
@@ -130,4 +130,18 @@ impl Pair {
     pub fn take_b(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.b_events)
     }
+}
+
+/// Connect A→B:80 and accept; returns (client, server) handles.
+pub fn established(p: &mut Pair) -> (ConnId, ConnId) {
+    let l = p.b.listen(80, 16).unwrap();
+    let c = p.a.connect(B, 80).unwrap();
+    assert!(
+        p.run_until(1000, |p| p.a_events.contains(&Event::Connected(c))
+            && p.b_events.contains(&Event::Accept(l)))
+    );
+    let s = p.b.accept(l).unwrap().unwrap();
+    p.take_a();
+    p.take_b();
+    (c, s)
 }
