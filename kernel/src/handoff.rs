@@ -12,9 +12,9 @@
 //! - [`to_kernel`] never fails; the kernel checks the windows when the
 //!   state is restored.
 //! - Windows: the kernel's `rcv_wup`/`rcv_wnd` (the last ACK sent and the
-//!   window advertised with it) become `last_ack`/`last_window`, clamped so
-//!   the last ACK lies within the carried receive queue and the promised
-//!   right edge never moves left.
+//!   window advertised with it) become `last_ack`/`last_window`; the last
+//!   ACK is clamped to what arrived, and the promised right edge never moves
+//!   left of it.
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
@@ -50,9 +50,14 @@ pub fn to_userspace(k: &TcpState) -> Result<ConnState, HandoffError> {
     }
     let rcv_nxt = k.recv_seq.wrapping_add(k.recv_queue.len() as u32);
     let w = k.window;
-    // The last ACK sent, within [recv_seq, rcv_nxt]: the application may
-    // have read past it (a delayed ACK), and never beyond what arrived.
-    let last_ack = clamp_seq(w.rcv_wup, k.recv_seq, rcv_nxt);
+    // The last ACK sent: never beyond what arrived; it may lie before
+    // recv_seq (the application read bytes whose delayed ACK is pending),
+    // which the userspace stack takes as is and acknowledges soon.
+    let last_ack = if before(rcv_nxt, w.rcv_wup) {
+        rcv_nxt
+    } else {
+        w.rcv_wup
+    };
     let right_edge = max_seq(w.rcv_wup.wrapping_add(w.rcv_wnd), rcv_nxt);
     let (window_shift, peer_window_shift) = match k.wscale {
         Some((send, recv)) => (recv, Some(send)),
@@ -121,16 +126,6 @@ fn max_seq(a: u32, b: u32) -> u32 {
     if before(a, b) { b } else { a }
 }
 
-fn clamp_seq(x: u32, lo: u32, hi: u32) -> u32 {
-    if before(x, lo) {
-        lo
-    } else if before(hi, x) {
-        hi
-    } else {
-        x
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,14 +174,14 @@ mod tests {
     }
 
     #[test]
-    fn last_ack_is_clamped_into_the_receive_queue() {
-        // The application read past the last ACK (delayed): the ACK moves up
-        // to the first unread byte, the promised right edge stays.
+    fn last_ack_and_right_edge_carry_over() {
+        // The application read past the last ACK (delayed): the ACK stays
+        // where it was, and so does the promised right edge.
         let mut k = kernel_state();
         k.window.rcv_wup = 900;
         k.window.rcv_wnd = 1000;
         let u = to_userspace(&k).unwrap();
-        assert_eq!(u.last_ack, 1000);
+        assert_eq!(u.last_ack, 900);
         assert_eq!(u.last_ack.wrapping_add(u.last_window), 1900);
         // A right edge behind what arrived is moved up to rcv_nxt.
         k.window.rcv_wnd = 0;
@@ -237,6 +232,5 @@ mod tests {
         assert!(before(u32::MAX - 5, 3));
         assert!(!before(3, u32::MAX - 5));
         assert_eq!(max_seq(u32::MAX, 2), 2);
-        assert_eq!(clamp_seq(5, u32::MAX - 1, 10), 5);
     }
 }

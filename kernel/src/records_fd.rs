@@ -60,7 +60,8 @@ impl FdRecords {
             stream,
             config: None,
             session: Some(ServerSession::resume(state, limits)?),
-            fin_pending: false,
+            // Moved after close_notify was queued: the FIN still follows it.
+            fin_pending: state.records.closed_for_writing,
         })
     }
 

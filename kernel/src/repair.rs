@@ -325,12 +325,15 @@ fn set_options(fd: RawFd, state: &TcpState) -> io::Result<()> {
         code: TCPOPT_MSS,
         val: state.mss,
     }];
-    if let Some((snd, rcv)) = state.wscale {
-        opts.push(RepairOpt {
-            code: TCPOPT_WINDOW,
-            val: u32::from(snd) | (u32::from(rcv) << 16),
-        });
-    }
+    // Always set, as (0, 0) without scaling: the repair-mode connect has
+    // already picked a receive scale from the buffer sizes, and the kernel
+    // shifts the windows it advertises by it whether or not scaling was
+    // negotiated, so leaving it would advertise windows 2^scale too small.
+    let (snd, rcv) = state.wscale.unwrap_or((0, 0));
+    opts.push(RepairOpt {
+        code: TCPOPT_WINDOW,
+        val: u32::from(snd) | (u32::from(rcv) << 16),
+    });
     if state.sack {
         opts.push(RepairOpt {
             code: TCPOPT_SACK_PERM,

@@ -213,3 +213,63 @@ fn import_refuses_bad_states_and_leaves_nothing_behind() {
     assert_eq!(other.state(live), Ok(State::Established));
     assert_eq!(p.b.import(&state, None).map(|_| ()), Ok(()));
 }
+
+#[test]
+fn export_right_after_a_read_whose_ack_is_still_delayed() {
+    let mut p = Pair::default_pair(18);
+    let (c, s) = established(&mut p);
+    let (mut out, mut inn) = (Stream::default(), Stream::default());
+    send_pattern(&mut p.a, c, 1, &mut out, 600);
+    // Step only until the bytes are in B's receive queue, read them at
+    // once, and export before B's delayed ACK (1 ms) can leave.
+    assert!(p.run_until(1000, |p| p.b.recv_queue(s).unwrap_or(0) == 600));
+    recv_pattern(&mut p.b, s, 1, &mut inn).unwrap();
+    let state = p.b.export(s).unwrap();
+    assert!(
+        state.last_ack.wrapping_sub(state.recv_seq) as i32 <= 0 && state.last_ack != state.recv_seq,
+        "the ACK for the read bytes had not left: last_ack {} recv_seq {}",
+        state.last_ack,
+        state.recv_seq
+    );
+    // The new owner continues, and acknowledges what the old one read.
+    let mut next = fresh_b(&p, 77);
+    let s2 = next.import(&state, None).unwrap();
+    p.b = next;
+    let total = 5000;
+    assert!(p.run_until(50_000, |p| {
+        send_pattern(&mut p.a, c, 1, &mut out, total);
+        recv_pattern(&mut p.b, s2, 1, &mut inn).unwrap();
+        inn.received == total
+    }));
+    assert_eq!(inn.bad, 0);
+    assert!(p.a_events.iter().all(|e| !matches!(e, Event::Reset(_))));
+}
+
+#[test]
+fn a_connection_moved_into_a_closed_window_probes_it() {
+    let mut p = Pair::default_pair(19);
+    let (c, s) = established(&mut p);
+    let total = 40_000u64;
+    let (mut out, mut inn) = (Stream::default(), Stream::default());
+    // A does not read: its window closes with B's data in flight.
+    p.run_until(3000, |p| {
+        send_pattern(&mut p.b, s, 2, &mut out, total);
+        false
+    });
+    let state = p.b.export(s).unwrap();
+    assert_eq!(state.peer_window, 0, "A's window is closed");
+    assert!(!state.send_queue.is_empty());
+    // A reads now: its window update reaches only the held 4-tuple and is
+    // lost. Only a probe from the new owner can find the open window.
+    recv_pattern(&mut p.a, c, 2, &mut inn).unwrap();
+    p.run_until(200, |_| false);
+    let mut next = fresh_b(&p, 78);
+    let s2 = next.import(&state, None).unwrap();
+    p.b = next;
+    assert!(p.run_until(200_000, |p| {
+        send_pattern(&mut p.b, s2, 2, &mut out, total);
+        recv_pattern(&mut p.a, c, 2, &mut inn).unwrap();
+        inn.received == total
+    }));
+    assert_eq!(inn.bad, 0);
+}

@@ -50,8 +50,9 @@ pub struct ConnState {
     pub recv_seq: u32,
     /// Bytes received and not yet read.
     pub recv_queue: Vec<u8>,
-    /// The acknowledgement number we last sent (from `recv_seq` to
-    /// `recv_seq + recv_queue.len()`).
+    /// The acknowledgement number we last sent: at most `recv_seq +
+    /// recv_queue.len()`, and before `recv_seq` when bytes were read whose
+    /// (delayed) acknowledgement has not left yet.
     pub last_ack: u32,
     /// The window we last advertised, in bytes from `last_ack`.
     pub last_window: u32,
@@ -145,25 +146,15 @@ impl Stack {
         };
         cfg.rx_buffer = cfg.rx_buffer.max(state.recv_queue.len());
         cfg.tx_buffer = cfg.tx_buffer.max(state.send_queue.len());
-        let snap = snapshot_of(state).ok_or(TcpError::InvalidState)?;
+        let (snap, promised) = snapshot_of(state).ok_or(TcpError::InvalidState)?;
         // The receive buffer holds everything up to the right edge of the
-        // window the peer was given, not only the unread bytes.
-        let promised = state
-            .last_ack
-            .wrapping_add(state.last_window)
-            .wrapping_sub(state.recv_seq) as usize;
-        let mut sock = new_socket_holding(
-            &cfg,
-            self.clock,
-            promised.max(state.recv_queue.len()),
-            state.send_queue.len(),
-        );
+        // window the peer was given (as rounded to the window unit), not
+        // only the unread bytes.
+        let mut sock = new_socket_holding(&cfg, self.clock, promised, state.send_queue.len());
         sock.restore(&snap, &state.send_queue, &state.recv_queue)
-            .map_err(|e| match e {
-                RestoreError::InvalidState | RestoreError::BufferTooSmall => {
-                    unreachable!("a fresh socket sized for the queues refused them: {e}")
-                }
-                _ => TcpError::InvalidState,
+            .map_err(|e| {
+                debug_assert_ne!(e, RestoreError::BufferTooSmall, "sized above");
+                TcpError::InvalidState
             })?;
         // smoltcp's own timeout is for handshakes only (see `settle`).
         sock.set_timeout(None);
@@ -208,9 +199,15 @@ fn seq_of(bits: u32) -> TcpSeqNumber {
     TcpSeqNumber(bits as i32)
 }
 
-/// The smoltcp snapshot for `state`, or `None` if a field is out of range
-/// (the socket's `restore` checks the rest).
-fn snapshot_of(state: &ConnState) -> Option<Snapshot> {
+/// Largest receive window a moved connection may bring (smoltcp's buffer
+/// limit).
+const MAX_PROMISED: usize = 1 << 30;
+
+/// The smoltcp snapshot for `state` and the receive buffer it needs (from
+/// `recv_seq` to the right edge of the window already advertised), or
+/// `None` if a field is out of range or the sequence numbers are out of
+/// order (the socket's `restore` checks the rest).
+fn snapshot_of(state: &ConnState) -> Option<(Snapshot, usize)> {
     let t = state.tuple;
     if state.window_shift > 14 {
         return None;
@@ -219,7 +216,22 @@ fn snapshot_of(state: &ConnState) -> Option<Snapshot> {
     let unit = 1u64 << state.window_shift;
     let last_window =
         u16::try_from((u64::from(state.last_window) + unit - 1) >> state.window_shift).ok()?;
-    Some(Snapshot {
+    let recv_next = state.recv_seq.wrapping_add(state.recv_queue.len() as u32);
+    let edge = state
+        .last_ack
+        .wrapping_add(u32::from(last_window) << state.window_shift);
+    // last_ack <= recv_next <= edge, in sequence space; the ACK may lie
+    // before recv_seq (read bytes not acknowledged yet).
+    let ack_to_next = recv_next.wrapping_sub(state.last_ack) as usize;
+    let ack_to_edge = edge.wrapping_sub(state.last_ack) as usize;
+    if ack_to_next > ack_to_edge || ack_to_edge > MAX_PROMISED {
+        return None;
+    }
+    let promised = edge.wrapping_sub(state.recv_seq) as usize;
+    if promised > MAX_PROMISED {
+        return None;
+    }
+    let snap = Snapshot {
         local: IpEndpoint::new(IpAddress::Ipv4(t.local_addr), t.local_port),
         remote: IpEndpoint::new(IpAddress::Ipv4(t.remote_addr), t.remote_port),
         send_seq: seq_of(state.send_seq),
@@ -232,7 +244,8 @@ fn snapshot_of(state: &ConnState) -> Option<Snapshot> {
         peer_window_shift: state.peer_window_shift,
         peer_mss: usize::from(state.peer_mss),
         sack: state.sack,
-    })
+    };
+    Some((snap, promised.max(state.recv_queue.len())))
 }
 
 #[cfg(test)]
@@ -273,7 +286,8 @@ mod tests {
             window_shift: 7,
             ..state.clone()
         };
-        let snap = snapshot_of(&ok).expect("fits with shift 7");
+        let (snap, promised) = snapshot_of(&ok).expect("fits with shift 7");
+        assert_eq!(promised, 1 << 20);
         assert_eq!(u32::from(snap.last_window), (1u32 << 20) >> 7);
         // A window that is no multiple of the unit is rounded up, never
         // below what was promised.
@@ -281,6 +295,7 @@ mod tests {
             last_window: 1000,
             ..ok
         };
-        assert_eq!(snapshot_of(&odd).unwrap().last_window, 8);
+        let (snap, promised) = snapshot_of(&odd).unwrap();
+        assert_eq!((snap.last_window, promised), (8, 1024));
     }
 }
