@@ -22,6 +22,12 @@
 //! The echo's own unwritten bytes (the "application" state) move with the
 //! connection, as the proxy's L7 object would.
 //!
+//! Run twice: over plain TCP, and over TLS 1.3 with Python's `ssl` as the
+//! client. With TLS both owners run the proxy's TLS session
+//! (`dpuproxy_tls::ServerSession`: OpenSSL's handshake over memory buffers,
+//! our record layer), and its state (traffic secrets, sequence numbers,
+//! buffered records) moves with the TCP state; the client must see no alert.
+//!
 //! Needs root, iproute2, python3 and /dev/net/tun; without them it is
 //! skipped with a loud message, unless `DPUPROXY_REQUIRE_NETNS=1` (CI).
 
@@ -37,16 +43,29 @@ use dpuproxy_tcp::smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxTok
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
 use dpuproxy_tcp::{ConnId, Instant, SocketConfig, Stack, StackConfig};
+use dpuproxy_tls::session::Step;
+use dpuproxy_tls::{
+    CipherSuite, HandshakeConfig, Limits, RecordState, Secret, SecretMaterial, Secrets,
+    ServerSession, SessionState, Side,
+};
 
 const HELPER_ENV: &str = "DPUPROXY_HANDOFF_KERNEL_OWNER";
+/// Set for the TLS run: the directory with cert.pem and key.pem.
+const CERT_ENV: &str = "DPUPROXY_HANDOFF_CERTS";
 const PORT: u16 = 7000;
 const TOTAL: usize = 3 * 1024 * 1024;
 const DEADLINE: StdDuration = StdDuration::from_secs(60);
 
 const PEER: &str = r#"
 import socket, sys, random, threading, time
-ip, total = sys.argv[1], int(sys.argv[2])
+ip, total, tls = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tls"
 s = socket.create_connection((ip, 7000), timeout=30)
+if tls:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    s = ctx.wrap_socket(s)
 port = s.getsockname()[1]
 print("PORT", port, flush=True)
 data = random.Random(5).randbytes(total)
@@ -74,19 +93,102 @@ s.close()
 
 fn main() {
     if let Ok(ip) = std::env::var(HELPER_ENV) {
-        kernel_owner(&ip);
+        let tls = std::env::var(CERT_ENV).ok().map(|dir| {
+            let dir = std::path::PathBuf::from(dir);
+            dpuproxy_kernel::handshake_config(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap()
+        });
+        kernel_owner(&ip, tls);
         return;
     }
-    moved_between_kernel_and_userspace_while_streaming();
-    println!("test moved_between_kernel_and_userspace_while_streaming ... ok");
+    for tls in [false, true] {
+        moved_between_kernel_and_userspace_while_streaming(tls);
+        println!("test moved_between_kernel_and_userspace_while_streaming (tls: {tls}) ... ok");
+    }
 }
 
 // ---------------------------------------------------------------- state text
 
-fn encode(s: &TcpState, app: &[u8]) -> String {
+/// The state line: TCP fields, the TLS session's fields (or `-`), the
+/// echo's unwritten bytes.
+fn encode(s: &TcpState, tls: Option<&SessionState>, app: &[u8]) -> String {
+    format!(
+        "{} {} {}",
+        encode_tcp(s),
+        tls.map_or("-".into(), encode_tls),
+        hex(app)
+    )
+}
+
+fn decode(line: &str) -> (TcpState, Option<SessionState>, Vec<u8>) {
+    let f: Vec<&str> = line.split(' ').collect();
+    assert_eq!(f.len(), 21, "state line: {line}");
+    (decode_tcp(&f[..19]), decode_tls(f[19]), unhex(f[20]))
+}
+
+/// One token: suite, secrets, sequence numbers, queued records, flags,
+/// buffers (comma-separated).
+fn encode_tls(t: &SessionState) -> String {
+    let r = &t.records;
+    let material = match &r.secrets.material {
+        SecretMaterial::Tls13 { client, server } => {
+            format!("13:{}:{}", hex(client.as_bytes()), hex(server.as_bytes()))
+        }
+        SecretMaterial::Tls12 { .. } => panic!("the peer negotiates TLS 1.3"),
+    };
+    [
+        r.secrets.suite.iana().to_string(),
+        material,
+        r.secrets.tx_seq.to_string(),
+        r.secrets.rx_seq.to_string(),
+        hex(&r.pending),
+        hex(&r.partial_handshake),
+        u8::from(r.key_update_answer_queued).to_string(),
+        u8::from(r.peer_closed).to_string(),
+        u8::from(r.closed_for_writing).to_string(),
+        hex(&t.inbuf),
+        hex(&t.outbuf),
+    ]
+    .join(",")
+}
+
+fn decode_tls(token: &str) -> Option<SessionState> {
+    if token == "-" {
+        return None;
+    }
+    let f: Vec<&str> = token.split(',').collect();
+    assert_eq!(f.len(), 11, "tls token: {token}");
+    let m: Vec<&str> = f[1].split(':').collect();
+    assert_eq!(m[0], "13");
+    let secret = |h: &str| Secret::new(&unhex(h)).unwrap();
+    let secrets = Secrets {
+        side: Side::Server,
+        suite: CipherSuite::from_iana(f[0].parse().unwrap()).unwrap(),
+        material: SecretMaterial::Tls13 {
+            client: secret(m[1]),
+            server: secret(m[2]),
+        },
+        tx_seq: f[2].parse().unwrap(),
+        rx_seq: f[3].parse().unwrap(),
+    };
+    Some(SessionState {
+        records: RecordState {
+            secrets,
+            pending: unhex(f[4]),
+            partial_handshake: unhex(f[5]),
+            key_update_answer_queued: f[6] == "1",
+            peer_closed: f[7] == "1",
+            closed_for_writing: f[8] == "1",
+            stats: Default::default(),
+        },
+        inbuf: unhex(f[9]),
+        outbuf: unhex(f[10]),
+    })
+}
+
+fn encode_tcp(s: &TcpState) -> String {
     let w = s.window;
     format!(
-        "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
         s.local,
         s.peer,
         s.send_seq,
@@ -106,15 +208,12 @@ fn encode(s: &TcpState, app: &[u8]) -> String {
         w.rcv_wup,
         s.buffers.0,
         s.buffers.1,
-        hex(app),
     )
 }
 
-fn decode(line: &str) -> (TcpState, Vec<u8>) {
-    let f: Vec<&str> = line.split(' ').collect();
-    assert_eq!(f.len(), 20, "state line: {line}");
+fn decode_tcp(f: &[&str]) -> TcpState {
     let n = |i: usize| f[i].parse::<u32>().unwrap();
-    let state = TcpState {
+    TcpState {
         local: f[0].parse::<SocketAddr>().unwrap(),
         peer: f[1].parse::<SocketAddr>().unwrap(),
         send_seq: n(2),
@@ -138,8 +237,7 @@ fn decode(line: &str) -> (TcpState, Vec<u8>) {
             rcv_wup: n(16),
         },
         buffers: (n(17), n(18)),
-    };
-    (state, unhex(f[19]))
+    }
 }
 
 fn hex(b: &[u8]) -> String {
@@ -163,7 +261,8 @@ fn unhex(s: &str) -> Vec<u8> {
 
 /// Runs inside namespace M. Lines on stdout starting with `@` are the
 /// protocol; commands come on stdin: `capture`, `restore <state>`, `quit`.
-fn kernel_owner(ip: &str) {
+/// With `tls`, the connection runs the proxy's TLS session over the socket.
+fn kernel_owner(ip: &str, tls: Option<HandshakeConfig>) {
     let listener = TcpListener::bind((ip, PORT)).unwrap();
     println!("@READY");
     let (cmd_tx, cmds) = channel::<String>();
@@ -176,26 +275,48 @@ fn kernel_owner(ip: &str) {
         }
     });
     let (stream, _) = listener.accept().unwrap();
+    stream.set_nonblocking(true).unwrap();
     println!("@ACCEPTED");
+    let mut session = tls.as_ref().map(|cfg| ServerSession::new(cfg).unwrap());
+    let mut announced = session.is_none();
+    if announced {
+        println!("@ESTABLISHED");
+    }
     let mut conn = Some(stream);
+    // Plaintext read and not yet echoed.
     let mut app: Vec<u8> = Vec::new();
+    // Plain mode: bytes for the socket that it has not taken yet.
+    let mut wire_out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 65536];
     let started = StdInstant::now();
     while started.elapsed() < DEADLINE {
         match cmds.try_recv() {
             Ok(cmd) if cmd == "capture" => {
                 let s = conn.take().expect("capture without a connection");
+                let tls_state = session.as_ref().map(|t| t.snapshot().expect("established"));
                 let state = repair::capture(&s).unwrap();
                 // Closed in repair mode: nothing reaches the peer.
                 drop(s);
-                println!("@STATE {}", encode(&state, &app));
+                app.append(&mut wire_out);
+                println!("@STATE {}", encode(&state, tls_state.as_ref(), &app));
                 app.clear();
+                session = None;
             }
             Ok(cmd) if cmd.starts_with("restore ") => {
-                let (state, carried) = decode(&cmd["restore ".len()..]);
+                let (state, tls_state, carried) = decode(&cmd["restore ".len()..]);
                 let restored = repair::restore(&state).unwrap();
-                app = restored.pending;
-                app.extend_from_slice(&carried);
+                restored.stream.set_nonblocking(true).unwrap();
+                match tls_state {
+                    Some(mut t) => {
+                        // TCP bytes the new socket did not take yet go first.
+                        let mut out = restored.pending;
+                        out.append(&mut t.outbuf);
+                        t.outbuf = out;
+                        session = Some(ServerSession::resume(&t, Limits::default()).unwrap());
+                    }
+                    None => wire_out = restored.pending,
+                }
+                app = carried;
                 conn = Some(restored.stream);
                 println!("@RESTORED");
             }
@@ -207,23 +328,59 @@ fn kernel_owner(ip: &str) {
             std::thread::sleep(StdDuration::from_micros(200));
             continue;
         };
-        s.set_nonblocking(true).unwrap();
         let mut idle = true;
-        if app.len() < 1 << 20 {
+        let room = session
+            .as_ref()
+            .map_or(app.len() < 1 << 20, |t| !t.inbuf_full());
+        if room {
             match s.read(&mut buf) {
                 Ok(0) => return,
                 Ok(n) => {
-                    app.extend_from_slice(&buf[..n]);
+                    match session.as_mut() {
+                        Some(t) => t.inbuf().extend_from_slice(&buf[..n]),
+                        None => app.extend_from_slice(&buf[..n]),
+                    }
                     idle = false;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("kernel owner read: {e}"),
             }
         }
-        if !app.is_empty() {
-            match s.write(&app) {
+        if let Some(t) = session.as_mut() {
+            if !t.is_established() {
+                assert_ne!(t.handshake(), Step::Failed, "TLS handshake failed");
+            }
+            if t.is_established() {
+                if !announced {
+                    announced = true;
+                    println!("@ESTABLISHED");
+                }
+                let opened = t.open(&mut |d| app.extend_from_slice(d));
+                assert!(!opened.error, "TLS record error");
+                if opened.close_notify {
+                    return;
+                }
+                if !app.is_empty() && !t.outbuf_full() {
+                    t.seal(&app).unwrap();
+                    app.clear();
+                }
+            }
+        } else {
+            wire_out.append(&mut app);
+        }
+        let pending: &[u8] = match session.as_ref() {
+            Some(t) => t.pending_out(),
+            None => &wire_out,
+        };
+        if !pending.is_empty() {
+            match s.write(pending) {
                 Ok(n) => {
-                    app.drain(..n);
+                    match session.as_mut() {
+                        Some(t) => t.consume_out(n),
+                        None => {
+                            wire_out.drain(..n);
+                        }
+                    }
                     idle = false;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -356,6 +513,9 @@ struct Rig {
     stack: Stack,
     owner: Owner,
     conn: Option<ConnId>,
+    /// The connection's TLS session while the userspace stack owns it (TLS
+    /// run).
+    session: Option<ServerSession>,
     /// The userspace echo's bytes read and not yet written back.
     app: Vec<u8>,
     epoch: StdInstant,
@@ -394,17 +554,47 @@ impl Rig {
         self.stack.poll(now, &mut self.stack_port);
         while self.stack.poll_event().is_some() {}
         if let Some(c) = self.conn {
-            while self.app.len() < 1 << 20 {
-                let mut buf = [0u8; 16384];
-                match self.stack.recv_slice(c, &mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => self.app.extend_from_slice(&buf[..n]),
-                    Err(e) => panic!("userspace echo read: {e}"),
+            match self.session.as_mut() {
+                None => {
+                    while self.app.len() < 1 << 20 {
+                        let mut buf = [0u8; 16384];
+                        match self.stack.recv_slice(c, &mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => self.app.extend_from_slice(&buf[..n]),
+                            Err(e) => panic!("userspace echo read: {e}"),
+                        }
+                    }
+                    if !self.app.is_empty() {
+                        let n = self.stack.send_slice(c, &self.app).unwrap();
+                        self.app.drain(..n);
+                    }
                 }
-            }
-            if !self.app.is_empty() {
-                let n = self.stack.send_slice(c, &self.app).unwrap();
-                self.app.drain(..n);
+                Some(t) => {
+                    while !t.inbuf_full() {
+                        let inbuf = t.inbuf();
+                        let n = self
+                            .stack
+                            .recv(c, |b| {
+                                inbuf.extend_from_slice(b);
+                                (b.len(), b.len())
+                            })
+                            .unwrap_or_else(|e| panic!("userspace TLS read: {e}"));
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    let app = &mut self.app;
+                    let opened = t.open(&mut |d| app.extend_from_slice(d));
+                    assert!(!opened.error, "TLS record error in the userspace owner");
+                    if !self.app.is_empty() && !t.outbuf_full() {
+                        t.seal(&self.app).unwrap();
+                        self.app.clear();
+                    }
+                    if t.out_len() > 0 {
+                        let n = self.stack.send_slice(c, t.pending_out()).unwrap();
+                        t.consume_out(n);
+                    }
+                }
             }
             self.stack.egress(now, &mut self.stack_port);
         }
@@ -442,7 +632,7 @@ fn send_cmd(stdin: &mut ChildStdin, cmd: &str) {
     stdin.flush().unwrap();
 }
 
-fn moved_between_kernel_and_userspace_while_streaming() {
+fn moved_between_kernel_and_userspace_while_streaming(tls: bool) {
     if !is_root()
         || !have("ip")
         || !have("python3")
@@ -497,11 +687,23 @@ fn moved_between_kernel_and_userspace_while_streaming() {
         ],
     );
 
+    let certs = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let mut owner = Command::new("ip")
+    let mut owner = Command::new("ip");
+    owner
         .args(["netns", "exec", &ns_m])
         .arg(&exe)
-        .env(HELPER_ENV, &proxy_ip)
+        .env(HELPER_ENV, &proxy_ip);
+    if tls {
+        dpuproxy_tls::certs::write_self_signed(
+            &certs.path().join("cert.pem"),
+            &certs.path().join("key.pem"),
+            1,
+        )
+        .unwrap();
+        owner.env(CERT_ENV, certs.path());
+    }
+    let mut owner = owner
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -531,6 +733,7 @@ fn moved_between_kernel_and_userspace_while_streaming() {
         stack,
         owner: Owner::Kernel,
         conn: None,
+        session: None,
         app: Vec::new(),
         epoch,
         dropped: 0,
@@ -540,12 +743,15 @@ fn moved_between_kernel_and_userspace_while_streaming() {
     let mut peer = Command::new("ip")
         .args(["netns", "exec", &ns_p, "python3", "-c", PEER, &proxy_ip])
         .arg(TOTAL.to_string())
+        .arg(if tls { "tls" } else { "plain" })
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let peer_out = lines_of(peer.stdout.take().unwrap());
     topo.children.push(peer);
     expect(&mut rig, &owner_out, "@ACCEPTED", started);
+    // Moves start once the connection is established at both ends.
+    expect(&mut rig, &owner_out, "@ESTABLISHED", started);
 
     let mut moves = 0;
     let mut pauses_us = Vec::new();
@@ -569,9 +775,12 @@ fn moved_between_kernel_and_userspace_while_streaming() {
                 None => {
                     send_cmd(&mut owner_in, "capture");
                     let line = expect(&mut rig, &owner_out, "@STATE ", started);
-                    let (state, app) = decode(&line);
+                    let (state, tls_state, app) = decode(&line);
+                    assert_eq!(tls_state.is_some(), tls);
                     let carried = to_userspace(&state).unwrap();
                     rig.conn = Some(rig.stack.import(&carried, None).unwrap());
+                    rig.session =
+                        tls_state.map(|t| ServerSession::resume(&t, Limits::default()).unwrap());
                     rig.app = app;
                     rig.owner = Owner::Userspace;
                 }
@@ -579,10 +788,9 @@ fn moved_between_kernel_and_userspace_while_streaming() {
                     let carried = rig.stack.export(c).unwrap();
                     assert!(rig.stack.unhold(&carried.tuple));
                     let app = std::mem::take(&mut rig.app);
-                    send_cmd(
-                        &mut owner_in,
-                        &format!("restore {}", encode(&to_kernel(&carried), &app)),
-                    );
+                    let tls_state = rig.session.take().map(|t| t.snapshot().unwrap());
+                    let line = encode(&to_kernel(&carried), tls_state.as_ref(), &app);
+                    send_cmd(&mut owner_in, &format!("restore {line}"));
                     expect(&mut rig, &owner_out, "@RESTORED", started);
                     rig.owner = Owner::Kernel;
                 }
@@ -611,7 +819,7 @@ fn moved_between_kernel_and_userspace_while_streaming() {
     );
     let f: Vec<&str> = done.split(' ').collect();
     println!(
-        "handoff_userspace: {moves} moves, pauses (µs) {pauses_us:?}, {} frames dropped in flight; peer: {done}",
+        "handoff_userspace (tls: {tls}): {moves} moves, pauses (µs) {pauses_us:?}, {} frames dropped in flight; peer: {done}",
         rig.dropped
     );
     assert_eq!(f[1], TOTAL.to_string(), "echo incomplete: {done}");
