@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod background;
+pub mod handoff;
 pub mod procs;
 pub mod proxy;
 pub mod records;

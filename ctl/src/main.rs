@@ -80,6 +80,8 @@ enum BenchCommand {
     Tcp(dpuproxy_bench::tcp::TcpArgs),
     /// Kernel TCP connections moved between sockets with TCP_REPAIR (needs root), timed and checked.
     Repair(dpuproxy_bench::repair::RepairArgs),
+    /// TCP connections moved from kernel sockets to the userspace stack and back (needs root), timed and checked.
+    Handoff(dpuproxy_bench::handoff::HandoffArgs),
     /// Whole-proxy comparison: kernel vs dpdk vs HAProxy on the same MCP workload.
     Proxy(Box<dpuproxy_bench::proxy::ProxyArgs>),
     /// Many SSE streams for minutes or hours, with churn and backend kills; samples RSS, fds, sessions.
@@ -566,6 +568,11 @@ fn main() {
             // restore opens the new one).
             limits::ensure_open_files(2 * args.connections as u64 + 64);
             dpuproxy_bench::repair::run(&args)
+        }
+        Command::Bench(BenchCommand::Handoff(args)) => {
+            // One socket per connection, and one more for each while it moves.
+            limits::ensure_open_files(args.connections as u64 + 64);
+            dpuproxy_bench::handoff::run(&args)
         }
         Command::Bench(BenchCommand::Proxy(args)) => dpuproxy_bench::proxy::run(&args),
         Command::Bench(BenchCommand::Soak(args)) => dpuproxy_bench::soak::run(&args),
