@@ -10,8 +10,11 @@
 //!    is sent for it.
 //! 2. The new owner restores the state. If it fails, [`Stack::import`] of
 //!    the same state here takes the connection back as it was.
-//! 3. Once frames for the flow reach the new owner, [`Stack::unhold`] frees
-//!    the 4-tuple here.
+//! 3. Once frames for the flow reach the new owner *and this stack has read
+//!    every frame its device had queued before the flip*, [`Stack::unhold`]
+//!    frees the 4-tuple here. Unheld too early, a frame still queued for the
+//!    flow is answered with RST and the moved connection dies (`bench
+//!    handoff` saw exactly that before it drained the stack first).
 //!
 //! What is carried: both sequence numbers, the unacknowledged and unsent
 //! bytes, the unread bytes, the peer's window, MSS and window scale, our
