@@ -17,9 +17,11 @@
 //! `Stack::import`, steering flip); round; every connection moved back
 //! (`Stack::export`, `handoff::to_kernel`, `repair::restore`, flip); round.
 //! A connection's pause runs from the start of its capture (or export) to
-//! its steering flip. The TLS session and the L7 object, which a real switch
-//! moves as well, are not in these figures (`kernel/tests/handoff_userspace.rs`
-//! moves a TLS session too).
+//! its steering flip. With `--tls` every connection runs TLS 1.3 (Python's
+//! `ssl` client; the proxy's `ServerSession`, handshaken on the kernel
+//! socket), and each move carries the session too (snapshot, resume on the
+//! other owner). The L7 object, which a real switch moves as well, is not
+//! in these figures.
 //!
 //! Last line: `moved=N failed=F conns_per_s=R pause_p99_us=P`, where N
 //! counts the connections that made both moves and passed every round, R
@@ -40,6 +42,8 @@ use dpuproxy_tcp::smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxTok
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
 use dpuproxy_tcp::{ConnId, Event, Instant, Stack, StackConfig};
+use dpuproxy_tls::session::Step;
+use dpuproxy_tls::{HandshakeConfig, Limits, ServerSession};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
@@ -49,6 +53,10 @@ pub struct HandoffArgs {
     /// Connections to move (each moves twice: to the userspace stack and back).
     #[arg(long, default_value_t = 1000)]
     pub connections: usize,
+    /// TLS 1.3 on every connection (the proxy's TLS session moves with the
+    /// TCP state).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 const PORT: u16 = 7000;
@@ -57,10 +65,17 @@ const DEADLINE: Duration = Duration::from_secs(300);
 
 const PEER: &str = r#"
 import socket, sys
-ip, n = sys.argv[1], int(sys.argv[2])
+ip, n, tls = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tls"
+if tls:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
 conns = []
 for i in range(n):
     s = socket.create_connection((ip, 7000), timeout=60)
+    if tls:
+        s = ctx.wrap_socket(s)
     conns.append(s)
 print("CONNECTED", len(conns), flush=True)
 for line in sys.stdin:
@@ -186,10 +201,110 @@ enum Owner {
     Moving,
 }
 
-/// One connection, wherever it lives now.
+/// Where a connection lives now.
 enum Where {
     Kernel(TcpStream),
     Userspace(ConnId),
+}
+
+/// One connection: its TCP owner and (with `--tls`) its TLS session.
+struct Conn {
+    at: Where,
+    tls: Option<ServerSession>,
+}
+
+/// Echo on a kernel socket: read everything, answer it (through the TLS
+/// session when there is one), send what the socket takes.
+fn kernel_echo(s: &mut TcpStream, tls: Option<&mut ServerSession>) -> anyhow::Result<bool> {
+    let mut buf = [0u8; 4096];
+    let mut worked = false;
+    let Some(t) = tls else {
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(worked),
+                Ok(n) => s.write_all(&buf[..n]).context("kernel echo")?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(worked),
+                Err(e) => bail!("kernel echo: {e}"),
+            }
+            worked = true;
+        }
+    };
+    while !t.inbuf_full() {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                t.inbuf().extend_from_slice(&buf[..n]);
+                worked = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => bail!("kernel echo: {e}"),
+        }
+    }
+    answer(t)?;
+    while t.out_len() > 0 {
+        match s.write(t.pending_out()) {
+            Ok(n) => t.consume_out(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => bail!("kernel echo: {e}"),
+        }
+    }
+    Ok(worked)
+}
+
+/// The TLS side of an echo: handshake, or open what came and seal it back.
+fn answer(t: &mut ServerSession) -> anyhow::Result<()> {
+    if !t.is_established() && t.handshake() == Step::Failed {
+        bail!("TLS handshake failed");
+    }
+    if t.is_established() {
+        let mut app = Vec::new();
+        if t.open(&mut |d| app.extend_from_slice(d)).error {
+            bail!("TLS record error");
+        }
+        if !app.is_empty() {
+            t.seal(&app)?;
+        }
+    }
+    Ok(())
+}
+
+/// Echo on a userspace connection, like [`kernel_echo`].
+fn userspace_echo(
+    stack: &mut Stack,
+    c: ConnId,
+    tls: Option<&mut ServerSession>,
+) -> anyhow::Result<()> {
+    let mut buf = [0u8; 4096];
+    let Some(t) = tls else {
+        loop {
+            match stack.recv_slice(c, &mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    // 8-byte messages into a send buffer with room.
+                    if stack.send_slice(c, &buf[..n])? < n {
+                        bail!("userspace echo: send buffer full");
+                    }
+                }
+                Err(e) => bail!("userspace echo: {e}"),
+            }
+        }
+    };
+    while !t.inbuf_full() {
+        let inbuf = t.inbuf();
+        let n = stack.recv(c, |b| {
+            inbuf.extend_from_slice(b);
+            (b.len(), b.len())
+        })?;
+        if n == 0 {
+            break;
+        }
+    }
+    answer(t)?;
+    if t.out_len() > 0 {
+        let n = stack.send_slice(c, t.pending_out())?;
+        t.consume_out(n);
+    }
+    Ok(())
 }
 
 /// The wire between the taps, the steering, the userspace stack, and the
@@ -205,8 +320,8 @@ struct Wire {
     owners: HashMap<u16, Owner>,
     poll: Poll,
     events: Events,
-    /// Kernel sockets by token (the connection's index).
-    conns: Vec<Option<Where>>,
+    /// Connections by index (a kernel socket's token).
+    conns: Vec<Option<Conn>>,
     by_conn: HashMap<ConnId, usize>,
     epoch: StdInstant,
     dropped: u64,
@@ -248,21 +363,13 @@ impl Wire {
         let now = self.now();
         self.stack.poll(now, &mut self.stack_port);
         while let Some(e) = self.stack.poll_event() {
-            if let Event::Readable(c) = e {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match self.stack.recv_slice(c, &mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            // 8-byte messages into a send buffer with room.
-                            let sent = self.stack.send_slice(c, &buf[..n])?;
-                            if sent < n {
-                                bail!("userspace echo: send buffer full");
-                            }
-                        }
-                        Err(e) => bail!("userspace echo: {e}"),
-                    }
-                }
+            if let Event::Readable(c) | Event::Writable(c) = e {
+                let tls = self
+                    .by_conn
+                    .get(&c)
+                    .and_then(|i| self.conns[*i].as_mut())
+                    .and_then(|conn| conn.tls.as_mut());
+                userspace_echo(&mut self.stack, c, tls)?;
             }
         }
         self.stack.egress(now, &mut self.stack_port);
@@ -278,17 +385,12 @@ impl Wire {
             .context("epoll")?;
         let ready: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
         for i in ready {
-            if let Some(Some(Where::Kernel(s))) = self.conns.get_mut(i) {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => s.write_all(&buf[..n]).context("kernel echo")?,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => bail!("kernel echo: {e}"),
-                    }
-                    worked = true;
-                }
+            if let Some(Some(Conn {
+                at: Where::Kernel(s),
+                tls,
+            })) = self.conns.get_mut(i)
+            {
+                worked |= kernel_echo(s, tls.as_mut())?;
             }
         }
         Ok(worked)
@@ -309,18 +411,29 @@ fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
-/// Accept every connection waiting on `l`, registered for the kernel echo.
-fn accept_waiting(wire: &mut Wire, l: &TcpListener) -> anyhow::Result<()> {
+/// Accept every connection waiting on `l`, registered for the kernel echo
+/// (with a TLS session to handshake when `tls` is given).
+fn accept_waiting(
+    wire: &mut Wire,
+    l: &TcpListener,
+    tls: Option<&HandshakeConfig>,
+) -> anyhow::Result<()> {
     loop {
         match l.accept() {
             Ok((s, _)) => {
                 s.set_nonblocking(true)?;
                 let mut s = TcpStream::from_std(s);
                 let i = wire.conns.len();
-                wire.poll
-                    .registry()
-                    .register(&mut s, Token(i), Interest::READABLE)?;
-                wire.conns.push(Some(Where::Kernel(s)));
+                wire.poll.registry().register(
+                    &mut s,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                let tls = tls.map(ServerSession::new).transpose()?;
+                wire.conns.push(Some(Conn {
+                    at: Where::Kernel(s),
+                    tls,
+                }));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => bail!("accept: {e} (open-file limit?)"),
@@ -334,14 +447,14 @@ fn wait_line(
     lines: &Receiver<String>,
     prefix: &str,
     started: StdInstant,
-    accept: Option<&TcpListener>,
+    accept: Option<(&TcpListener, Option<&HandshakeConfig>)>,
 ) -> anyhow::Result<String> {
     loop {
         if started.elapsed() > DEADLINE {
             bail!("timed out waiting for the peer's {prefix}");
         }
-        if let Some(l) = accept {
-            accept_waiting(wire, l)?;
+        if let Some((l, tls)) = accept {
+            accept_waiting(wire, l, tls)?;
         }
         match lines.try_recv() {
             Ok(l) if l.starts_with(prefix) => return Ok(l),
@@ -432,6 +545,14 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
     crate::proxy::netns::enter_named(&ns_m)?;
     let listener = TcpListener::bind((proxy_ip.as_str(), PORT))?;
     listener.set_nonblocking(true)?;
+    let certs = tempfile::tempdir()?;
+    let tls = if args.tls {
+        let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+        dpuproxy_tls::certs::write_self_signed(&cert, &key, 1)?;
+        Some(dpuproxy_kernel::handshake_config(&cert, &key)?)
+    } else {
+        None
+    };
 
     let (stack_port, to_stack) = wire::pair(Medium::Ethernet, 1514, 16384);
     let mut cfg = StackConfig::new(
@@ -460,6 +581,7 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
     let mut peer = Command::new("ip")
         .args(["netns", "exec", &ns_p, "python3", "-c", PEER, &proxy_ip])
         .arg(n.to_string())
+        .arg(if args.tls { "tls" } else { "plain" })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -467,19 +589,26 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
     let lines = lines_of(peer.stdout.take().context("peer stdout")?);
     let mut peer_in = peer.stdin.take().context("peer stdin")?;
     rig.peer = Some(peer);
-    wait_line(&mut wire, &lines, "CONNECTED", started, Some(&listener))?;
+    wait_line(
+        &mut wire,
+        &lines,
+        "CONNECTED",
+        started,
+        Some((&listener, tls.as_ref())),
+    )?;
     // The peer saw every handshake complete; the last ones may still wait
     // in the backlog.
     let t = StdInstant::now();
     while wire.conns.len() < n && t.elapsed() < Duration::from_secs(10) {
-        accept_waiting(&mut wire, &listener)?;
+        accept_waiting(&mut wire, &listener, tls.as_ref())?;
         wire.pump()?;
     }
     if wire.conns.len() != n {
         bail!("accepted {} of {n} connections", wire.conns.len());
     }
     eprintln!(
-        "bench handoff: {n} connections from namespace {ns_p} to kernel sockets in {ns_m} ({:.1} s)",
+        "bench handoff: {n} {} connections from namespace {ns_p} to kernel sockets in {ns_m} ({:.1} s)",
+        if args.tls { "TLS 1.3" } else { "TCP" },
         started.elapsed().as_secs_f64()
     );
     let mut rounds = vec![round(&mut wire, &mut peer_in, &lines, started)?];
@@ -489,32 +618,56 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
     let mut failed = vec![false; n];
     let t_move = StdInstant::now();
     for (i, failed_i) in failed.iter_mut().enumerate() {
-        let Some(Where::Kernel(mut s)) = wire.conns[i].take() else {
+        let Some(Conn {
+            at: Where::Kernel(mut s),
+            tls,
+        }) = wire.conns[i].take()
+        else {
             continue;
         };
         let t0 = StdInstant::now();
         let port = s.peer_addr()?.port();
         wire.owners.insert(port, Owner::Moving);
         let _ = wire.poll.registry().deregister(&mut s);
-        let state = match repair::capture(&s) {
+        let tls_state = tls.as_ref().map(ServerSession::snapshot);
+        let captured = match tls_state {
+            Some(None) => Err(anyhow::anyhow!("TLS session not established")),
+            _ => repair::capture(&s).map_err(anyhow::Error::from),
+        };
+        let state = match captured {
             Ok(st) => st,
             Err(e) => {
                 eprintln!("connection {i}: capture failed: {e}");
                 *failed_i = true;
                 wire.owners.insert(port, Owner::Kernel);
-                wire.conns[i] = Some(Where::Kernel(s));
+                wire.conns[i] = Some(Conn {
+                    at: Where::Kernel(s),
+                    tls,
+                });
                 continue;
             }
         };
         drop(s);
-        let id = to_userspace(&state)
+        let moved = to_userspace(&state)
             .map_err(anyhow::Error::from)
-            .and_then(|u| Ok(wire.stack.import(&u, None)?));
-        match id {
-            Ok(id) => {
+            .and_then(|u| Ok(wire.stack.import(&u, None)?))
+            .and_then(|id| {
+                let tls = match tls_state.flatten() {
+                    Some(st) => Some(ServerSession::resume(&st, Limits::default())?),
+                    None => None,
+                };
+                Ok((id, tls))
+            });
+        match moved {
+            Ok((id, mut tls)) => {
                 wire.owners.insert(port, Owner::Userspace);
                 wire.by_conn.insert(id, i);
-                wire.conns[i] = Some(Where::Userspace(id));
+                // Sealed bytes the old socket had not taken go out now.
+                userspace_echo(&mut wire.stack, id, tls.as_mut())?;
+                wire.conns[i] = Some(Conn {
+                    at: Where::Userspace(id),
+                    tls,
+                });
                 pauses.push(t0.elapsed().as_micros() as u64);
             }
             Err(e) => {
@@ -531,16 +684,28 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
     let mut to_unhold = Vec::with_capacity(n);
     let t_back = StdInstant::now();
     for (i, failed_i) in failed.iter_mut().enumerate() {
-        let Some(Where::Userspace(id)) = wire.conns[i].take() else {
+        let Some(Conn {
+            at: Where::Userspace(id),
+            tls,
+        }) = wire.conns[i].take()
+        else {
             continue;
         };
         let t0 = StdInstant::now();
-        let state = match wire.stack.export(id) {
+        let tls_state = tls.as_ref().map(ServerSession::snapshot);
+        let exported = match tls_state {
+            Some(None) => Err(anyhow::anyhow!("TLS session not established")),
+            _ => wire.stack.export(id).map_err(anyhow::Error::from),
+        };
+        let state = match exported {
             Ok(st) => st,
             Err(e) => {
                 eprintln!("connection {i}: export failed: {e}");
                 *failed_i = true;
-                wire.conns[i] = Some(Where::Userspace(id));
+                wire.conns[i] = Some(Conn {
+                    at: Where::Userspace(id),
+                    tls,
+                });
                 continue;
             }
         };
@@ -550,16 +715,34 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
         let k = to_kernel(&state);
         match repair::restore(&k) {
             Ok(mut r) => {
-                // The unsent tail that did not fit the new socket at once.
-                r.stream.write_all(&r.pending)?;
+                // The unsent tail that did not fit the new socket at once
+                // goes before anything the session still holds.
+                let mut tls = match tls_state.flatten() {
+                    Some(mut st) => {
+                        let mut out = r.pending;
+                        out.append(&mut st.outbuf);
+                        st.outbuf = out;
+                        Some(ServerSession::resume(&st, Limits::default())?)
+                    }
+                    None => {
+                        r.stream.write_all(&r.pending)?;
+                        None
+                    }
+                };
                 r.stream.set_nonblocking(true)?;
                 let mut s = TcpStream::from_std(r.stream);
-                wire.poll
-                    .registry()
-                    .register(&mut s, Token(i), Interest::READABLE)?;
+                wire.poll.registry().register(
+                    &mut s,
+                    Token(i),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?;
+                kernel_echo(&mut s, tls.as_mut())?;
                 to_unhold.push(state.tuple);
                 wire.owners.insert(port, Owner::Kernel);
-                wire.conns[i] = Some(Where::Kernel(s));
+                wire.conns[i] = Some(Conn {
+                    at: Where::Kernel(s),
+                    tls,
+                });
                 pauses.push(t0.elapsed().as_micros() as u64);
             }
             Err(e) => {

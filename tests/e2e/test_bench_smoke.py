@@ -119,15 +119,17 @@ def test_bench_repair_smoke():
     assert held and int(held[1]) == 200, p.stderr
 
 
-def test_bench_handoff_smoke():
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_bench_handoff_smoke(tls):
     """`bench handoff` moves every connection from its kernel socket to the
-    userspace stack and back, with an echo round on each owner (the figures
-    are the benchmark's; here only that all moved, no round failed, and the
-    namespaces are gone afterwards)."""
+    userspace stack and back, with an echo round on each owner, over plain
+    TCP and over TLS 1.3 (the session moves too). The figures are the
+    benchmark's; here only that all moved, no round failed, and the
+    namespaces are gone afterwards."""
     if os.geteuid() != 0:
         pytest.skip("namespaces, taps and TCP_REPAIR need root")
     p = subprocess.run(
-        [*proxy_binary(), "bench", "handoff", "--connections", "200"],
+        [*proxy_binary(), "bench", "handoff", "--connections", "200", *(["--tls"] if tls else [])],
         capture_output=True, text=True, timeout=180,
     )
     assert p.returncode == 0, p.stdout + p.stderr
