@@ -107,6 +107,9 @@ pub struct StackConfig {
     /// Most TIME-WAIT records kept; past it the oldest is dropped early
     /// (like Linux's `tcp_max_tw_buckets`).
     pub max_time_wait: usize,
+    /// How long an exported connection's 4-tuple is held at most (frames
+    /// for it dropped, not answered) when the caller does not `unhold` it.
+    pub hold: Duration,
     /// Frames taken from the device per `poll` (bounds the work of one call).
     pub rx_burst: usize,
     /// Segments one connection may send per `poll` before others get a turn.
@@ -128,6 +131,7 @@ impl StackConfig {
             ephemeral_ports: 49152..=65535,
             time_wait: Duration::from_secs(60),
             max_time_wait: 256 * 1024,
+            hold: Duration::from_secs(30),
             rx_burst: 64,
             tx_burst_per_conn: 32,
             socket: SocketConfig::default(),
@@ -145,6 +149,9 @@ impl StackConfig {
             return Err(TcpError::Config(
                 "ephemeral_ports must be a non-empty range without port 0",
             ));
+        }
+        if self.hold == Duration::ZERO {
+            return Err(TcpError::Config("hold must be positive"));
         }
         if self.rx_burst == 0 || self.tx_burst_per_conn == 0 {
             return Err(TcpError::Config(

@@ -48,8 +48,11 @@ pub(crate) enum FlowEntry {
     Conn(u32),
     TimeWait(TimeWait),
     /// An exported connection's 4-tuple: its frames are dropped silently
-    /// until the stack stops holding it (see `handoff`).
-    Held,
+    /// until the stack stops holding it (see `handoff`), at the latest at
+    /// `expires_us` (real µs).
+    Held {
+        expires_us: i64,
+    },
 }
 
 /// A keyed multiply-fold hash (the construction of foldhash/wyhash): cheap

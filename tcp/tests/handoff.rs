@@ -273,3 +273,40 @@ fn a_connection_moved_into_a_closed_window_probes_it() {
     }));
     assert_eq!(inn.bad, 0);
 }
+
+#[test]
+fn a_hold_nobody_releases_expires() {
+    let mut p = Pair::default_pair(20);
+    let (_c, s) = established(&mut p);
+    let state = p.b.export(s).unwrap();
+    assert_eq!(p.b.held_count(), 1);
+    // The hold (30 s by default) is one of the stack's deadlines: idle
+    // stepping reaches it, and not before.
+    let t0 = p.now;
+    assert!(p.run_until(10_000, |p| p.b.held_count() == 0));
+    let waited = p.now - t0;
+    assert!(
+        waited >= dpuproxy_tcp::Duration::from_secs(30)
+            && waited < dpuproxy_tcp::Duration::from_secs(31),
+        "released after {waited}"
+    );
+    assert_eq!(p.b.stats().held_expired, 1);
+    assert!(!p.b.unhold(&state.tuple));
+    // A released hold does not expire a later one of the same 4-tuple.
+    let mut q = Pair::default_pair(21);
+    let (_c, s) = established(&mut q);
+    let state = q.b.export(s).unwrap();
+    let s2 = q.b.import(&state, None).unwrap();
+    q.now += dpuproxy_tcp::Duration::from_secs(10);
+    q.step();
+    let state = q.b.export(s2).unwrap();
+    q.now += dpuproxy_tcp::Duration::from_secs(25);
+    q.step();
+    assert_eq!(
+        q.b.held_count(),
+        1,
+        "the first hold's expiry left the second alone"
+    );
+    assert!(q.b.unhold(&state.tuple));
+    assert_eq!(q.b.stats().held_expired, 0);
+}

@@ -10,6 +10,8 @@
 //!    is sent for it.
 //! 2. The new owner restores the state. If it fails, [`Stack::import`] of
 //!    the same state here takes the connection back as it was.
+//!    A hold ends by itself after `StackConfig::hold` (30 s), counted in
+//!    `Stats::held_expired`.
 //! 3. Once frames for the flow reach the new owner *and this stack has read
 //!    every frame its device had queued before the flip*, [`Stack::unhold`]
 //!    frees the 4-tuple here. Unheld too early, a frame still queued for the
@@ -26,6 +28,7 @@
 //! it already had.
 
 use smoltcp::socket::tcp::{RestoreError, Snapshot};
+use smoltcp::time::Instant;
 use smoltcp::wire::{IpAddress, IpEndpoint, TcpSeqNumber};
 
 use super::conn::{Guard, Role, new_socket_holding};
@@ -108,7 +111,13 @@ impl Stack {
             sack: snap.sack,
         };
         self.free_conn(id.index);
-        self.flows.insert(tuple, FlowEntry::Held);
+        let expires_us = self
+            .now
+            .total_micros()
+            .saturating_add(i64::try_from(self.cfg.hold.total_micros()).unwrap_or(i64::MAX / 4));
+        self.flows.insert(tuple, FlowEntry::Held { expires_us });
+        self.held_queue.push(expires_us, tuple);
+        self.held += 1;
         self.stats.exported += 1;
         Ok(state)
     }
@@ -136,10 +145,11 @@ impl Stack {
         {
             return Err(TcpError::Unaddressable);
         }
-        match self.flows.get(&t) {
-            None | Some(FlowEntry::Held) => {}
+        let was_held = match self.flows.get(&t) {
+            None => false,
+            Some(FlowEntry::Held { .. }) => true,
             Some(_) => return Err(TcpError::AddrInUse),
-        }
+        };
         let mut cfg = match socket {
             Some(s) => {
                 s.validate()?;
@@ -162,6 +172,11 @@ impl Stack {
         // smoltcp's own timeout is for handshakes only (see `settle`).
         sock.set_timeout(None);
         let guard = Guard::of(&cfg);
+        // The connection's flow entry replaces the hold (its queue entry
+        // finds nothing to expire).
+        if was_held {
+            self.held -= 1;
+        }
         let slot = self.insert_conn(sock, t, Role::User, guard);
         if let Some(c) = self.slots[slot as usize].conn.as_mut() {
             c.connected_sent = true;
@@ -177,8 +192,9 @@ impl Stack {
     /// Stop holding `tuple` after an export: frames for it are answered as
     /// for any unknown connection again. Returns false if it was not held.
     pub fn unhold(&mut self, tuple: &FourTuple) -> bool {
-        if self.flows.get(tuple) == Some(&FlowEntry::Held) {
+        if matches!(self.flows.get(tuple), Some(FlowEntry::Held { .. })) {
             self.flows.remove(tuple);
+            self.held -= 1;
             true
         } else {
             false
@@ -187,10 +203,28 @@ impl Stack {
 
     /// How many 4-tuples are held after an export.
     pub fn held_count(&self) -> usize {
-        self.flows
-            .values()
-            .filter(|e| **e == FlowEntry::Held)
-            .count()
+        self.held
+    }
+
+    /// Release the holds whose time ran out (`StackConfig::hold`).
+    pub(super) fn expire_held(&mut self, now: Instant) {
+        let now_us = now.total_micros();
+        while self.held_queue.next_at().is_some_and(|at| at <= now_us) {
+            let Some((tuple, expires)) = self.held_queue.pop() else {
+                break;
+            };
+            // Only the hold this entry was queued for (not a later one of
+            // the same 4-tuple, nor what replaced it).
+            if self.flows.get(&tuple)
+                == Some(&FlowEntry::Held {
+                    expires_us: expires,
+                })
+            {
+                self.flows.remove(&tuple);
+                self.held -= 1;
+                self.stats.held_expired += 1;
+            }
+        }
     }
 }
 

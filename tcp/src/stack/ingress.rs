@@ -48,7 +48,7 @@ impl Stack {
             Some(FlowEntry::TimeWait(tw)) => self.ingress_time_wait(now, vnow, frame, tx, &seg, tw),
             // Exported: neither answered nor acknowledged (the peer
             // retransmits to the connection's new owner).
-            Some(FlowEntry::Held) => self.stats.held_drops += 1,
+            Some(FlowEntry::Held { .. }) => self.stats.held_drops += 1,
             None => match self.listener_for(&seg) {
                 Some(l) => self.admit(l, vnow, frame, tx, &seg, false),
                 // Not for one of our addresses (a broadcast or multicast

@@ -117,6 +117,9 @@ pub struct Stack {
     events: VecDeque<Event>,
     tw_queue: TimeWaitQueue,
     tw_count: usize,
+    /// Expiry of held 4-tuples (see `handoff`), and how many are held.
+    held_queue: TimeWaitQueue,
+    held: usize,
     port_cursor: u32,
     neighbor_waiters: Vec<(u32, u32)>,
     empty: SocketSet<'static>,
@@ -194,6 +197,8 @@ impl Stack {
             events: VecDeque::new(),
             tw_queue: TimeWaitQueue::default(),
             tw_count: 0,
+            held_queue: TimeWaitQueue::default(),
+            held: 0,
             port_cursor,
             neighbor_waiters: Vec::new(),
             empty: SocketSet::new(Vec::new()),

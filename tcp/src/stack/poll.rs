@@ -29,12 +29,14 @@ impl Stack {
         if !self.ready.is_empty() {
             return Some(self.now);
         }
-        let t = self.timers.next_at();
-        let w = self.tw_queue.next_at();
-        match (t, w) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.timers.next_at(),
+            self.tw_queue.next_at(),
+            self.held_queue.next_at(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
         .map(Instant::from_micros)
     }
 
@@ -54,6 +56,7 @@ impl Stack {
         }
         self.fire_timers(now);
         self.expire_time_wait(now);
+        self.expire_held(now);
         self.egress(now, device);
         (self.stats.rx_frames + self.stats.tx_frames - before) as usize
     }

@@ -42,6 +42,9 @@ pub struct Stats {
     pub imported: u64,
     /// Frames dropped for a held (exported) 4-tuple.
     pub held_drops: u64,
+    /// Held 4-tuples released because their hold ran out (the caller never
+    /// called `unhold`).
+    pub held_expired: u64,
 }
 
 /// Memory held by the stack, from the capacities of what it allocated.
@@ -100,6 +103,7 @@ impl Stack {
             + (self.ready.capacity() + self.spare.capacity()) * 4
             + self.events.capacity() * size_of::<Event>()
             + self.tw_queue.capacity_bytes()
+            + self.held_queue.capacity_bytes()
             + self.neighbor_waiters.capacity() * 8;
         for l in self.listeners.iter().filter_map(|l| l.listener.as_ref()) {
             m.tables += (l.half_open.capacity() + l.queue.capacity()) * 8;
