@@ -18,7 +18,7 @@ fn fresh_b(p: &Pair, seed: u64) -> Stack {
 /// Move B's connection `s` into a fresh stack that takes B's place on the
 /// wire; returns the new handle and the carried state.
 fn move_b(p: &mut Pair, s: ConnId, seed: u64) -> (ConnId, ConnState) {
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     let mut next = fresh_b(p, seed);
     let s2 = next.import(&state, None).unwrap();
     let mut old = std::mem::replace(&mut p.b, next);
@@ -113,7 +113,7 @@ fn carried_state_holds_queues_in_flight() {
         send_pattern(&mut p.b, s, 2, &mut b_out, 20_000);
         false
     });
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     assert_eq!(state.recv_queue.len(), 3000);
     assert!(!state.send_queue.is_empty());
     assert!(state.sent <= state.send_queue.len());
@@ -138,7 +138,7 @@ fn carried_state_holds_queues_in_flight() {
 fn held_tuple_drops_frames_silently_and_take_back_resumes() {
     let mut p = Pair::default_pair(14);
     let (c, s) = established(&mut p);
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     // A sends to the held 4-tuple (a send buffer's worth): nothing answers,
     // nothing resets.
     let mut a_out = Stream::default();
@@ -170,7 +170,7 @@ fn export_refuses_connections_not_established() {
     let (c, s) = established(&mut p);
     p.a.shutdown(c).unwrap();
     assert!(p.run_until(1000, |p| p.b.state(s) == Ok(State::CloseWait)));
-    assert_eq!(p.b.export(s), Err(TcpError::InvalidState));
+    assert_eq!(p.b.export(p.now, s), Err(TcpError::InvalidState));
     // Still B's, still usable.
     assert_eq!(p.b.send_slice(s, b"bye"), Ok(3));
     assert_eq!(p.b.held_count(), 0);
@@ -180,7 +180,7 @@ fn export_refuses_connections_not_established() {
 fn import_refuses_bad_states_and_leaves_nothing_behind() {
     let mut p = Pair::default_pair(16);
     let (_c, s) = established(&mut p);
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     let mut other = fresh_b(&p, 99);
 
     let foreign = ConnState {
@@ -224,7 +224,7 @@ fn export_right_after_a_read_whose_ack_is_still_delayed() {
     // once, and export before B's delayed ACK (1 ms) can leave.
     assert!(p.run_until(1000, |p| p.b.recv_queue(s).unwrap_or(0) == 600));
     recv_pattern(&mut p.b, s, 1, &mut inn).unwrap();
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     assert!(
         state.last_ack.wrapping_sub(state.recv_seq) as i32 <= 0 && state.last_ack != state.recv_seq,
         "the ACK for the read bytes had not left: last_ack {} recv_seq {}",
@@ -256,7 +256,7 @@ fn a_connection_moved_into_a_closed_window_probes_it() {
         send_pattern(&mut p.b, s, 2, &mut out, total);
         false
     });
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     assert_eq!(state.peer_window, 0, "A's window is closed");
     assert!(!state.send_queue.is_empty());
     // A reads now: its window update reaches only the held 4-tuple and is
@@ -278,7 +278,7 @@ fn a_connection_moved_into_a_closed_window_probes_it() {
 fn a_hold_nobody_releases_expires() {
     let mut p = Pair::default_pair(20);
     let (_c, s) = established(&mut p);
-    let state = p.b.export(s).unwrap();
+    let state = p.b.export(p.now, s).unwrap();
     assert_eq!(p.b.held_count(), 1);
     // The hold (30 s by default) is one of the stack's deadlines: idle
     // stepping reaches it, and not before.
@@ -295,11 +295,11 @@ fn a_hold_nobody_releases_expires() {
     // A released hold does not expire a later one of the same 4-tuple.
     let mut q = Pair::default_pair(21);
     let (_c, s) = established(&mut q);
-    let state = q.b.export(s).unwrap();
+    let state = q.b.export(q.now, s).unwrap();
     let s2 = q.b.import(&state, None).unwrap();
     q.now += dpuproxy_tcp::Duration::from_secs(10);
     q.step();
-    let state = q.b.export(s2).unwrap();
+    let state = q.b.export(q.now, s2).unwrap();
     q.now += dpuproxy_tcp::Duration::from_secs(25);
     q.step();
     assert_eq!(

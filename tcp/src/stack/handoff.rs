@@ -79,11 +79,12 @@ pub struct ConnState {
 impl Stack {
     /// Capture the established connection `id` and take it out of the
     /// stack: `id` is no longer valid, and its 4-tuple is held (frames for
-    /// it are dropped silently) until [`Stack::unhold`] or [`Stack::import`].
+    /// it are dropped silently) until [`Stack::unhold`], [`Stack::import`],
+    /// or `StackConfig::hold` after `now`.
     ///
     /// Fails with `InvalidState` (the connection stays as it was) unless it
     /// is ESTABLISHED and caller-owned.
-    pub fn export(&mut self, id: ConnId) -> Result<ConnState, TcpError> {
+    pub fn export(&mut self, now: Instant, id: ConnId) -> Result<ConnState, TcpError> {
         let conn = user_conn_in(&mut self.slots, id)?;
         let tuple = conn.tuple;
         let sock = conn.socket()?;
@@ -111,9 +112,11 @@ impl Stack {
             sack: snap.sack,
         };
         self.free_conn(id.index);
-        let expires_us = self
-            .now
+        // The hold counts from the caller's clock (the stack's own moves only
+        // at `poll`, and an idle stack may not have been polled for long).
+        let expires_us = now
             .total_micros()
+            .max(self.now.total_micros())
             .saturating_add(i64::try_from(self.cfg.hold.total_micros()).unwrap_or(i64::MAX / 4));
         self.flows.insert(tuple, FlowEntry::Held { expires_us });
         self.held_queue.push(expires_us, tuple);
