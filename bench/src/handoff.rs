@@ -38,6 +38,8 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant as StdInstant};
 
 use anyhow::{Context, bail};
+
+use crate::proxy::netns::ip;
 use dpuproxy_kernel::handoff::{to_kernel, to_userspace};
 use dpuproxy_kernel::repair;
 use dpuproxy_tcp::smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxToken};
@@ -106,22 +108,6 @@ for line in sys.stdin:
             bad += 1
     print("ROUND", ok, bad, flush=True)
 "#;
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("cannot run `ip` (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 /// Both namespaces (and with them the taps) and the peer, removed on drop.
 struct Rig {

@@ -99,6 +99,17 @@ def test_bench_proxy_dpdk_on_the_veth_rig(tmp_path):
     assert _bench_links() <= before, f"left behind: {_bench_links() - before}"
 
 
+def _assert_all_moved(p, n):
+    """A move benchmark exited 0 with `moved=n failed=0 conns_per_s=R
+    pause_p99_us=P` (R, P > 0) as its last line."""
+    assert p.returncode == 0, p.stdout + p.stderr
+    last = p.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"moved=(\d+) failed=(\d+) conns_per_s=(\d+) pause_p99_us=(\d+)", last)
+    assert m, last
+    assert (int(m[1]), int(m[2])) == (n, 0), p.stdout + p.stderr
+    assert int(m[3]) > 0 and int(m[4]) > 0, last
+
+
 def test_bench_repair_smoke():
     """`bench repair` moves every connection and checks each byte-exact (the
     figures are the benchmark's; here only that all moved and none failed)."""
@@ -108,12 +119,7 @@ def test_bench_repair_smoke():
         [*proxy_binary(), "bench", "repair", "--connections", "200", "--queued", "16000"],
         capture_output=True, text=True, timeout=120,
     )
-    assert p.returncode == 0, p.stdout + p.stderr
-    last = p.stdout.strip().splitlines()[-1]
-    m = re.fullmatch(r"moved=(\d+) failed=(\d+) conns_per_s=(\d+) pause_p99_us=(\d+)", last)
-    assert m, last
-    assert (int(m[1]), int(m[2])) == (200, 0), p.stdout + p.stderr
-    assert int(m[3]) > 0 and int(m[4]) > 0, last
+    _assert_all_moved(p, 200)
     # Every move carried bytes in the send queue too (the client's window is small).
     held = re.search(r"(\d+) captures held bytes in the send queue", p.stderr)
     assert held and int(held[1]) == 200, p.stderr
@@ -132,12 +138,7 @@ def test_bench_handoff_smoke(tls):
         [*proxy_binary(), "bench", "handoff", "--connections", "200", *(["--tls"] if tls else [])],
         capture_output=True, text=True, timeout=180,
     )
-    assert p.returncode == 0, p.stdout + p.stderr
-    last = p.stdout.strip().splitlines()[-1]
-    m = re.fullmatch(r"moved=(\d+) failed=(\d+) conns_per_s=(\d+) pause_p99_us=(\d+)", last)
-    assert m, last
-    assert (int(m[1]), int(m[2])) == (200, 0), p.stdout + p.stderr
-    assert int(m[3]) > 0 and int(m[4]) > 0, last
+    _assert_all_moved(p, 200)
     assert "rounds (ok, bad): kernel (200, 0), userspace (200, 0), kernel again (200, 0)" in p.stdout, p.stdout
     assert "resets sent by the kernel 0, by the userspace stack 0" in p.stdout, p.stdout
     ns = subprocess.run(["ip", "netns"], capture_output=True, text=True).stdout

@@ -27,7 +27,8 @@ pub struct Netns {
     home: File,
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
+/// Run `ip` with `args`; its stderr is the error.
+pub(crate) fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
