@@ -338,6 +338,24 @@ struct Wire {
 }
 
 impl Wire {
+    /// A connection's move is done: its frames go to `owner` (the steering
+    /// flip), its pause since `t0` is counted, and frames flow again before
+    /// the next move (a connection waits only for its own).
+    fn landed(
+        &mut self,
+        i: usize,
+        port: u16,
+        owner: Owner,
+        conn: Conn,
+        t0: StdInstant,
+        pauses: &mut Vec<u64>,
+    ) -> anyhow::Result<()> {
+        self.owners.insert(port, owner);
+        self.conns[i] = Some(conn);
+        pauses.push(t0.elapsed().as_micros() as u64);
+        self.pump().map(|_| ())
+    }
+
     fn now(&self) -> Instant {
         Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
@@ -694,18 +712,14 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
             });
         match moved {
             Ok((id, mut tls)) => {
-                wire.owners.insert(port, Owner::Userspace);
                 wire.by_conn.insert(id, i);
                 // Sealed bytes the old socket had not taken go out now.
                 userspace_echo(&mut wire.stack, id, tls.as_mut())?;
-                wire.conns[i] = Some(Conn {
+                let conn = Conn {
                     at: Where::Userspace(id),
                     tls,
-                });
-                pauses.push(t0.elapsed().as_micros() as u64);
-                // Frames keep flowing between moves: a connection waits only
-                // for its own.
-                wire.pump()?;
+                };
+                wire.landed(i, port, Owner::Userspace, conn, t0, &mut pauses)?;
             }
             Err(e) => {
                 eprintln!("connection {i}: import failed: {e}; reset");
@@ -798,13 +812,11 @@ pub fn run(args: &HandoffArgs) -> anyhow::Result<()> {
                 )?;
                 kernel_echo(&mut s, tls.as_mut())?;
                 to_unhold.push(state.tuple);
-                wire.owners.insert(port, Owner::Kernel);
-                wire.conns[i] = Some(Conn {
+                let conn = Conn {
                     at: Where::Kernel(s),
                     tls,
-                });
-                pauses.push(t0.elapsed().as_micros() as u64);
-                wire.pump()?;
+                };
+                wire.landed(i, port, Owner::Kernel, conn, t0, &mut pauses)?;
             }
             Err(e) => {
                 eprintln!("connection {i}: restore failed: {e}; reset");

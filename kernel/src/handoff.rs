@@ -16,7 +16,6 @@
 //!   ACK is clamped to what arrived, and the promised right edge never moves
 //!   left of it.
 
-use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 
 use dpuproxy_tcp::{ConnState, FourTuple};
@@ -32,12 +31,6 @@ pub enum HandoffError {
     /// smoltcp sends no timestamps; the peer would drop its segments.
     #[error("the connection negotiated TCP timestamps, which the userspace stack does not send")]
     Timestamps,
-}
-
-impl From<HandoffError> for io::Error {
-    fn from(e: HandoffError) -> Self {
-        io::Error::new(io::ErrorKind::Unsupported, e)
-    }
 }
 
 /// The userspace stack's view of a captured kernel connection.
