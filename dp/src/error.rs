@@ -63,6 +63,14 @@ pub enum Error {
     /// A configuration value that cannot work.
     #[error("{0}")]
     Config(String),
+    /// A libbpf call of the XDP flow steering failed.
+    #[error("XDP flow steering: {op} failed: {msg}")]
+    Xdp {
+        /// The call.
+        op: &'static str,
+        /// errno's text.
+        msg: String,
+    },
 }
 
 /// dp results.

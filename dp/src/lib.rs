@@ -63,6 +63,8 @@ mod lcore;
 mod mbuf;
 #[cfg(dpdk)]
 mod port;
+#[cfg(xdp_steer)]
+pub mod xdp;
 
 pub use cpus::CpuSet;
 pub use error::{Error, Result};
@@ -82,6 +84,10 @@ pub use port::{Link, Port, PortConfig, QueuePair, TxBatch, hashes_ipv4_tcp_ports
 
 /// Whether this build has the DPDK data path.
 pub const AVAILABLE: bool = cfg!(dpdk);
+
+/// Whether this build has the XDP flow steering ([`xdp`]; DPDK and clang
+/// at build time).
+pub const XDP_STEER: bool = cfg!(xdp_steer);
 
 /// Splits an EAL argument string on whitespace (EAL arguments carry no
 /// spaces; device args use commas).
