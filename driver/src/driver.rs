@@ -12,7 +12,7 @@ use slab::Slab;
 use crate::metrics::PathMetrics;
 use crate::pool::BackendPool;
 use crate::settings::DriverSettings;
-use crate::slot::{Detached, Phase, Side, Slot, SlotId, Upstream};
+use crate::slot::{Detached, Movable, Phase, Side, Slot, SlotId, Upstream};
 use crate::transport::{Close, Transport};
 
 /// How often idle pooled connections past their lifetime are closed.
@@ -456,6 +456,21 @@ impl<T: Transport> Driver<T> {
     /// The life phase of slot `id`, if it still exists.
     pub fn phase(&self, id: SlotId) -> Option<Phase> {
         self.live_index(id).map(|i| self.slots[i].phase)
+    }
+
+    /// Whether slot `id` can move to another transport now (`None`: no
+    /// such slot). Only an open connection moves: one still handshaking,
+    /// or whose backend connect is under way, may later; one that is
+    /// closing, or whose client ended its side, finishes where it is.
+    pub fn movable(&self, id: SlotId) -> Option<Movable> {
+        let s = &self.slots[self.live_index(id)?];
+        Some(match s.phase {
+            Phase::Open if s.eof => Movable::Never,
+            Phase::Open if s.upstream.as_ref().is_some_and(|u| u.connecting) => Movable::Later,
+            Phase::Open => Movable::Now,
+            Phase::Handshaking { .. } => Movable::Later,
+            _ => Movable::Never,
+        })
     }
 
     /// The ids of every open slot.

@@ -59,5 +59,5 @@ pub use dpuproxy_l7::{Action, Connection};
 pub use driver::Driver;
 pub use metrics::PathMetrics;
 pub use settings::DriverSettings;
-pub use slot::{Detached, Ending, GENERATION_BITS, Phase, Side, SlotId, Upstream};
+pub use slot::{Detached, Ending, GENERATION_BITS, Movable, Phase, Side, SlotId, Upstream};
 pub use transport::{Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, Transport};

@@ -77,6 +77,17 @@ pub enum Phase {
     },
 }
 
+/// Whether a slot can move to another transport ([`crate::Driver::movable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Movable {
+    /// Open, with no connect under way: it can move now.
+    Now,
+    /// Handshaking, or its backend connect is under way: it may later.
+    Later,
+    /// Closing, or the client ended its side: it finishes where it is.
+    Never,
+}
+
 /// A client connection in the driver.
 #[derive(Debug)]
 pub(crate) struct Slot<C, B> {
