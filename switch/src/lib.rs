@@ -206,6 +206,9 @@ pub enum SwitchError {
 
 const NO_SWITCH: u8 = u8::MAX;
 
+/// Wakes a path that sleeps (e.g. in epoll).
+pub type Waker = Box<dyn Fn() + Send + Sync>;
+
 /// The state both paths and the admin endpoint share. Lock-free except
 /// for registering wakers at start.
 pub struct SwitchBoard<P = Parcel> {
@@ -221,7 +224,7 @@ pub struct SwitchBoard<P = Parcel> {
     in_flight: AtomicU64,
     steer: OnceLock<Arc<dyn Steer>>,
     mail: [SegQueue<Moving<P>>; 2],
-    wakers: Mutex<[Option<Box<dyn Fn() + Send + Sync>>; 2]>,
+    wakers: Mutex<[Option<Waker>; 2]>,
     /// Counters and the pause histogram.
     pub metrics: SwitchMetrics,
 }
@@ -268,7 +271,7 @@ impl<P> SwitchBoard<P> {
 
     /// Called when `path` has mail or a switch starts (a path that polls
     /// needs none; one that sleeps in epoll registers its waker).
-    pub fn set_waker(&self, path: Path, wake: Box<dyn Fn() + Send + Sync>) {
+    pub fn set_waker(&self, path: Path, wake: Waker) {
         if let Ok(mut w) = self.wakers.lock() {
             w[path.index()] = Some(wake);
         }
