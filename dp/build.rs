@@ -22,6 +22,7 @@ fn main() {
         match build_xdp_program() {
             Ok(()) => {
                 println!("cargo::rustc-cfg=xdp_steer");
+                println!("cargo::metadata=xdp_steer=1");
                 println!("cargo::rustc-link-lib=bpf");
             }
             Err(e) => {

@@ -18,6 +18,9 @@ Tools: ``whoami()`` -> backend name; ``echo(text)`` -> text;
 ``"done after N steps from <name>"``;
 ``flood(events=100, size=1024)`` -> ``events`` progress notifications at once (a progressToken is
 needed), message i being ``str(i)`` padded with ``.`` to ``size`` bytes, for backpressure tests;
+``numbered(events=100, interval=0.05)`` -> ``events`` progress notifications, one per interval,
+message i being ``"<i> <hash>"`` with hash the running SHA-256 (16 hex digits) over ``"1;2;...;i;"``,
+then returns ``"<events> <hash>"`` (a progressToken is needed; for the live mode switch test);
 ``headers()`` -> JSON object text of the HTTP request headers of the POST that carried this
 tools/call, as this backend received them: lowercased names, a header sent more than once
 has its values joined with ``", "`` in arrival order (so a duplicate stays visible).
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import logging
 import socket
@@ -68,6 +72,22 @@ def build_server(name: str) -> MCPServer:
             await asyncio.sleep(delay)
             await ctx.report_progress(i, steps, f"step {i}/{steps} on {name}")
         return f"done after {steps} steps from {name}"
+
+    @mcp.tool(
+        description="Send `events` numbered progress notifications, one every `interval` seconds; message i is "
+        "`<i> <hash>`, hash the running SHA-256 (16 hex digits) over `1;2;...;i;`. Returns `<events> <hash>`."
+    )
+    async def numbered(ctx: Context, events: int = 100, interval: float = 0.05) -> str:
+        # For the live mode switch test: a client that lost, doubled or reordered an event computes
+        # another hash than the one the backend sends and returns.
+        events = max(0, min(int(events), 100_000))
+        interval = max(0.0, min(float(interval), 10.0))
+        h = hashlib.sha256()
+        for i in range(1, events + 1):
+            await asyncio.sleep(interval)
+            h.update(f"{i};".encode())
+            await ctx.report_progress(i, events, f"{i} {h.hexdigest()[:16]}")
+        return f"{events} {h.hexdigest()[:16]}"
 
     @mcp.tool(description="Send `events` progress notifications of `size` bytes each at once, then finish.")
     async def flood(ctx: Context, events: int = 100, size: int = 1024) -> str:

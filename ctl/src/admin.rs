@@ -35,6 +35,8 @@ pub struct AdminState {
     pub ktls: Option<KtlsSupport>,
     /// DPDK data-path counters (dpdk mode).
     pub dpdk: Option<Arc<dpuproxy_engine::DpMetrics>>,
+    /// The live mode switch (`--dpdk-switchable`).
+    pub switch: Option<Arc<dpuproxy_switch::SwitchBoard>>,
     /// JWT key reloads.
     pub reloads: Arc<crate::keys::ReloadStats>,
 }
@@ -142,16 +144,28 @@ fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()> {
             _ => return respond(&mut stream, 400, "text/plain", b"bad request\n"),
         }
     };
-    let path = path.split('?').next().unwrap_or("/");
+    let (path, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
     match (method.as_str(), path) {
         ("POST", "/reload" | "/drain") => return handle_control(&mut stream, state, path),
+        (m @ ("POST" | "GET"), "/switch") => {
+            let (status, body) = match &state.switch {
+                None => (
+                    404,
+                    "{\"error\":\"no live mode switch here (run --mode dpdk --dpdk-switchable)\"}"
+                        .to_string(),
+                ),
+                Some(b) if m == "POST" => crate::switch_admin::request(b, query),
+                Some(b) => crate::switch_admin::status(b),
+            };
+            return respond(&mut stream, status, "application/json", body.as_bytes());
+        }
         ("GET", _) => {}
         _ => {
             return respond(
                 &mut stream,
                 405,
                 "text/plain",
-                b"GET, or POST /reload and /drain\n",
+                b"GET, or POST /reload, /drain and /switch\n",
             );
         }
     }
@@ -785,6 +799,9 @@ pub fn render_metrics(state: &AdminState) -> String {
         ErrorKind::ALL.map(|x| (x.label(), m.errors(x))),
     );
     render_control(&mut o, state);
+    if let Some(b) = &state.switch {
+        crate::switch_admin::render(&mut o.0, b);
+    }
     o.labelled(
         "dpuproxy_rejected_requests_total",
         "counter",

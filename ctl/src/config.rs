@@ -175,6 +175,9 @@ pub struct DpdkSection {
     pub gateway: Option<std::net::Ipv4Addr>,
     /// Port name when the EAL finds several.
     pub device: Option<String>,
+    /// Run the kernel path beside the DPDK path, ready for `POST /switch`
+    /// (the live mode switch; needs a `net_af_xdp` port and one lcore).
+    pub switchable: Option<bool>,
 }
 
 /// Resolved DPDK settings.
@@ -190,6 +193,8 @@ pub struct DpdkSettings {
     pub gateway: Option<std::net::Ipv4Addr>,
     /// Port name.
     pub device: Option<String>,
+    /// The kernel path runs beside, ready for the live mode switch.
+    pub switchable: bool,
 }
 
 /// Overlay: a value given on the command line replaces the file's.
@@ -213,6 +218,7 @@ impl DpdkSection {
         over(&mut self.ip, cli.ip);
         over(&mut self.gateway, cli.gateway);
         over(&mut self.device, cli.device);
+        over(&mut self.switchable, cli.switchable);
     }
 
     /// Check and resolve; `None` when nothing DPDK-related was given.
@@ -249,6 +255,7 @@ impl DpdkSection {
             prefix_len,
             gateway: self.gateway,
             device: self.device.clone(),
+            switchable: self.switchable.unwrap_or(false),
         }))
     }
 }

@@ -136,6 +136,7 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
         kernel: Some(proxy.metrics.clone()),
         ktls: Some(proxy.ktls.clone()),
         dpdk: None,
+        switch: None,
         reloads: Default::default(),
     };
     let admin = Admin::start("127.0.0.1:0".parse()?, state.clone())?;

@@ -40,6 +40,8 @@ pub struct Live<'a> {
     pub drain: &'a AtomicBool,
     /// Set when the drain's time is nearly up.
     pub end_streams: &'a AtomicBool,
+    /// The live mode switch (`--dpdk-switchable`).
+    pub switch: Option<&'a dpuproxy_switch::SwitchBoard>,
 }
 
 /// Every backend is IPv4 (the userspace stack is IPv4 only).
@@ -137,6 +139,7 @@ pub fn run(
         stop: live.stop,
         drain: live.drain,
         end_streams: live.end_streams,
+        switch: live.switch,
     };
     let result = run_proxy(ctx, |port, mac| {
         tracing::info!(

@@ -15,6 +15,7 @@ mod keys;
 mod limits;
 mod port_cmd;
 mod port_loop;
+mod switch_admin;
 mod tls_echo;
 
 use std::net::SocketAddr;
@@ -70,6 +71,10 @@ enum Command {
     Port(port_cmd::PortArgs),
     /// Show hugepages (sizes, counts, mounts, what a port needs); reserve or mount them.
     Hugepages(hugepages_cmd::HugepagesArgs),
+    /// Live mode switch of a running proxy (`--dpdk-switchable`): move every
+    /// established connection to the other data path (POST /switch on its
+    /// admin listener); prints what moved.
+    Switch(switch_admin::SwitchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,6 +156,12 @@ struct DpdkArgs {
     /// Port name when the EAL finds several.
     #[arg(long = "dpdk-device", value_name = "NAME")]
     dpdk_device: Option<String>,
+    /// Also run the kernel path on the same address, ready for the live
+    /// mode switch (`POST /switch?to=kernel|dpdk`, `dpuproxy switch`):
+    /// needs one lcore and a net_af_xdp port (our XDP program steers each
+    /// flow to its path).
+    #[arg(long = "dpdk-switchable")]
+    dpdk_switchable: bool,
 }
 
 /// OAuth2 resource-server flags. Any key source turns auth on.
@@ -243,6 +254,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             ip: args.dpdk.dpdk_ip,
             gateway: args.dpdk.dpdk_gateway,
             device: args.dpdk.dpdk_device,
+            switchable: args.dpdk.dpdk_switchable.then_some(true),
         },
         session_key: args.session_key,
         drain_timeout: args.drain_timeout,
@@ -322,6 +334,7 @@ impl Live {
             kernel: None,
             ktls: None,
             dpdk: None,
+            switch: None,
             reloads: self.reload_stats.clone(),
         }
     }
@@ -399,11 +412,33 @@ fn run_dpdk(
         .context("cannot install signal handlers")?;
     let end_streams = std::sync::atomic::AtomicBool::new(false);
     let metrics = Arc::new(dpuproxy_engine::DpMetrics::default());
-    // Started before the EAL pins this thread to the poller's core.
+    // With the live mode switch the kernel path runs beside, on the same
+    // address; started before the EAL pins a thread to the poller's core.
+    let (board, kernel) = if settings.switchable {
+        let board = Arc::new(dpuproxy_switch::SwitchBoard::new(
+            dpuproxy_switch::Path::Dpdk,
+        ));
+        let mut kcfg = cfg.kernel.clone();
+        fit_open_files(&mut kcfg, live.shared.backends.len());
+        let kernel = dpuproxy_kernel::start_beside_dpdk(
+            &kcfg,
+            live.shared.clone(),
+            live.path.clone(),
+            board.clone(),
+        )
+        .context(
+            "--dpdk-switchable: the kernel path could not start on the listen address (it must be on the af_xdp port's kernel interface)",
+        )?;
+        (Some(board), Some(kernel))
+    } else {
+        (None, None)
+    };
     let admin = match cfg.admin {
         Some(addr) => {
             let mut state = live.admin_state("dpdk");
             state.dpdk = Some(metrics.clone());
+            state.kernel = kernel.as_ref().map(|k| k.metrics.clone());
+            state.switch = board.clone();
             Some(admin::Admin::start(addr, state)?)
         }
         None => None,
@@ -423,19 +458,29 @@ fn run_dpdk(
                     stop: &stop,
                     drain: live.control.drain_flag(),
                     end_streams: &end_streams,
+                    switch: board.as_deref(),
                 };
                 dpdk_mode::run(cfg, settings, &live.shared, ctx)
             })
             .map_err(anyhow::Error::from)?;
-        supervise_dpdk(live, &stop, &end_streams, &drain_on_term, &metrics, || {
-            lcores.is_finished()
-        });
+        supervise_dpdk(
+            live,
+            &stop,
+            &end_streams,
+            &drain_on_term,
+            &metrics,
+            kernel.as_ref(),
+            || lcores.is_finished(),
+        );
         lcores
             .join()
             .map_err(|_| anyhow::anyhow!("the DPDK data path thread panicked"))?
     });
     if let Some(a) = admin {
         a.shutdown();
+    }
+    if let Some(k) = kernel {
+        k.shutdown();
     }
     match outcome? {
         dpdk_mode::Outcome::Stopped => Ok(Some(())),
@@ -466,6 +511,7 @@ fn supervise_dpdk(
     end_streams: &std::sync::atomic::AtomicBool,
     drain_on_term: &std::sync::atomic::AtomicBool,
     metrics: &dpuproxy_engine::DpMetrics,
+    kernel: Option<&dpuproxy_kernel::KernelProxy>,
     finished: impl Fn() -> bool,
 ) {
     use std::sync::atomic::Ordering;
@@ -480,10 +526,18 @@ fn supervise_dpdk(
                 stop.store(true, Ordering::Relaxed);
                 continue;
             }
+            if let Some(k) = kernel {
+                k.drain();
+            }
             control::wait_drained(
                 &live.control,
                 || dpuproxy_driver::PathMetrics::get(&live.path.open),
-                || end_streams.store(true, Ordering::Relaxed),
+                || {
+                    end_streams.store(true, Ordering::Relaxed);
+                    if let Some(k) = kernel {
+                        k.drain_streams();
+                    }
+                },
             );
             stop.store(true, Ordering::Relaxed);
         }
@@ -585,6 +639,7 @@ fn main() {
         }
         Command::Port(args) => port_cmd::run(&args),
         Command::Hugepages(args) => hugepages_cmd::run(&args),
+        Command::Switch(args) => switch_admin::run(&args),
     };
     if let Err(e) = result {
         eprintln!("dpuproxy: error: {e:#}");

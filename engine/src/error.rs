@@ -17,6 +17,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The live mode switch cannot run on this port or build.
+    #[error("live mode switch: {0}")]
+    Switch(String),
     /// The loop of one lcore panicked (the others were stopped).
     #[error("the loop polling queue {queue} panicked: {what}")]
     LcorePanic {

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use dpuproxy_dp::net::{Responder, Verdict};
 use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, PacketRingDrops, QueuePair, TxBatch, tsc, tsc_hz};
-use dpuproxy_driver::Driver;
+use dpuproxy_driver::{Driver, Movable};
+use dpuproxy_switch::{BATCH, FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 use dpuproxy_tcp::{Event, ListenerId, Stack, StackConfig};
@@ -49,6 +50,10 @@ struct Lcore<'l, 'p> {
     /// Queue 0 only: the af_packet kernel rings' drops, added to the
     /// port's missed count (the PMD does not report them).
     ring_drops: Option<RingDrops>,
+    /// With the live mode switch: this path's station on the board.
+    station: Option<Station>,
+    /// Record-layer limits for sessions moved in.
+    limits: dpuproxy_tls::Limits,
 }
 
 /// The watched af_packet rings and when a drop was last logged.
@@ -107,7 +112,10 @@ impl<'l, 'p> Lcore<'l, 'p> {
         // Replies to a backend connection must hash back to this lcore.
         let filter =
             Box::new(move |ip, port, p| steering.local_port_lands_on(queue, ip, port, us, p));
-        let transport = UserspaceTransport::new(stack, lanes.ctx.shared.clone(), filter);
+        let mut transport = UserspaceTransport::new(stack, lanes.ctx.shared.clone(), filter);
+        if let Some(board) = lanes.ctx.switch {
+            transport = transport.with_switch(board);
+        }
         let now = Instant::now();
         let driver = Driver::new(
             lanes.ctx.shared.clone(),
@@ -136,6 +144,8 @@ impl<'l, 'p> Lcore<'l, 'p> {
             ending_streams: false,
             quiet_until: 0,
             tsc_hz: tsc_hz().max(1),
+            station: lanes.ctx.switch.map(|_| Station::new(Path::Dpdk)),
+            limits: lanes.ctx.tls_cfg.limits(),
             ring_drops: (queue == 0).then(|| {
                 let rings = PacketRingDrops::find();
                 if rings.sockets() > 0 {
@@ -192,6 +202,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
         let snow = self.smol(now);
         work += self.transport.stack.poll(snow, &mut self.dev);
         work += self.dispatch_events(now);
+        work += self.switch_turn(now, snow);
         self.driver.run(&mut self.transport, now);
         if now >= self.driver.poll_timeout() {
             self.driver.handle_timeout(&mut self.transport, now);
@@ -219,6 +230,17 @@ impl<'l, 'p> Lcore<'l, 'p> {
         let ctx = &self.lanes.ctx;
         (!self.draining && ctx.drain.load(Ordering::Relaxed))
             || (!self.ending_streams && ctx.end_streams.load(Ordering::Relaxed))
+            || self.switch_pending()
+    }
+
+    /// A switch began, a batch is due, or parcels wait for this path.
+    fn switch_pending(&self) -> bool {
+        match (self.lanes.ctx.switch, &self.station) {
+            (Some(board), Some(st)) => {
+                st.news(board) || st.next_due().is_some() || board.has_mail(Path::Dpdk)
+            }
+            _ => false,
+        }
     }
 
     /// The TSC until which nothing is due, reckoned from `now` (read at
@@ -236,6 +258,140 @@ impl<'l, 'p> Lcore<'l, 'p> {
             None => std::time::Duration::MAX,
         };
         tsc_after(at, driver_in.min(stack_in), self.tsc_hz)
+    }
+
+    /// The live mode switch's share of a turn: pin and export when this
+    /// path is the source, restore what was mailed here.
+    fn switch_turn(&mut self, now: Instant, snow: dpuproxy_tcp::Instant) -> usize {
+        let (Some(board), Some(mut station)) = (self.lanes.ctx.switch, self.station.take()) else {
+            return 0;
+        };
+        let mut work = 0;
+        let stack = &self.transport.stack;
+        if let Some(to) = station.poll(board, now, |steer| pin_all(stack, steer)) {
+            let (sent, waiting) = self.export_batch(board, to, now, snow);
+            station.exported(board, now, waiting, sent);
+            work += sent;
+        }
+        self.station = Some(station);
+        while let Some(m) = board.take(Path::Dpdk) {
+            self.land(board, m, now, snow);
+            work += 1;
+        }
+        work
+    }
+
+    /// Export up to [`BATCH`] movable slots to `to`: how many went, and
+    /// how many may move later.
+    fn export_batch(
+        &mut self,
+        board: &SwitchBoard,
+        to: Path,
+        now: Instant,
+        snow: dpuproxy_tcp::Instant,
+    ) -> (usize, usize) {
+        let (mut sent, mut waiting) = (0, 0);
+        for id in self.driver.ids() {
+            match self.driver.movable(id) {
+                Some(Movable::Now) if sent < BATCH => {
+                    let Some(d) = self.driver.detach(id) else {
+                        continue;
+                    };
+                    match self.transport.export(d, snow) {
+                        Ok(parcel) => {
+                            board.send(
+                                to,
+                                Moving {
+                                    parcel,
+                                    from: Path::Dpdk,
+                                    started: now,
+                                    take_back: false,
+                                },
+                            );
+                            sent += 1;
+                        }
+                        Err(d) => {
+                            waiting += 1;
+                            let _ = self.driver.attach(&mut self.transport, *d, now);
+                        }
+                    }
+                }
+                Some(Movable::Now | Movable::Later) => waiting += 1,
+                _ => {}
+            }
+        }
+        (sent, waiting)
+    }
+
+    /// Restore a parcel here, attach it, and steer its flows here; a
+    /// failure sends it back to its source (or, when this is the source
+    /// taking it back, loses it: its flows are forgotten, so the peers'
+    /// next segments meet a RST).
+    fn land(&mut self, board: &SwitchBoard, m: Moving, now: Instant, snow: dpuproxy_tcp::Instant) {
+        let Moving {
+            parcel,
+            from,
+            started,
+            take_back,
+        } = m;
+        let flows: Vec<_> = flows_of(&parcel).collect();
+        let restored = if !take_back && board.restore_fails_on_purpose() {
+            Err(Box::new((
+                parcel,
+                "failed on purpose (fault injection)".to_string(),
+            )))
+        } else {
+            self.transport.import(parcel, &self.limits, snow)
+        };
+        let steer = board.steer();
+        let how = match restored {
+            Ok(d) => {
+                if self.driver.attach(&mut self.transport, d, now).is_some() {
+                    for f in &flows {
+                        if let Some(Err(e)) = steer.map(|s| s.set(*f, FlowOwner::Path(Path::Dpdk)))
+                        {
+                            tracing::warn!(flow = %f, error = %e, "cannot steer a moved flow here");
+                        }
+                    }
+                    if take_back {
+                        Landing::TakenBack
+                    } else {
+                        Landing::Moved
+                    }
+                } else {
+                    Landing::Failed
+                }
+            }
+            Err(b) if !take_back => {
+                let (parcel, e) = *b;
+                tracing::warn!(flow = %flows[0], error = %e, "restore failed on the dpdk path; its source takes it back");
+                board.take_back(Moving {
+                    parcel,
+                    from,
+                    started,
+                    take_back,
+                });
+                return;
+            }
+            Err(b) => {
+                let e = &b.1;
+                tracing::warn!(flow = %flows[0], error = %e, "taking a connection back failed: it is lost");
+                Landing::Failed
+            }
+        };
+        if how == Landing::Failed {
+            for f in &flows {
+                if let Some(s) = steer {
+                    s.forget(*f);
+                }
+            }
+        }
+        board.landed(
+            from,
+            Path::Dpdk,
+            how,
+            Instant::now().saturating_duration_since(started),
+        );
     }
 
     /// Rx burst and the hand-over ring: ICMP echo is answered in place in
@@ -416,6 +572,22 @@ impl RingDrops {
         }
         total
     }
+}
+
+/// Pin every flow of `stack` to the DPDK path (before the default moves
+/// away from it).
+fn pin_all(stack: &Stack, steer: &dyn dpuproxy_switch::Steer) {
+    let (mut pinned, mut failed) = (0usize, 0usize);
+    for t in stack.tuples() {
+        match steer.set(dpuproxy_switch::Flow::of(t), FlowOwner::Path(Path::Dpdk)) {
+            Ok(()) => pinned += 1,
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(error = %e, "cannot pin a flow to the dpdk path");
+            }
+        }
+    }
+    tracing::info!(pinned, failed, "dpdk flows pinned before the default moves");
 }
 
 /// One lcore's TCP stack, listening on the proxy port, and the device

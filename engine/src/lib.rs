@@ -68,7 +68,10 @@ use dpuproxy_l7::Shared;
 use dpuproxy_tls::HandshakeConfig;
 
 mod error;
+pub mod moving;
 mod owners;
+#[cfg(xdp_steer)]
+pub mod steer;
 pub mod transport;
 
 #[cfg(dpdk)]
@@ -342,6 +345,10 @@ pub struct RunContext<'s> {
     /// Set when the drain's time is nearly up: every SSE stream ends at its
     /// next event boundary.
     pub end_streams: &'s AtomicBool,
+    /// The live mode switch, when the kernel path runs beside this one:
+    /// the port gets our XDP steering (`net_af_xdp` only, one queue), and
+    /// the lcore exports and imports connections on the board's requests.
+    pub switch: Option<&'s dpuproxy_switch::SwitchBoard>,
 }
 
 /// Run the proxy on the lcores of the EAL arguments until `ctx.stop` is

@@ -131,10 +131,71 @@ fn publish_setup(metrics: &DpMetrics, pool: &Mempool<'_>, mode: SteeringMode, po
         .store(polling.len() as u64, Ordering::Relaxed);
 }
 
+/// Our XDP program, written out for the af_xdp PMD, and the interface it
+/// goes on.
+#[cfg(xdp_steer)]
+type SwitchPort = (dpuproxy_dp::xdp::ProgramFile, String);
+#[cfg(not(xdp_steer))]
+type SwitchPort = ();
+
+/// The EAL arguments to start with: with the live mode switch, the one
+/// `net_af_xdp` vdev loads our XDP program (`xdp_prog=`).
+fn switch_eal_args(ctx: RunContext<'_>) -> Result<(Vec<String>, Option<SwitchPort>)> {
+    if ctx.switch.is_none() {
+        return Ok((ctx.opts.eal_args.clone(), None));
+    }
+    #[cfg(xdp_steer)]
+    {
+        use dpuproxy_dp::xdp;
+        let file = xdp::ProgramFile::write(&std::env::temp_dir())?;
+        let (args, iface) = xdp::with_xdp_prog(&ctx.opts.eal_args, file.path())?;
+        Ok((args, Some((file, iface))))
+    }
+    #[cfg(not(xdp_steer))]
+    Err(Error::Switch(
+        "this build has no XDP steering (clang or libbpf was missing when it was built)".into(),
+    ))
+}
+
+/// Find our program on the port's interface and give the board its
+/// steering (default: the DPDK path).
+fn start_steering(
+    board: &dpuproxy_switch::SwitchBoard,
+    queues: u16,
+    port: Option<&SwitchPort>,
+) -> Result<()> {
+    if queues != 1 {
+        return Err(Error::Switch(format!(
+            "the switch needs one polling lcore (one queue pair), not {queues}"
+        )));
+    }
+    #[cfg(xdp_steer)]
+    {
+        let Some((_, iface)) = port else {
+            return Err(Error::Switch("no XDP program was loaded".into()));
+        };
+        let steer = dpuproxy_dp::xdp::FlowSteer::find(iface)?;
+        tracing::info!(
+            iface,
+            prog_id = steer.prog_id(),
+            "XDP flow steering up: new connections go to the dpdk path"
+        );
+        board
+            .set_steer(std::sync::Arc::new(crate::steer::XdpSteer(steer)))
+            .map_err(Error::Switch)
+    }
+    #[cfg(not(xdp_steer))]
+    {
+        let _ = (board, port);
+        Err(Error::Switch("this build has no XDP steering".into()))
+    }
+}
+
 /// See [`crate::run_proxy`].
 pub(crate) fn run(ctx: RunContext<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Result<ProxySummary> {
     let RunContext { opts, metrics, .. } = ctx;
-    let eal = Eal::init(&opts.eal_args)?;
+    let (eal_args, switch_port) = switch_eal_args(ctx)?;
+    let eal = Eal::init(&eal_args)?;
     let main = eal.main_lcore();
     // Queue 0 is polled by the main lcore, queue i by the i-th worker.
     let lcores: Vec<u32> = std::iter::once(main)
@@ -155,6 +216,9 @@ pub(crate) fn run(ctx: RunContext<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Res
     let mut port = Port::open(info.id, &pool, &cfg)?;
     let mac = port.mac()?;
     let (steering, mode) = program_rss(&mut port, queues);
+    if let Some(board) = ctx.switch {
+        start_steering(board, queues, switch_port.as_ref())?;
+    }
     let polling = &lcores[..usize::from(queues)];
     publish_setup(metrics, &pool, mode, polling);
     let lanes = Lanes {

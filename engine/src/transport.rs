@@ -13,6 +13,7 @@ use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, Side, SlotId, Transport,
 };
 use dpuproxy_l7::Shared;
+use dpuproxy_switch::{Flow, FlowOwner, Path, SwitchBoard};
 use dpuproxy_tcp::{ConnId, ConnectOptions, Stack, State, TcpError};
 use dpuproxy_tls::HandshakeConfig;
 use dpuproxy_tls::session::{ServerSession, Step};
@@ -32,8 +33,8 @@ pub type PortFilter<'a> = Box<dyn Fn(Ipv4Addr, u16, u16) -> bool + 'a>;
 /// TLS session (state and the TLS bytes on their way in and out).
 #[derive(Debug)]
 pub struct UserspaceClient {
-    tcp: ConnId,
-    tls: ServerSession,
+    pub(crate) tcp: ConnId,
+    pub(crate) tls: ServerSession,
 }
 
 impl UserspaceClient {
@@ -53,9 +54,13 @@ impl UserspaceClient {
 pub struct UserspaceTransport<'a> {
     /// The stack (the loop polls it for frames and events).
     pub stack: Stack,
-    owners: Owners<ConnId>,
+    pub(crate) owners: Owners<ConnId>,
     shared: Arc<Shared>,
     port_filter: PortFilter<'a>,
+    /// With the live mode switch: the board whose steering learns this
+    /// path's backend connections before their SYN leaves, and forgets
+    /// every flow that closes here.
+    switch: Option<&'a SwitchBoard>,
 }
 
 impl std::fmt::Debug for UserspaceTransport<'_> {
@@ -75,6 +80,23 @@ impl<'a> UserspaceTransport<'a> {
             owners: Owners::default(),
             shared,
             port_filter,
+            switch: None,
+        }
+    }
+
+    /// Keep `board`'s steering in step with this transport's connections
+    /// (the live mode switch).
+    pub fn with_switch(mut self, board: &'a SwitchBoard) -> Self {
+        self.switch = Some(board);
+        self
+    }
+
+    /// Forget `conn`'s steering entry (it closes here).
+    fn unsteer(&mut self, conn: ConnId) {
+        if let Some(steer) = self.switch.and_then(SwitchBoard::steer)
+            && let Ok(t) = self.stack.tuple(conn)
+        {
+            steer.forget(Flow::of(&t));
         }
     }
 
@@ -204,6 +226,7 @@ impl Transport for UserspaceTransport<'_> {
 
     fn close(&mut self, c: UserspaceClient, how: Close) {
         self.owners.remove(c.tcp);
+        self.unsteer(c.tcp);
         let _ = match how {
             Close::Graceful => self.stack.close(c.tcp),
             Close::Abort => self.stack.abort(c.tcp),
@@ -229,6 +252,17 @@ impl Transport for UserspaceTransport<'_> {
                 filter(ip, port, p)
             })
             .map_err(|e| io::Error::other(e.to_string()))?;
+        // With the switch, the reply to our SYN must come here even when
+        // new connections go to the kernel.
+        if let Some(steer) = self.switch.and_then(SwitchBoard::steer)
+            && let Ok(t) = self.stack.tuple(id)
+            && let Err(e) = steer.set(Flow::of(&t), FlowOwner::Path(Path::Dpdk))
+        {
+            let _ = self.stack.abort(id);
+            return Err(io::Error::other(format!(
+                "steering the backend connection: {e}"
+            )));
+        }
         self.owners.insert(id, Owner::Slot(slot, Side::Backend));
         Ok(id)
     }
@@ -278,6 +312,7 @@ impl Transport for UserspaceTransport<'_> {
 
     fn close_backend(&mut self, conn: ConnId, how: Close) {
         self.owners.remove(conn);
+        self.unsteer(conn);
         let _ = match how {
             Close::Graceful => self.stack.close(conn),
             Close::Abort => self.stack.abort(conn),

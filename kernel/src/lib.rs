@@ -21,6 +21,7 @@
 pub mod handoff;
 pub mod heap;
 pub mod ktls;
+mod moving;
 mod records_fd;
 pub mod repair;
 mod tls_fd;
@@ -36,6 +37,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dpuproxy_driver::{DriverSettings, PathMetrics};
 use dpuproxy_l7::Shared;
+use dpuproxy_switch::SwitchBoard;
 use dpuproxy_tls::HandshakeConfig;
 use openssl::ssl::{SslContext, SslMode, SslOptions, SslVersion};
 
@@ -287,6 +289,32 @@ pub fn start(
     shared: Arc<Shared>,
     path: Arc<PathMetrics>,
 ) -> Result<KernelProxy, StartError> {
+    start_with(cfg, shared, path, None)
+}
+
+/// Start the kernel data path beside the DPDK path, for the live mode
+/// switch: one worker, on the same listen address (which must be on a
+/// kernel interface: the af_xdp port's), with our record layer on every
+/// connection (so that any can move), no backend prober (its connections
+/// would not be steered here), and `board`'s mail and requests waking it.
+pub fn start_beside_dpdk(
+    cfg: &KernelConfig,
+    shared: Arc<Shared>,
+    path: Arc<PathMetrics>,
+    board: Arc<SwitchBoard>,
+) -> Result<KernelProxy, StartError> {
+    let mut cfg = cfg.clone();
+    cfg.workers = 1;
+    cfg.records = KernelRecords::Ours;
+    start_with(&cfg, shared, path, Some(board))
+}
+
+fn start_with(
+    cfg: &KernelConfig,
+    shared: Arc<Shared>,
+    path: Arc<PathMetrics>,
+    switch: Option<Arc<SwitchBoard>>,
+) -> Result<KernelProxy, StartError> {
     let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
     let records = match cfg.records {
         KernelRecords::Openssl => None,
@@ -319,7 +347,17 @@ pub fn start(
             stop: stop.clone(),
             drain: drain.clone(),
             end_streams: end_streams.clone(),
+            switch: switch.clone().map(|b| (b, local_addr.ip())),
         };
+        if let Some(board) = &switch {
+            let w = waker.clone();
+            board.set_waker(
+                dpuproxy_switch::Path::Kernel,
+                Box::new(move || {
+                    let _ = w.wake();
+                }),
+            );
+        }
         let w = worker::Worker::new(id, poll, listener, parts).map_err(StartError::Poll)?;
         wakers.push(waker);
         threads.push(
@@ -329,15 +367,17 @@ pub fn start(
                 .map_err(StartError::Poll)?,
         );
     }
-    let prober_stop = stop.clone();
-    let prober_shared = shared.clone();
-    let interval = cfg.probe_interval;
-    threads.push(
-        std::thread::Builder::new()
-            .name("dpuproxy-probe".into())
-            .spawn(move || probe_loop(prober_shared, interval, prober_stop))
-            .map_err(StartError::Poll)?,
-    );
+    if switch.is_none() {
+        let prober_stop = stop.clone();
+        let prober_shared = shared.clone();
+        let interval = cfg.probe_interval;
+        threads.push(
+            std::thread::Builder::new()
+                .name("dpuproxy-probe".into())
+                .spawn(move || probe_loop(prober_shared, interval, prober_stop))
+                .map_err(StartError::Poll)?,
+        );
+    }
     tracing::info!(
         listen = %local_addr,
         workers,

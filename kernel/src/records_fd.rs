@@ -47,10 +47,6 @@ impl FdRecords {
     }
 
     /// A socket continuing an established session (a moved connection).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the live mode switch; tested below")
-    )]
     pub(crate) fn resume(
         stream: TcpStream,
         state: &SessionState,
@@ -69,15 +65,16 @@ impl FdRecords {
         &mut self.stream
     }
 
+    /// Its socket, the session dropped.
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
     }
 
     /// The session's state, once established (for a move).
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "for the live mode switch; tested below")
-    )]
     pub(crate) fn snapshot(&self) -> Option<SessionState> {
         self.session.as_ref()?.snapshot()
     }

@@ -161,6 +161,16 @@ pub fn resume(socket: &impl AsFd) -> io::Result<()> {
     )
 }
 
+/// Close a socket without a word to the peer (its connection lives on
+/// elsewhere, or was never handed over): into repair mode, then closed.
+pub fn close_silently(socket: impl AsFd) -> io::Result<()> {
+    set_int(
+        SockRef::from(&socket).as_raw_fd(),
+        libc::TCP_REPAIR,
+        REPAIR_ON,
+    )
+}
+
 fn read_state(fd: RawFd, local: SocketAddr, peer: SocketAddr) -> io::Result<TcpState> {
     let info: libc::tcp_info = get(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
     if info.tcpi_state != TCP_ESTABLISHED {

@@ -20,6 +20,7 @@ use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, SlotId, Transport,
 };
 use dpuproxy_l7::Shared;
+use dpuproxy_switch::{Flow, FlowOwner, Path, SwitchBoard};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
@@ -97,20 +98,38 @@ impl KernelClient {
             established: false,
         }
     }
+
+    /// A client moved in from the other path, its session established.
+    pub(crate) fn moved(records: FdRecords) -> Self {
+        Self {
+            tls: ClientTls::Ours(records),
+            started: true,
+            established: true,
+        }
+    }
+
+    /// Its socket, when our record layer runs on it.
+    pub(crate) fn records_stream(&self) -> Option<&TcpStream> {
+        match &self.tls {
+            ClientTls::Openssl(_) => None,
+            ClientTls::Ours(r) => Some(r.stream()),
+        }
+    }
 }
 
 /// A backend connection of the kernel path.
 #[derive(Debug)]
 pub(crate) struct KernelBackend {
-    stream: TcpStream,
-    addr: SocketAddr,
-    /// Its entry in [`KernelTransport`]'s table (and its token).
-    id: usize,
+    pub(crate) stream: TcpStream,
+    pub(crate) addr: SocketAddr,
+    /// Its entry in [`KernelTransport`]'s table (and its token);
+    /// `usize::MAX` for one moved in and not registered yet.
+    pub(crate) id: usize,
 }
 
 /// Where a backend connection's events go.
 #[derive(Debug, Clone, Copy)]
-struct BackendEntry {
+pub(crate) struct BackendEntry {
     /// The socket's descriptor (an entry belongs to one socket).
     fd: RawFd,
     /// The slot it serves; `None` while it idles in the pool.
@@ -118,15 +137,26 @@ struct BackendEntry {
     /// An event came while it idled: it may have closed or sent bytes, so
     /// it is probed before reuse.
     stirred: bool,
+    /// Its flow, with the live mode switch (for the steering).
+    pub(crate) flow: Option<Flow>,
 }
 
 /// One worker's sockets, registered with its mio poll.
 pub(crate) struct KernelTransport {
-    registry: Registry,
+    pub(crate) registry: Registry,
     shared: Arc<Shared>,
     metrics: Arc<KernelMetrics>,
     buf: Vec<u8>,
-    backends: slab::Slab<BackendEntry>,
+    pub(crate) backends: slab::Slab<BackendEntry>,
+    /// With the live mode switch: the board whose steering learns this
+    /// path's backend connections before their SYN leaves and forgets
+    /// every flow that closes here; and each client's flow.
+    pub(crate) switch: Option<Arc<SwitchBoard>>,
+    /// The address backend connections are bound to with the switch (the
+    /// listener's: the one both paths share).
+    pub(crate) switch_ip: Option<std::net::IpAddr>,
+    /// Each client socket's flow (by descriptor), with the switch.
+    pub(crate) client_flows: std::collections::HashMap<RawFd, Flow>,
 }
 
 impl KernelTransport {
@@ -141,7 +171,52 @@ impl KernelTransport {
             metrics,
             buf: vec![0; READ_CHUNK],
             backends: slab::Slab::new(),
+            switch: None,
+            switch_ip: None,
+            client_flows: std::collections::HashMap::new(),
         }
+    }
+
+    /// The steering, with the live mode switch.
+    pub(crate) fn steer(&self) -> Option<&dyn dpuproxy_switch::Steer> {
+        self.switch.as_deref().and_then(SwitchBoard::steer)
+    }
+
+    /// A backend connection that the steering sends here before its SYN
+    /// leaves: bound first (to the listener's address), pinned, then
+    /// connected.
+    fn connect_pinned(
+        &self,
+        addr: SocketAddr,
+        local: std::net::IpAddr,
+    ) -> io::Result<(TcpStream, Flow)> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_nonblocking(true)?;
+        s.bind(&SocketAddr::new(local, 0).into())?;
+        let flow = match (s.local_addr()?.as_socket(), addr) {
+            (Some(SocketAddr::V4(l)), SocketAddr::V4(r)) => Flow {
+                remote: r,
+                local: l,
+            },
+            _ => return Err(io::Error::other("the live mode switch is IPv4 only")),
+        };
+        if let Some(steer) = self.steer() {
+            steer
+                .set(flow, FlowOwner::Path(Path::Kernel))
+                .map_err(|e| io::Error::other(format!("steering the backend connection: {e}")))?;
+        }
+        match s.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => {
+                if let Some(steer) = self.steer() {
+                    steer.forget(flow);
+                }
+                return Err(e);
+            }
+        }
+        Ok((TcpStream::from_std(s.into()), flow))
     }
 
     /// Register a backend socket for life under a new entry owned by `slot`.
@@ -149,10 +224,15 @@ impl KernelTransport {
         let entry = self.backends.vacant_entry();
         let id = entry.key();
         self.registry.register(stream, backend_token(id), both())?;
+        let flow = match (stream.local_addr(), stream.peer_addr()) {
+            (Ok(SocketAddr::V4(local)), Ok(SocketAddr::V4(remote))) => Some(Flow { remote, local }),
+            _ => None,
+        };
         entry.insert(BackendEntry {
             fd: stream.as_raw_fd(),
             owner: Some(slot),
             stirred: false,
+            flow,
         });
         Ok(id)
     }
@@ -200,6 +280,14 @@ impl Transport for KernelTransport {
     type Backend = KernelBackend;
 
     fn attach_client(&mut self, client: &mut KernelClient, slot: SlotId) -> io::Result<()> {
+        if self.switch.is_some()
+            && let Some(stream) = client.records_stream()
+            && let (Ok(SocketAddr::V4(local)), Ok(SocketAddr::V4(remote))) =
+                (stream.local_addr(), stream.peer_addr())
+        {
+            self.client_flows
+                .insert(stream.as_raw_fd(), Flow { remote, local });
+        }
         match &mut client.tls {
             ClientTls::Openssl(t) => t.register(&self.registry, client_token(slot), both()),
             ClientTls::Ours(r) => {
@@ -324,6 +412,12 @@ impl Transport for KernelTransport {
     }
 
     fn close(&mut self, mut client: KernelClient, how: Close) {
+        if let Some(stream) = client.records_stream()
+            && let Some(flow) = self.client_flows.remove(&stream.as_raw_fd())
+            && let Some(steer) = self.steer()
+        {
+            steer.forget(flow);
+        }
         match &mut client.tls {
             ClientTls::Openssl(tls) => {
                 let _ = tls.deregister(&self.registry);
@@ -353,9 +447,26 @@ impl Transport for KernelTransport {
             return Err(io::Error::other("no such backend"));
         }
         let addr = self.shared.backends.get(backend).socket;
-        let mut stream = TcpStream::connect(addr)?;
+        let (mut stream, flow) = match self.switch_ip {
+            Some(local) => {
+                let (s, f) = self.connect_pinned(addr, local)?;
+                (s, Some(f))
+            }
+            None => (TcpStream::connect(addr)?, None),
+        };
         stream.set_nodelay(true)?;
-        let id = self.register_backend(&mut stream, slot)?;
+        let id = match self.register_backend(&mut stream, slot) {
+            Ok(id) => id,
+            Err(e) => {
+                if let (Some(f), Some(steer)) = (flow, self.steer()) {
+                    steer.forget(f);
+                }
+                return Err(e);
+            }
+        };
+        if let Some(e) = self.backends.get_mut(id) {
+            e.flow = e.flow.or(flow);
+        }
         Ok(KernelBackend { stream, addr, id })
     }
 
@@ -437,7 +548,11 @@ impl Transport for KernelTransport {
 
     fn close_backend(&mut self, mut conn: KernelBackend, how: Close) {
         let _ = self.registry.deregister(&mut conn.stream);
-        self.backends.try_remove(conn.id);
+        if let Some(e) = self.backends.try_remove(conn.id)
+            && let (Some(f), Some(steer)) = (e.flow, self.steer())
+        {
+            steer.forget(f);
+        }
         if how == Close::Abort {
             set_linger_zero(&conn.stream);
         }

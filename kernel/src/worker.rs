@@ -3,14 +3,16 @@
 //! driver's; this loop only accepts, turns events into
 //! [`Driver::mark`] calls, and wakes for the driver's deadlines.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dpuproxy_driver::{Driver, DriverSettings, PathMetrics, Side};
+use dpuproxy_driver::{Driver, DriverSettings, Movable, PathMetrics, Side, SlotId};
 use dpuproxy_l7::Shared;
+use dpuproxy_switch::{BATCH, FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
 use dpuproxy_tls::HandshakeConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -37,6 +39,18 @@ pub(crate) struct WorkerParts {
     pub stop: Arc<AtomicBool>,
     pub drain: Arc<AtomicBool>,
     pub end_streams: Arc<AtomicBool>,
+    /// The live mode switch beside the DPDK path (with the listener's
+    /// address, which backend connections are bound to).
+    pub switch: Option<(Arc<SwitchBoard>, std::net::IpAddr)>,
+}
+
+/// A worker's part in the live mode switch.
+struct WorkerSwitch {
+    board: Arc<SwitchBoard>,
+    station: Station,
+    limits: dpuproxy_tls::Limits,
+    /// Slots found unable to move in this switch (not tried again).
+    stay: HashSet<SlotId>,
 }
 
 pub(crate) struct Worker {
@@ -56,6 +70,7 @@ pub(crate) struct Worker {
     /// (one line a second at most: EMFILE can repeat on every event).
     accept_errors: u64,
     accept_logged: Option<Instant>,
+    switch: Option<WorkerSwitch>,
 }
 
 impl Worker {
@@ -67,11 +82,29 @@ impl Worker {
     ) -> io::Result<Self> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let transport = KernelTransport::new(
+        let mut transport = KernelTransport::new(
             poll.registry().try_clone()?,
             parts.shared.clone(),
             parts.metrics,
         );
+        let switch = match parts.switch {
+            Some((board, ip)) => {
+                transport.switch = Some(board.clone());
+                transport.switch_ip = Some(ip);
+                let limits = parts
+                    .records
+                    .as_ref()
+                    .map(HandshakeConfig::limits)
+                    .unwrap_or_default();
+                Some(WorkerSwitch {
+                    board,
+                    station: Station::new(Path::Kernel),
+                    limits,
+                    stay: HashSet::new(),
+                })
+            }
+            None => None,
+        };
         let driver = Driver::new(parts.shared, parts.settings, parts.path, Instant::now());
         Ok(Self {
             id,
@@ -87,6 +120,7 @@ impl Worker {
             ending_streams: false,
             accept_errors: 0,
             accept_logged: None,
+            switch,
         })
     }
 
@@ -100,12 +134,15 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         tracing::debug!(worker = self.id, "worker started");
         while !self.stop.load(Ordering::Relaxed) {
-            let timeout = if self.driver.has_work() {
+            let timeout = if self.driver.has_work() || self.switch_pending() {
                 Duration::ZERO
             } else {
-                self.driver
-                    .poll_timeout()
-                    .saturating_duration_since(Instant::now())
+                let due = self.driver.poll_timeout();
+                let due = match self.switch.as_ref().and_then(|s| s.station.next_due()) {
+                    Some(at) => due.min(at),
+                    None => due,
+                };
+                due.saturating_duration_since(Instant::now())
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -137,6 +174,7 @@ impl Worker {
                     Token(_) => {}
                 }
             }
+            self.switch_turn(now);
             self.driver.run(&mut self.transport, now);
             let now = Instant::now();
             if now >= self.driver.poll_timeout() {
@@ -146,6 +184,159 @@ impl Worker {
         let n = self.driver.len();
         self.driver.close_all(&mut self.transport, Instant::now());
         tracing::debug!(worker = self.id, closed = n, "worker stopped");
+    }
+
+    /// A switch began or parcels wait for this path.
+    fn switch_pending(&self) -> bool {
+        self.switch
+            .as_ref()
+            .is_some_and(|s| s.station.news(&s.board) || s.board.has_mail(Path::Kernel))
+    }
+
+    /// The live mode switch's share of a turn: pin and export when this
+    /// path is the source, restore what was mailed here.
+    fn switch_turn(&mut self, now: Instant) {
+        let Some(mut sw) = self.switch.take() else {
+            return;
+        };
+        if sw.station.news(&sw.board) {
+            // Connections waiting in the accept queue become sockets of
+            // ours before their flows are pinned.
+            self.accept_all(now);
+        }
+        let transport = &self.transport;
+        let stay = &mut sw.stay;
+        if let Some(to) = sw.station.poll(&sw.board, now, |steer| {
+            stay.clear();
+            pin_all(transport, steer);
+        }) {
+            let (sent, waiting) = self.export_batch(&mut sw, to, now);
+            sw.station.exported(&sw.board, now, waiting, sent);
+        }
+        while let Some(m) = sw.board.take(Path::Kernel) {
+            self.land(&sw, m, now);
+        }
+        self.switch = Some(sw);
+    }
+
+    /// Export up to [`BATCH`] movable slots to `to`: how many went, and
+    /// how many may move later.
+    fn export_batch(&mut self, sw: &mut WorkerSwitch, to: Path, now: Instant) -> (usize, usize) {
+        let (mut sent, mut waiting) = (0, 0);
+        for id in self.driver.ids() {
+            if sw.stay.contains(&id) {
+                continue;
+            }
+            match self.driver.movable(id) {
+                Some(Movable::Now) if sent < BATCH => {
+                    let Some(d) = self.driver.detach(id) else {
+                        continue;
+                    };
+                    let started = Instant::now();
+                    match self.transport.export(d) {
+                        Ok(parcel) => {
+                            sw.board.send(
+                                to,
+                                Moving {
+                                    parcel,
+                                    from: Path::Kernel,
+                                    started,
+                                    take_back: false,
+                                },
+                            );
+                            sent += 1;
+                        }
+                        Err(b) => {
+                            let (d, why) = *b;
+                            if let Some(new) = self.driver.attach(&mut self.transport, d, now) {
+                                if why == crate::moving::Unmoved::Never {
+                                    sw.board.metrics.count_stayed();
+                                    sw.stay.insert(new);
+                                } else {
+                                    waiting += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+                Some(Movable::Now | Movable::Later) => waiting += 1,
+                _ => {}
+            }
+        }
+        (sent, waiting)
+    }
+
+    /// Restore a parcel here, attach it, and steer its flows here; a
+    /// failure sends it back to its source (or, when this is the source
+    /// taking it back, loses it: its flows are forgotten, so the peers'
+    /// next segments meet a RST).
+    fn land(&mut self, sw: &WorkerSwitch, m: Moving, now: Instant) {
+        let Moving {
+            parcel,
+            from,
+            started,
+            take_back,
+        } = m;
+        let board = &sw.board;
+        let flows: Vec<_> = flows_of(&parcel).collect();
+        let restored = if !take_back && board.restore_fails_on_purpose() {
+            Err(Box::new((
+                parcel,
+                "failed on purpose (fault injection)".to_string(),
+            )))
+        } else {
+            self.transport.import(parcel, &sw.limits)
+        };
+        let steer = board.steer();
+        let how = match restored {
+            Ok(d) => {
+                if self.driver.attach(&mut self.transport, d, now).is_some() {
+                    for f in &flows {
+                        if let Some(Err(e)) =
+                            steer.map(|s| s.set(*f, FlowOwner::Path(Path::Kernel)))
+                        {
+                            tracing::warn!(flow = %f, error = %e, "cannot steer a moved flow here");
+                        }
+                    }
+                    if take_back {
+                        Landing::TakenBack
+                    } else {
+                        Landing::Moved
+                    }
+                } else {
+                    Landing::Failed
+                }
+            }
+            Err(b) if !take_back => {
+                let (parcel, e) = *b;
+                tracing::warn!(flow = %flows[0], error = %e, "restore failed on the kernel path; its source takes it back");
+                board.take_back(Moving {
+                    parcel,
+                    from,
+                    started,
+                    take_back,
+                });
+                return;
+            }
+            Err(b) => {
+                let e = &b.1;
+                tracing::warn!(flow = %flows[0], error = %e, "taking a connection back failed: it is lost");
+                Landing::Failed
+            }
+        };
+        if how == Landing::Failed {
+            for f in &flows {
+                if let Some(s) = steer {
+                    s.forget(*f);
+                }
+            }
+        }
+        board.landed(
+            from,
+            Path::Kernel,
+            how,
+            Instant::now().saturating_duration_since(started),
+        );
     }
 
     /// Stop accepting (the listener closes) and drain the connections.
@@ -214,4 +405,28 @@ impl Worker {
             .driver
             .accept(&mut self.transport, client, peer.ip().to_string(), now);
     }
+}
+
+/// Pin every flow of this worker (clients and backend connections, pooled
+/// ones included) to the kernel path (before the default moves away).
+fn pin_all(t: &KernelTransport, steer: &dyn dpuproxy_switch::Steer) {
+    let flows = t
+        .client_flows
+        .values()
+        .chain(t.backends.iter().filter_map(|(_, e)| e.flow.as_ref()));
+    let (mut pinned, mut failed) = (0usize, 0usize);
+    for f in flows {
+        match steer.set(*f, FlowOwner::Path(Path::Kernel)) {
+            Ok(()) => pinned += 1,
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(flow = %f, error = %e, "cannot pin a flow to the kernel path");
+            }
+        }
+    }
+    tracing::info!(
+        pinned,
+        failed,
+        "kernel flows pinned before the default moves"
+    );
 }

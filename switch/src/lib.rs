@@ -157,6 +157,10 @@ pub struct ClientParcel {
 /// the client's state, and its backend connection's TCP state.
 pub type Parcel = Detached<ClientParcel, ConnState>;
 
+/// A parcel a path could not restore, and why (boxed: it is large, and
+/// the failure path is rare).
+pub type NotRestored = Box<(Parcel, String)>;
+
 /// The flows of a parcel (client first, then the backend connection).
 pub fn flows_of(p: &Parcel) -> impl Iterator<Item = Flow> + '_ {
     std::iter::once(Flow::of(&p.client.tcp.tuple))
@@ -222,6 +226,8 @@ pub struct SwitchBoard<P = Parcel> {
     source_done: AtomicBool,
     /// Parcels mailed and not landed yet.
     in_flight: AtomicU64,
+    /// Restores still to fail on purpose.
+    injected: AtomicU64,
     steer: OnceLock<Arc<dyn Steer>>,
     mail: [SegQueue<Moving<P>>; 2],
     wakers: Mutex<[Option<Waker>; 2]>,
@@ -249,6 +255,7 @@ impl<P> SwitchBoard<P> {
             epoch: AtomicU64::new(0),
             source_done: AtomicBool::new(true),
             in_flight: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
             steer: OnceLock::new(),
             mail: [SegQueue::new(), SegQueue::new()],
             wakers: Mutex::new([None, None]),
@@ -387,16 +394,29 @@ impl<P> SwitchBoard<P> {
         !self.mail[me.index()].is_empty()
     }
 
-    /// A parcel taken with [`SwitchBoard::take`] ended as `how` at `at`;
-    /// returned to its source for a take-back (counted when that lands)
-    /// is not an end.
-    pub fn landed(&self, m: &Moving<P>, to: Path, how: Landing, at: Instant) {
-        self.metrics
-            .count(to, how, at.saturating_duration_since(m.started));
+    /// A parcel taken with [`SwitchBoard::take`] (which left `from`)
+    /// ended as `how` at `to`, after a pause of `pause`. One returned to
+    /// its source for a take-back is not an end: it is counted when that
+    /// lands.
+    pub fn landed(&self, from: Path, to: Path, how: Landing, pause: Duration) {
+        self.metrics.count(to, how, pause);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         if self.switching_to().is_some() {
-            self.wake(m.from);
+            self.wake(from);
         }
+    }
+
+    /// Make the next `n` restores fail on purpose (fault injection for
+    /// tests and drills: each such parcel goes back to its source).
+    pub fn inject_restore_failures(&self, n: u64) {
+        self.injected.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether this restore is one to fail on purpose (takes one).
+    pub fn restore_fails_on_purpose(&self) -> bool {
+        self.injected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// A parcel the destination could not restore goes back to its

@@ -124,10 +124,10 @@ fn the_source_pins_before_the_default_flips_and_the_switch_settles_when_all_land
     let m = b.take(Path::Kernel).unwrap();
     assert_eq!(m.parcel, 7);
     b.landed(
-        &m,
+        m.from,
         Path::Kernel,
         Landing::Moved,
-        t0 + Duration::from_micros(300),
+        Duration::from_micros(300),
     );
     assert!(b.settled());
     assert_eq!(b.switching_to(), None);
@@ -155,12 +155,12 @@ fn a_failed_restore_goes_back_to_the_source_and_counts_once() {
     let m1 = b.take(Path::Kernel).unwrap();
     b.take_back(m1);
     let m2 = b.take(Path::Kernel).unwrap();
-    b.landed(&m2, Path::Kernel, Landing::Moved, t0);
+    b.landed(m2.from, Path::Kernel, Landing::Moved, Duration::ZERO);
     assert!(!b.settled(), "the taken-back parcel has not landed");
     let back = b.take(Path::Dpdk).unwrap();
     assert!(back.take_back);
     assert_eq!(back.parcel, 1);
-    b.landed(&back, Path::Dpdk, Landing::TakenBack, t0);
+    b.landed(back.from, Path::Dpdk, Landing::TakenBack, Duration::ZERO);
     assert!(b.settled());
     let s = b.metrics.summary();
     assert_eq!((s.moved, s.taken_back, s.failed), (1, 1, 0));
@@ -228,4 +228,14 @@ fn paths_parse_and_flows_print() {
     );
     assert_eq!(Path::Dpdk.other(), Path::Kernel);
     assert_eq!(flow(5).to_string(), "10.0.0.2:5 -> 10.0.0.1:443");
+}
+
+#[test]
+fn injected_restore_failures_are_taken_one_at_a_time() {
+    let (b, _) = board();
+    assert!(!b.restore_fails_on_purpose());
+    b.inject_restore_failures(2);
+    assert!(b.restore_fails_on_purpose());
+    assert!(b.restore_fails_on_purpose());
+    assert!(!b.restore_fails_on_purpose());
 }

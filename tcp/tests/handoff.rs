@@ -310,3 +310,17 @@ fn a_hold_nobody_releases_expires() {
     assert!(q.b.unhold(&state.tuple));
     assert_eq!(q.b.stats().held_expired, 0);
 }
+
+#[test]
+fn tuples_list_live_connections_but_not_held_ones() {
+    let mut p = Pair::default_pair(17);
+    let (_c, s) = established(&mut p);
+    let tuple = p.b.tuple(s).unwrap();
+    let listed: Vec<_> = p.b.tuples().copied().collect();
+    assert_eq!(listed, [tuple], "B's one connection");
+    let state = p.b.export(p.now, s).unwrap();
+    assert_eq!(state.tuple, tuple);
+    assert_eq!(p.b.tuples().count(), 0, "a held 4-tuple is not listed");
+    p.b.import(&state, None).unwrap();
+    assert_eq!(p.b.tuples().copied().collect::<Vec<_>>(), [tuple]);
+}

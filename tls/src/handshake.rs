@@ -164,6 +164,12 @@ impl fmt::Debug for HandshakeConfig {
 }
 
 impl HandshakeConfig {
+    /// The record-layer limits of the sessions it starts (also for a
+    /// session resumed from a moved state).
+    pub fn limits(&self) -> Limits {
+        self.limits.clone()
+    }
+
     /// Server side with default options. `builder` carries the certificate
     /// and key (and anything else the caller wants, e.g. ALPN).
     pub fn server(builder: SslContextBuilder) -> Result<Self, HandshakeError> {

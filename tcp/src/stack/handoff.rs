@@ -204,6 +204,17 @@ impl Stack {
         }
     }
 
+    /// The 4-tuple of every connection in any state (half-open ones
+    /// included) and every TIME-WAIT record; not the held ones. What a
+    /// steering in front of this stack must keep here when new
+    /// connections start going elsewhere.
+    pub fn tuples(&self) -> impl Iterator<Item = &FourTuple> + '_ {
+        self.flows
+            .iter()
+            .filter(|(_, e)| !matches!(e, FlowEntry::Held { .. }))
+            .map(|(t, _)| t)
+    }
+
     /// How many 4-tuples are held after an export.
     pub fn held_count(&self) -> usize {
         self.held

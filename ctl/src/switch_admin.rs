@@ -1,0 +1,254 @@
+//! The live mode switch on the admin listener: `POST /switch?to=kernel|dpdk`
+//! (optionally `&fail=N`: the next N restores fail on purpose, a drill of
+//! the take-back path), `GET /switch`, and its metric families.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dpuproxy_switch::{Path, SwitchBoard, SwitchError, metrics::PAUSE_BOUNDS_US};
+
+/// How long `POST /switch` waits for the switch to settle before it
+/// answers 504 (the switch goes on).
+pub const SETTLE_WAIT: Duration = Duration::from_secs(30);
+
+/// A status and a JSON body.
+pub type Reply = (u16, String);
+
+fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn error(status: u16, msg: &str) -> Reply {
+    (status, serde_json::json!({ "error": msg }).to_string())
+}
+
+/// `GET /switch`: where new connections go and the totals.
+pub fn status(board: &SwitchBoard) -> Reply {
+    let s = board.metrics.summary();
+    let body = serde_json::json!({
+        "current": board.current().label(),
+        "switching_to": board.switching_to().map(Path::label),
+        "totals": s,
+    });
+    (200, body.to_string())
+}
+
+/// `POST /switch?...`: start a switch and wait (bounded) for it to settle.
+pub fn request(board: &SwitchBoard, query: &str) -> Reply {
+    let Some(to) = query_value(query, "to") else {
+        return error(400, "missing ?to=kernel|dpdk");
+    };
+    let to: Path = match to.parse() {
+        Ok(p) => p,
+        Err(e) => return error(400, &e),
+    };
+    let fail = match query_value(query, "fail").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return error(400, "fail= takes a count"),
+    };
+    let from = board.current();
+    board.inject_restore_failures(fail);
+    let t0 = Instant::now();
+    let before = match board.request(to) {
+        Ok(before) => before,
+        Err(e @ SwitchError::Already(_)) => {
+            board.inject_restore_failures(0);
+            let body = serde_json::json!({ "from": from.label(), "to": to.label(), "already": true, "note": e.to_string() });
+            return (200, body.to_string());
+        }
+        Err(e @ SwitchError::Busy(_)) => {
+            board.inject_restore_failures(0);
+            return error(409, &e.to_string());
+        }
+        Err(e @ SwitchError::NotSwitchable) => {
+            board.inject_restore_failures(0);
+            return error(400, &e.to_string());
+        }
+    };
+    while !board.settled() {
+        if t0.elapsed() >= SETTLE_WAIT {
+            let body = serde_json::json!({
+                "error": "the switch has not settled yet; it goes on (GET /switch)",
+                "so_far": board.metrics.summary().since(&before),
+            });
+            return (504, body.to_string());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let moved = board.metrics.summary().since(&before);
+    let body = serde_json::json!({
+        "from": from.label(),
+        "to": to.label(),
+        "moved": moved.moved,
+        "taken_back": moved.taken_back,
+        "failed": moved.failed,
+        "stayed": moved.stayed,
+        "pause_p99_us": moved.pause_p99_us,
+        "ms": t0.elapsed().as_secs_f64() * 1e3,
+    });
+    (200, body.to_string())
+}
+
+/// `dpuproxy switch` arguments.
+#[derive(clap::Args, Debug)]
+pub struct SwitchArgs {
+    /// The path to move to: kernel or dpdk.
+    #[arg(long)]
+    pub to: Path,
+    /// The proxy's admin listener.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub admin: std::net::SocketAddr,
+    /// Drill: make the next N restores fail on purpose (each such
+    /// connection is taken back by its source).
+    #[arg(long, default_value_t = 0)]
+    pub fail: u64,
+}
+
+/// `dpuproxy switch`: POST /switch and print the answer; an error unless
+/// it is 200.
+pub fn run(args: &SwitchArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&args.admin, Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin listener {}: {e}", args.admin))?;
+    s.set_read_timeout(Some(SETTLE_WAIT + Duration::from_secs(10)))?;
+    write!(
+        s,
+        "POST /switch?to={}&fail={} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        args.to.label(),
+        args.fail,
+        args.admin
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    let status = head.split(' ').nth(1).unwrap_or("?");
+    println!("{}", body.trim_end());
+    if status != "200" {
+        anyhow::bail!("the switch was refused or did not settle (HTTP {status})");
+    }
+    Ok(())
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The switch's metric families, in the exposition format.
+pub fn render(out: &mut String, board: &SwitchBoard) {
+    let m = &board.metrics;
+    let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let n = "dpuproxy_switch_path";
+    head(
+        out,
+        n,
+        "gauge",
+        "1 on the path new connections go to (live mode switch).",
+    );
+    let cur = board.current();
+    for p in [Path::Dpdk, Path::Kernel] {
+        let _ = writeln!(out, "{n}{{path=\"{}\"}} {}", p.label(), u64::from(p == cur));
+    }
+    let n = "dpuproxy_switch_moved_total";
+    head(
+        out,
+        n,
+        "counter",
+        "Connections moved between the paths, by destination.",
+    );
+    let _ = writeln!(out, "{n}{{to=\"dpdk\"}} {}", r(&m.moved_to_dpdk));
+    let _ = writeln!(out, "{n}{{to=\"kernel\"}} {}", r(&m.moved_to_kernel));
+    for (name, help, v) in [
+        (
+            "dpuproxy_switches_total",
+            "Switches requested.",
+            r(&m.switches),
+        ),
+        (
+            "dpuproxy_switch_failed_total",
+            "Connections lost in a move (reset).",
+            r(&m.failed),
+        ),
+        (
+            "dpuproxy_switch_taken_back_total",
+            "Connections the destination could not restore, restored on their source.",
+            r(&m.taken_back),
+        ),
+        (
+            "dpuproxy_switch_stayed_total",
+            "Open connections that could not move and stayed on their path.",
+            r(&m.stayed),
+        ),
+    ] {
+        head(out, name, "counter", help);
+        let _ = writeln!(out, "{name} {v}");
+    }
+    let name = "dpuproxy_switch_pause_us";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Per-connection pause of a move (hold to steered at the destination), microseconds.\n# TYPE {name} histogram"
+    );
+    let mut cumulative = 0;
+    for (i, b) in m.pause_buckets.iter().enumerate() {
+        cumulative += r(b);
+        match PAUSE_BOUNDS_US.get(i) {
+            Some(le) => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+            }
+            None => {
+                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum {}\n{name}_count {cumulative}",
+        r(&m.pause_sum_us)
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked_before_anything_moves() {
+        let b: SwitchBoard = SwitchBoard::new(Path::Dpdk);
+        assert_eq!(request(&b, "").0, 400);
+        assert_eq!(request(&b, "to=disk").0, 400);
+        assert_eq!(request(&b, "to=kernel&fail=x").0, 400);
+        let (code, body) = request(&b, "to=kernel");
+        assert_eq!(code, 400, "no steering: {body}");
+        assert!(body.contains("cannot switch"), "{body}");
+        assert!(
+            !b.restore_fails_on_purpose(),
+            "a refused request leaves no fault armed"
+        );
+        let (code, body) = status(&b);
+        assert_eq!(code, 200);
+        assert!(body.contains("\"current\":\"dpdk\""), "{body}");
+    }
+
+    #[test]
+    fn metrics_list_every_family_with_a_complete_histogram() {
+        let b: SwitchBoard = SwitchBoard::new(Path::Kernel);
+        let mut out = String::new();
+        render(&mut out, &b);
+        for want in [
+            "dpuproxy_switch_path{path=\"kernel\"} 1",
+            "dpuproxy_switch_path{path=\"dpdk\"} 0",
+            "dpuproxy_switch_moved_total{to=\"dpdk\"} 0",
+            "dpuproxy_switches_total 0",
+            "dpuproxy_switch_failed_total 0",
+            "dpuproxy_switch_pause_us_bucket{le=\"+Inf\"} 0",
+            "dpuproxy_switch_pause_us_count 0",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+    }
+}
