@@ -413,31 +413,20 @@ fn run_dpdk(
     let end_streams = std::sync::atomic::AtomicBool::new(false);
     let metrics = Arc::new(dpuproxy_engine::DpMetrics::default());
     // With the live mode switch the kernel path runs beside, on the same
-    // address; started before the EAL pins a thread to the poller's core.
-    let (board, kernel) = if settings.switchable {
-        let board = Arc::new(dpuproxy_switch::SwitchBoard::new(
+    // address. It starts once our XDP program steers (before that, every
+    // frame reaches the kernel, whose connections would then be cut by
+    // the steering), from this thread, which the EAL does not pin.
+    let board = settings.switchable.then(|| {
+        Arc::new(dpuproxy_switch::SwitchBoard::new(
             dpuproxy_switch::Path::Dpdk,
-        ));
-        let mut kcfg = cfg.kernel.clone();
-        fit_open_files(&mut kcfg, live.shared.backends.len());
-        let kernel = dpuproxy_kernel::start_beside_dpdk(
-            &kcfg,
-            live.shared.clone(),
-            live.path.clone(),
-            board.clone(),
-        )
-        .context(
-            "--dpdk-switchable: the kernel path could not start on the listen address (it must be on the af_xdp port's kernel interface)",
-        )?;
-        (Some(board), Some(kernel))
-    } else {
-        (None, None)
-    };
+        ))
+    });
+    let kernel_metrics = Arc::new(dpuproxy_kernel::KernelMetrics::default());
     let admin = match cfg.admin {
         Some(addr) => {
             let mut state = live.admin_state("dpdk");
             state.dpdk = Some(metrics.clone());
-            state.kernel = kernel.as_ref().map(|k| k.metrics.clone());
+            state.kernel = board.as_ref().map(|_| kernel_metrics.clone());
             state.switch = board.clone();
             Some(admin::Admin::start(addr, state)?)
         }
@@ -463,6 +452,19 @@ fn run_dpdk(
                 dpdk_mode::run(cfg, settings, &live.shared, ctx)
             })
             .map_err(anyhow::Error::from)?;
+        let kernel = match &board {
+            Some(board) => match start_kernel_beside(cfg, live, board, &kernel_metrics, || {
+                lcores.is_finished()
+            }) {
+                Ok(k) => k,
+                Err(e) => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let _ = lcores.join();
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
         supervise_dpdk(
             live,
             &stop,
@@ -472,15 +474,16 @@ fn run_dpdk(
             kernel.as_ref(),
             || lcores.is_finished(),
         );
-        lcores
+        let outcome = lcores
             .join()
-            .map_err(|_| anyhow::anyhow!("the DPDK data path thread panicked"))?
+            .map_err(|_| anyhow::anyhow!("the DPDK data path thread panicked"));
+        if let Some(k) = kernel {
+            k.shutdown();
+        }
+        outcome?
     });
     if let Some(a) = admin {
         a.shutdown();
-    }
-    if let Some(k) = kernel {
-        k.shutdown();
     }
     match outcome? {
         dpdk_mode::Outcome::Stopped => Ok(Some(())),
@@ -501,6 +504,37 @@ fn run_dpdk(
             Err(e.context("--mode dpdk: the DPDK data path did not start"))
         }
     }
+}
+
+/// `--dpdk-switchable`: once the DPDK port is up with our XDP steering,
+/// start the kernel path beside it (`None` if the DPDK path ended first).
+fn start_kernel_beside(
+    cfg: &RunConfig,
+    live: &Live,
+    board: &Arc<dpuproxy_switch::SwitchBoard>,
+    metrics: &Arc<dpuproxy_kernel::KernelMetrics>,
+    finished: impl Fn() -> bool,
+) -> anyhow::Result<Option<dpuproxy_kernel::KernelProxy>> {
+    while board.steer().is_none() {
+        if finished() {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let mut kcfg = cfg.kernel.clone();
+    fit_open_files(&mut kcfg, live.shared.backends.len());
+    let k = dpuproxy_kernel::start_beside_dpdk(
+        &kcfg,
+        live.shared.clone(),
+        live.path.clone(),
+        board.clone(),
+        metrics.clone(),
+    )
+    .context(
+        "--dpdk-switchable: the kernel path could not start on the listen address (it must be an address of the af_xdp port's kernel interface)",
+    )?;
+    tracing::info!(listen = %k.local_addr, "kernel path ready beside the dpdk path: POST /switch?to=kernel|dpdk moves the connections");
+    Ok(Some(k))
 }
 
 /// While the DPDK path runs: turn SIGTERM into a drain, and end a drain

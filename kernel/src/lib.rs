@@ -289,12 +289,12 @@ pub fn start(
     shared: Arc<Shared>,
     path: Arc<PathMetrics>,
 ) -> Result<KernelProxy, StartError> {
-    start_with(cfg, shared, path, None)
+    start_with(cfg, shared, path, None, Arc::default())
 }
 
 /// Start the kernel data path beside the DPDK path, for the live mode
 /// switch: one worker, on the same listen address (which must be on a
-/// kernel interface: the af_xdp port's), with our record layer on every
+/// kernel interface: the af_xdp port's), counting into `metrics`, with our record layer on every
 /// connection (so that any can move), no backend prober (its connections
 /// would not be steered here), and `board`'s mail and requests waking it.
 pub fn start_beside_dpdk(
@@ -302,11 +302,12 @@ pub fn start_beside_dpdk(
     shared: Arc<Shared>,
     path: Arc<PathMetrics>,
     board: Arc<SwitchBoard>,
+    metrics: Arc<KernelMetrics>,
 ) -> Result<KernelProxy, StartError> {
     let mut cfg = cfg.clone();
     cfg.workers = 1;
     cfg.records = KernelRecords::Ours;
-    start_with(&cfg, shared, path, Some(board))
+    start_with(&cfg, shared, path, Some(board), metrics)
 }
 
 fn start_with(
@@ -314,6 +315,7 @@ fn start_with(
     shared: Arc<Shared>,
     path: Arc<PathMetrics>,
     switch: Option<Arc<SwitchBoard>>,
+    metrics: Arc<KernelMetrics>,
 ) -> Result<KernelProxy, StartError> {
     let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
     let records = match cfg.records {
@@ -322,7 +324,6 @@ fn start_with(
     };
     anchor_wall_clock(&shared);
     let ktls = probe_ktls();
-    let metrics = Arc::new(KernelMetrics::default());
     metrics
         .ktls_available
         .store(u64::from(ktls.available), Ordering::Relaxed);

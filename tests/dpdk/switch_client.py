@@ -21,6 +21,10 @@ written (the test switches from then on). At the end one JSON line:
 {"streams": [{"events": n, "ok": bool, "error": str, "port": p, "ports_seen": [...]}, ...],
  "callers": [{"calls": n, "ok": bool, "error": str, "port": p}, ...]}
 Exit 0 when every client is ok.
+
+    switch_client.py --sdk --url U --cafile C --token T --events E --interval SECS --ready-file F
+
+One session through the real MCP SDK client instead (see `sdk_session`).
 """
 
 from __future__ import annotations
@@ -239,6 +243,40 @@ async def main_async(args) -> int:
     return 0 if ok else 1
 
 
+async def sdk_session(args) -> int:
+    """--sdk: the real MCP SDK client, one handshake-era session: whoami, then `numbered` with a
+    progress callback (ready file written at the first notification), then whoami again. One
+    JSON line: {"progress": [i, ...], "hash_ok": bool, "result": text, "backends": [b1, b2]}."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+    from mcp_helpers import legacy_session, result_text
+
+    got: list[int] = []
+    h = hashlib.sha256()
+    hash_ok = True
+
+    async def on_progress(p: float, total: float | None, msg: str | None) -> None:
+        nonlocal hash_ok
+        n, backend_hash = (msg or "").split()
+        got.append(int(n))
+        h.update(f"{int(n)};".encode())
+        hash_ok = hash_ok and h.hexdigest()[:16] == backend_hash
+        if len(got) == 1 and args.ready_file:
+            Path(args.ready_file).write_text("ready\n")
+
+    headers = {"Authorization": f"Bearer {args.token}"}
+    async with legacy_session(args.url, args.cafile, headers) as (client, _tracker):
+        first = result_text(await client.call_tool("whoami", {}))
+        result = result_text(
+            await client.call_tool(
+                "numbered", {"events": args.events, "interval": args.interval}, progress_callback=on_progress
+            )
+        )
+        last = result_text(await client.call_tool("whoami", {}))
+    ok = hash_ok and got == list(range(1, args.events + 1)) and result == f"{args.events} {h.hexdigest()[:16]}"
+    print(json.dumps({"progress": got, "hash_ok": hash_ok, "result": result, "backends": [first, last]}), flush=True)
+    return 0 if ok and first == last else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
@@ -250,9 +288,15 @@ def main() -> int:
     p.add_argument("--interval", type=float, default=0.05)
     p.add_argument("--ready-file")
     p.add_argument("--stop-file")
+    p.add_argument("--sdk", action="store_true", help="one session through the real MCP SDK client")
     args = p.parse_args()
     t0 = time.monotonic()
-    rc = asyncio.run(main_async(args))
+    if args.sdk:
+        import anyio
+
+        rc = anyio.run(sdk_session, args)
+    else:
+        rc = asyncio.run(main_async(args))
     print(f"seconds {time.monotonic() - t0:.1f}", file=sys.stderr)
     return rc
 
