@@ -1,6 +1,9 @@
 //! `dpuproxy demo`: three real MCP backends (the official Python SDK), the
 //! kernel-mode proxy in this process on a self-signed certificate, and a
-//! real SDK client session through it; then what the proxy saw.
+//! real SDK client session through it; then what the proxy saw. Run as
+//! root, a second part does the same through the DPDK path and switches
+//! it live to kernel mode while a progress stream runs
+//! ([`crate::demo_switch`]).
 //!
 //! The backend and client scripts are embedded in the binary and written to
 //! a temporary directory, so the demo needs only a Python with `mcp`
@@ -196,6 +199,7 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     if !status.success() {
         bail!("the demo client failed ({status}); see its output above");
     }
+    crate::demo_switch::run(&python, dir.path(), &backend_py, &client_py)?;
     println!("demo: OK");
     Ok(())
 }

@@ -110,26 +110,39 @@ pub struct SwitchArgs {
     pub fail: u64,
 }
 
-/// `dpuproxy switch`: POST /switch and print the answer; an error unless
-/// it is 200.
-pub fn run(args: &SwitchArgs) -> anyhow::Result<()> {
+/// Ask the admin listener at `admin` to switch to `to` (the next `fail`
+/// restores failing on purpose): the HTTP status and the JSON body.
+pub fn post_switch(
+    admin: std::net::SocketAddr,
+    to: Path,
+    fail: u64,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&args.admin, Duration::from_secs(5))
-        .map_err(|e| anyhow::anyhow!("cannot reach the admin listener {}: {e}", args.admin))?;
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))
+        .map_err(|e| anyhow::anyhow!("cannot reach the admin listener {admin}: {e}"))?;
     s.set_read_timeout(Some(SETTLE_WAIT + Duration::from_secs(10)))?;
     write!(
         s,
-        "POST /switch?to={}&fail={} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        args.to.label(),
-        args.fail,
-        args.admin
+        "POST /switch?to={}&fail={fail} HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        to.label(),
     )?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
     let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
-    let status = head.split(' ').nth(1).unwrap_or("?");
-    println!("{}", body.trim_end());
-    if status != "200" {
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer from {admin}: {head:?}"))?;
+    Ok((status, body.trim_end().to_string()))
+}
+
+/// `dpuproxy switch`: POST /switch and print the answer; an error unless
+/// it is 200.
+pub fn run(args: &SwitchArgs) -> anyhow::Result<()> {
+    let (status, body) = post_switch(args.admin, args.to, args.fail)?;
+    println!("{body}");
+    if status != 200 {
         anyhow::bail!("the switch was refused or did not settle (HTTP {status})");
     }
     Ok(())

@@ -17,7 +17,7 @@ mod backend;
 mod corestat;
 mod loadgen;
 mod memif;
-pub(crate) mod netns;
+pub mod netns;
 pub mod peer;
 pub(crate) mod targets;
 
