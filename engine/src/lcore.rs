@@ -11,7 +11,7 @@ use std::time::Instant;
 use dpuproxy_dp::net::{Responder, Verdict};
 use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, PacketRingDrops, QueuePair, TxBatch, tsc, tsc_hz};
 use dpuproxy_driver::{Driver, Movable};
-use dpuproxy_switch::{BATCH, FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
+use dpuproxy_switch::{FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 use dpuproxy_tcp::{Event, ListenerId, Stack, StackConfig};
@@ -52,6 +52,8 @@ struct Lcore<'l, 'p> {
     ring_drops: Option<RingDrops>,
     /// With the live mode switch: this path's station on the board.
     station: Option<Station>,
+    /// Slots taken back in this switch (not offered again until the next).
+    stay: std::collections::HashSet<dpuproxy_driver::SlotId>,
     /// Record-layer limits for sessions moved in.
     limits: dpuproxy_tls::Limits,
 }
@@ -107,7 +109,8 @@ pub(crate) fn lcore_loop<'l, 'p>(
 impl<'l, 'p> Lcore<'l, 'p> {
     fn new(lanes: &'l Lanes<'l, 'p>, queue: u16) -> Result<Self> {
         let opts = lanes.ctx.opts;
-        let (stack, listener, caps) = build_stack(opts, lanes.mac, queue)?;
+        let (stack, listener, caps) =
+            build_stack(opts, lanes.mac, queue, lanes.ctx.switch.is_some())?;
         let (steering, us) = (&lanes.steering, opts.ip);
         // Replies to a backend connection must hash back to this lcore.
         let filter =
@@ -145,6 +148,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
             quiet_until: 0,
             tsc_hz: tsc_hz().max(1),
             station: lanes.ctx.switch.map(|_| Station::new(Path::Dpdk)),
+            stay: std::collections::HashSet::new(),
             limits: lanes.ctx.tls_cfg.limits(),
             ring_drops: (queue == 0).then(|| {
                 let rings = PacketRingDrops::find();
@@ -267,10 +271,13 @@ impl<'l, 'p> Lcore<'l, 'p> {
             return 0;
         };
         let mut work = 0;
-        let stack = &self.transport.stack;
-        if let Some(to) = station.poll(board, now, |steer| pin_all(stack, steer)) {
-            let (sent, waiting) = self.export_batch(board, to, now, snow);
-            station.exported(board, now, waiting, sent);
+        let (stack, stay) = (&self.transport.stack, &mut self.stay);
+        if let Some(to) = station.poll(board, now, |steer| {
+            stay.clear();
+            pin_all(stack, steer);
+        }) {
+            let (sent, waiting, blocked) = self.export_batch(board, to, now, snow);
+            station.exported(board, now, waiting, blocked);
             work += sent;
         }
         self.station = Some(station);
@@ -281,19 +288,24 @@ impl<'l, 'p> Lcore<'l, 'p> {
         work
     }
 
-    /// Export up to [`BATCH`] movable slots to `to`: how many went, and
-    /// how many may move later.
+    /// Export movable slots to `to` while the window has room: how many
+    /// went, how many may move later, and how many could move now but
+    /// found the window full.
     fn export_batch(
         &mut self,
         board: &SwitchBoard,
         to: Path,
         now: Instant,
         snow: dpuproxy_tcp::Instant,
-    ) -> (usize, usize) {
-        let (mut sent, mut waiting) = (0, 0);
+    ) -> (usize, usize, usize) {
+        let (mut sent, mut waiting, mut blocked) = (0, 0, 0);
+        let room = board.room();
         for id in self.driver.ids() {
+            if self.stay.contains(&id) {
+                continue;
+            }
             match self.driver.movable(id) {
-                Some(Movable::Now) if sent < BATCH => {
+                Some(Movable::Now) if sent < room => {
                     let Some(d) = self.driver.detach(id) else {
                         continue;
                     };
@@ -316,11 +328,12 @@ impl<'l, 'p> Lcore<'l, 'p> {
                         }
                     }
                 }
-                Some(Movable::Now | Movable::Later) => waiting += 1,
+                Some(Movable::Now) => blocked += 1,
+                Some(Movable::Later) => waiting += 1,
                 _ => {}
             }
         }
-        (sent, waiting)
+        (sent, waiting, blocked)
     }
 
     /// Restore a parcel here, attach it, and steer its flows here; a
@@ -346,7 +359,10 @@ impl<'l, 'p> Lcore<'l, 'p> {
         let steer = board.steer();
         let how = match restored {
             Ok(d) => {
-                if self.driver.attach(&mut self.transport, d, now).is_some() {
+                if let Some(id) = self.driver.attach(&mut self.transport, d, now) {
+                    if take_back {
+                        self.stay.insert(id);
+                    }
                     for f in &flows {
                         if let Some(Err(e)) = steer.map(|s| s.set(*f, FlowOwner::Path(Path::Dpdk)))
                         {
@@ -574,6 +590,32 @@ impl RingDrops {
     }
 }
 
+/// The kernel's ephemeral ports (`net.ipv4.ip_local_port_range`; its
+/// default when unreadable).
+fn kernel_ephemeral_ports() -> std::ops::RangeInclusive<u16> {
+    let parsed = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(str::parse::<u16>);
+            Some(it.next()?.ok()?..=it.next()?.ok()?)
+        });
+    parsed.unwrap_or(32768..=60999)
+}
+
+/// The larger range of unprivileged ports outside `kernel`.
+fn ports_beside_kernel(kernel: &std::ops::RangeInclusive<u16>) -> std::ops::RangeInclusive<u16> {
+    let below = 1024..=kernel.start().saturating_sub(1);
+    let above = kernel.end().saturating_add(1).max(1024)..=65535;
+    let len = |r: &std::ops::RangeInclusive<u16>| {
+        usize::from(*r.end()).saturating_sub(usize::from(*r.start())) + usize::from(!r.is_empty())
+    };
+    if len(&below) >= len(&above) && !below.is_empty() {
+        below
+    } else {
+        above
+    }
+}
+
 /// Pin every flow of `stack` to the DPDK path (before the default moves
 /// away from it).
 fn pin_all(stack: &Stack, steer: &dyn dpuproxy_switch::Steer) {
@@ -596,6 +638,7 @@ pub(crate) fn build_stack(
     opts: &ProxyOptions,
     mac: [u8; 6],
     queue: u16,
+    beside_kernel: bool,
 ) -> Result<(Stack, ListenerId, DeviceCapabilities)> {
     let mut caps = DeviceCapabilities::default();
     caps.medium = Medium::Ethernet;
@@ -610,6 +653,11 @@ pub(crate) fn build_stack(
     // Each lcore draws its own initial sequence numbers and hash keys.
     scfg.seed = opts.seed ^ u64::from(queue).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     scfg.rx_burst = opts.burst.max(32);
+    if beside_kernel {
+        // With the live switch both paths open backend connections from
+        // the same address: ours must not pick the kernel's ports.
+        scfg.ephemeral_ports = ports_beside_kernel(&kernel_ephemeral_ports());
+    }
     let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
         .map_err(|e| Error::Stack(e.to_string()))?;
     let listener = stack
@@ -619,4 +667,17 @@ pub(crate) fn build_stack(
             reason: e.to_string(),
         })?;
     Ok((stack, listener, caps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ports_beside_kernel;
+
+    #[test]
+    fn backend_ports_stay_out_of_the_kernels_range() {
+        assert_eq!(ports_beside_kernel(&(32768..=60999)), 1024..=32767);
+        assert_eq!(ports_beside_kernel(&(1024..=50000)), 50001..=65535);
+        assert_eq!(ports_beside_kernel(&(2000..=65000)), 65001..=65535);
+        assert_eq!(ports_beside_kernel(&(20000..=65535)), 1024..=19999);
+    }
 }

@@ -232,7 +232,7 @@ pub(crate) fn run(ctx: RunContext<'_>, on_up: impl FnOnce(&str, [u8; 6])) -> Res
         cpu_sets: std::sync::Mutex::new(vec![None; usize::from(queues)]),
     };
     // What every lcore will build must work before we say we are up.
-    drop(build_stack(opts, mac, 0)?);
+    drop(build_stack(opts, mac, 0, ctx.switch.is_some())?);
     metrics.up.store(true, Ordering::Relaxed);
     metrics.started.store(true, Ordering::Relaxed);
     on_up(&info.name, mac);

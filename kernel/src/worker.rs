@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dpuproxy_driver::{Driver, DriverSettings, Movable, PathMetrics, Side, SlotId};
 use dpuproxy_l7::Shared;
-use dpuproxy_switch::{BATCH, FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
+use dpuproxy_switch::{FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
 use dpuproxy_tls::HandshakeConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -210,25 +210,32 @@ impl Worker {
             stay.clear();
             pin_all(transport, steer);
         }) {
-            let (sent, waiting) = self.export_batch(&mut sw, to, now);
-            sw.station.exported(&sw.board, now, waiting, sent);
+            let (_, waiting, blocked) = self.export_batch(&mut sw, to, now);
+            sw.station.exported(&sw.board, now, waiting, blocked);
         }
         while let Some(m) = sw.board.take(Path::Kernel) {
-            self.land(&sw, m, now);
+            self.land(&mut sw, m, now);
         }
         self.switch = Some(sw);
     }
 
-    /// Export up to [`BATCH`] movable slots to `to`: how many went, and
-    /// how many may move later.
-    fn export_batch(&mut self, sw: &mut WorkerSwitch, to: Path, now: Instant) -> (usize, usize) {
-        let (mut sent, mut waiting) = (0, 0);
+    /// Export movable slots to `to` while the window has room: how many
+    /// went, how many may move later, and how many could move now but
+    /// found the window full.
+    fn export_batch(
+        &mut self,
+        sw: &mut WorkerSwitch,
+        to: Path,
+        now: Instant,
+    ) -> (usize, usize, usize) {
+        let (mut sent, mut waiting, mut blocked) = (0, 0, 0);
+        let room = sw.board.room();
         for id in self.driver.ids() {
             if sw.stay.contains(&id) {
                 continue;
             }
             match self.driver.movable(id) {
-                Some(Movable::Now) if sent < BATCH => {
+                Some(Movable::Now) if sent < room => {
                     let Some(d) = self.driver.detach(id) else {
                         continue;
                     };
@@ -259,18 +266,19 @@ impl Worker {
                         }
                     }
                 }
-                Some(Movable::Now | Movable::Later) => waiting += 1,
+                Some(Movable::Now) => blocked += 1,
+                Some(Movable::Later) => waiting += 1,
                 _ => {}
             }
         }
-        (sent, waiting)
+        (sent, waiting, blocked)
     }
 
     /// Restore a parcel here, attach it, and steer its flows here; a
     /// failure sends it back to its source (or, when this is the source
     /// taking it back, loses it: its flows are forgotten, so the peers'
     /// next segments meet a RST).
-    fn land(&mut self, sw: &WorkerSwitch, m: Moving, now: Instant) {
+    fn land(&mut self, sw: &mut WorkerSwitch, m: Moving, now: Instant) {
         let Moving {
             parcel,
             from,
@@ -290,7 +298,11 @@ impl Worker {
         let steer = board.steer();
         let how = match restored {
             Ok(d) => {
-                if self.driver.attach(&mut self.transport, d, now).is_some() {
+                if let Some(id) = self.driver.attach(&mut self.transport, d, now) {
+                    if take_back {
+                        // Not offered again in this switch.
+                        sw.stay.insert(id);
+                    }
                     for f in &flows {
                         if let Some(Err(e)) =
                             steer.map(|s| s.set(*f, FlowOwner::Path(Path::Kernel)))

@@ -384,6 +384,11 @@ impl<P> SwitchBoard<P> {
         self.wake(to);
     }
 
+    /// How many more parcels may be sent now (see [`WINDOW`]).
+    pub fn room(&self) -> usize {
+        WINDOW.saturating_sub(self.in_flight.load(Ordering::Acquire) as usize)
+    }
+
     /// The next parcel for `me`.
     pub fn take(&self, me: Path) -> Option<Moving<P>> {
         self.mail[me.index()].pop()
@@ -434,9 +439,11 @@ impl<P> SwitchBoard<P> {
 pub const RETRY_FOR: Duration = Duration::from_secs(5);
 /// How often a source retries them.
 pub const RETRY_EVERY: Duration = Duration::from_millis(1);
-/// Most slots a source exports per loop turn (the rest of its connections
-/// keep being served between batches).
-pub const BATCH: usize = 256;
+/// Most parcels in flight at once: a source exports only while fewer are
+/// on their way, so that a connection waits behind at most this many
+/// restores (its pause stays short however many move), and the rest of
+/// its connections keep being served between batches.
+pub const WINDOW: usize = 16;
 
 /// One path's view of the switches: tells its loop when to pin its flows
 /// and export, and for how long.
@@ -452,6 +459,9 @@ struct Leaving {
     to: Path,
     until: Instant,
     next: Instant,
+    /// Slots were movable but the window was full: go on as soon as a
+    /// parcel lands.
+    blocked: bool,
 }
 
 impl Station {
@@ -485,7 +495,8 @@ impl Station {
     /// from this path begins, `pin` is called with the steering to pin
     /// every flow this path owns (connections in every state), then the
     /// default flips. Returns the destination when a batch is due: export
-    /// up to [`BATCH`] movable slots, then call [`Station::exported`].
+    /// up to [`SwitchBoard::room`] movable slots, then call
+    /// [`Station::exported`].
     pub fn poll<P>(
         &mut self,
         board: &SwitchBoard<P>,
@@ -511,28 +522,32 @@ impl Station {
                     to,
                     until: now + RETRY_FOR,
                     next: now,
+                    blocked: false,
                 });
             }
         }
         let l = self.leaving?;
-        (now >= l.next).then_some(l.to)
+        (now >= l.next || (l.blocked && board.room() > 0)).then_some(l.to)
     }
 
-    /// A batch is done: `waiting` slots may become movable later. The
-    /// export ends when none wait or the retry time is over.
+    /// A batch is done: `blocked` slots could move now but the window was
+    /// full, `waiting` ones may become movable later. The export ends when
+    /// neither remain, or only waiting ones after the retry time.
     pub fn exported<P>(
         &mut self,
         board: &SwitchBoard<P>,
         now: Instant,
         waiting: usize,
-        sent: usize,
+        blocked: usize,
     ) {
         let Some(l) = self.leaving.as_mut() else {
             return;
         };
-        if sent >= BATCH {
-            // More may be movable now: no pause before the next batch.
-            l.next = now;
+        l.blocked = blocked > 0;
+        if blocked > 0 {
+            // Next batch when a parcel lands (the board wakes this path),
+            // at the latest after a retry interval.
+            l.next = now + RETRY_EVERY;
             return;
         }
         if waiting == 0 || now >= l.until {

@@ -118,7 +118,7 @@ fn the_source_pins_before_the_default_flips_and_the_switch_settles_when_all_land
     assert_eq!(b.current(), Path::Kernel);
     // One parcel out; the export is over (nothing waits).
     b.send(Path::Kernel, moving(7, Path::Dpdk, t0));
-    dpdk.exported(&b, t0, 0, 1);
+    dpdk.exported(&b, t0, 0, 0);
     assert_eq!(dpdk.next_due(), None);
     assert!(!b.settled(), "a parcel is in flight");
     let m = b.take(Path::Kernel).unwrap();
@@ -150,7 +150,7 @@ fn a_failed_restore_goes_back_to_the_source_and_counts_once() {
     dpdk.poll(&b, t0, |_| {}).unwrap();
     b.send(Path::Kernel, moving(1, Path::Dpdk, t0));
     b.send(Path::Kernel, moving(2, Path::Dpdk, t0));
-    dpdk.exported(&b, t0, 0, 2);
+    dpdk.exported(&b, t0, 0, 0);
     // The destination fails on parcel 1: it goes back, still in flight.
     let m1 = b.take(Path::Kernel).unwrap();
     b.take_back(m1);
@@ -178,9 +178,20 @@ fn the_source_retries_waiting_slots_until_its_time_is_up() {
     assert_eq!(dpdk.poll(&b, t0, |_| {}), None, "not due yet");
     let t1 = t0 + RETRY_EVERY;
     assert_eq!(dpdk.poll(&b, t1, |_| {}), Some(Path::Kernel));
-    // A full batch asks for the next one at once.
-    dpdk.exported(&b, t1, 3, BATCH);
-    assert_eq!(dpdk.next_due(), Some(t1));
+    // A full window: the next batch as soon as a parcel lands.
+    for n in 0..WINDOW as u32 {
+        b.send(Path::Kernel, moving(n, Path::Dpdk, t1));
+    }
+    assert_eq!(b.room(), 0);
+    dpdk.exported(&b, t1, 3, 1);
+    assert_eq!(dpdk.poll(&b, t1, |_| {}), None, "no room yet");
+    let m = b.take(Path::Kernel).unwrap();
+    b.landed(m.from, Path::Kernel, Landing::Moved, Duration::ZERO);
+    assert_eq!(b.room(), 1);
+    assert_eq!(dpdk.poll(&b, t1, |_| {}), Some(Path::Kernel), "room again");
+    while let Some(m) = b.take(Path::Kernel) {
+        b.landed(m.from, Path::Kernel, Landing::Moved, Duration::ZERO);
+    }
     // Past the retry time the waiting slots stay.
     let late = t0 + RETRY_FOR;
     dpdk.exported(&b, late, 3, 0);

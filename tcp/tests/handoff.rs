@@ -324,3 +324,30 @@ fn tuples_list_live_connections_but_not_held_ones() {
     p.b.import(&state, None).unwrap();
     assert_eq!(p.b.tuples().copied().collect::<Vec<_>>(), [tuple]);
 }
+
+#[test]
+fn an_import_takes_over_a_time_wait_record_of_the_same_tuple() {
+    let mut p = Pair::default_pair(18);
+    let (c, s) = established(&mut p);
+    let state = p.b.export(p.now, s).unwrap();
+    let s = p.b.import(&state, None).unwrap();
+    // B closes first, A follows: B keeps a TIME-WAIT record of the tuple.
+    p.b.close(s).unwrap();
+    let mut a_closed = false;
+    let reached = p.run_until(20_000, |p| {
+        if !a_closed && p.a.state(c) == Ok(State::CloseWait) {
+            p.a.close(c).unwrap();
+            a_closed = true;
+        }
+        p.b.time_wait_count() == 1
+    });
+    assert!(reached, "B never reached TIME-WAIT");
+    assert_eq!(p.b.tuples().copied().collect::<Vec<_>>(), [state.tuple]);
+    // A connection of that tuple moving in (say, one the kernel opened on
+    // a port whose old incarnation B remembers) takes the record's place.
+    let id =
+        p.b.import(&state, None)
+            .expect("the TIME-WAIT record is taken over");
+    assert_eq!(p.b.time_wait_count(), 0);
+    assert_eq!(p.b.tuple(id).unwrap(), state.tuple);
+}

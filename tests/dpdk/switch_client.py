@@ -13,8 +13,8 @@ reported, never retried.
   `<i> <hash>`; the client checks i == previous + 1 and recomputes the running hash itself, and
   compares its hash with the backend's final result.
 - K caller clients: initialize, notifications/initialized, then tools/call `echo` with a fresh
-  text in a loop on the same connection until every stream has ended (or the stop file
-  appears), checking each answer.
+  text in a loop on the same connection (`--pause` seconds apart) until every stream has
+  ended (or the stop file appears), checking each answer.
 
 Once every client has initialized and every stream has its first event, the ready file is
 written (the test switches from then on). At the end one JSON line:
@@ -213,6 +213,11 @@ async def caller_client(args, ctx, j: int, ready: asyncio.Event, stop: asyncio.E
             if c.local_port() != rep["port"]:
                 raise RuntimeError("the local port changed")
             rep["calls"] = k
+            if args.pause:
+                try:
+                    await asyncio.wait_for(stop.wait(), args.pause)
+                except asyncio.TimeoutError:
+                    pass
         rep["ok"] = True
     except Exception as e:  # noqa: BLE001
         rep["error"] = f"{type(e).__name__}: {e}"
@@ -286,6 +291,7 @@ def main() -> int:
     p.add_argument("--callers", type=int, default=50)
     p.add_argument("--events", type=int, default=200)
     p.add_argument("--interval", type=float, default=0.05)
+    p.add_argument("--pause", type=float, default=0.0, help="callers wait this long between calls")
     p.add_argument("--ready-file")
     p.add_argument("--stop-file")
     p.add_argument("--sdk", action="store_true", help="one session through the real MCP SDK client")

@@ -133,7 +133,7 @@ impl Stack {
     ///
     /// Fails, leaving the stack as it was, with `Unaddressable` if the local
     /// address is not ours, `AddrInUse` if the 4-tuple belongs to another
-    /// connection or a TIME-WAIT record (a held 4-tuple is taken over), and
+    /// connection (a held 4-tuple or a TIME-WAIT record is taken over), and
     /// `InvalidState` if the state contradicts itself.
     pub fn import(
         &mut self,
@@ -148,10 +148,13 @@ impl Stack {
         {
             return Err(TcpError::Unaddressable);
         }
-        let was_held = match self.flows.get(&t) {
-            None => false,
-            Some(FlowEntry::Held { .. }) => true,
-            Some(_) => return Err(TcpError::AddrInUse),
+        // A TIME-WAIT record of an older incarnation is taken over too:
+        // the connection arriving proves the peer has moved on from it.
+        let (was_held, was_time_wait) = match self.flows.get(&t) {
+            None => (false, false),
+            Some(FlowEntry::Held { .. }) => (true, false),
+            Some(FlowEntry::TimeWait(_)) => (false, true),
+            Some(FlowEntry::Conn(_)) => return Err(TcpError::AddrInUse),
         };
         let mut cfg = match socket {
             Some(s) => {
@@ -179,6 +182,10 @@ impl Stack {
         // finds nothing to expire).
         if was_held {
             self.held -= 1;
+        }
+        if was_time_wait {
+            // Its queue entry finds no record to expire.
+            self.tw_count -= 1;
         }
         let slot = self.insert_conn(sock, t, Role::User, guard);
         if let Some(c) = self.slots[slot as usize].conn.as_mut() {
