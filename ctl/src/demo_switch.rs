@@ -197,15 +197,13 @@ pub fn run(python: &Path, dir: &Path, backend_py: &Path, client_py: &Path) -> an
     );
 
     let url = format!("https://{proxy_ip}:8443/mcp");
-    let mut client = in_ns(&ns.name, python)
-        .arg(client_py)
-        .args(["--url", &url, "--steps", "10", "--cafile"])
-        .arg(&cert)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the demo client")?;
-    let out = client.stdout.take().context("client stdout")?;
+    let (mut client, out) = crate::demo::start_client(
+        in_ns(&ns.name, python),
+        client_py,
+        &url,
+        &cert,
+        &["--steps", "10"],
+    )?;
     let mut switched = None;
     for line in BufReader::new(out).lines() {
         let line = line?;

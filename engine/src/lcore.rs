@@ -11,7 +11,7 @@ use std::time::Instant;
 use dpuproxy_dp::net::{Responder, Verdict};
 use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, PacketRingDrops, QueuePair, TxBatch, tsc, tsc_hz};
 use dpuproxy_driver::{Driver, Movable};
-use dpuproxy_switch::{FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
+use dpuproxy_switch::{FlowOwner, Moving, Path, Station, SwitchBoard};
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
 use dpuproxy_tcp::{Event, ListenerId, Stack, StackConfig};
@@ -336,78 +336,16 @@ impl<'l, 'p> Lcore<'l, 'p> {
         (sent, waiting, blocked)
     }
 
-    /// Restore a parcel here, attach it, and steer its flows here; a
-    /// failure sends it back to its source (or, when this is the source
-    /// taking it back, loses it: its flows are forgotten, so the peers'
-    /// next segments meet a RST).
+    /// Restore a parcel here and attach it (see [`SwitchBoard::land`]).
     fn land(&mut self, board: &SwitchBoard, m: Moving, now: Instant, snow: dpuproxy_tcp::Instant) {
-        let Moving {
-            parcel,
-            from,
-            started,
-            take_back,
-        } = m;
-        let flows: Vec<_> = flows_of(&parcel).collect();
-        let restored = if !take_back && board.restore_fails_on_purpose() {
-            Err(Box::new((
-                parcel,
-                "failed on purpose (fault injection)".to_string(),
-            )))
-        } else {
-            self.transport.import(parcel, &self.limits, snow)
-        };
-        let steer = board.steer();
-        let how = match restored {
-            Ok(d) => {
-                if let Some(id) = self.driver.attach(&mut self.transport, d, now) {
-                    if take_back {
-                        self.stay.insert(id);
-                    }
-                    for f in &flows {
-                        if let Some(Err(e)) = steer.map(|s| s.set(*f, FlowOwner::Path(Path::Dpdk)))
-                        {
-                            tracing::warn!(flow = %f, error = %e, "cannot steer a moved flow here");
-                        }
-                    }
-                    if take_back {
-                        Landing::TakenBack
-                    } else {
-                        Landing::Moved
-                    }
-                } else {
-                    Landing::Failed
-                }
-            }
-            Err(b) if !take_back => {
-                let (parcel, e) = *b;
-                tracing::warn!(flow = %flows[0], error = %e, "restore failed on the dpdk path; its source takes it back");
-                board.take_back(Moving {
-                    parcel,
-                    from,
-                    started,
-                    take_back,
-                });
-                return;
-            }
-            Err(b) => {
-                let e = &b.1;
-                tracing::warn!(flow = %flows[0], error = %e, "taking a connection back failed: it is lost");
-                Landing::Failed
-            }
-        };
-        if how == Landing::Failed {
-            for f in &flows {
-                if let Some(s) = steer {
-                    s.forget(*f);
-                }
-            }
+        let (transport, driver) = (&mut self.transport, &mut self.driver);
+        let kept = board.land(Path::Dpdk, m, |parcel| {
+            let d = transport.import(parcel, &self.limits, snow)?;
+            Ok(driver.attach(transport, d, now))
+        });
+        if let Some(id) = kept {
+            self.stay.insert(id);
         }
-        board.landed(
-            from,
-            Path::Dpdk,
-            how,
-            Instant::now().saturating_duration_since(started),
-        );
     }
 
     /// Rx burst and the hand-over ring: ICMP echo is answered in place in

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use dpuproxy_driver::{Driver, DriverSettings, Movable, PathMetrics, Side, SlotId};
 use dpuproxy_l7::Shared;
-use dpuproxy_switch::{FlowOwner, Landing, Moving, Path, Station, SwitchBoard, flows_of};
+use dpuproxy_switch::{FlowOwner, Moving, Path, Station, SwitchBoard};
 use dpuproxy_tls::HandshakeConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -274,81 +274,16 @@ impl Worker {
         (sent, waiting, blocked)
     }
 
-    /// Restore a parcel here, attach it, and steer its flows here; a
-    /// failure sends it back to its source (or, when this is the source
-    /// taking it back, loses it: its flows are forgotten, so the peers'
-    /// next segments meet a RST).
+    /// Restore a parcel here and attach it (see [`SwitchBoard::land`]).
     fn land(&mut self, sw: &mut WorkerSwitch, m: Moving, now: Instant) {
-        let Moving {
-            parcel,
-            from,
-            started,
-            take_back,
-        } = m;
-        let board = &sw.board;
-        let flows: Vec<_> = flows_of(&parcel).collect();
-        let restored = if !take_back && board.restore_fails_on_purpose() {
-            Err(Box::new((
-                parcel,
-                "failed on purpose (fault injection)".to_string(),
-            )))
-        } else {
-            self.transport.import(parcel, &sw.limits)
-        };
-        let steer = board.steer();
-        let how = match restored {
-            Ok(d) => {
-                if let Some(id) = self.driver.attach(&mut self.transport, d, now) {
-                    if take_back {
-                        // Not offered again in this switch.
-                        sw.stay.insert(id);
-                    }
-                    for f in &flows {
-                        if let Some(Err(e)) =
-                            steer.map(|s| s.set(*f, FlowOwner::Path(Path::Kernel)))
-                        {
-                            tracing::warn!(flow = %f, error = %e, "cannot steer a moved flow here");
-                        }
-                    }
-                    if take_back {
-                        Landing::TakenBack
-                    } else {
-                        Landing::Moved
-                    }
-                } else {
-                    Landing::Failed
-                }
-            }
-            Err(b) if !take_back => {
-                let (parcel, e) = *b;
-                tracing::warn!(flow = %flows[0], error = %e, "restore failed on the kernel path; its source takes it back");
-                board.take_back(Moving {
-                    parcel,
-                    from,
-                    started,
-                    take_back,
-                });
-                return;
-            }
-            Err(b) => {
-                let e = &b.1;
-                tracing::warn!(flow = %flows[0], error = %e, "taking a connection back failed: it is lost");
-                Landing::Failed
-            }
-        };
-        if how == Landing::Failed {
-            for f in &flows {
-                if let Some(s) = steer {
-                    s.forget(*f);
-                }
-            }
+        let (transport, driver) = (&mut self.transport, &mut self.driver);
+        let kept = sw.board.land(Path::Kernel, m, |parcel| {
+            let d = transport.import(parcel, &sw.limits)?;
+            Ok(driver.attach(transport, d, now))
+        });
+        if let Some(id) = kept {
+            sw.stay.insert(id);
         }
-        board.landed(
-            from,
-            Path::Kernel,
-            how,
-            Instant::now().saturating_duration_since(started),
-        );
     }
 
     /// Stop accepting (the listener closes) and drain the connections.

@@ -434,6 +434,82 @@ impl<P> SwitchBoard<P> {
     }
 }
 
+impl SwitchBoard<Parcel> {
+    /// Land parcel `m` at path `me`: `restore` restores it there and
+    /// attaches it to the driver (`Ok(Some(slot))`; `Ok(None)` when the
+    /// driver refused it, which closes it). Then its flows are steered to
+    /// `me` and the landing counted. A restore that fails sends the parcel
+    /// back to its source, or, when this is the source taking it back,
+    /// loses it: its flows are forgotten, so the peers' next segments meet
+    /// a RST. Returns the slot of a connection taken back (the source does
+    /// not offer it again in this switch).
+    pub fn land<Id>(
+        &self,
+        me: Path,
+        m: Moving,
+        restore: impl FnOnce(Parcel) -> Result<Option<Id>, NotRestored>,
+    ) -> Option<Id> {
+        let Moving {
+            parcel,
+            from,
+            started,
+            take_back,
+        } = m;
+        let flows: Vec<Flow> = flows_of(&parcel).collect();
+        let restored = if !take_back && self.restore_fails_on_purpose() {
+            Err(Box::new((
+                parcel,
+                "failed on purpose (fault injection)".to_string(),
+            )))
+        } else {
+            restore(parcel)
+        };
+        let steer = self.steer();
+        let (how, kept) = match restored {
+            Ok(Some(id)) => {
+                for f in &flows {
+                    if let Some(Err(e)) = steer.map(|s| s.set(*f, FlowOwner::Path(me))) {
+                        tracing::warn!(flow = %f, error = %e, path = me.label(), "cannot steer a moved flow here");
+                    }
+                }
+                if take_back {
+                    (Landing::TakenBack, Some(id))
+                } else {
+                    (Landing::Moved, None)
+                }
+            }
+            Ok(None) => (Landing::Failed, None),
+            Err(b) if !take_back => {
+                let (parcel, e) = *b;
+                tracing::warn!(flow = %flows[0], error = %e, path = me.label(), "restore failed; its source takes it back");
+                self.take_back(Moving {
+                    parcel,
+                    from,
+                    started,
+                    take_back,
+                });
+                return None;
+            }
+            Err(b) => {
+                tracing::warn!(flow = %flows[0], error = %b.1, path = me.label(), "taking a connection back failed: it is lost");
+                (Landing::Failed, None)
+            }
+        };
+        if how == Landing::Failed
+            && let Some(s) = steer
+        {
+            flows.iter().for_each(|f| s.forget(*f));
+        }
+        self.landed(
+            from,
+            me,
+            how,
+            Instant::now().saturating_duration_since(started),
+        );
+        kept
+    }
+}
+
 /// How long a source keeps retrying slots that may become movable
 /// (handshakes, backend connects) before they finish where they are.
 pub const RETRY_FOR: Duration = Duration::from_secs(5);
