@@ -71,29 +71,6 @@ fn find_python(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// Start the demo client (`program` is its Python, possibly behind `ip
-/// netns exec`) against `url`, trusting `cert`; its stdout to read.
-pub(crate) fn start_client(
-    mut program: Command,
-    client_py: &Path,
-    url: &str,
-    cert: &Path,
-    extra: &[&str],
-) -> anyhow::Result<(Child, std::process::ChildStdout)> {
-    let mut client = program
-        .arg(client_py)
-        .args(["--url", url])
-        .args(extra)
-        .arg("--cafile")
-        .arg(cert)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the demo client")?;
-    let out = client.stdout.take().context("client stdout")?;
-    Ok((client, out))
-}
-
 /// Run the demo; returns an error when any step failed.
 pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     let python = find_python(python)?;
@@ -181,7 +158,8 @@ pub fn run(python: Option<PathBuf>) -> anyhow::Result<()> {
     );
 
     let url = format!("https://{}/mcp", proxy.local_addr);
-    let (mut client, out) = start_client(Command::new(&python), &client_py, &url, &cert, &[])?;
+    let (mut client, out) =
+        crate::demo_client::start(Command::new(&python), &client_py, &url, &cert, &[])?;
     for line in BufReader::new(out).lines() {
         println!("  {}", line?);
     }

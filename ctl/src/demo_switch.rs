@@ -197,7 +197,7 @@ pub fn run(python: &Path, dir: &Path, backend_py: &Path, client_py: &Path) -> an
     );
 
     let url = format!("https://{proxy_ip}:8443/mcp");
-    let (mut client, out) = crate::demo::start_client(
+    let (mut client, out) = crate::demo_client::start(
         in_ns(&ns.name, python),
         client_py,
         &url,

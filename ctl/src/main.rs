@@ -9,6 +9,7 @@ mod admin;
 mod config;
 mod control;
 mod demo;
+mod demo_client;
 mod demo_switch;
 mod dpdk_mode;
 mod hugepages_cmd;

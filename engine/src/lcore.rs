@@ -615,7 +615,8 @@ mod tests {
     fn backend_ports_stay_out_of_the_kernels_range() {
         assert_eq!(ports_beside_kernel(&(32768..=60999)), 1024..=32767);
         assert_eq!(ports_beside_kernel(&(1024..=50000)), 50001..=65535);
-        assert_eq!(ports_beside_kernel(&(2000..=65000)), 65001..=65535);
+        assert_eq!(ports_beside_kernel(&(2000..=65000)), 1024..=1999);
+        assert_eq!(ports_beside_kernel(&(1500..=65000)), 65001..=65535);
         assert_eq!(ports_beside_kernel(&(20000..=65535)), 1024..=19999);
     }
 }
