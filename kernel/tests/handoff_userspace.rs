@@ -42,7 +42,7 @@ use dpuproxy_kernel::repair::{self, RepairWindow, TcpState};
 use dpuproxy_tcp::smoltcp::phy::{Device, Medium, RxToken, TunTapInterface, TxToken};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
-use dpuproxy_tcp::{ConnId, Instant, SocketConfig, Stack, StackConfig};
+use dpuproxy_tcp::{ConnId, Instant, SocketConfig, Stack, StackConfig, TcpError};
 use dpuproxy_tls::session::Step;
 use dpuproxy_tls::{
     CipherSuite, HandshakeConfig, Limits, RecordState, Secret, SecretMaterial, Secrets,
@@ -57,35 +57,53 @@ const TOTAL: usize = 3 * 1024 * 1024;
 const DEADLINE: StdDuration = StdDuration::from_secs(60);
 
 const PEER: &str = r#"
-import socket, sys, random, threading, time
+import socket, sys, random, time, select
 ip, total, tls = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "tls"
 s = socket.create_connection((ip, 7000), timeout=30)
+again = (BlockingIOError,)
 if tls:
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     s = ctx.wrap_socket(s)
+    again += (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 port = s.getsockname()[1]
 print("PORT", port, flush=True)
 data = random.Random(5).randbytes(total)
 got = bytearray(); err = []
-def reader():
-    try:
-        while len(got) < total:
-            b = s.recv(65536)
-            if not b:
-                err.append("eof"); break
-            got.extend(b)
-    except Exception as e:
-        err.append(repr(e))
-t = threading.Thread(target=reader); t.start()
+# One thread for both directions: an SSL socket must not be read and
+# written from two threads at once (OpenSSL 3 then sends broken records).
+# Writes are paced (32 KiB every 20 ms), reads taken whenever they come.
+s.setblocking(False)
+sent, chunk_end, next_send = 0, 0, time.monotonic()
+deadline = time.monotonic() + 50
 try:
-    for i in range(0, total, 32768):
-        s.sendall(data[i:i + 32768]); time.sleep(0.02)
+    while len(got) < total and not err and time.monotonic() < deadline:
+        now = time.monotonic()
+        if sent == chunk_end < total and now >= next_send:
+            chunk_end, next_send = min(sent + 32768, total), now + 0.02
+        writing = sent < chunk_end
+        r, w, _ = select.select([s], [s] if writing else [], [], 0.02)
+        if r or (tls and s.pending()):
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        err.append("eof")
+                        break
+                    got.extend(b)
+                    if not (tls and s.pending()):
+                        break
+            except again:
+                pass
+        if writing and (w or tls):
+            try:
+                sent += s.send(data[sent:chunk_end])
+            except again:
+                pass
 except Exception as e:
     err.append(repr(e))
-t.join(40)
 print("DONE", len(got), "OK" if bytes(got) == data else "BAD", "PORT=%d" % port, "ERR=" + ";".join(err), flush=True)
 s.close()
 "#;
@@ -594,6 +612,8 @@ impl Rig {
                         match self.stack.recv_slice(c, &mut buf) {
                             Ok(0) => break,
                             Ok(n) => self.app.extend_from_slice(&buf[..n]),
+                            // The peer closes once it has every byte back.
+                            Err(TcpError::Finished) => break,
                             Err(e) => panic!("userspace echo read: {e}"),
                         }
                     }
@@ -605,13 +625,15 @@ impl Rig {
                 Some(t) => {
                     while !t.inbuf_full() {
                         let inbuf = t.inbuf();
-                        let n = self
-                            .stack
-                            .recv(c, |b| {
-                                inbuf.extend_from_slice(b);
-                                (b.len(), b.len())
-                            })
-                            .unwrap_or_else(|e| panic!("userspace TLS read: {e}"));
+                        let n = match self.stack.recv(c, |b| {
+                            inbuf.extend_from_slice(b);
+                            (b.len(), b.len())
+                        }) {
+                            Ok(n) => n,
+                            // The peer closes once it has every byte back.
+                            Err(TcpError::Finished) => 0,
+                            Err(e) => panic!("userspace TLS read: {e}"),
+                        };
                         if n == 0 {
                             break;
                         }
