@@ -535,6 +535,7 @@ fn start_kernel_beside(
     .context(
         "--dpdk-switchable: the kernel path could not start on the listen address (it must be an address of the af_xdp port's kernel interface)",
     )?;
+    board.mark_ready(dpuproxy_switch::Path::Kernel);
     tracing::info!(listen = %k.local_addr, "kernel path ready beside the dpdk path: POST /switch?to=kernel|dpdk moves the connections");
     Ok(Some(k))
 }

@@ -29,6 +29,7 @@ fn error(status: u16, msg: &str) -> Reply {
 
 /// `GET /switch`: where new connections go and the totals.
 pub fn status(board: &SwitchBoard) -> Reply {
+    board.settled();
     let s = board.metrics.summary();
     let body = serde_json::json!({
         "current": board.current().label(),
@@ -53,23 +54,17 @@ pub fn request(board: &SwitchBoard, query: &str) -> Reply {
         Some(Err(_)) => return error(400, "fail= takes a count"),
     };
     let from = board.current();
-    board.inject_restore_failures(fail);
     let t0 = Instant::now();
-    let before = match board.request(to) {
+    let before = match board.request_drill(to, fail) {
         Ok(before) => before,
         Err(e @ SwitchError::Already(_)) => {
-            board.inject_restore_failures(0);
             let body = serde_json::json!({ "from": from.label(), "to": to.label(), "already": true, "note": e.to_string() });
             return (200, body.to_string());
         }
-        Err(e @ SwitchError::Busy(_)) => {
-            board.inject_restore_failures(0);
+        Err(e @ (SwitchError::Busy(_) | SwitchError::NotReady(_))) => {
             return error(409, &e.to_string());
         }
-        Err(e @ SwitchError::NotSwitchable) => {
-            board.inject_restore_failures(0);
-            return error(400, &e.to_string());
-        }
+        Err(e @ SwitchError::NotSwitchable) => return error(400, &e.to_string()),
     };
     while !board.settled() {
         if t0.elapsed() >= SETTLE_WAIT {

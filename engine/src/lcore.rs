@@ -271,16 +271,17 @@ impl<'l, 'p> Lcore<'l, 'p> {
             return 0;
         };
         let mut work = 0;
-        let (stack, stay) = (&self.transport.stack, &mut self.stay);
+        let (transport, stay) = (&mut self.transport, &mut self.stay);
         if let Some(to) = station.poll(board, now, |steer| {
             stay.clear();
-            pin_all(stack, steer);
+            pin_all(transport, steer, now);
         }) {
             let (sent, waiting, blocked) = self.export_batch(board, to, now, snow);
             station.exported(board, now, waiting, blocked);
             work += sent;
         }
         self.station = Some(station);
+        self.transport.sweep_lingering(now);
         while let Some(m) = board.take(Path::Dpdk) {
             self.land(board, m, now, snow);
             work += 1;
@@ -324,7 +325,12 @@ impl<'l, 'p> Lcore<'l, 'p> {
                         }
                         Err(d) => {
                             waiting += 1;
-                            let _ = self.driver.attach(&mut self.transport, *d, now);
+                            if self.driver.attach(&mut self.transport, *d, now).is_none() {
+                                tracing::warn!(
+                                    "a connection whose export failed could not stay either: closed"
+                                );
+                                board.metrics.count_lost();
+                            }
                         }
                     }
                 }
@@ -554,12 +560,19 @@ fn ports_beside_kernel(kernel: &std::ops::RangeInclusive<u16>) -> std::ops::Rang
     }
 }
 
-/// Pin every flow of `stack` to the DPDK path (before the default moves
-/// away from it).
-fn pin_all(stack: &Stack, steer: &dyn dpuproxy_switch::Steer) {
+/// Pin every flow of the stack to the DPDK path (before the default moves
+/// away from it); each is remembered as lingering, so that the entries of
+/// those that close (or are in TIME-WAIT already) go once they are done.
+fn pin_all(
+    transport: &mut UserspaceTransport<'_>,
+    steer: &dyn dpuproxy_switch::Steer,
+    now: Instant,
+) {
     let (mut pinned, mut failed) = (0usize, 0usize);
-    for t in stack.tuples() {
-        match steer.set(dpuproxy_switch::Flow::of(t), FlowOwner::Path(Path::Dpdk)) {
+    for t in transport.stack.tuples() {
+        let flow = dpuproxy_switch::Flow::of(t);
+        transport.lingering.push(flow, now);
+        match steer.set(flow, FlowOwner::Path(Path::Dpdk)) {
             Ok(()) => pinned += 1,
             Err(e) => {
                 failed += 1;

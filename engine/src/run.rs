@@ -182,7 +182,9 @@ fn start_steering(
         );
         board
             .set_steer(std::sync::Arc::new(crate::steer::XdpSteer(steer)))
-            .map_err(Error::Switch)
+            .map_err(Error::Switch)?;
+        board.mark_ready(dpuproxy_switch::Path::Dpdk);
+        Ok(())
     }
     #[cfg(not(xdp_steer))]
     {

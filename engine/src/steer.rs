@@ -34,6 +34,14 @@ impl Steer for XdpSteer {
         }
     }
 
+    fn owner(&self, f: Flow) -> Option<FlowOwner> {
+        match self.0.owner(&flow(f)).ok()?? {
+            xdp::Owner::Dpdk => Some(FlowOwner::Path(Path::Dpdk)),
+            xdp::Owner::Kernel => Some(FlowOwner::Path(Path::Kernel)),
+            xdp::Owner::Hold => Some(FlowOwner::Hold),
+        }
+    }
+
     fn set_default(&self, path: Path) -> Result<(), String> {
         self.0
             .set_default(owner(FlowOwner::Path(path)))

@@ -13,7 +13,7 @@ use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, Side, SlotId, Transport,
 };
 use dpuproxy_l7::Shared;
-use dpuproxy_switch::{Flow, FlowOwner, Path, SwitchBoard};
+use dpuproxy_switch::{Flow, FlowOwner, Lingering, Path, SwitchBoard};
 use dpuproxy_tcp::{ConnId, ConnectOptions, Stack, State, TcpError};
 use dpuproxy_tls::HandshakeConfig;
 use dpuproxy_tls::session::{ServerSession, Step};
@@ -61,6 +61,8 @@ pub struct UserspaceTransport<'a> {
     /// path's backend connections before their SYN leaves, and forgets
     /// every flow that closes here.
     switch: Option<&'a SwitchBoard>,
+    /// Flows left pinned here after they closed (see [`Lingering`]).
+    pub(crate) lingering: Lingering,
 }
 
 impl std::fmt::Debug for UserspaceTransport<'_> {
@@ -81,6 +83,7 @@ impl<'a> UserspaceTransport<'a> {
             shared,
             port_filter,
             switch: None,
+            lingering: Lingering::default(),
         }
     }
 
@@ -91,13 +94,41 @@ impl<'a> UserspaceTransport<'a> {
         self
     }
 
-    /// Forget `conn`'s steering entry (it closes here).
+    /// `conn` closes here: while new connections come here its entry
+    /// goes now (its last segments follow the default, which is this
+    /// path); otherwise it lingers (see [`Lingering`]), so that they do
+    /// not meet the other path's RST.
     fn unsteer(&mut self, conn: ConnId) {
-        if let Some(steer) = self.switch.and_then(SwitchBoard::steer)
-            && let Ok(t) = self.stack.tuple(conn)
-        {
+        let Some(board) = self.switch else {
+            return;
+        };
+        let (Some(steer), Ok(t)) = (board.steer(), self.stack.tuple(conn)) else {
+            return;
+        };
+        if board.current() == Path::Dpdk {
             steer.forget(Flow::of(&t));
+        } else {
+            self.lingering.push(Flow::of(&t), std::time::Instant::now());
         }
+    }
+
+    /// Forget the lingering flows that are due (a bounded number).
+    pub fn sweep_lingering(&mut self, now: std::time::Instant) {
+        let (Some(steer), true) = (
+            self.switch.and_then(SwitchBoard::steer),
+            self.lingering.due(now),
+        ) else {
+            return;
+        };
+        let stack = &self.stack;
+        self.lingering.sweep(steer, Path::Dpdk, now, 256, |f| {
+            stack.has_connection(&dpuproxy_tcp::FourTuple {
+                local_addr: *f.local.ip(),
+                local_port: f.local.port(),
+                remote_addr: *f.remote.ip(),
+                remote_port: f.remote.port(),
+            })
+        });
     }
 
     /// The slot and side a TCP connection's event is for (`None`: a pooled

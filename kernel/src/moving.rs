@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use dpuproxy_driver::Detached;
 use dpuproxy_switch::{ClientParcel, Flow, FlowOwner, NotRestored, Parcel, Path};
 use dpuproxy_tls::Limits;
+use dpuproxy_tls::session::ServerSession;
 use mio::net::TcpStream;
 
 use crate::handoff::{HandoffError, to_kernel, to_userspace};
@@ -112,6 +113,11 @@ impl KernelTransport {
     /// nothing behind (a socket already restored is closed silently) and
     /// giving the parcel back, when a socket cannot be restored.
     pub(crate) fn import(&mut self, p: Parcel, limits: &Limits) -> Result<Slot, NotRestored> {
+        // The TLS state is checked before any socket exists: a socket
+        // restored and then dropped would end the peer's connection.
+        if let Err(e) = ServerSession::resume(&p.client.tls, limits.clone()) {
+            return Err(Box::new((p, format!("TLS state: {e}"))));
+        }
         let restored = match repair::restore(&to_kernel(&p.client.tcp)) {
             Ok(r) => r,
             Err(e) => return Err(Box::new((p, format!("client socket: {e}")))),
@@ -130,7 +136,12 @@ impl KernelTransport {
         };
         let records = match records {
             Ok(r) => r,
-            Err(e) => return Err(Box::new((p, format!("TLS state: {e}")))),
+            Err(e) => {
+                // Checked above; should it fail anyway, nothing reaches the
+                // peer from the new socket.
+                let _ = repair::close_silently(e.1);
+                return Err(Box::new((p, format!("TLS state: {}", e.0))));
+            }
         };
         let backend = match p.upstream.as_ref().map(|u| &u.conn) {
             None => None,

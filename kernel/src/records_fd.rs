@@ -47,15 +47,20 @@ impl FdRecords {
     }
 
     /// A socket continuing an established session (a moved connection).
+    /// On failure the error comes back with the socket.
     pub(crate) fn resume(
         stream: TcpStream,
         state: &SessionState,
         limits: Limits,
-    ) -> Result<Self, TlsError> {
+    ) -> Result<Self, Box<(TlsError, TcpStream)>> {
+        let session = match ServerSession::resume(state, limits) {
+            Ok(s) => s,
+            Err(e) => return Err(Box::new((e, stream))),
+        };
         Ok(Self {
             stream,
             config: None,
-            session: Some(ServerSession::resume(state, limits)?),
+            session: Some(session),
             // Moved after close_notify was queued: the FIN still follows it.
             fin_pending: state.records.closed_for_writing,
         })

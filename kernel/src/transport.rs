@@ -20,7 +20,7 @@ use dpuproxy_driver::{
     Close, ConnectStatus, Failure, HandshakeStep, Io, Linger, SlotId, Transport,
 };
 use dpuproxy_l7::Shared;
-use dpuproxy_switch::{Flow, FlowOwner, Path, SwitchBoard};
+use dpuproxy_switch::{Flow, FlowOwner, Lingering, Path, SwitchBoard};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
@@ -157,6 +157,9 @@ pub(crate) struct KernelTransport {
     pub(crate) switch_ip: Option<std::net::IpAddr>,
     /// Each client socket's flow (by descriptor), with the switch.
     pub(crate) client_flows: std::collections::HashMap<RawFd, Flow>,
+    /// Flows of sockets closed here, whose FIN and TIME-WAIT segments must
+    /// still come here (see [`Lingering`]); pinned again by a switch away.
+    pub(crate) lingering: Lingering,
 }
 
 impl KernelTransport {
@@ -174,7 +177,42 @@ impl KernelTransport {
             switch: None,
             switch_ip: None,
             client_flows: std::collections::HashMap::new(),
+            lingering: Lingering::default(),
         }
+    }
+
+    /// Take a client's socket out of epoll and the flow table, as `close`
+    /// does, without closing it: a slot whose export failed is attached
+    /// again (and registered anew) by the driver.
+    pub(crate) fn unregister_client(&mut self, client: &mut KernelClient) {
+        match &mut client.tls {
+            ClientTls::Openssl(tls) => {
+                let _ = tls.deregister(&self.registry);
+            }
+            ClientTls::Ours(r) => {
+                self.client_flows.remove(&r.stream().as_raw_fd());
+                let _ = self.registry.deregister(r.stream_mut());
+            }
+        }
+    }
+
+    /// Forget the lingering flows that are due (a bounded number), unless
+    /// a live socket of this worker uses the 4-tuple again.
+    pub(crate) fn sweep_lingering(&mut self, now: std::time::Instant) {
+        let Some(steer) = self.switch.as_deref().and_then(SwitchBoard::steer) else {
+            return;
+        };
+        if !self.lingering.due(now) {
+            return;
+        }
+        let live: std::collections::HashSet<Flow> = self
+            .client_flows
+            .values()
+            .copied()
+            .chain(self.backends.iter().filter_map(|(_, e)| e.flow))
+            .collect();
+        self.lingering
+            .sweep(steer, Path::Kernel, now, 256, |f| live.contains(f));
     }
 
     /// The steering, with the live mode switch.
@@ -414,9 +452,8 @@ impl Transport for KernelTransport {
     fn close(&mut self, mut client: KernelClient, how: Close) {
         if let Some(stream) = client.records_stream()
             && let Some(flow) = self.client_flows.remove(&stream.as_raw_fd())
-            && let Some(steer) = self.steer()
         {
-            steer.forget(flow);
+            self.lingering.push(flow, std::time::Instant::now());
         }
         match &mut client.tls {
             ClientTls::Openssl(tls) => {
@@ -549,9 +586,10 @@ impl Transport for KernelTransport {
     fn close_backend(&mut self, mut conn: KernelBackend, how: Close) {
         let _ = self.registry.deregister(&mut conn.stream);
         if let Some(e) = self.backends.try_remove(conn.id)
-            && let (Some(f), Some(steer)) = (e.flow, self.steer())
+            && let Some(f) = e.flow
+            && self.switch.is_some()
         {
-            steer.forget(f);
+            self.lingering.push(f, std::time::Instant::now());
         }
         if how == Close::Abort {
             set_linger_zero(&conn.stream);

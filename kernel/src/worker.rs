@@ -216,6 +216,7 @@ impl Worker {
         while let Some(m) = sw.board.take(Path::Kernel) {
             self.land(&mut sw, m, now);
         }
+        self.transport.sweep_lingering(now);
         self.switch = Some(sw);
     }
 
@@ -254,13 +255,20 @@ impl Worker {
                             sent += 1;
                         }
                         Err(b) => {
-                            let (d, why) = *b;
-                            if let Some(new) = self.driver.attach(&mut self.transport, d, now) {
-                                if why == crate::moving::Unmoved::Never {
+                            let (mut d, why) = *b;
+                            // Attached again below, which registers it anew.
+                            self.transport.unregister_client(&mut d.client);
+                            match self.driver.attach(&mut self.transport, d, now) {
+                                Some(new) if why == crate::moving::Unmoved::Never => {
                                     sw.board.metrics.count_stayed();
                                     sw.stay.insert(new);
-                                } else {
-                                    waiting += 1;
+                                }
+                                Some(_) => waiting += 1,
+                                None => {
+                                    tracing::warn!(
+                                        "a connection that could not move could not stay either: closed"
+                                    );
+                                    sw.board.metrics.count_lost();
                                 }
                             }
                         }
@@ -355,12 +363,14 @@ impl Worker {
 }
 
 /// Pin every flow of this worker (clients and backend connections, pooled
-/// ones included) to the kernel path (before the default moves away).
+/// ones included, and sockets still closing) to the kernel path (before
+/// the default moves away).
 fn pin_all(t: &KernelTransport, steer: &dyn dpuproxy_switch::Steer) {
     let flows = t
         .client_flows
         .values()
-        .chain(t.backends.iter().filter_map(|(_, e)| e.flow.as_ref()));
+        .chain(t.backends.iter().filter_map(|(_, e)| e.flow.as_ref()))
+        .chain(t.lingering.flows());
     let (mut pinned, mut failed) = (0usize, 0usize);
     for f in flows {
         match steer.set(*f, FlowOwner::Path(Path::Kernel)) {

@@ -142,6 +142,76 @@ pub trait Steer: Send + Sync + fmt::Debug {
     fn forget(&self, flow: Flow);
     /// Where flows without an entry (new connections) go.
     fn set_default(&self, path: Path) -> Result<(), String>;
+    /// `flow`'s entry, if it has one (`None` also when it cannot be read).
+    fn owner(&self, flow: Flow) -> Option<FlowOwner>;
+}
+
+/// Flows a path may have left pinned to itself after their connection
+/// closed there (their last segments, FIN and TIME-WAIT must still reach
+/// it, not the default path, which would answer RST). Each is forgotten
+/// [`Lingering::AFTER`] later, if it still names this path and no live
+/// connection of this path uses the 4-tuple again.
+#[derive(Debug, Default)]
+pub struct Lingering {
+    flows: std::collections::VecDeque<(Flow, Instant)>,
+}
+
+impl Lingering {
+    /// How long a closed flow keeps its entry: past FIN_WAIT and TIME-WAIT.
+    pub const AFTER: Duration = Duration::from_secs(120);
+
+    /// Remember `flow`, closed (or pinned) at `now`.
+    pub fn push(&mut self, flow: Flow, now: Instant) {
+        self.flows.push_back((flow, now));
+    }
+
+    /// The flows remembered.
+    pub fn flows(&self) -> impl Iterator<Item = &Flow> + '_ {
+        self.flows.iter().map(|(f, _)| f)
+    }
+
+    /// How many are remembered.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether none are.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Whether some entry is due at `now`.
+    pub fn due(&self, now: Instant) -> bool {
+        self.flows
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= Self::AFTER)
+    }
+
+    /// Forget the due entries that still name `me` in `steer`; a due flow
+    /// that `live` says is a connection of this path again is kept for
+    /// another round. At most `max` entries per call.
+    pub fn sweep(
+        &mut self,
+        steer: &dyn Steer,
+        me: Path,
+        now: Instant,
+        max: usize,
+        live: impl Fn(&Flow) -> bool,
+    ) {
+        for _ in 0..max {
+            if !self.due(now) {
+                return;
+            }
+            let Some((flow, _)) = self.flows.pop_front() else {
+                return;
+            };
+            if live(&flow) {
+                self.flows.push_back((flow, now));
+            } else if steer.owner(flow) == Some(FlowOwner::Path(me)) {
+                steer.forget(flow);
+            }
+        }
+    }
 }
 
 /// A client connection's state on its way between the paths.
@@ -200,6 +270,9 @@ pub enum SwitchError {
         "this proxy cannot switch: start it with --mode dpdk --dpdk-switchable on an af_xdp port"
     )]
     NotSwitchable,
+    /// A path is still starting.
+    #[error("the {} path is not up yet", .0.label())]
+    NotReady(Path),
     /// Another switch is still moving connections.
     #[error("a switch to {} is still in progress", .0.label())]
     Busy(Path),
@@ -228,6 +301,8 @@ pub struct SwitchBoard<P = Parcel> {
     in_flight: AtomicU64,
     /// Restores still to fail on purpose.
     injected: AtomicU64,
+    /// Each path is up and taking mail.
+    ready: [AtomicBool; 2],
     steer: OnceLock<Arc<dyn Steer>>,
     mail: [SegQueue<Moving<P>>; 2],
     wakers: Mutex<[Option<Waker>; 2]>,
@@ -256,6 +331,7 @@ impl<P> SwitchBoard<P> {
             source_done: AtomicBool::new(true),
             in_flight: AtomicU64::new(0),
             injected: AtomicU64::new(0),
+            ready: [AtomicBool::new(false), AtomicBool::new(false)],
             steer: OnceLock::new(),
             mail: [SegQueue::new(), SegQueue::new()],
             wakers: Mutex::new([None, None]),
@@ -274,6 +350,11 @@ impl<P> SwitchBoard<P> {
     /// The steering, if it is up.
     pub fn steer(&self) -> Option<&dyn Steer> {
         self.steer.get().map(|s| &**s)
+    }
+
+    /// `path` is up and takes mail: a switch may start once both are.
+    pub fn mark_ready(&self, path: Path) {
+        self.ready[path.index()].store(true, Ordering::Release);
     }
 
     /// Called when `path` has mail or a switch starts (a path that polls
@@ -308,9 +389,22 @@ impl<P> SwitchBoard<P> {
     /// Start a switch to `to`; the counters before it, for
     /// [`SwitchMetrics::since`].
     pub fn request(&self, to: Path) -> Result<SwitchSummary, SwitchError> {
+        self.request_drill(to, 0)
+    }
+
+    /// [`SwitchBoard::request`], making the first `fail` restores of this
+    /// switch fail on purpose (a drill of the take-back path).
+    pub fn request_drill(&self, to: Path, fail: u64) -> Result<SwitchSummary, SwitchError> {
         if self.steer.get().is_none() {
             return Err(SwitchError::NotSwitchable);
         }
+        for p in [Path::Dpdk, Path::Kernel] {
+            if !self.ready[p.index()].load(Ordering::Acquire) {
+                return Err(SwitchError::NotReady(p));
+            }
+        }
+        // A switch nobody waited for to the end is over once it settles.
+        self.settled();
         if let Some(busy) = self.switching_to() {
             return Err(SwitchError::Busy(busy));
         }
@@ -330,6 +424,7 @@ impl<P> SwitchBoard<P> {
             return Err(SwitchError::Busy(self.switching_to().unwrap_or(to)));
         }
         let before = self.metrics.summary();
+        self.injected.store(fail, Ordering::Relaxed);
         self.source_done.store(false, Ordering::Release);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.metrics.switches.fetch_add(1, Ordering::Relaxed);
@@ -411,12 +506,6 @@ impl<P> SwitchBoard<P> {
         }
     }
 
-    /// Make the next `n` restores fail on purpose (fault injection for
-    /// tests and drills: each such parcel goes back to its source).
-    pub fn inject_restore_failures(&self, n: u64) {
-        self.injected.store(n, Ordering::Relaxed);
-    }
-
     /// Whether this restore is one to fail on purpose (takes one).
     pub fn restore_fails_on_purpose(&self) -> bool {
         self.injected
@@ -468,8 +557,17 @@ impl SwitchBoard<Parcel> {
         let (how, kept) = match restored {
             Ok(Some(id)) => {
                 for f in &flows {
-                    if let Some(Err(e)) = steer.map(|s| s.set(*f, FlowOwner::Path(me))) {
-                        tracing::warn!(flow = %f, error = %e, path = me.label(), "cannot steer a moved flow here");
+                    if let Some(s) = steer
+                        && let Err(e) = s.set(*f, FlowOwner::Path(me))
+                    {
+                        // Without an entry the flow follows the default,
+                        // which is this path during its switch (not on a
+                        // take-back: then the connection is cut off).
+                        s.forget(*f);
+                        tracing::error!(
+                            flow = %f, error = %e, path = me.label(), follows_default = self.current() == me,
+                            "cannot steer a moved flow here; its entry is removed"
+                        );
                     }
                 }
                 if take_back {

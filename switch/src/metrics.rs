@@ -80,6 +80,12 @@ impl SwitchMetrics {
         self.pause_max_us.fetch_max(us, Ordering::Relaxed);
     }
 
+    /// A connection lost outside a landing (it could neither move nor
+    /// stay where it was).
+    pub fn count_lost(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A connection that could not move stays where it is.
     pub fn count_stayed(&self) {
         self.stayed.fetch_add(1, Ordering::Relaxed);

@@ -29,6 +29,24 @@ impl Steer for Recorder {
             .push(format!("default {}", path.label()));
         Ok(())
     }
+    fn owner(&self, flow: Flow) -> Option<FlowOwner> {
+        // The last set or forget of this flow in the log.
+        let log = self.log.lock().unwrap();
+        let set = format!("set {flow} ");
+        for line in log.iter().rev() {
+            if line == &format!("forget {flow}") {
+                return None;
+            }
+            if let Some(o) = line.strip_prefix(&set) {
+                return Some(match o {
+                    "Path(Dpdk)" => FlowOwner::Path(Path::Dpdk),
+                    "Path(Kernel)" => FlowOwner::Path(Path::Kernel),
+                    _ => FlowOwner::Hold,
+                });
+            }
+        }
+        None
+    }
 }
 
 fn flow(port: u16) -> Flow {
@@ -42,6 +60,8 @@ fn board() -> (SwitchBoard<u32>, Arc<Recorder>) {
     let b = SwitchBoard::new(Path::Dpdk);
     let r = Arc::new(Recorder::default());
     b.set_steer(r.clone()).unwrap();
+    b.mark_ready(Path::Dpdk);
+    b.mark_ready(Path::Kernel);
     (b, r)
 }
 
@@ -245,8 +265,76 @@ fn paths_parse_and_flows_print() {
 fn injected_restore_failures_are_taken_one_at_a_time() {
     let (b, _) = board();
     assert!(!b.restore_fails_on_purpose());
-    b.inject_restore_failures(2);
+    b.request_drill(Path::Kernel, 2).unwrap();
+    // A refused request arms nothing.
+    assert_eq!(
+        b.request_drill(Path::Dpdk, 5),
+        Err(SwitchError::Busy(Path::Kernel))
+    );
     assert!(b.restore_fails_on_purpose());
     assert!(b.restore_fails_on_purpose());
     assert!(!b.restore_fails_on_purpose());
+}
+
+#[test]
+fn no_switch_before_both_paths_are_up_and_an_abandoned_one_ends_when_settled() {
+    let b: SwitchBoard<u32> = SwitchBoard::new(Path::Dpdk);
+    b.set_steer(Arc::new(Recorder::default())).unwrap();
+    b.mark_ready(Path::Dpdk);
+    assert_eq!(
+        b.request(Path::Kernel),
+        Err(SwitchError::NotReady(Path::Kernel))
+    );
+    b.mark_ready(Path::Kernel);
+    b.request(Path::Kernel).unwrap();
+    // Its requester stopped waiting; the source finishes later.
+    let mut dpdk = Station::new(Path::Dpdk);
+    let t0 = Instant::now();
+    dpdk.poll(&b, t0, |_| {}).unwrap();
+    dpdk.exported(&b, t0, 0, 0);
+    // The next request finds the old switch settled, not busy.
+    assert_eq!(
+        b.request(Path::Kernel),
+        Err(SwitchError::Already(Path::Kernel))
+    );
+    b.request(Path::Dpdk).unwrap();
+}
+
+#[test]
+fn lingering_flows_are_forgotten_late_and_only_while_still_ours() {
+    let (b, r) = board();
+    let steer = b.steer().unwrap();
+    let mut l = Lingering::default();
+    let t0 = Instant::now();
+    for port in [1, 2, 3] {
+        steer.set(flow(port), FlowOwner::Path(Path::Dpdk)).unwrap();
+        l.push(flow(port), t0);
+    }
+    // Flow 2 moved to the kernel meanwhile; flow 3 is a live connection again.
+    steer.set(flow(2), FlowOwner::Path(Path::Kernel)).unwrap();
+    l.sweep(steer, Path::Dpdk, t0 + Duration::from_secs(1), 10, |_| {
+        false
+    });
+    assert_eq!(l.len(), 3, "nothing is due before Lingering::AFTER");
+    let late = t0 + Lingering::AFTER;
+    assert!(l.due(late));
+    l.sweep(steer, Path::Dpdk, late, 10, |f| *f == flow(3));
+    assert_eq!(steer.owner(flow(1)), None, "ours and closed: forgotten");
+    assert_eq!(
+        steer.owner(flow(2)),
+        Some(FlowOwner::Path(Path::Kernel)),
+        "the kernel's now: kept"
+    );
+    assert_eq!(
+        steer.owner(flow(3)),
+        Some(FlowOwner::Path(Path::Dpdk)),
+        "live: kept"
+    );
+    assert_eq!(
+        l.flows().copied().collect::<Vec<_>>(),
+        [flow(3)],
+        "the live one waits another round"
+    );
+    assert!(!l.due(late));
+    drop(r);
 }

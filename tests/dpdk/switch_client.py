@@ -239,7 +239,10 @@ async def main_async(args) -> int:
     if args.ready_file:
         Path(args.ready_file).write_text("ready\n")
     print("READY", flush=True)
-    while len(done) < args.streams and not (args.stop_file and Path(args.stop_file).exists()):
+    # Without streams, the callers run until the stop file appears.
+    while (len(done) < args.streams or args.streams == 0) and not (
+        args.stop_file and Path(args.stop_file).exists()
+    ):
         await asyncio.sleep(0.05)
     stop.set()
     out = {"streams": await asyncio.gather(*streams), "callers": await asyncio.gather(*callers)}
@@ -296,6 +299,8 @@ def main() -> int:
     p.add_argument("--stop-file")
     p.add_argument("--sdk", action="store_true", help="one session through the real MCP SDK client")
     args = p.parse_args()
+    if args.streams == 0 and not args.stop_file and not args.sdk:
+        p.error("--streams 0 needs --stop-file (the callers run until it appears)")
     t0 = time.monotonic()
     if args.sdk:
         import anyio

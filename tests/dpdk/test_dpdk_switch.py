@@ -182,3 +182,30 @@ def test_sdk_session_streams_progress_across_switches(switchable, switch_topo, w
     assert there["moved"] >= 1 and back["moved"] >= 1 and there["failed"] == back["failed"] == 0, (there, back)
     assert report["rc"] == 0, f"SDK session: {report}\n{dt.tail(err)}"
     assert report["progress"] == list(range(1, 61)) and report["hash_ok"], report
+
+
+def test_a_connection_that_cannot_move_stays_and_keeps_working(switchable, switch_topo, workdir, tls_cert, jwt_auth):
+    """Two sessions the kernel path accepted with TCP timestamps (which the userspace stack does
+    not send) cannot move to DPDK: the switch leaves them on the kernel path, counted as stayed,
+    and they go on answering calls there."""
+    stop = workdir / "switch-stay.stop"
+    stop.unlink(missing_ok=True)
+    post_switch(switchable, "kernel")
+    switch_topo.nsh(["sysctl", "-q", "-w", "net.ipv4.tcp_timestamps=1"])
+    try:
+        proc, out, err = start_clients(
+            switch_topo, workdir, tls_cert, jwt_auth, "switch-stay",
+            ["--streams", "0", "--callers", "2", "--pause", "0.1", "--stop-file", str(stop)],
+        )  # fmt: skip
+    finally:
+        switch_topo.nsh(["sysctl", "-q", "-w", "net.ipv4.tcp_timestamps=0"])
+    try:
+        back = post_switch(switchable, "dpdk")
+        time.sleep(1.0)
+    finally:
+        stop.write_text("stop\n")
+        report = finish(proc, out, err, timeout=60)
+    assert (back["moved"], back["stayed"], back["failed"], back["taken_back"]) == (0, 2, 0, 0), back
+    assert report["rc"] == 0 and all(c["ok"] for c in report["callers"]), f"{report}\n{dt.tail(err)}"
+    assert all(c["calls"] >= 3 for c in report["callers"]), report["callers"]
+    assert metric_value(metrics(switchable), "dpuproxy_switch_stayed_total") >= 2

@@ -222,6 +222,12 @@ impl Stack {
             .map(|(t, _)| t)
     }
 
+    /// Whether a connection (in any state, TIME-WAIT not counted) has
+    /// this 4-tuple.
+    pub fn has_connection(&self, tuple: &FourTuple) -> bool {
+        matches!(self.flows.get(tuple), Some(FlowEntry::Conn(_)))
+    }
+
     /// How many 4-tuples are held after an export.
     pub fn held_count(&self) -> usize {
         self.held
