@@ -113,36 +113,21 @@ impl KernelTransport {
     /// nothing behind (a socket already restored is closed silently) and
     /// giving the parcel back, when a socket cannot be restored.
     pub(crate) fn import(&mut self, p: Parcel, limits: &Limits) -> Result<Slot, NotRestored> {
-        // The TLS state is checked before any socket exists: a socket
+        // The TLS session is resumed before any socket exists: a socket
         // restored and then dropped would end the peer's connection.
-        if let Err(e) = ServerSession::resume(&p.client.tls, limits.clone()) {
-            return Err(Box::new((p, format!("TLS state: {e}"))));
-        }
+        let mut session = match ServerSession::resume(&p.client.tls, limits.clone()) {
+            Ok(s) => s,
+            Err(e) => return Err(Box::new((p, format!("TLS state: {e}")))),
+        };
         let restored = match repair::restore(&to_kernel(&p.client.tcp)) {
             Ok(r) => r,
             Err(e) => return Err(Box::new((p, format!("client socket: {e}")))),
         };
-        let stream = TcpStream::from_std(restored.stream);
         // Sealed bytes the new socket could not take yet go first, ahead
         // of what the session still holds.
-        let records = if restored.pending.is_empty() {
-            FdRecords::resume(stream, &p.client.tls, limits.clone())
-        } else {
-            let mut tls = p.client.tls.clone();
-            let mut out = restored.pending;
-            out.extend_from_slice(&tls.outbuf);
-            tls.outbuf = out;
-            FdRecords::resume(stream, &tls, limits.clone())
-        };
-        let records = match records {
-            Ok(r) => r,
-            Err(e) => {
-                // Checked above; should it fail anyway, nothing reaches the
-                // peer from the new socket.
-                let _ = repair::close_silently(e.1);
-                return Err(Box::new((p, format!("TLS state: {}", e.0))));
-            }
-        };
+        session.prepend_out(&restored.pending);
+        let records =
+            FdRecords::with_session(TcpStream::from_std(restored.stream), session, &p.client.tls);
         let backend = match p.upstream.as_ref().map(|u| &u.conn) {
             None => None,
             Some(state) => {

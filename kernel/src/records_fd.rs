@@ -18,7 +18,7 @@ use std::io::{self, Read, Write};
 
 use dpuproxy_driver::{Failure, HandshakeStep, Io};
 use dpuproxy_tls::session::{MAX_TLS_BUFFER, SessionState, Step};
-use dpuproxy_tls::{HandshakeConfig, Limits, ServerSession, TlsError};
+use dpuproxy_tls::{HandshakeConfig, ServerSession};
 use mio::net::TcpStream;
 
 use crate::tls_fd::peer_sent_bytes;
@@ -47,23 +47,20 @@ impl FdRecords {
     }
 
     /// A socket continuing an established session (a moved connection).
-    /// On failure the error comes back with the socket.
-    pub(crate) fn resume(
+    /// A socket continuing `session`, resumed from `state` (a moved
+    /// connection).
+    pub(crate) fn with_session(
         stream: TcpStream,
+        session: ServerSession,
         state: &SessionState,
-        limits: Limits,
-    ) -> Result<Self, Box<(TlsError, TcpStream)>> {
-        let session = match ServerSession::resume(state, limits) {
-            Ok(s) => s,
-            Err(e) => return Err(Box::new((e, stream))),
-        };
-        Ok(Self {
+    ) -> Self {
+        Self {
             stream,
             config: None,
             session: Some(session),
             // Moved after close_notify was queued: the FIN still follows it.
             fin_pending: state.records.closed_for_writing,
-        })
+        }
     }
 
     pub(crate) fn stream_mut(&mut self) -> &mut TcpStream {
@@ -293,6 +290,7 @@ mod tests {
 
     use super::*;
     use crate::repair;
+    use dpuproxy_tls::Limits;
 
     const ROUNDS: usize = 40;
     const CHUNK: usize = 8000;
@@ -366,12 +364,11 @@ mod tests {
                 out.extend_from_slice(&tls.outbuf);
                 tls.outbuf = out;
                 restored.stream.set_nonblocking(true).unwrap();
-                server = FdRecords::resume(
+                server = FdRecords::with_session(
                     TcpStream::from_std(restored.stream),
+                    ServerSession::resume(&tls, Limits::default()).unwrap(),
                     &tls,
-                    Limits::default(),
-                )
-                .unwrap();
+                );
                 moved = true;
             }
             if !pending.is_empty() {

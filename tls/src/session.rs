@@ -137,6 +137,16 @@ impl ServerSession {
         &mut self.inbuf
     }
 
+    /// Put `bytes` before everything waiting to be sent (TLS bytes that
+    /// must leave first, e.g. the part of a carried send queue a restored
+    /// socket did not take yet).
+    pub fn prepend_out(&mut self, bytes: &[u8]) {
+        let ob = &mut self.outbuf;
+        ob.buf.drain(..ob.sent);
+        ob.sent = 0;
+        ob.buf.splice(0..0, bytes.iter().copied());
+    }
+
     /// Enough is buffered: stop reading until records are opened.
     pub fn inbuf_full(&self) -> bool {
         self.inbuf.len() >= MAX_TLS_BUFFER

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use dpuproxy_tls::{
     CipherSuite, Direction, ErrorKind, HandshakeConfig, Limits, OpensslHandshake, ProtocolVersion,
-    RecordLayer, TlsError,
+    RecordLayer, ServerSession, SessionState, TlsError,
 };
 
 fn connected(suite: CipherSuite) -> (Ours, OsslPeer) {
@@ -113,4 +113,24 @@ fn a_failed_record_layer_has_no_snapshot() {
     assert!(ours.receive(&wire).is_err());
     assert!(ours.rl.failed());
     assert!(matches!(ours.rl.snapshot(), Err(TlsError::Closed(_))));
+}
+
+#[test]
+fn bytes_put_before_a_resumed_sessions_output_leave_first() {
+    let (mut ours, mut client) = connected(CipherSuite::Tls13Aes128GcmSha256);
+    echo_round(&mut ours, &mut client, b"warm");
+    // Two records sealed before a move: the first sat in the unsent tail
+    // a restored socket did not take, the second in the session's outbuf.
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    ours.rl.write_app_data(b"first ", &mut first).unwrap();
+    ours.rl.write_app_data(b"second", &mut second).unwrap();
+    let state = SessionState {
+        records: ours.rl.snapshot().unwrap(),
+        inbuf: Vec::new(),
+        outbuf: second,
+    };
+    let mut session = ServerSession::resume(&state, Limits::default()).unwrap();
+    session.prepend_out(&first);
+    client.inbound.push(session.pending_out());
+    assert_eq!(client.read_available().unwrap().0, b"first second");
 }
