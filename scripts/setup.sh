@@ -34,7 +34,9 @@ apt_install() {
 APT_PACKAGES=(pkg-config libssl-dev openssl ca-certificates curl gcc libc6-dev wrk haproxy patch)
 # --- DPDK (issue 4): DPDK 22.11 headers and PMDs, libclang for bindgen,
 # and the tools the namespace/veth tests drive. ---
-APT_PACKAGES+=(libdpdk-dev clang libclang-dev iproute2 ethtool iputils-ping procps)
+# libbpf-dev: our XDP program's headers and the map updates (libdpdk-dev
+# pulls it in today; named so that it stays).
+APT_PACKAGES+=(libdpdk-dev libbpf-dev clang libclang-dev iproute2 ethtool iputils-ping procps)
 # --- end DPDK ---
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

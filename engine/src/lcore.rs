@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use dpuproxy_dp::net::{Responder, Verdict};
 use dpuproxy_dp::{Eal, MAX_BURST, Mbuf, PacketRingDrops, QueuePair, TxBatch, tsc, tsc_hz};
-use dpuproxy_driver::{Driver, Movable};
+use dpuproxy_driver::Driver;
 use dpuproxy_switch::{FlowOwner, Moving, Path, Station, SwitchBoard};
 use dpuproxy_tcp::smoltcp::phy::{ChecksumCapabilities, DeviceCapabilities, Medium};
 use dpuproxy_tcp::smoltcp::wire::{EthernetAddress, HardwareAddress, Ipv4Cidr};
@@ -52,8 +52,6 @@ struct Lcore<'l, 'p> {
     ring_drops: Option<RingDrops>,
     /// With the live mode switch: this path's station on the board.
     station: Option<Station>,
-    /// Slots taken back in this switch (not offered again until the next).
-    stay: std::collections::HashSet<dpuproxy_driver::SlotId>,
     /// Record-layer limits for sessions moved in.
     limits: dpuproxy_tls::Limits,
 }
@@ -148,7 +146,6 @@ impl<'l, 'p> Lcore<'l, 'p> {
             quiet_until: 0,
             tsc_hz: tsc_hz().max(1),
             station: lanes.ctx.switch.map(|_| Station::new(Path::Dpdk)),
-            stay: std::collections::HashSet::new(),
             limits: lanes.ctx.tls_cfg.limits(),
             ring_drops: (queue == 0).then(|| {
                 let rings = PacketRingDrops::find();
@@ -271,87 +268,42 @@ impl<'l, 'p> Lcore<'l, 'p> {
             return 0;
         };
         let mut work = 0;
-        let (transport, stay) = (&mut self.transport, &mut self.stay);
-        if let Some(to) = station.poll(board, now, |steer| {
-            stay.clear();
-            pin_all(transport, steer, now);
-        }) {
-            let (sent, waiting, blocked) = self.export_batch(board, to, now, snow);
-            station.exported(board, now, waiting, blocked);
-            work += sent;
+        let transport = &mut self.transport;
+        if let Some(to) = station.poll(board, now, |steer| pin_all(transport, steer, now)) {
+            work += station.export_batch(
+                board,
+                to,
+                &mut self.driver,
+                &mut self.transport,
+                now,
+                |t, d| t.export(d, snow),
+            );
         }
-        self.station = Some(station);
         self.transport.sweep_lingering(now);
         while let Some(m) = board.take(Path::Dpdk) {
-            self.land(board, m, now, snow);
+            if let Some(id) = self.land(board, m, now, snow) {
+                station.keep(id);
+            }
             work += 1;
         }
+        self.station = Some(station);
         work
     }
 
-    /// Export movable slots to `to` while the window has room: how many
-    /// went, how many may move later, and how many could move now but
-    /// found the window full.
-    fn export_batch(
+    /// Restore a parcel here and attach it (see [`SwitchBoard::land`]);
+    /// the slot of a connection taken back.
+    fn land(
         &mut self,
         board: &SwitchBoard,
-        to: Path,
+        m: Moving,
         now: Instant,
         snow: dpuproxy_tcp::Instant,
-    ) -> (usize, usize, usize) {
-        let (mut sent, mut waiting, mut blocked) = (0, 0, 0);
-        let room = board.room();
-        for id in self.driver.ids() {
-            if self.stay.contains(&id) {
-                continue;
-            }
-            match self.driver.movable(id) {
-                Some(Movable::Now) if sent < room => {
-                    let Some(d) = self.driver.detach(id) else {
-                        continue;
-                    };
-                    match self.transport.export(d, snow) {
-                        Ok(parcel) => {
-                            board.send(
-                                to,
-                                Moving {
-                                    parcel,
-                                    from: Path::Dpdk,
-                                    started: now,
-                                    take_back: false,
-                                },
-                            );
-                            sent += 1;
-                        }
-                        Err(d) => {
-                            waiting += 1;
-                            if self.driver.attach(&mut self.transport, *d, now).is_none() {
-                                tracing::warn!(
-                                    "a connection whose export failed could not stay either: closed"
-                                );
-                                board.metrics.count_lost();
-                            }
-                        }
-                    }
-                }
-                Some(Movable::Now) => blocked += 1,
-                Some(Movable::Later) => waiting += 1,
-                _ => {}
-            }
-        }
-        (sent, waiting, blocked)
-    }
-
-    /// Restore a parcel here and attach it (see [`SwitchBoard::land`]).
-    fn land(&mut self, board: &SwitchBoard, m: Moving, now: Instant, snow: dpuproxy_tcp::Instant) {
+    ) -> Option<dpuproxy_driver::SlotId> {
         let (transport, driver) = (&mut self.transport, &mut self.driver);
-        let kept = board.land(Path::Dpdk, m, |parcel| {
+        board.land(Path::Dpdk, m, |parcel| {
             let d = transport.import(parcel, &self.limits, snow)?;
             Ok(driver.attach(transport, d, now))
-        });
-        if let Some(id) = kept {
-            self.stay.insert(id);
-        }
+        })
     }
 
     /// Rx burst and the hand-over ring: ICMP echo is answered in place in

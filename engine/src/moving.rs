@@ -4,7 +4,7 @@
 //! becomes a detached slot of this one.
 
 use dpuproxy_driver::Detached;
-use dpuproxy_switch::{ClientParcel, NotRestored, Parcel};
+use dpuproxy_switch::{ClientParcel, NotRestored, Parcel, Retry, Unexported};
 use dpuproxy_tcp::{ConnId, Instant};
 use dpuproxy_tls::Limits;
 use dpuproxy_tls::session::ServerSession;
@@ -22,12 +22,16 @@ impl UserspaceTransport<'_> {
     /// Fails, giving the slot back as it was, unless the TLS session is
     /// established and both connections are ESTABLISHED (e.g. a peer's FIN
     /// arrived: the slot finishes here).
-    pub fn export(&mut self, mut d: Slot, now: Instant) -> Result<Parcel, Box<Slot>> {
+    pub fn export(
+        &mut self,
+        mut d: Slot,
+        now: Instant,
+    ) -> Result<Parcel, Unexported<UserspaceClient, ConnId>> {
         let Some(tls) = d.client.tls.snapshot() else {
-            return Err(Box::new(d));
+            return Err(Box::new((d, Retry::Later)));
         };
         let Ok(client) = self.stack.export(now, d.client.tcp) else {
-            return Err(Box::new(d));
+            return Err(Box::new((d, Retry::Later)));
         };
         let backend = match d.upstream.as_ref().map(|u| u.conn) {
             None => None,
@@ -43,7 +47,7 @@ impl UserspaceTransport<'_> {
                             "a client connection could not be put back after a failed export"
                         ),
                     }
-                    return Err(Box::new(d));
+                    return Err(Box::new((d, Retry::Later)));
                 }
             },
         };

@@ -8,11 +8,12 @@
 //! state cannot be carried, and there is no kTLS here): with the switch,
 //! kernel workers always run `records = "ours"`.
 
-use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use dpuproxy_driver::Detached;
-use dpuproxy_switch::{ClientParcel, Flow, FlowOwner, NotRestored, Parcel, Path};
+use dpuproxy_switch::{
+    ClientParcel, Flow, FlowOwner, NotRestored, Parcel, Path, Retry, Unexported,
+};
 use dpuproxy_tls::Limits;
 use dpuproxy_tls::session::ServerSession;
 use mio::net::TcpStream;
@@ -20,28 +21,10 @@ use mio::net::TcpStream;
 use crate::handoff::{HandoffError, to_kernel, to_userspace};
 use crate::records_fd::FdRecords;
 use crate::repair::{self, TcpState};
-use crate::transport::{ClientTls, KernelBackend, KernelClient, KernelTransport};
+use crate::transport::{ClientTls, KernelBackend, KernelClient, KernelTransport, flow_of};
 
 /// A slot of this transport, detached from its driver.
 pub(crate) type Slot = Detached<KernelClient, KernelBackend>;
-
-/// Why a slot did not move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Unmoved {
-    /// Not now (its TLS session or a connection is not established): try
-    /// again later.
-    Later,
-    /// Never: it stays on this path (OpenSSL records, IPv6, or TCP
-    /// timestamps, which the userspace stack does not send).
-    Never,
-}
-
-fn flow_of(s: &TcpStream) -> Option<Flow> {
-    match (s.local_addr().ok()?, s.peer_addr().ok()?) {
-        (SocketAddr::V4(local), SocketAddr::V4(remote)) => Some(Flow { remote, local }),
-        _ => None,
-    }
-}
 
 impl KernelTransport {
     fn steer_all(&self, flows: &[Flow], owner: FlowOwner) -> Result<(), String> {
@@ -52,23 +35,34 @@ impl KernelTransport {
     }
 
     /// Take a detached slot's connections out of the kernel (see the
-    /// module docs). On failure the slot comes back as it was, its
-    /// sockets out of repair mode and steered here again.
-    pub(crate) fn export(&mut self, d: Slot) -> Result<Parcel, Box<(Slot, Unmoved)>> {
+    /// module docs). On failure the slot comes back as it was (its
+    /// sockets out of repair mode and steered here again), its client out
+    /// of epoll: attaching it again registers it anew.
+    pub(crate) fn export(
+        &mut self,
+        d: Slot,
+    ) -> Result<Parcel, Unexported<KernelClient, KernelBackend>> {
+        self.take_out(d).map_err(|mut b| {
+            self.unregister_client(&mut b.0.client);
+            b
+        })
+    }
+
+    fn take_out(&mut self, d: Slot) -> Result<Parcel, Box<(Slot, Retry)>> {
         let ClientTls::Ours(records) = &d.client.tls else {
-            return Err(Box::new((d, Unmoved::Never)));
+            return Err(Box::new((d, Retry::Never)));
         };
         let Some(tls) = records.snapshot() else {
-            return Err(Box::new((d, Unmoved::Later)));
+            return Err(Box::new((d, Retry::Later)));
         };
         let client_stream = records.stream();
         let Some(client_flow) = flow_of(client_stream) else {
-            return Err(Box::new((d, Unmoved::Never)));
+            return Err(Box::new((d, Retry::Never)));
         };
         let backend_flow = match d.upstream.as_ref().map(|u| flow_of(&u.conn.stream)) {
             None => None,
             Some(Some(f)) => Some(f),
-            Some(None) => return Err(Box::new((d, Unmoved::Never))),
+            Some(None) => return Err(Box::new((d, Retry::Never))),
         };
         let flows: Vec<Flow> = std::iter::once(client_flow).chain(backend_flow).collect();
         // Held first: once the socket is closed in repair mode, a frame
@@ -76,7 +70,7 @@ impl KernelTransport {
         if let Err(e) = self.steer_all(&flows, FlowOwner::Hold) {
             tracing::warn!(flow = %client_flow, error = %e, "cannot hold a flow; it stays");
             let _ = self.steer_all(&flows, FlowOwner::Path(Path::Kernel));
-            return Err(Box::new((d, Unmoved::Later)));
+            return Err(Box::new((d, Retry::Later)));
         }
         let captured = capture_both(client_stream, d.upstream.as_ref().map(|u| &u.conn.stream));
         let (client, backend) = match captured {
@@ -179,18 +173,18 @@ impl KernelTransport {
 fn capture_both(
     client: &TcpStream,
     backend: Option<&TcpStream>,
-) -> Result<(dpuproxy_tcp::ConnState, Option<dpuproxy_tcp::ConnState>), Unmoved> {
-    let convert = |s: &TcpStream| -> Result<dpuproxy_tcp::ConnState, Unmoved> {
+) -> Result<(dpuproxy_tcp::ConnState, Option<dpuproxy_tcp::ConnState>), Retry> {
+    let convert = |s: &TcpStream| -> Result<dpuproxy_tcp::ConnState, Retry> {
         let state: TcpState = repair::capture(s).map_err(|e| {
             tracing::debug!(error = %e, "capture failed; the connection stays for now");
-            Unmoved::Later
+            Retry::Later
         })?;
         to_userspace(&state).map_err(|e| {
             let _ = repair::resume(s);
             match e {
                 HandoffError::Ipv6 | HandoffError::Timestamps => {
                     tracing::info!(error = %e, "a kernel connection cannot move");
-                    Unmoved::Never
+                    Retry::Never
                 }
             }
         })

@@ -258,14 +258,17 @@ impl KernelTransport {
     }
 
     /// Register a backend socket for life under a new entry owned by `slot`.
-    fn register_backend(&mut self, stream: &mut TcpStream, slot: SlotId) -> io::Result<usize> {
+    /// Register a backend socket for `slot`; `flow` is its flow with the
+    /// live mode switch.
+    fn register_backend(
+        &mut self,
+        stream: &mut TcpStream,
+        slot: SlotId,
+        flow: Option<Flow>,
+    ) -> io::Result<usize> {
         let entry = self.backends.vacant_entry();
         let id = entry.key();
         self.registry.register(stream, backend_token(id), both())?;
-        let flow = match (stream.local_addr(), stream.peer_addr()) {
-            (Ok(SocketAddr::V4(local)), Ok(SocketAddr::V4(remote))) => Some(Flow { remote, local }),
-            _ => None,
-        };
         entry.insert(BackendEntry {
             fd: stream.as_raw_fd(),
             owner: Some(slot),
@@ -284,6 +287,14 @@ impl KernelTransport {
             entry.stirred = true;
         }
         entry.owner
+    }
+}
+
+/// A connected IPv4 socket's flow.
+pub(crate) fn flow_of(s: &TcpStream) -> Option<Flow> {
+    match (s.local_addr().ok()?, s.peer_addr().ok()?) {
+        (SocketAddr::V4(local), SocketAddr::V4(remote)) => Some(Flow { remote, local }),
+        _ => None,
     }
 }
 
@@ -320,11 +331,9 @@ impl Transport for KernelTransport {
     fn attach_client(&mut self, client: &mut KernelClient, slot: SlotId) -> io::Result<()> {
         if self.switch.is_some()
             && let Some(stream) = client.records_stream()
-            && let (Ok(SocketAddr::V4(local)), Ok(SocketAddr::V4(remote))) =
-                (stream.local_addr(), stream.peer_addr())
+            && let Some(flow) = flow_of(stream)
         {
-            self.client_flows
-                .insert(stream.as_raw_fd(), Flow { remote, local });
+            self.client_flows.insert(stream.as_raw_fd(), flow);
         }
         match &mut client.tls {
             ClientTls::Openssl(t) => t.register(&self.registry, client_token(slot), both()),
@@ -450,7 +459,8 @@ impl Transport for KernelTransport {
     }
 
     fn close(&mut self, mut client: KernelClient, how: Close) {
-        if let Some(stream) = client.records_stream()
+        if self.switch.is_some()
+            && let Some(stream) = client.records_stream()
             && let Some(flow) = self.client_flows.remove(&stream.as_raw_fd())
         {
             self.lingering.push(flow, std::time::Instant::now());
@@ -492,7 +502,7 @@ impl Transport for KernelTransport {
             None => (TcpStream::connect(addr)?, None),
         };
         stream.set_nodelay(true)?;
-        let id = match self.register_backend(&mut stream, slot) {
+        let id = match self.register_backend(&mut stream, slot, flow) {
             Ok(id) => id,
             Err(e) => {
                 if let (Some(f), Some(steer)) = (flow, self.steer()) {
@@ -501,9 +511,6 @@ impl Transport for KernelTransport {
                 return Err(e);
             }
         };
-        if let Some(e) = self.backends.get_mut(id) {
-            e.flow = e.flow.or(flow);
-        }
         Ok(KernelBackend { stream, addr, id })
     }
 
@@ -552,13 +559,17 @@ impl Transport for KernelTransport {
                 entry.owner = Some(slot);
                 true
             }
-            _ => match self.register_backend(&mut conn.stream, slot) {
-                Ok(id) => {
-                    conn.id = id;
-                    true
+            _ => {
+                // One moved in (with the switch).
+                let flow = self.switch.as_ref().and_then(|_| flow_of(&conn.stream));
+                match self.register_backend(&mut conn.stream, slot, flow) {
+                    Ok(id) => {
+                        conn.id = id;
+                        true
+                    }
+                    Err(_) => false,
                 }
-                Err(_) => false,
-            },
+            }
         }
     }
 

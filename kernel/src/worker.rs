@@ -3,16 +3,15 @@
 //! driver's; this loop only accepts, turns events into
 //! [`Driver::mark`] calls, and wakes for the driver's deadlines.
 
-use std::collections::HashSet;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use dpuproxy_driver::{Driver, DriverSettings, Movable, PathMetrics, Side, SlotId};
+use dpuproxy_driver::{Driver, DriverSettings, PathMetrics, Side};
 use dpuproxy_l7::Shared;
-use dpuproxy_switch::{FlowOwner, Moving, Path, Station, SwitchBoard};
+use dpuproxy_switch::{FlowOwner, Path, Station, SwitchBoard};
 use dpuproxy_tls::HandshakeConfig;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -49,8 +48,6 @@ struct WorkerSwitch {
     board: Arc<SwitchBoard>,
     station: Station,
     limits: dpuproxy_tls::Limits,
-    /// Slots found unable to move in this switch (not tried again).
-    stay: HashSet<SlotId>,
 }
 
 pub(crate) struct Worker {
@@ -100,7 +97,6 @@ impl Worker {
                     board,
                     station: Station::new(Path::Kernel),
                     limits,
-                    stay: HashSet::new(),
                 })
             }
             None => None,
@@ -205,93 +201,31 @@ impl Worker {
             self.accept_all(now);
         }
         let transport = &self.transport;
-        let stay = &mut sw.stay;
-        if let Some(to) = sw.station.poll(&sw.board, now, |steer| {
-            stay.clear();
-            pin_all(transport, steer);
-        }) {
-            let (_, waiting, blocked) = self.export_batch(&mut sw, to, now);
-            sw.station.exported(&sw.board, now, waiting, blocked);
+        if let Some(to) = sw
+            .station
+            .poll(&sw.board, now, |steer| pin_all(transport, steer))
+        {
+            sw.station.export_batch(
+                &sw.board,
+                to,
+                &mut self.driver,
+                &mut self.transport,
+                now,
+                KernelTransport::export,
+            );
         }
         while let Some(m) = sw.board.take(Path::Kernel) {
-            self.land(&mut sw, m, now);
+            let (transport, driver) = (&mut self.transport, &mut self.driver);
+            let kept = sw.board.land(Path::Kernel, m, |parcel| {
+                let d = transport.import(parcel, &sw.limits)?;
+                Ok(driver.attach(transport, d, now))
+            });
+            if let Some(id) = kept {
+                sw.station.keep(id);
+            }
         }
         self.transport.sweep_lingering(now);
         self.switch = Some(sw);
-    }
-
-    /// Export movable slots to `to` while the window has room: how many
-    /// went, how many may move later, and how many could move now but
-    /// found the window full.
-    fn export_batch(
-        &mut self,
-        sw: &mut WorkerSwitch,
-        to: Path,
-        now: Instant,
-    ) -> (usize, usize, usize) {
-        let (mut sent, mut waiting, mut blocked) = (0, 0, 0);
-        let room = sw.board.room();
-        for id in self.driver.ids() {
-            if sw.stay.contains(&id) {
-                continue;
-            }
-            match self.driver.movable(id) {
-                Some(Movable::Now) if sent < room => {
-                    let Some(d) = self.driver.detach(id) else {
-                        continue;
-                    };
-                    let started = Instant::now();
-                    match self.transport.export(d) {
-                        Ok(parcel) => {
-                            sw.board.send(
-                                to,
-                                Moving {
-                                    parcel,
-                                    from: Path::Kernel,
-                                    started,
-                                    take_back: false,
-                                },
-                            );
-                            sent += 1;
-                        }
-                        Err(b) => {
-                            let (mut d, why) = *b;
-                            // Attached again below, which registers it anew.
-                            self.transport.unregister_client(&mut d.client);
-                            match self.driver.attach(&mut self.transport, d, now) {
-                                Some(new) if why == crate::moving::Unmoved::Never => {
-                                    sw.board.metrics.count_stayed();
-                                    sw.stay.insert(new);
-                                }
-                                Some(_) => waiting += 1,
-                                None => {
-                                    tracing::warn!(
-                                        "a connection that could not move could not stay either: closed"
-                                    );
-                                    sw.board.metrics.count_lost();
-                                }
-                            }
-                        }
-                    }
-                }
-                Some(Movable::Now) => blocked += 1,
-                Some(Movable::Later) => waiting += 1,
-                _ => {}
-            }
-        }
-        (sent, waiting, blocked)
-    }
-
-    /// Restore a parcel here and attach it (see [`SwitchBoard::land`]).
-    fn land(&mut self, sw: &mut WorkerSwitch, m: Moving, now: Instant) {
-        let (transport, driver) = (&mut self.transport, &mut self.driver);
-        let kept = sw.board.land(Path::Kernel, m, |parcel| {
-            let d = transport.import(parcel, &sw.limits)?;
-            Ok(driver.attach(transport, d, now))
-        });
-        if let Some(id) = kept {
-            sw.stay.insert(id);
-        }
     }
 
     /// Stop accepting (the listener closes) and drain the connections.

@@ -35,6 +35,7 @@
 
 pub mod metrics;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -42,7 +43,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crossbeam_queue::SegQueue;
-use dpuproxy_driver::Detached;
+use dpuproxy_driver::{Detached, Driver, Movable, SlotId, Transport};
 use dpuproxy_tcp::{ConnState, FourTuple};
 use dpuproxy_tls::session::SessionState;
 
@@ -63,14 +64,6 @@ impl Path {
         match self {
             Path::Dpdk => "dpdk",
             Path::Kernel => "kernel",
-        }
-    }
-
-    /// The other path.
-    pub fn other(self) -> Path {
-        match self {
-            Path::Dpdk => Path::Kernel,
-            Path::Kernel => Path::Dpdk,
         }
     }
 
@@ -619,13 +612,34 @@ pub const RETRY_EVERY: Duration = Duration::from_millis(1);
 /// its connections keep being served between batches.
 pub const WINDOW: usize = 16;
 
+/// Why a slot offered for export did not leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Not now (e.g. a connection not ESTABLISHED yet): offered again.
+    Later,
+    /// Never (e.g. TCP timestamps, IPv6): it stays on this path, counted.
+    Never,
+}
+
+/// A slot the transport did not export, given back ready to be attached
+/// again, and why (boxed: it is large, and the path is rare).
+pub type Unexported<C, B> = Box<(Detached<C, B>, Retry)>;
+
 /// One path's view of the switches: tells its loop when to pin its flows
-/// and export, and for how long.
+/// and export, and for how long, and runs the export batches.
 #[derive(Debug)]
 pub struct Station {
     me: Path,
     seen: u64,
     leaving: Option<Leaving>,
+    /// Slots still to offer in this switch (taken from the driver once,
+    /// when the switch begins), and those to offer again after a retry
+    /// interval.
+    queue: Vec<SlotId>,
+    later: Vec<SlotId>,
+    /// Slots not offered again in this switch (taken back, or unable to
+    /// move).
+    stay: HashSet<SlotId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -636,6 +650,8 @@ struct Leaving {
     /// Slots were movable but the window was full: go on as soon as a
     /// parcel lands.
     blocked: bool,
+    /// The queue is still to be taken from the driver.
+    fill: bool,
 }
 
 impl Station {
@@ -645,12 +661,16 @@ impl Station {
             me,
             seen: 0,
             leaving: None,
+            queue: Vec::new(),
+            later: Vec::new(),
+            stay: HashSet::new(),
         }
     }
 
-    /// Its path.
-    pub fn path(&self) -> Path {
-        self.me
+    /// Slot `id` (a connection taken back) is not offered again in this
+    /// switch.
+    pub fn keep(&mut self, id: SlotId) {
+        self.stay.insert(id);
     }
 
     /// Whether a switch began that this station has not looked at (cheap:
@@ -668,9 +688,8 @@ impl Station {
     /// Call every loop turn (or on [`Station::news`]). When a switch away
     /// from this path begins, `pin` is called with the steering to pin
     /// every flow this path owns (connections in every state), then the
-    /// default flips. Returns the destination when a batch is due: export
-    /// up to [`SwitchBoard::room`] movable slots, then call
-    /// [`Station::exported`].
+    /// default flips. Returns the destination when a batch is due: run
+    /// [`Station::export_batch`].
     pub fn poll<P>(
         &mut self,
         board: &SwitchBoard<P>,
@@ -697,11 +716,101 @@ impl Station {
                     until: now + RETRY_FOR,
                     next: now,
                     blocked: false,
+                    fill: true,
                 });
+                self.queue.clear();
+                self.later.clear();
+                self.stay.clear();
             }
         }
         let l = self.leaving?;
         (now >= l.next || (l.blocked && board.room() > 0)).then_some(l.to)
+    }
+
+    /// One export batch to `to` (see [`Station::poll`]): the slots of
+    /// `driver` are offered, while the window has room, to `export`, which
+    /// takes a detached slot out of `transport` (its parcel, or the slot
+    /// back, ready to attach again, with why it stays). Parcels are mailed
+    /// to `to`; slots handshaking or connecting are offered again after a
+    /// retry interval, for up to [`RETRY_FOR`]. The driver's slots are
+    /// listed once per switch, so a switch costs O(slots), whatever the
+    /// window. Returns how many were mailed.
+    pub fn export_batch<T: Transport>(
+        &mut self,
+        board: &SwitchBoard,
+        to: Path,
+        driver: &mut Driver<T>,
+        transport: &mut T,
+        now: Instant,
+        mut export: impl FnMut(
+            &mut T,
+            Detached<T::Client, T::Backend>,
+        ) -> Result<Parcel, Unexported<T::Client, T::Backend>>,
+    ) -> usize {
+        if let Some(l) = self.leaving.as_mut()
+            && std::mem::take(&mut l.fill)
+        {
+            self.queue = driver.ids();
+        }
+        let room = board.room();
+        let mut sent = 0;
+        while sent < room {
+            let Some(id) = self.queue.pop() else {
+                break;
+            };
+            if self.stay.contains(&id) {
+                continue;
+            }
+            match driver.movable(id) {
+                Some(Movable::Now) => {}
+                Some(Movable::Later) => {
+                    self.later.push(id);
+                    continue;
+                }
+                Some(Movable::Never) | None => continue,
+            }
+            let Some(d) = driver.detach(id) else {
+                continue;
+            };
+            let started = Instant::now();
+            match export(transport, d) {
+                Ok(parcel) => {
+                    let m = Moving {
+                        parcel,
+                        from: self.me,
+                        started,
+                        take_back: false,
+                    };
+                    board.send(to, m);
+                    sent += 1;
+                }
+                Err(b) => {
+                    let (d, why) = *b;
+                    match (driver.attach(transport, d, now), why) {
+                        (Some(new), Retry::Never) => {
+                            board.metrics.count_stayed();
+                            self.stay.insert(new);
+                        }
+                        (Some(new), Retry::Later) => self.later.push(new),
+                        (None, _) => {
+                            tracing::warn!(
+                                path = self.me.label(),
+                                "a connection that did not move could not stay either: closed"
+                            );
+                            board.metrics.count_lost();
+                        }
+                    }
+                }
+            }
+        }
+        let blocked = self.queue.len();
+        let waiting = self.later.len();
+        if blocked == 0 {
+            // The next round offers the waiting ones again.
+            std::mem::swap(&mut self.queue, &mut self.later);
+        }
+        self.exported(board, now, waiting, blocked);
+        sent
     }
 
     /// A batch is done: `blocked` slots could move now but the window was

@@ -257,7 +257,6 @@ fn paths_parse_and_flows_print() {
             .unwrap_err()
             .contains("dpdk or kernel")
     );
-    assert_eq!(Path::Dpdk.other(), Path::Kernel);
     assert_eq!(flow(5).to_string(), "10.0.0.2:5 -> 10.0.0.1:443");
 }
 
