@@ -166,6 +166,15 @@ impl KernelConfig {
 /// Build the server TLS context: TLS 1.2 and 1.3, kTLS allowed, partial
 /// writes, HTTP/1.1 as the only ALPN protocol.
 pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
+    tls_context_for(cert, key, true)
+}
+
+/// [`tls_context`], with OpenSSL's read-ahead where the kernel has no kTLS
+/// (`ktls_possible` false): each record then costs one `read`, not two
+/// (header, then body). With kTLS possible it stays off: OpenSSL 3.0 can
+/// only hand the receive side to the kernel at a record boundary with
+/// nothing read ahead.
+fn tls_context_for(cert: &Path, key: &Path, ktls_possible: bool) -> Result<SslContext, StartError> {
     let mut b =
         dpuproxy_tls::server_builder(cert, key).map_err(|e| StartError::Tls(e.to_string()))?;
     b.set_min_proto_version(Some(SslVersion::TLS1_2))
@@ -182,6 +191,9 @@ pub fn tls_context(cert: &Path, key: &Path) -> Result<SslContext, StartError> {
             | SslMode::ACCEPT_MOVING_WRITE_BUFFER
             | SslMode::RELEASE_BUFFERS,
     );
+    if !ktls_possible {
+        b.set_read_ahead(true);
+    }
     dpuproxy_tls::alpn_http11(&mut b);
     Ok(b.build())
 }
@@ -317,13 +329,13 @@ fn start_with(
     switch: Option<Arc<SwitchBoard>>,
     metrics: Arc<KernelMetrics>,
 ) -> Result<KernelProxy, StartError> {
-    let ctx = tls_context(&cfg.tls_cert, &cfg.tls_key)?;
+    let ktls = probe_ktls();
+    let ctx = tls_context_for(&cfg.tls_cert, &cfg.tls_key, ktls.available)?;
     let records = match cfg.records {
         KernelRecords::Openssl => None,
         KernelRecords::Ours => Some(handshake_config(&cfg.tls_cert, &cfg.tls_key)?),
     };
     anchor_wall_clock(&shared);
-    let ktls = probe_ktls();
     metrics
         .ktls_available
         .store(u64::from(ktls.available), Ordering::Relaxed);

@@ -137,6 +137,15 @@ pub(crate) struct BackendEntry {
     /// An event came while it idled: it may have closed or sent bytes, so
     /// it is probed before reuse.
     stirred: bool,
+    /// The last read returned less than it asked for, no event has come
+    /// since, and the last event did not report the peer's FIN: the socket
+    /// holds nothing, so the next read (or the probe at a park) is known to
+    /// find nothing without a syscall. Edge-triggered epoll reports any
+    /// byte or FIN that arrives later.
+    drained: bool,
+    /// The last event reported the peer's FIN (`EPOLLRDHUP`/`EPOLLHUP`):
+    /// a short read then does not mean drained (the FIN is still to read).
+    read_closed: bool,
     /// Its flow, with the live mode switch (for the steering).
     pub(crate) flow: Option<Flow>,
 }
@@ -273,6 +282,8 @@ impl KernelTransport {
             fd: stream.as_raw_fd(),
             owner: Some(slot),
             stirred: false,
+            drained: false,
+            read_closed: false,
             flow,
         });
         Ok(id)
@@ -280,9 +291,12 @@ impl KernelTransport {
 
     /// The slot an event for backend connection `id` is for; `None` when
     /// the connection idles in the pool (the event is remembered, so the
-    /// connection is probed before it is reused) or is gone.
-    pub(crate) fn backend_event(&mut self, id: usize) -> Option<SlotId> {
+    /// connection is probed before it is reused) or is gone. `read_closed`:
+    /// the event reported the peer's FIN.
+    pub(crate) fn backend_event(&mut self, id: usize, read_closed: bool) -> Option<SlotId> {
         let entry = self.backends.get_mut(id)?;
+        entry.drained = false;
+        entry.read_closed |= read_closed;
         if entry.owner.is_none() {
             entry.stirred = true;
         }
@@ -532,7 +546,15 @@ impl Transport for KernelTransport {
     }
 
     fn backend_read(&mut self, conn: &mut KernelBackend, sink: &mut dyn FnMut(&[u8])) -> Io {
-        read_stream(&mut conn.stream, &mut self.buf, sink)
+        let entry = self.backends.get_mut(conn.id);
+        if entry.as_ref().is_some_and(|e| e.drained) {
+            return Io::WouldBlock;
+        }
+        let io = read_stream(&mut conn.stream, &mut self.buf, sink);
+        if let (Io::Done(n), Some(e)) = (io, entry) {
+            e.drained = n < self.buf.len() && !e.read_closed;
+        }
+        io
     }
 
     fn backend_write(&mut self, conn: &mut KernelBackend, data: &[u8]) -> Io {
@@ -578,7 +600,8 @@ impl Transport for KernelTransport {
     /// response, whose event the serving slot already took) is found by
     /// one probe here; whatever comes after raises an event.
     fn park(&mut self, conn: &mut KernelBackend) {
-        let silent = probe_silent(&conn.stream);
+        let drained = self.backends.get(conn.id).is_some_and(|e| e.drained);
+        let silent = drained || probe_silent(&conn.stream);
         if let Some(entry) = self.backends.get_mut(conn.id) {
             entry.owner = None;
             entry.stirred = !silent;
@@ -621,7 +644,7 @@ mod tests {
                 .unwrap();
             for ev in events.iter() {
                 if let Owner::Backend(id) = owner_of(ev.token()) {
-                    let _ = t.backend_event(id);
+                    let _ = t.backend_event(id, false);
                 }
             }
         }
@@ -648,7 +671,7 @@ mod tests {
             pump(&mut t, &mut poll, 3);
             assert!(matches!(t.connect_status(&mut c), ConnectStatus::Connected));
             // While a slot owns it, its events go to that slot.
-            assert_eq!(t.backend_event(c.id), Some(slot));
+            assert_eq!(t.backend_event(c.id, false), Some(slot));
             let mut peer = peer;
             if i == 3 {
                 // Bytes (or a FIN) whose event the serving slot took
@@ -689,11 +712,11 @@ mod tests {
             generation: 2,
         };
         assert!(t.adopt(&mut conns[2], next));
-        assert_eq!(t.backend_event(conns[2].id), Some(next));
+        assert_eq!(t.backend_event(conns[2].id, false), Some(next));
         for c in conns {
             let id = c.id;
             t.close_backend(c, Close::Graceful);
-            assert_eq!(t.backend_event(id), None);
+            assert_eq!(t.backend_event(id, false), None);
         }
         assert!(t.backends.is_empty());
     }

@@ -162,7 +162,9 @@ impl Worker {
                     Token(t) if t < RESERVED => match owner_of(Token(t)) {
                         Owner::Client(id) => self.driver.mark(id, Side::Client),
                         Owner::Backend(conn) => {
-                            if let Some(id) = self.transport.backend_event(conn) {
+                            if let Some(id) =
+                                self.transport.backend_event(conn, ev.is_read_closed())
+                            {
                                 self.driver.mark(id, Side::Backend);
                             }
                         }

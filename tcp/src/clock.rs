@@ -21,45 +21,67 @@
 use smoltcp::time::{Duration, Instant};
 
 /// smoltcp's fixed RTO floor, in microseconds.
-const SMOLTCP_MIN_RTO_US: i128 = 1_000_000;
+const SMOLTCP_MIN_RTO_US: i64 = 1_000_000;
 
 /// Converts between the caller's (real) clock and smoltcp's (virtual) clock.
+///
+/// `virtual = real * num / den`, with `num / den = 1 s / min_rto` reduced
+/// to lowest terms (30 ms gives 100 / 3), so the conversions a poll makes
+/// are 64-bit multiplications and divisions; 128-bit arithmetic is only
+/// the fallback for products that overflow 64 bits (instants centuries
+/// away).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
-    /// Real microseconds that correspond to one smoltcp second.
-    min_rto_us: i128,
+    num: i64,
+    den: i64,
 }
 
 impl Clock {
     /// `min_rto` must be within 1 ms ..= 1 s (checked by the config).
     pub(crate) fn new(min_rto: Duration) -> Self {
+        let min_rto_us = i64::try_from(min_rto.total_micros().max(1)).unwrap_or(i64::MAX);
+        let g = gcd(SMOLTCP_MIN_RTO_US, min_rto_us);
         Self {
-            min_rto_us: i128::from(min_rto.total_micros().max(1)),
+            num: SMOLTCP_MIN_RTO_US / g,
+            den: min_rto_us / g,
         }
     }
 
     /// The factor by which smoltcp's clock runs faster than the real one.
     pub(crate) fn factor(&self) -> f64 {
-        SMOLTCP_MIN_RTO_US as f64 / self.min_rto_us as f64
+        self.num as f64 / self.den as f64
     }
 
     pub(crate) fn to_virt(self, real: Instant) -> Instant {
-        let v = (i128::from(real.total_micros()) * SMOLTCP_MIN_RTO_US).div_euclid(self.min_rto_us);
-        Instant::from_micros(clamp_i64(v))
+        Instant::from_micros(mul_div_floor(real.total_micros(), self.num, self.den))
     }
 
     pub(crate) fn dur_to_virt(self, real: Duration) -> Duration {
-        let v = i128::from(real.total_micros()) * SMOLTCP_MIN_RTO_US / self.min_rto_us;
-        Duration::from_micros(u64::try_from(v).unwrap_or(u64::MAX))
+        let us = i64::try_from(real.total_micros()).unwrap_or(i64::MAX);
+        Duration::from_micros(u64::try_from(mul_div_floor(us, self.num, self.den)).unwrap_or(0))
     }
 
     /// The first real instant at which smoltcp's clock reads at least `virt`.
     pub(crate) fn to_real_ceil(self, virt: Instant) -> Instant {
-        let n = i128::from(virt.total_micros()) * self.min_rto_us;
-        let q = n.div_euclid(SMOLTCP_MIN_RTO_US);
-        let r = n.rem_euclid(SMOLTCP_MIN_RTO_US);
-        Instant::from_micros(clamp_i64(if r == 0 { q } else { q + 1 }))
+        // ceil(v * den / num) = -floor(-v * den / num)
+        let neg = mul_div_floor(virt.total_micros().saturating_neg(), self.den, self.num);
+        Instant::from_micros(neg.saturating_neg())
     }
+}
+
+/// `floor(a * b / c)` for `b, c > 0`, clamped to `i64`.
+fn mul_div_floor(a: i64, b: i64, c: i64) -> i64 {
+    match a.checked_mul(b) {
+        Some(n) => n.div_euclid(c),
+        None => clamp_i64((i128::from(a) * i128::from(b)).div_euclid(i128::from(c))),
+    }
+}
+
+fn gcd(mut a: i64, mut b: i64) -> i64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
 }
 
 fn clamp_i64(v: i128) -> i64 {
@@ -94,6 +116,38 @@ mod tests {
             c.dur_to_virt(Duration::from_millis(3)),
             Duration::from_millis(100)
         );
+    }
+
+    #[test]
+    fn matches_exact_rational_arithmetic() {
+        for rto_ms in [1, 7, 30, 200, 333, 1000] {
+            let c = Clock::new(Duration::from_millis(rto_ms));
+            let m = i128::from(rto_ms) * 1000;
+            for us in [
+                0i64,
+                1,
+                -1,
+                29_999,
+                123_456_789,
+                -987_654,
+                i64::MAX / 3,
+                i64::MIN / 5,
+            ] {
+                let v = (i128::from(us) * 1_000_000).div_euclid(m);
+                assert_eq!(
+                    c.to_virt(Instant::from_micros(us)).total_micros(),
+                    clamp_i64(v),
+                    "to_virt rto={rto_ms} us={us}"
+                );
+                let n = i128::from(us) * m;
+                let q = n.div_euclid(1_000_000) + i128::from(n.rem_euclid(1_000_000) != 0);
+                assert_eq!(
+                    c.to_real_ceil(Instant::from_micros(us)).total_micros(),
+                    clamp_i64(q),
+                    "to_real_ceil rto={rto_ms} us={us}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -35,13 +35,17 @@ const TAG_LEN: usize = Aead::TAG_LEN;
 /// write the tag.
 pub(crate) fn seal(
     ctx: &mut CipherCtxRef,
+    way: NonceWay,
     nonce: &[u8; Aead::NONCE_LEN],
     aad: &[u8],
     inout: &mut [u8],
     tag: &mut [u8; TAG_LEN],
 ) -> Result<(), ErrorStack> {
     let ctx = ctx.as_ptr();
-    set_nonce(ctx, nonce)?;
+    match way {
+        NonceWay::GcmFixedIv => set_params(ctx, &[iv_param(nonce), end()])?,
+        NonceWay::Reinit => set_nonce(ctx, nonce)?,
+    }
     add_aad(ctx, aad)?;
     update_in_place(ctx, inout)?;
     finish(ctx, ffi::EVP_EncryptFinal_ex)?;
@@ -54,17 +58,26 @@ pub(crate) fn seal(
 /// failed check's entry is cleared from OpenSSL's error queue.
 pub(crate) fn open(
     ctx: &mut CipherCtxRef,
+    way: NonceWay,
     nonce: &[u8; Aead::NONCE_LEN],
     aad: &[u8],
     inout: &mut [u8],
     tag: &[u8; TAG_LEN],
 ) -> Result<bool, ErrorStack> {
     let ctx = ctx.as_ptr();
-    set_nonce(ctx, nonce)?;
+    // OpenSSL only reads the expected tag through this pointer.
+    let expected = tag.as_ptr().cast_mut();
+    match way {
+        // Nonce and expected tag in one parameter call (GCM takes the tag
+        // before the data as well as after).
+        NonceWay::GcmFixedIv => set_params(ctx, &[iv_param(nonce), tag_of(expected), end()])?,
+        NonceWay::Reinit => set_nonce(ctx, nonce)?,
+    }
     add_aad(ctx, aad)?;
     update_in_place(ctx, inout)?;
-    // OpenSSL only reads the expected tag through this pointer.
-    tag_param(ctx, tag.as_ptr().cast_mut(), TagOp::Set)?;
+    if way == NonceWay::Reinit {
+        tag_param(ctx, expected, TagOp::Set)?;
+    }
     if finish(ctx, ffi::EVP_DecryptFinal_ex).is_err() {
         // A failed tag check leaves an entry on the thread's error queue;
         // drain it so it is not blamed on a later call.
@@ -72,6 +85,71 @@ pub(crate) fn open(
         return Ok(false);
     }
     Ok(true)
+}
+
+/// How a record's nonce reaches the cipher context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NonceWay {
+    /// AES-GCM: the provider's `tlsivfixed` parameter with the length -1
+    /// (what `EVP_CTRL_GCM_SET_IV_FIXED` with -1 sends): the whole 12-byte
+    /// IV is copied in, exactly what `EVP_CipherInit_ex` with only an IV
+    /// does to a GCM context, without the init's IV-length query (a
+    /// `get_params` round trip of some ten `strcmp`s on OpenSSL 3.0).
+    GcmFixedIv,
+    /// Any other cipher (ChaCha20-Poly1305): `EVP_CipherInit_ex` with only
+    /// the IV.
+    Reinit,
+}
+
+impl NonceWay {
+    /// The way for `aead`.
+    pub(crate) fn for_aead(aead: Aead) -> Self {
+        match aead {
+            Aead::Aes128Gcm | Aead::Aes256Gcm => Self::GcmFixedIv,
+            Aead::Chacha20Poly1305 => Self::Reinit,
+        }
+    }
+}
+
+/// The GCM "fixed IV" parameter carrying the whole nonce (length -1, see
+/// [`NonceWay::GcmFixedIv`]).
+fn iv_param(nonce: &[u8; Aead::NONCE_LEN]) -> ffi::OSSL_PARAM {
+    // SAFETY: the key is a NUL-terminated literal; the provider reads the
+    // context's IV length (12 bytes, NONCE_LEN) from the pointer, which
+    // the caller's nonce outlives for the parameter call it is used in.
+    unsafe {
+        ffi::OSSL_PARAM_construct_octet_string(
+            c"tlsivfixed".as_ptr(),
+            nonce.as_ptr().cast_mut().cast(),
+            usize::MAX,
+        )
+    }
+}
+
+/// The tag parameter over `tag` (TAG_LEN bytes).
+fn tag_of(tag: *mut u8) -> ffi::OSSL_PARAM {
+    // SAFETY: the key is a NUL-terminated literal; tag points at TAG_LEN
+    // bytes that outlive the parameter call it is used in.
+    unsafe { ffi::OSSL_PARAM_construct_octet_string(c"tag".as_ptr(), tag.cast(), TAG_LEN) }
+}
+
+/// The end marker of a parameter array.
+fn end() -> ffi::OSSL_PARAM {
+    // SAFETY: constructing the end marker reads nothing.
+    unsafe { ffi::OSSL_PARAM_construct_end() }
+}
+
+/// One `EVP_CIPHER_CTX_set_params` call with `params`, an array that ends
+/// with [`end`].
+fn set_params(ctx: *mut ffi::EVP_CIPHER_CTX, params: &[ffi::OSSL_PARAM]) -> Result<(), ErrorStack> {
+    assert!(
+        params.last().is_some_and(|p| p.key.is_null()),
+        "a parameter array ends with its end marker"
+    );
+    // SAFETY: ctx is live and keyed; params is end-terminated (checked
+    // above) and its entries point at buffers the caller keeps alive for
+    // this call.
+    cvt(unsafe { EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()) })
 }
 
 /// Set the next record's nonce; cipher, key and direction stay.
@@ -138,16 +216,7 @@ unsafe extern "C" {
 /// (`EVP_CIPHER_CTX_ctrl` builds the same parameter and calls it, after
 /// its own translation of the control code).
 fn tag_param(ctx: *mut ffi::EVP_CIPHER_CTX, tag: *mut u8, op: TagOp) -> Result<(), ErrorStack> {
-    // SAFETY: the key is a NUL-terminated literal; tag points at TAG_LEN
-    // bytes that outlive the call below (the caller's buffer), which is
-    // all OpenSSL reads or writes through the parameter.
-    let params = unsafe {
-        [
-            ffi::OSSL_PARAM_construct_octet_string(c"tag".as_ptr(), tag.cast(), TAG_LEN),
-            ffi::OSSL_PARAM_construct_end(),
-        ]
-    };
-    let mut params = params;
+    let mut params = [tag_of(tag), end()];
     // SAFETY: ctx is live and keyed; params is a terminated array whose
     // one entry describes TAG_LEN valid bytes.
     cvt(unsafe {

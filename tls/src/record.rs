@@ -161,6 +161,7 @@ fn tls12_aad(seq: u64, content_type: u8, plaintext_len: usize) -> [u8; 13] {
 struct Keyed {
     suite: CipherSuite,
     ctx: CipherCtx,
+    nonce_way: aead::NonceWay,
     keys: TrafficKeys,
     seq: u64,
     encrypt: bool,
@@ -176,6 +177,7 @@ impl Keyed {
         let mut k = Keyed {
             suite,
             ctx: CipherCtx::new()?,
+            nonce_way: aead::NonceWay::for_aead(suite.aead()),
             keys: keys.clone(),
             seq,
             encrypt,
@@ -350,7 +352,7 @@ impl Sealer {
         let tag: &mut [u8; TAG_LEN] = tag
             .try_into()
             .map_err(|_| TlsError::BadLength("seal buffer shorter than the record"))?;
-        aead::seal(&mut self.0.ctx, &nonce, aad, inner, tag)?;
+        aead::seal(&mut self.0.ctx, self.0.nonce_way, &nonce, aad, inner, tag)?;
         self.0.seq += 1;
         Ok(total)
     }
@@ -432,7 +434,7 @@ impl Opener {
         tag: &[u8],
     ) -> Result<(), TlsError> {
         let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| TlsError::BadRecordMac)?;
-        if !aead::open(&mut self.0.ctx, nonce, aad, ct, tag)? {
+        if !aead::open(&mut self.0.ctx, self.0.nonce_way, nonce, aad, ct, tag)? {
             ct.fill(0);
             return Err(TlsError::BadRecordMac);
         }

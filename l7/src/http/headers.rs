@@ -31,9 +31,24 @@ pub struct Headers {
     names: String,
     /// `value0 value1 …`.
     values: Vec<u8>,
-    /// For each field, where its name ends in `names` and where its value
-    /// ends in `values`.
-    ends: Vec<(u32, u32)>,
+    /// For each field, where its name ends in `names`, where its value
+    /// ends in `values`, and its name's [`name_key`] (lookups compare keys
+    /// before they compare names).
+    ends: Vec<(u32, u32, u32)>,
+}
+
+/// A name's length and its first and last bytes, lower-cased: equal for
+/// names equal up to ASCII case, and different for most other pairs, so a
+/// lookup compares whole names only where these match.
+fn name_key(name: &[u8]) -> u32 {
+    match name {
+        [] => 0,
+        [first, .., last] | [first @ last] => {
+            ((name.len() as u32) << 16)
+                | (u32::from(first.to_ascii_lowercase()) << 8)
+                | u32::from(last.to_ascii_lowercase())
+        }
+    }
 }
 
 impl Headers {
@@ -62,8 +77,11 @@ impl Headers {
         assert!(name.is_ascii(), "header names are ASCII tokens");
         self.names.push_str(name);
         self.values.extend_from_slice(value);
-        self.ends
-            .push((offset(self.names.len()), offset(self.values.len())));
+        self.ends.push((
+            offset(self.names.len()),
+            offset(self.values.len()),
+            name_key(name.as_bytes()),
+        ));
     }
 
     /// Number of fields.
@@ -95,6 +113,13 @@ impl Headers {
         }
     }
 
+    /// [`Self::spans`] with each field's name key.
+    fn keyed_spans(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>, u32)> + '_ {
+        self.spans()
+            .zip(self.ends.iter())
+            .map(|((n, v), &(_, _, k))| (n, v, k))
+    }
+
     /// Where each field's name lies in `names` and its value in `values`.
     fn spans(&self) -> Spans<'_> {
         Spans {
@@ -111,10 +136,9 @@ impl Headers {
         name: &'n str,
     ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         let names = self.names.as_bytes();
-        self.spans().filter_map(move |(n, v)| {
-            names[n]
-                .eq_ignore_ascii_case(name.as_bytes())
-                .then(|| &self.values[v])
+        let key = name_key(name.as_bytes());
+        self.keyed_spans().filter_map(move |(n, v, k)| {
+            (k == key && names[n].eq_ignore_ascii_case(name.as_bytes())).then(|| &self.values[v])
         })
     }
 
@@ -161,7 +185,7 @@ impl<'a> FromIterator<(&'a str, &'a [u8])> for Headers {
 /// The spans of [`Headers`]' fields, in order: name range, value range.
 #[derive(Debug, Clone)]
 struct Spans<'a> {
-    ends: std::slice::Iter<'a, (u32, u32)>,
+    ends: std::slice::Iter<'a, (u32, u32, u32)>,
     /// Where the next field starts in the names and in the values.
     starts: (u32, u32),
 }
@@ -170,7 +194,7 @@ impl Iterator for Spans<'_> {
     type Item = (Range<usize>, Range<usize>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let &(name_end, value_end) = self.ends.next()?;
+        let &(name_end, value_end, _) = self.ends.next()?;
         let (name_start, value_start) = std::mem::replace(&mut self.starts, (name_end, value_end));
         Some((
             name_start as usize..name_end as usize,
@@ -242,6 +266,29 @@ mod tests {
             format!("{h:?}"),
             "[Host: a.example, X-Empty: , x-bytes: \u{fffd}\0 v]"
         );
+    }
+
+    #[test]
+    fn lookups_ignore_case_and_tell_apart_names_of_one_length() {
+        // Same length, same first and last letters: only the whole names differ.
+        let h: Headers = [
+            ("Accept", &b"1"[..]),
+            ("EXPECT", b"2"),
+            ("accept", b"3"),
+            ("aXXXXt", b"4"),
+            ("A", b"5"),
+            ("", b"6"),
+        ]
+        .into_iter()
+        .collect();
+        let of = |n: &str| h.values_of(n).collect::<Vec<_>>();
+        assert_eq!(of("ACCEPT"), [&b"1"[..], b"3"]);
+        assert_eq!(of("expect"), [&b"2"[..]]);
+        assert_eq!(of("axxxxt"), [&b"4"[..]]);
+        assert_eq!(of("a"), [&b"5"[..]]);
+        assert_eq!(of(""), [&b"6"[..]]);
+        assert!(of("accepts").is_empty());
+        assert!(of("abcdet").is_empty());
     }
 
     #[test]

@@ -333,10 +333,7 @@ pub(crate) fn parse_request_head_resume(
     if let Some(authority) = authority {
         headers.set("Host", authority.as_bytes());
     }
-    if headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("host") && !target::valid_host(h.value))
-    {
+    if headers.values_of("host").any(|v| !target::valid_host(v)) {
         return Err(HttpError::Malformed("invalid Host"));
     }
     let framing = framing_from_headers(&headers)?.unwrap_or(BodyFraming::None);

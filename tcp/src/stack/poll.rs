@@ -15,6 +15,22 @@ use smoltcp::time::Instant;
 use super::{Event, Stack};
 use crate::adapters::{EgressDev, TxObs};
 
+/// What one connection's turn to transmit did.
+#[derive(Debug, Default)]
+pub(super) struct EgressTurn {
+    /// Segments sent.
+    pub(super) sent: u64,
+    /// The device ran full.
+    pub(super) exhausted: bool,
+    /// It wanted to send (or had an ARP request sent for it): with nothing
+    /// sent, it waits for a neighbour.
+    pub(super) wanted: bool,
+    /// smoltcp's next deadline for the socket (`Interface::poll_at`) as
+    /// asked after its last segment went out, when nothing has touched the
+    /// socket since; `None` when it was not asked.
+    pub(super) next_poll: Option<Option<Instant>>,
+}
+
 impl Stack {
     /// The next event, if any.
     #[must_use]
@@ -79,35 +95,41 @@ impl Stack {
                 self.mark_ready(slot);
                 continue;
             }
-            let (sent, ex, wanted) = self.egress_one(slot, now, vnow, device);
-            exhausted = ex;
-            self.settle(slot, now, vnow, sent, ex, wanted);
+            let turn = self.egress_one(slot, now, vnow, device);
+            exhausted = turn.exhausted;
+            self.settle(slot, now, vnow, &turn);
         }
         batch.clear();
         self.spare = batch;
         (self.stats.tx_frames - before) as usize
     }
 
-    /// One connection's turn to transmit. Returns the segments it sent,
-    /// whether the device ran full, and whether it wanted to send (or had an
-    /// ARP request sent for it): with nothing sent, it waits for a neighbour.
+    /// One connection's turn to transmit (see [`EgressTurn`]).
     fn egress_one<D: Device + ?Sized>(
         &mut self,
         slot: u32,
         now: Instant,
         vnow: Instant,
         device: &mut D,
-    ) -> (u64, bool, bool) {
+    ) -> EgressTurn {
         let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
-            return (0, false, false);
+            return EgressTurn::default();
         };
         let Some(set) = conn.set.as_mut() else {
-            return (0, false, false);
+            return EgressTurn::default();
         };
+        // Whether a turn that sends nothing waits for a neighbour (ARP) is
+        // asked only until the connection has sent a segment: from then on
+        // its neighbour is known, and should the entry expire later, the
+        // miss sends an ARP request (`obs.arp`) or, while smoltcp keeps
+        // quiet after another miss, leaves a deadline that the timer
+        // honours. That saves a `poll_at` per turn on the hot path.
         let wanted = self.medium == Medium::Ethernet
+            && !conn.neighbor_known
             && self.iface.poll_at(vnow, set).is_some_and(|t| t <= vnow);
         let mut obs = TxObs::default();
         let mut exhausted = false;
+        let mut next_poll = None;
         for _ in 0..self.cfg.tx_burst_per_conn {
             let mut dev = EgressDev {
                 inner: &mut *device,
@@ -119,17 +141,32 @@ impl Stack {
             let r = self.iface.poll_egress(vnow, &mut dev, set);
             exhausted = dev.exhausted;
             if r == PollResult::None || exhausted {
+                next_poll = None;
+                break;
+            }
+            // Something went out: ask whether more is due rather than make
+            // a dispatch that finds nothing; the answer also serves `settle`
+            // while nothing else touches the socket.
+            let at = self.iface.poll_at(vnow, set);
+            next_poll = Some(at);
+            if at.is_none_or(|t| t > vnow) {
                 break;
             }
         }
         if obs.last_seq_ack.is_some() {
             conn.last_seq_ack = obs.last_seq_ack;
         }
+        conn.neighbor_known |= obs.segments > 0;
         conn.rst_sent |= obs.rst;
         self.stats.tx_frames += obs.frames;
-        // An ARP request sent on this socket's behalf means it waits for a
-        // neighbour, however the due-check before went.
-        (obs.segments, exhausted, wanted || obs.arp)
+        EgressTurn {
+            sent: obs.segments,
+            exhausted,
+            // An ARP request sent on this socket's behalf means it waits
+            // for a neighbour, however the due-check before went.
+            wanted: wanted || obs.arp,
+            next_poll,
+        }
     }
 
     /// Queue every connection whose timer is due for the egress pass, and

@@ -16,6 +16,7 @@ use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
 use super::conn::{Conn, Dead, Role, arm_timer, fin_received, push_ready, synchronized};
+use super::poll::EgressTurn;
 use super::{ConnId, Event, ListenerId, Stack};
 use crate::flow::FourTuple;
 
@@ -68,20 +69,12 @@ impl Stack {
     /// After a connection was touched (ingress, timer, caller) and given its
     /// turn to transmit: follow its state, raise events, move it between
     /// accept queue / caller / TIME-WAIT / free, and schedule its timer.
-    pub(super) fn settle(
-        &mut self,
-        slot: u32,
-        now: Instant,
-        vnow: Instant,
-        sent: u64,
-        exhausted: bool,
-        wanted: bool,
-    ) {
+    pub(super) fn settle(&mut self, slot: u32, now: Instant, vnow: Instant, turn: &EgressTurn) {
         let generation = self.slots[slot as usize].generation;
         let Some(conn) = self.slots[slot as usize].conn.as_mut() else {
             return;
         };
-        let seen = match observe(conn, &mut self.iface, now, vnow) {
+        let seen = match observe(conn, &mut self.iface, now, vnow, turn.next_poll) {
             Observation::NoSocket => return,
             Observation::TimedOut => {
                 push_ready(conn, &mut self.ready, slot);
@@ -101,7 +94,7 @@ impl Stack {
             return;
         }
         self.raise_events(id, &seen);
-        self.schedule(id, now, &seen, sent, exhausted, wanted);
+        self.schedule(id, now, &seen, turn.sent, turn.exhausted, turn.wanted);
     }
 
     /// A finished connection leaves: a TIME-WAIT record takes its place if
@@ -213,8 +206,15 @@ impl Stack {
 
 /// Read the connection's socket after its turn: follow its state (kept for
 /// the next settle) and enforce the user timeout, then take what the later
-/// steps need.
-fn observe(conn: &mut Conn, iface: &mut Interface, now: Instant, vnow: Instant) -> Observation {
+/// steps need. `next_poll` is smoltcp's deadline for the socket if the turn
+/// already asked for it (see `EgressTurn::next_poll`).
+fn observe(
+    conn: &mut Conn,
+    iface: &mut Interface,
+    now: Instant,
+    vnow: Instant,
+    next_poll: Option<Option<Instant>>,
+) -> Observation {
     let Some(set) = conn.set.as_mut() else {
         return Observation::NoSocket;
     };
@@ -225,7 +225,8 @@ fn observe(conn: &mut Conn, iface: &mut Interface, now: Instant, vnow: Instant) 
         // Nobody will read it: keep the window open so the peer can finish.
         while sock.recv(|b| (b.len(), b.len())).unwrap_or(0) > 0 {}
     }
-    if !synchronized(prev) && synchronized(state) {
+    let just_synchronized = !synchronized(prev) && synchronized(state);
+    if just_synchronized {
         // smoltcp's own timeout is the handshake timeout only: once
         // synchronized it would also abort idle connections (it counts
         // from the last segment received even with nothing in flight),
@@ -255,7 +256,13 @@ fn observe(conn: &mut Conn, iface: &mut Interface, now: Instant, vnow: Instant) 
     let eof = fin_received(state) && rx_queued == 0;
     let room = sock.send_capacity() - sock.send_queue();
     let writable = sock.may_send() && room >= (sock.send_capacity() / 4).max(1);
-    let next = iface.poll_at(vnow, set);
+    // A released connection's reads above may have changed its window,
+    // and a connection that just synchronized lost its handshake timeout:
+    // then the deadline is asked again.
+    let next = match next_poll {
+        Some(next) if conn.role != Role::Released && !just_synchronized => next,
+        _ => iface.poll_at(vnow, set),
+    };
     Observation::Live(Observed {
         prev,
         state,
