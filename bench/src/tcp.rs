@@ -4,7 +4,8 @@
 //! A client stack opens N connections to a server stack (in batches, so the
 //! SYN backlog is never the bottleneck), then every connection carries a
 //! request and a response (64 bytes each, or `--bytes` spread over all
-//! connections in each direction); every byte is checked against a
+//! connections in each direction), at most `--active` of them at once
+//! (1,024 by default; 0: all at once, in lock-step); every byte is checked against a
 //! position-dependent pattern (`dpuproxy_tcp::pattern`). The client closes first; the run ends when
 //! both stacks hold no connection. Faults (`--loss`, `--reorder`,
 //! `--duplicate`, `--corrupt`) are injected on both directions by a seeded
@@ -15,7 +16,13 @@
 //!   in the exchange phase (every connection established and idle, then
 //!   request, response and close), over the frames both stacks
 //!   transmitted in it. It covers both ends of every frame (sender and
-//!   receiver) and the benchmark's own byte checking.
+//!   receiver) and the benchmark's own byte checking. With `--active`
+//!   bounding the exchanges in flight, the connections being used stay few
+//!   however many the stacks hold, so the figure shows what holding many
+//!   connections costs each packet (flow table, timers, TIME-WAIT
+//!   records); in lock-step (`--active 0`) every packet also pays for
+//!   reaching a connection that N others have pushed out of the CPU
+//!   caches since its last packet.
 //! - `connect_ns_per_packet`: the same for the connect phase (handshakes),
 //!   which also pays for allocating and first touching every endpoint's
 //!   buffers.
@@ -33,7 +40,7 @@ use dpuproxy_tcp::pattern::{Stream, recv_pattern, send_pattern};
 use dpuproxy_tcp::smoltcp::phy::{Device, Medium};
 use dpuproxy_tcp::smoltcp::wire::{HardwareAddress, Ipv4Address, Ipv4Cidr};
 use dpuproxy_tcp::wire::{self, WirePort};
-use dpuproxy_tcp::{ConnId, Duration, Event, Instant, Stack, StackConfig, TcpError};
+use dpuproxy_tcp::{ConnId, Duration, Event, Instant, RxPeek, Stack, StackConfig, TcpError};
 
 /// `dpuproxy bench tcp` arguments.
 #[derive(clap::Args, Debug)]
@@ -60,6 +67,12 @@ pub struct TcpArgs {
     /// Seed for the fault injector and the stacks.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Exchanges in flight at once in the exchange phase: a new one starts
+    /// as one finishes, as the connect phase opens connections. 0 starts
+    /// every connection's exchange at once (lock-step: every packet then
+    /// meets a connection last touched N connections ago).
+    #[arg(long, default_value_t = BATCH)]
+    active: usize,
 }
 
 const CLIENT: Ipv4Address = Ipv4Address::new(10, 77, 0, 1);
@@ -211,12 +224,24 @@ fn rss_bytes() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Keep this thread on the CPU it runs on: both stacks share its caches,
+/// and a run that moves halfway pays for refilling them (a 1,000-connection
+/// run varied between 510 and 870 ns per packet unpinned).
+fn pin_to_this_cpu() -> std::io::Result<usize> {
+    use rustix::thread::{CpuSet, sched_getcpu, sched_setaffinity};
+    let cpu = sched_getcpu();
+    let mut set = CpuSet::new();
+    set.set(cpu);
+    sched_setaffinity(None, &set)?;
+    Ok(cpu)
+}
+
 fn cpu_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
 }
 
-impl<'a, D: Device + FaultReport> Bench<'a, D> {
+impl<'a, D: Device + RxPeek + FaultReport> Bench<'a, D> {
     fn new(args: &'a TcpArgs, per_conn: u64, dc: D, ds: D) -> anyhow::Result<Self> {
         let now = Instant::from_secs(1);
         let client = Stack::new(stack_config(CLIENT, args.seed), dc.capabilities(), now)
@@ -254,8 +279,8 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
 
     /// Poll both stacks, handle their events, advance the virtual clock.
     fn step(&mut self) -> anyhow::Result<()> {
-        let work =
-            self.client.poll(self.now, &mut self.dc) + self.server.poll(self.now, &mut self.ds);
+        let work = self.client.poll_prefetching(self.now, &mut self.dc)
+            + self.server.poll_prefetching(self.now, &mut self.ds);
         self.handle_events();
         if work > 0 {
             self.now += Duration::from_micros(5);
@@ -415,8 +440,12 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
     fn run(mut self) -> anyhow::Result<()> {
         let n = self.args.connections;
         println!(
-            "bench tcp: {n} connections, {} bytes each way per connection, loss={} reorder={} duplicate={} corrupt={} seed={}",
+            "bench tcp: {n} connections, {} bytes each way per connection, exchanges in flight {}, loss={} reorder={} duplicate={} corrupt={} seed={}",
             self.per_conn,
+            match self.args.active {
+                0 => "all".to_string(),
+                a => a.to_string(),
+            },
             self.args.loss,
             self.args.reorder,
             self.args.duplicate,
@@ -428,6 +457,12 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
             self.client.time_dilation(),
             self.client.config().min_rto.total_millis()
         );
+        match pin_to_this_cpu() {
+            Ok(cpu) => println!(
+                "bench tcp: pinned to CPU {cpu} (a move between CPUs mid-run costs a cache refill)"
+            ),
+            Err(e) => println!("bench tcp: not pinned ({e}); figures may vary more"),
+        }
         let rss0 = rss_bytes();
         let cpu0 = cpu_ns();
         let wall0 = std::time::Instant::now();
@@ -468,16 +503,26 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
             mem_c.total() / mem_c.connections.max(1),
         );
 
-        // Phase 2: request and response on every connection; the client
-        // closes once it has the whole response.
+        // Phase 2: request and response on every connection, at most
+        // `active` at once; the client closes once it has the whole
+        // response.
         let ids = self.clients.ids();
-        for c in ids {
-            self.client_send(c);
-        }
+        let active = match self.args.active {
+            0 => n,
+            a => a,
+        };
+        let mut started = 0;
         let mut last_report = self.completed;
-        while self.completed + self.corrupted + self.failed < n
-            || self.client.connection_count() + self.server.connection_count() > 0
-        {
+        loop {
+            let finished = self.completed + self.corrupted + self.failed;
+            while started < ids.len() && started.saturating_sub(finished) < active {
+                self.client_send(ids[started]);
+                started += 1;
+            }
+            if finished >= n && self.client.connection_count() + self.server.connection_count() == 0
+            {
+                break;
+            }
             self.step()?;
             if self.completed >= last_report + n.div_ceil(4).max(1) {
                 last_report = self.completed;
@@ -524,7 +569,7 @@ impl<'a, D: Device + FaultReport> Bench<'a, D> {
             println!("bench tcp: faults client->server {c}; server->client {s}");
         }
         println!(
-            "connections={n} completed={}/{n} corrupted={} ns_per_packet={ns_per_packet} connect_ns_per_packet={connect_ns_per_packet} bytes_per_conn={bytes_per_conn}",
+            "connections={n} completed={}/{n} corrupted={} ns_per_packet={ns_per_packet} connect_ns_per_packet={connect_ns_per_packet} bytes_per_conn={bytes_per_conn} active={active}",
             self.completed, self.corrupted
         );
         if self.completed != n || self.corrupted != 0 {

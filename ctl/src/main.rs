@@ -645,6 +645,9 @@ fn run_kernel(cfg: &RunConfig, live: &Live) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     init_logging();

@@ -15,7 +15,7 @@ fn bench(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Parse the last line: `connections=N completed=X/N corrupted=C ns_per_packet=T connect_ns_per_packet=U bytes_per_conn=M`.
+/// Parse the last line: `connections=N completed=X/N corrupted=C ns_per_packet=T connect_ns_per_packet=U bytes_per_conn=M active=A`.
 fn last_line(stdout: &str) -> Vec<(String, String)> {
     let line = stdout.lines().last().expect("some output");
     line.split(' ')
@@ -53,9 +53,11 @@ fn last_line_contract_under_faults() {
             "corrupted",
             "ns_per_packet",
             "connect_ns_per_packet",
-            "bytes_per_conn"
+            "bytes_per_conn",
+            "active"
         ]
     );
+    assert_eq!(kv[6].1, "1024", "exchanges in flight by default");
     assert_eq!(kv[0].1, "200");
     assert_eq!(kv[1].1, "200/200");
     assert_eq!(kv[2].1, "0");
@@ -87,5 +89,16 @@ fn bad_arguments_are_clean_errors() {
         let (ok, _, err) = bench(args);
         assert!(!ok, "{args:?} accepted");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn lock_step_and_a_small_window_both_complete() {
+    for (active, shown) in [("0", "60"), ("7", "7")] {
+        let (ok, out, err) = bench(&["--connections", "60", "--active", active]);
+        assert!(ok, "{out}\n{err}");
+        let kv = last_line(&out);
+        assert_eq!(kv[1].1, "60/60", "{out}");
+        assert_eq!(kv[6], ("active".to_string(), shown.to_string()), "{out}");
     }
 }

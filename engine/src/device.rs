@@ -89,6 +89,14 @@ impl phy::TxToken for TxTok<'_, '_> {
     }
 }
 
+impl dpuproxy_tcp::RxPeek for MbufDevice<'_> {
+    fn peek_rx(&self, ahead: usize, f: &mut dyn FnMut(&[u8])) {
+        if let Some(m) = self.rx.get(ahead) {
+            f(m.data());
+        }
+    }
+}
+
 impl<'p> phy::Device for MbufDevice<'p> {
     type RxToken<'a>
         = RxTok<'p>

@@ -201,7 +201,7 @@ impl<'l, 'p> Lcore<'l, 'p> {
             self.driver.drain_streams(now);
         }
         let snow = self.smol(now);
-        work += self.transport.stack.poll(snow, &mut self.dev);
+        work += self.transport.stack.poll_prefetching(snow, &mut self.dev);
         work += self.dispatch_events(now);
         work += self.switch_turn(now, snow);
         self.driver.run(&mut self.transport, now);

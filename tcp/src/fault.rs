@@ -274,6 +274,14 @@ impl<T: phy::TxToken> phy::TxToken for FaultyTx<'_, T> {
     }
 }
 
+/// Received frames pass through unchanged (faults are drawn on transmit),
+/// so the frames waiting are the inner device's.
+impl<D: crate::RxPeek> crate::RxPeek for FaultyDevice<D> {
+    fn peek_rx(&self, ahead: usize, f: &mut dyn FnMut(&[u8])) {
+        self.inner.peek_rx(ahead, f);
+    }
+}
+
 impl<D: Device> Device for FaultyDevice<D> {
     type RxToken<'a>
         = D::RxToken<'a>

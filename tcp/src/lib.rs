@@ -14,8 +14,8 @@
 //!
 //! Sans-IO: nothing here reads a clock, spawns a thread or blocks. Time comes
 //! in as `now: Instant` (microseconds since any fixed epoch, non-decreasing);
-//! randomness comes in as `StackConfig::seed`. The crate has no `unsafe`
-//! (`forbid(unsafe_code)`).
+//! randomness comes in as `StackConfig::seed`. The crate's one `unsafe` is
+//! the cache prefetch hint of `prefetch.rs` (`deny(unsafe_code)` elsewhere).
 //!
 //! # Calling order
 //! 1. [`Stack::poll`]`(now, device)`: receive up to `rx_burst` frames, run
@@ -149,7 +149,7 @@
 //! checksums and never delivered (tests check this byte by byte, with the
 //! streams of [`pattern`]).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod adapters;
 mod clock;
@@ -157,10 +157,12 @@ mod config;
 mod error;
 pub mod fault;
 mod flow;
+mod flow_table;
 mod frame;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod pattern;
+mod prefetch;
 mod stack;
 mod timer;
 pub mod wire;
@@ -169,6 +171,15 @@ pub use config::{Congestion, SocketConfig, StackConfig};
 pub use error::TcpError;
 pub use flow::FourTuple;
 pub use stack::{ConnId, ConnState, ConnectOptions, Event, ListenerId, MemoryUsage, Stack, Stats};
+
+/// A device that can show a frame still waiting to be received, so that
+/// [`Stack::poll_prefetching`] can have the cache lines that frame will
+/// need (its flow-table slot, its connection) loaded before it is handled.
+pub trait RxPeek {
+    /// Call `f` with the frame `ahead` places behind the one `receive`
+    /// would return next (0: that one), if one is waiting there.
+    fn peek_rx(&self, ahead: usize, f: &mut dyn FnMut(&[u8]));
+}
 
 pub use smoltcp;
 pub use smoltcp::socket::tcp::State;

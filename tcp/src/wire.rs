@@ -120,6 +120,14 @@ impl phy::TxToken for WireTx<'_> {
     }
 }
 
+impl crate::RxPeek for WirePort {
+    fn peek_rx(&self, ahead: usize, f: &mut dyn FnMut(&[u8])) {
+        if let Some(frame) = self.link.borrow().queues[1 - self.side].get(ahead) {
+            f(frame);
+        }
+    }
+}
+
 impl Device for WirePort {
     type RxToken<'a>
         = WireRx<'a>

@@ -40,7 +40,8 @@ use crate::TcpError;
 use crate::adapters::OneShot;
 use crate::clock::Clock;
 use crate::config::StackConfig;
-use crate::flow::{FlowEntry, FlowHashBuilder, FourTuple, splitmix};
+use crate::flow::{FlowHashBuilder, splitmix};
+use crate::flow_table::FlowTable;
 use crate::timer::{TimeWaitQueue, TimerHeap};
 
 use listen::ListenerSlot;
@@ -105,7 +106,7 @@ pub struct Stack {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
-    flows: HashMap<FourTuple, FlowEntry, FlowHashBuilder>,
+    flows: FlowTable,
     listeners: Vec<ListenerSlot>,
     by_port: HashMap<u16, u32>,
     timers: TimerHeap,
@@ -176,7 +177,7 @@ impl Stack {
                 .add_default_ipv4_route(gw)
                 .map_err(|_| TcpError::Config("route table full"))?;
         }
-        let flows = HashMap::with_hasher(FlowHashBuilder::new(splitmix(&mut seed)));
+        let flows = FlowTable::new(FlowHashBuilder::new(splitmix(&mut seed)));
         let port_cursor = splitmix(&mut seed) as u32;
         Ok(Self {
             iface,

@@ -13,7 +13,21 @@ use smoltcp::phy::{Device, Medium, RxToken};
 use smoltcp::time::Instant;
 
 use super::{Event, Stack};
+use crate::RxPeek;
 use crate::adapters::{EgressDev, TxObs};
+use crate::flow::FlowEntry;
+use crate::frame;
+use crate::prefetch::{prefetch, prefetch_addr};
+
+use super::conn::Conn;
+use super::slots::Slot;
+
+/// How far behind the frame being handled `poll_prefetching` asks for the
+/// flow-table slot of a waiting frame, for its connection record, and for
+/// its socket: each step needs the one before in the cache.
+const FLOW_AHEAD: usize = 6;
+const CONN_AHEAD: usize = 4;
+const SOCKET_AHEAD: usize = 2;
 
 /// What one connection's turn to transmit did.
 #[derive(Debug, Default)]
@@ -60,10 +74,66 @@ impl Stack {
     /// records, and transmit for every connection with something to send.
     /// Returns the number of frames received and sent.
     pub fn poll<D: Device + ?Sized>(&mut self, now: Instant, device: &mut D) -> usize {
+        self.poll_with(now, device, |_, _| {})
+    }
+
+    /// [`Stack::poll`] on a device that shows the frames waiting behind
+    /// the next one ([`RxPeek`]): while it handles a frame, the stack asks
+    /// the CPU for what the frames behind it will need, one dependent step
+    /// per distance: the flow-table slot of the frame six places behind,
+    /// the connection record of the one four behind (its flow slot is in
+    /// the cache by then), and the socket of the one two behind (its
+    /// record is). With many connections (more than the caches hold) a
+    /// frame then does not wait for those loads one after the other.
+    pub fn poll_prefetching<D: Device + RxPeek + ?Sized>(
+        &mut self,
+        now: Instant,
+        device: &mut D,
+    ) -> usize {
+        self.poll_with(now, device, |stack, device| {
+            let medium = stack.medium;
+            device.peek_rx(FLOW_AHEAD, &mut |frame| {
+                if let Some(seg) = frame::parse(medium, frame) {
+                    stack.flows.prefetch(&seg.tuple);
+                }
+            });
+            device.peek_rx(CONN_AHEAD, &mut |frame| {
+                if let Some(slot) = stack.conn_slot_of(medium, frame) {
+                    prefetch(slot);
+                }
+            });
+            device.peek_rx(SOCKET_AHEAD, &mut |frame| {
+                if let Some(Slot {
+                    conn: Some(Conn { set: Some(set), .. }),
+                    ..
+                }) = stack.conn_slot_of(medium, frame)
+                {
+                    prefetch_addr(set.storage_addr());
+                }
+            });
+        })
+    }
+
+    /// The slot of the connection `frame` is for, if any.
+    fn conn_slot_of(&self, medium: Medium, frame: &[u8]) -> Option<&Slot> {
+        let seg = frame::parse(medium, frame)?;
+        match self.flows.get(&seg.tuple)? {
+            &FlowEntry::Conn(slot) => self.slots.get(slot as usize),
+            _ => None,
+        }
+    }
+
+    fn poll_with<D: Device + ?Sized>(
+        &mut self,
+        now: Instant,
+        device: &mut D,
+        ahead: impl Fn(&Stack, &D),
+    ) -> usize {
         self.now = now;
         let vnow = self.clock.to_virt(now);
         let before = self.stats.rx_frames + self.stats.tx_frames;
         for _ in 0..self.cfg.rx_burst {
+            ahead(self, device);
             let Some((rx, tx)) = device.receive(now) else {
                 break;
             };
@@ -86,7 +156,22 @@ impl Stack {
         // while `batch` is worked through; then `batch` is the spare one.
         let mut batch = core::mem::replace(&mut self.ready, core::mem::take(&mut self.spare));
         let mut exhausted = false;
-        for &slot in &batch {
+        for (i, &slot) in batch.iter().enumerate() {
+            // As on receive: the record of the connection four turns on,
+            // the socket of the one two turns on.
+            if let Some(&later) = batch.get(i + CONN_AHEAD)
+                && let Some(s) = self.slots.get(later as usize)
+            {
+                prefetch(s);
+            }
+            if let Some(&later) = batch.get(i + SOCKET_AHEAD)
+                && let Some(Slot {
+                    conn: Some(Conn { set: Some(set), .. }),
+                    ..
+                }) = self.slots.get(later as usize)
+            {
+                prefetch_addr(set.storage_addr());
+            }
             let Some(c) = self.slots[slot as usize].conn.as_mut() else {
                 continue;
             };

@@ -7,7 +7,6 @@ use smoltcp::socket::tcp;
 
 use super::slots::Slot;
 use super::{Event, Stack};
-use crate::flow::{FlowEntry, FourTuple};
 
 /// Counters, cumulative since the stack was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -94,10 +93,7 @@ impl Stack {
             }
         }
         m.sockets += self.slots.capacity() * size_of::<Slot>();
-        // hashbrown: buckets are a power of two with at most 7/8 full; each
-        // bucket holds a key-value pair and one control byte.
-        let buckets = (self.flows.capacity() * 8 / 7 + 1).next_power_of_two();
-        m.tables += buckets * (size_of::<(FourTuple, FlowEntry)>() + 1);
+        m.tables += self.flows.bytes();
         m.tables += self.free.capacity() * 4
             + self.timers.capacity_bytes()
             + (self.ready.capacity() + self.spare.capacity()) * 4

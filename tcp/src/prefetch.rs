@@ -1,0 +1,30 @@
+//! A cache prefetch hint, the one `unsafe` of this crate.
+
+/// Ask the CPU to start loading the cache line that holds `value`, for a
+/// read soon after. A hint only: nothing is read, written or checked, and
+/// on targets without a prefetch instruction here it does nothing.
+#[inline(always)]
+pub(crate) fn prefetch<T>(value: &T) {
+    prefetch_addr((value as *const T).cast());
+}
+
+/// [`prefetch`] by address (any address: a prefetch never faults).
+#[inline(always)]
+#[allow(unsafe_code)]
+pub(crate) fn prefetch_addr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 never faults and does not access memory
+    // architecturally, whatever the address. SSE is part of the x86_64
+    // baseline.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: PRFM is a hint that never faults and changes no register or
+    // memory, whatever the address.
+    unsafe {
+        core::arch::asm!("prfm pldl1keep, [{0}]", in(reg) p, options(nostack, readonly, preserves_flags));
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = p;
+}
