@@ -19,8 +19,16 @@ use crate::sse::SseTracker;
 /// insensitive, after leading whitespace as [`str::trim_start`] sees it).
 pub(super) fn is_event_stream(content_type: &[u8]) -> bool {
     const SSE: &[u8] = b"text/event-stream";
-    // Optional whitespace, then the ASCII type (bytes: no UTF-8 pass).
-    let v = content_type.trim_ascii_start();
+    // The usual value starts with the type itself: compare the bytes
+    // without a UTF-8 pass.
+    if let Some(p) = content_type.get(..SSE.len())
+        && p.eq_ignore_ascii_case(SSE)
+    {
+        return true;
+    }
+    // The type is ASCII, so it can only sit in the leading valid UTF-8.
+    let valid = content_type.utf8_chunks().next().map_or("", |c| c.valid());
+    let v = valid.trim_start().as_bytes();
     v.get(..SSE.len())
         .is_some_and(|p| p.eq_ignore_ascii_case(SSE))
 }
