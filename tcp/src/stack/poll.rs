@@ -26,6 +26,9 @@ use super::slots::Slot;
 /// flow-table slot of a waiting frame, for its connection record, and for
 /// its socket: each step needs the one before in the cache.
 const FLOW_AHEAD: usize = 6;
+/// Connections below which the stack does not prefetch: a few thousand
+/// records, sockets and buffers (4 KiB or so each) stay in the caches.
+pub const PREFETCH_MIN_CONNS: usize = 4096;
 const CONN_AHEAD: usize = 4;
 const SOCKET_AHEAD: usize = 2;
 
@@ -85,11 +88,18 @@ impl Stack {
     /// the cache by then), and the socket of the one two behind (its
     /// record is). With many connections (more than the caches hold) a
     /// frame then does not wait for those loads one after the other.
+    ///
+    /// With fewer than [`PREFETCH_MIN_CONNS`] connections (whose records and
+    /// sockets stay in the caches anyway) it is [`Stack::poll`]: asking
+    /// would only parse each frame again.
     pub fn poll_prefetching<D: Device + RxPeek + ?Sized>(
         &mut self,
         now: Instant,
         device: &mut D,
     ) -> usize {
+        if self.live < PREFETCH_MIN_CONNS {
+            return self.poll(now, device);
+        }
         self.poll_with(now, device, |stack, device| {
             let medium = stack.medium;
             device.peek_rx(FLOW_AHEAD, &mut |frame| {
@@ -156,15 +166,18 @@ impl Stack {
         // while `batch` is worked through; then `batch` is the spare one.
         let mut batch = core::mem::replace(&mut self.ready, core::mem::take(&mut self.spare));
         let mut exhausted = false;
+        let prefetching = self.live >= PREFETCH_MIN_CONNS;
         for (i, &slot) in batch.iter().enumerate() {
             // As on receive: the record of the connection four turns on,
             // the socket of the one two turns on.
-            if let Some(&later) = batch.get(i + CONN_AHEAD)
+            if prefetching
+                && let Some(&later) = batch.get(i + CONN_AHEAD)
                 && let Some(s) = self.slots.get(later as usize)
             {
                 prefetch(s);
             }
-            if let Some(&later) = batch.get(i + SOCKET_AHEAD)
+            if prefetching
+                && let Some(&later) = batch.get(i + SOCKET_AHEAD)
                 && let Some(Slot {
                     conn: Some(Conn { set: Some(set), .. }),
                     ..
