@@ -38,14 +38,24 @@ impl FlowTable {
         self.slots.len() - 1
     }
 
+    /// The hash that places `t`.
+    pub(crate) fn hash(&self, t: &FourTuple) -> u64 {
+        self.hasher.hash_one(t)
+    }
+
     fn home(&self, t: &FourTuple) -> usize {
-        (self.hasher.hash_one(t) as usize) & self.mask()
+        (self.hash(t) as usize) & self.mask()
     }
 
     /// The slot holding `t`, if any.
     fn find(&self, t: &FourTuple) -> Option<usize> {
+        self.find_hashed(t, self.hash(t))
+    }
+
+    /// [`Self::find`] with `t`'s [`Self::hash`] already known.
+    fn find_hashed(&self, t: &FourTuple, hash: u64) -> Option<usize> {
         let mask = self.mask();
-        let mut i = self.home(t);
+        let mut i = (hash as usize) & mask;
         loop {
             match &self.slots[i] {
                 None => return None,
@@ -57,8 +67,22 @@ impl FlowTable {
 
     /// Ask the CPU to bring `t`'s home slot into the cache, for a lookup
     /// soon after. Only a hint: nothing is read or changed.
+    #[cfg(test)]
     pub(crate) fn prefetch(&self, t: &FourTuple) {
-        prefetch(&self.slots[self.home(t)]);
+        self.prefetch_hashed(self.hash(t));
+    }
+
+    /// Prefetch the home slot of the key whose [`Self::hash`] is `hash`.
+    pub(crate) fn prefetch_hashed(&self, hash: u64) {
+        prefetch(&self.slots[(hash as usize) & self.mask()]);
+    }
+
+    /// [`Self::get`] with `t`'s [`Self::hash`] already known. A hash taken
+    /// before the table grew finds nothing or looks in the wrong place, so
+    /// only hints may rest on the answer.
+    pub(crate) fn get_hashed(&self, t: &FourTuple, hash: u64) -> Option<&FlowEntry> {
+        let i = self.find_hashed(t, hash)?;
+        self.slots[i].as_ref().map(|(_, e)| e)
     }
 
     pub(crate) fn get(&self, t: &FourTuple) -> Option<&FlowEntry> {

@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, BinaryHeap};
 
 use crate::flow::FourTuple;
 
-/// Deadlines are grouped by their millisecond (2^10 µs); each group is a
+/// Deadlines are grouped by 256 µs (2^8); each group is a
 /// small heap of its own, and the groups are kept in order. With many
 /// connections one big binary heap made every push and pop walk some twenty
 /// levels spread over megabytes (cache misses each); here the groups near
 /// now stay small and in the cache. The order is the same: earliest
 /// deadline first.
-const GROUP_SHIFT: u32 = 10;
+const GROUP_SHIFT: u32 = 8;
 
 /// Emptied group heaps kept for reuse, so a group costs no allocation.
 const SPARE_GROUPS: usize = 64;

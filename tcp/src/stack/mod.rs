@@ -127,6 +127,8 @@ pub struct Stack {
     empty: SocketSet<'static>,
     now: Instant,
     stats: Stats,
+    /// The receive pipeline of `poll_prefetching`.
+    ahead: poll::Ahead,
 }
 
 impl core::fmt::Debug for Stack {
@@ -206,6 +208,7 @@ impl Stack {
             empty: SocketSet::new(Vec::new()),
             now,
             stats: Stats::default(),
+            ahead: poll::Ahead::default(),
         })
     }
 

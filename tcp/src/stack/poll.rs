@@ -26,6 +26,16 @@ use super::slots::Slot;
 /// flow-table slot of a waiting frame, for its connection record, and for
 /// its socket: each step needs the one before in the cache.
 const FLOW_AHEAD: usize = 6;
+
+/// What the receive pipeline of `poll_prefetching` carries from one frame
+/// to the next: the frames six and five places on (tuple and hash), then
+/// four and three places on (connection slot), alternating by step.
+#[derive(Debug, Default)]
+pub(super) struct Ahead {
+    step: u64,
+    flows: [Option<(crate::flow::FourTuple, u64)>; 2],
+    slots: [Option<u32>; 2],
+}
 /// Connections below which the stack does not prefetch: a few thousand
 /// records, sockets and buffers (4 KiB or so each) stay in the caches.
 pub const PREFETCH_MIN_CONNS: usize = 4096;
@@ -100,44 +110,52 @@ impl Stack {
         if self.live < PREFETCH_MIN_CONNS {
             return self.poll(now, device);
         }
-        self.poll_with(now, device, |stack, device| {
-            let medium = stack.medium;
-            device.peek_rx(FLOW_AHEAD, &mut |frame| {
-                if let Some(seg) = frame::parse(medium, frame) {
-                    stack.flows.prefetch(&seg.tuple);
-                }
-            });
-            device.peek_rx(CONN_AHEAD, &mut |frame| {
-                if let Some(slot) = stack.conn_slot_of(medium, frame) {
-                    prefetch(slot);
-                }
-            });
-            device.peek_rx(SOCKET_AHEAD, &mut |frame| {
-                if let Some(Slot {
-                    conn: Some(Conn { set: Some(set), .. }),
-                    ..
-                }) = stack.conn_slot_of(medium, frame)
-                {
-                    prefetch_addr(set.storage_addr());
-                }
-            });
-        })
+        self.poll_with(now, device, |stack, device| stack.prefetch_ahead(device))
     }
 
-    /// The slot of the connection `frame` is for, if any.
-    fn conn_slot_of(&self, medium: Medium, frame: &[u8]) -> Option<&Slot> {
-        let seg = frame::parse(medium, frame)?;
-        match self.flows.get(&seg.tuple)? {
-            &FlowEntry::Conn(slot) => self.slots.get(slot as usize),
-            _ => None,
+    /// One step of the receive pipeline, before the next frame is taken
+    /// (see [`Stack::poll_prefetching`]). Each frame is parsed and hashed
+    /// once, at the first step; what a step finds is kept two frames for
+    /// the next step (a best guess: should the frames have changed in
+    /// between, only a hint is wasted).
+    fn prefetch_ahead<D: RxPeek + ?Sized>(&mut self, device: &D) {
+        // `step` counts the frames received (see `poll_with`).
+        let lane = (self.ahead.step % 2) as usize;
+        // The socket of the frame two places on (its record was asked for
+        // two frames ago).
+        if let Some(slot) = self.ahead.slots[lane].take()
+            && let Some(Slot {
+                conn: Some(Conn { set: Some(set), .. }),
+                ..
+            }) = self.slots.get(slot as usize)
+        {
+            prefetch_addr(set.storage_addr());
         }
+        // The record of the frame four places on (its flow slot was asked
+        // for two frames ago).
+        if let Some((tuple, hash)) = self.ahead.flows[lane].take()
+            && let Some(&FlowEntry::Conn(slot)) = self.flows.get_hashed(&tuple, hash)
+            && let Some(s) = self.slots.get(slot as usize)
+        {
+            prefetch(s);
+            self.ahead.slots[lane] = Some(slot);
+        }
+        // The flow slot of the frame six places on.
+        let (medium, flows, next) = (self.medium, &self.flows, &mut self.ahead.flows[lane]);
+        device.peek_rx(FLOW_AHEAD, &mut |frame| {
+            if let Some(seg) = frame::parse(medium, frame) {
+                let hash = flows.hash(&seg.tuple);
+                flows.prefetch_hashed(hash);
+                *next = Some((seg.tuple, hash));
+            }
+        });
     }
 
     fn poll_with<D: Device + ?Sized>(
         &mut self,
         now: Instant,
         device: &mut D,
-        ahead: impl Fn(&Stack, &D),
+        mut ahead: impl FnMut(&mut Stack, &D),
     ) -> usize {
         self.now = now;
         let vnow = self.clock.to_virt(now);
@@ -148,6 +166,7 @@ impl Stack {
                 break;
             };
             self.stats.rx_frames += 1;
+            self.ahead.step = self.ahead.step.wrapping_add(1);
             rx.consume(|frame| self.ingress(now, vnow, frame, tx));
         }
         self.fire_timers(now);
