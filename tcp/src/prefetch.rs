@@ -1,11 +1,23 @@
 //! A cache prefetch hint, the one `unsafe` of this crate.
 
-/// Ask the CPU to start loading the cache line that holds `value`, for a
+/// Ask the CPU to start loading the cache lines that hold `value`, for a
 /// read soon after. A hint only: nothing is read, written or checked, and
 /// on targets without a prefetch instruction here it does nothing.
 #[inline(always)]
 pub(crate) fn prefetch<T>(value: &T) {
-    prefetch_addr((value as *const T).cast());
+    prefetch_lines((value as *const T).cast(), core::mem::size_of::<T>());
+}
+
+/// [`prefetch_addr`] for every 64-byte cache line of the `len` bytes at `p`.
+#[inline(always)]
+pub(crate) fn prefetch_lines(p: *const u8, len: usize) {
+    let first = p as usize & !63;
+    let end = p as usize + len.max(1);
+    let mut line = first;
+    while line < end {
+        prefetch_addr(p.wrapping_add(line - p as usize));
+        line += 64;
+    }
 }
 
 /// [`prefetch`] by address (any address: a prefetch never faults).

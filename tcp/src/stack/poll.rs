@@ -10,6 +10,7 @@
 
 use smoltcp::iface::PollResult;
 use smoltcp::phy::{Device, Medium, RxToken};
+use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 
 use super::{Event, Stack};
@@ -17,7 +18,7 @@ use crate::RxPeek;
 use crate::adapters::{EgressDev, TxObs};
 use crate::flow::FlowEntry;
 use crate::frame;
-use crate::prefetch::{prefetch, prefetch_addr};
+use crate::prefetch::{prefetch, prefetch_addr, prefetch_lines};
 
 use super::conn::Conn;
 use super::slots::Slot;
@@ -26,15 +27,21 @@ use super::slots::Slot;
 /// flow-table slot of a waiting frame, for its connection record, and for
 /// its socket: each step needs the one before in the cache.
 const FLOW_AHEAD: usize = 6;
+/// A socket's storage in its set (smoltcp's `tcp::Socket` and metadata).
+const SOCKET_BYTES: usize = core::mem::size_of::<smoltcp::iface::SocketStorage<'static>>();
 
 /// What the receive pipeline of `poll_prefetching` carries from one frame
 /// to the next: the frames six and five places on (tuple and hash), then
-/// four and three places on (connection slot), alternating by step.
+/// four and three places on (connection slot), alternating by step; then
+/// the slot of the frame whose socket was asked for, until that frame is
+/// the next one.
 #[derive(Debug, Default)]
 pub(super) struct Ahead {
     step: u64,
     flows: [Option<(crate::flow::FourTuple, u64)>; 2],
     slots: [Option<u32>; 2],
+    socket_next: Option<u32>,
+    socket: Option<u32>,
 }
 /// Connections below which the stack does not prefetch: a few thousand
 /// records, sockets and buffers (4 KiB or so each) stay in the caches.
@@ -121,6 +128,16 @@ impl Stack {
     fn prefetch_ahead<D: RxPeek + ?Sized>(&mut self, device: &D) {
         // `step` counts the frames received (see `poll_with`).
         let lane = (self.ahead.step % 2) as usize;
+        // Where the payload of the next frame goes in its socket's receive
+        // buffer (the socket was asked for a frame ago).
+        if let Some(slot) = self.ahead.socket.take()
+            && let Some(Slot {
+                conn: Some(conn), ..
+            }) = self.slots.get(slot as usize)
+            && let Some(set) = &conn.set
+        {
+            prefetch_addr(set.get::<tcp::Socket>(conn.handle).recv_write_addr());
+        }
         // The socket of the frame two places on (its record was asked for
         // two frames ago).
         if let Some(slot) = self.ahead.slots[lane].take()
@@ -129,7 +146,8 @@ impl Stack {
                 ..
             }) = self.slots.get(slot as usize)
         {
-            prefetch_addr(set.storage_addr());
+            prefetch_lines(set.storage_addr(), SOCKET_BYTES);
+            self.ahead.socket_next = Some(slot);
         }
         // The record of the frame four places on (its flow slot was asked
         // for two frames ago).
@@ -167,6 +185,8 @@ impl Stack {
             };
             self.stats.rx_frames += 1;
             self.ahead.step = self.ahead.step.wrapping_add(1);
+            // The frame whose socket was asked for is now one place on.
+            self.ahead.socket = self.ahead.socket_next.take();
             rx.consume(|frame| self.ingress(now, vnow, frame, tx));
         }
         self.fire_timers(now);
@@ -202,7 +222,7 @@ impl Stack {
                     ..
                 }) = self.slots.get(later as usize)
             {
-                prefetch_addr(set.storage_addr());
+                prefetch_lines(set.storage_addr(), SOCKET_BYTES);
             }
             let Some(c) = self.slots[slot as usize].conn.as_mut() else {
                 continue;
