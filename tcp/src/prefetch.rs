@@ -11,12 +11,11 @@ pub(crate) fn prefetch<T>(value: &T) {
 /// [`prefetch_addr`] for every 64-byte cache line of the `len` bytes at `p`.
 #[inline(always)]
 pub(crate) fn prefetch_lines(p: *const u8, len: usize) {
-    let first = p as usize & !63;
-    let end = p as usize + len.max(1);
-    let mut line = first;
-    while line < end {
-        prefetch_addr(p.wrapping_add(line - p as usize));
-        line += 64;
+    let skew = p as usize % 64;
+    let lines = (skew + len.max(1)).div_ceil(64);
+    let first = p.wrapping_sub(skew);
+    for i in 0..lines {
+        prefetch_addr(first.wrapping_add(i * 64));
     }
 }
 
@@ -39,4 +38,23 @@ pub(crate) fn prefetch_addr(p: *const u8) {
     }
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let _ = p;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Aligned or not, any length, and the null address: nothing is read
+    /// and the line arithmetic does not overflow (debug builds check).
+    #[test]
+    fn hints_never_fault_or_overflow() {
+        let bytes = [7u8; 300];
+        for offset in [0, 1, 63, 64, 65, 200] {
+            prefetch_lines(bytes[offset..].as_ptr(), 300 - offset);
+        }
+        prefetch(&bytes);
+        prefetch_lines(core::ptr::null(), 0);
+        prefetch_addr(core::ptr::null());
+        assert_eq!(bytes[299], 7);
+    }
 }
