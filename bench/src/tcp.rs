@@ -148,6 +148,8 @@ impl FaultReport for FaultyDevice<WirePort> {
 
 #[derive(Debug, Default)]
 struct Side {
+    /// Its exchange started and the client side is not done yet.
+    exchanging: bool,
     /// Stream ids of the request and the response.
     req: u64,
     resp: u64,
@@ -168,6 +170,10 @@ struct Bench<'a, D> {
     servers: Table,
     connected: usize,
     accepted: usize,
+    /// Exchanges started whose client side is not done, and the most
+    /// there were at once.
+    in_flight: usize,
+    peak_in_flight: usize,
     completed: usize,
     corrupted: usize,
     failed: usize,
@@ -270,6 +276,8 @@ impl<'a, D: Device + RxPeek + FaultReport> Bench<'a, D> {
             servers: Table::default(),
             connected: 0,
             accepted: 0,
+            in_flight: 0,
+            peak_in_flight: 0,
             completed: 0,
             corrupted: 0,
             failed: 0,
@@ -335,6 +343,7 @@ impl<'a, D: Device + RxPeek + FaultReport> Bench<'a, D> {
                     && !s.done
                 {
                     s.done = true;
+                    self.in_flight -= usize::from(std::mem::take(&mut s.exchanging));
                     self.failed += 1;
                     let _ = self.client.close(c);
                 }
@@ -375,6 +384,7 @@ impl<'a, D: Device + RxPeek + FaultReport> Bench<'a, D> {
         }
         if side.io.received >= self.per_conn || r.is_err() {
             side.done = true;
+            self.in_flight -= usize::from(std::mem::take(&mut side.exchanging));
             if side.io.bad > 0 || side.io.received != self.per_conn {
                 self.corrupted += usize::from(side.io.bad > 0);
                 self.failed += usize::from(side.io.bad == 0);
@@ -515,9 +525,17 @@ impl<'a, D: Device + RxPeek + FaultReport> Bench<'a, D> {
         let mut last_report = self.completed;
         loop {
             let finished = self.completed + self.corrupted + self.failed;
-            while started < ids.len() && started.saturating_sub(finished) < active {
-                self.client_send(ids[started]);
+            while started < ids.len() && self.in_flight < active {
+                let c = ids[started];
                 started += 1;
+                if let Some(side) = self.clients.get_mut(&c)
+                    && !side.done
+                {
+                    side.exchanging = true;
+                    self.in_flight += 1;
+                    self.peak_in_flight = self.peak_in_flight.max(self.in_flight);
+                    self.client_send(c);
+                }
             }
             if finished >= n && self.client.connection_count() + self.server.connection_count() == 0
             {
@@ -559,6 +577,10 @@ impl<'a, D: Device + RxPeek + FaultReport> Bench<'a, D> {
             sc
         );
         println!("bench tcp: server {ss:?}");
+        println!(
+            "bench tcp: at most {} exchanges were in flight at once",
+            self.peak_in_flight
+        );
         println!(
             "bench tcp: TIME-WAIT records: client {}, server {}; failed {}",
             self.client.time_wait_count(),

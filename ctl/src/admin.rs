@@ -241,21 +241,26 @@ fn escape_label(v: &str) -> String {
 
 /// Prometheus text exposition, one metric family at a time.
 #[derive(Default)]
-struct Exposition(String);
+pub(crate) struct Exposition(pub(crate) String);
 
 impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
+    /// One sample line, written as given (after its family's head).
+    pub(crate) fn line(&mut self, sample: std::fmt::Arguments<'_>) {
+        let _ = writeln!(self.0, "{sample}");
+    }
+
     /// A family with one unlabelled sample.
-    fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+    pub(crate) fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
         self.family(name, kind, help);
         let _ = writeln!(self.0, "{name} {v}");
     }
 
     /// A family with one sample per value of label `key`.
-    fn labelled<L: AsRef<str>, V: std::fmt::Display>(
+    pub(crate) fn labelled<L: AsRef<str>, V: std::fmt::Display>(
         &mut self,
         name: &str,
         kind: &str,
@@ -800,7 +805,7 @@ pub fn render_metrics(state: &AdminState) -> String {
     );
     render_control(&mut o, state);
     if let Some(b) = &state.switch {
-        crate::switch_admin::render(&mut o.0, b);
+        crate::switch_admin::render(&mut o, b);
     }
     o.labelled(
         "dpuproxy_rejected_requests_total",

@@ -2,11 +2,12 @@
 //! (optionally `&fail=N`: the next N restores fail on purpose, a drill of
 //! the take-back path), `GET /switch`, and its metric families.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dpuproxy_switch::{Path, SwitchBoard, SwitchError, metrics::PAUSE_BOUNDS_US};
+
+use crate::admin::Exposition;
 
 /// How long `POST /switch` waits for the switch to settle before it
 /// answers 504 (the switch goes on).
@@ -64,7 +65,6 @@ pub fn request(board: &SwitchBoard, query: &str) -> Reply {
         Err(e @ (SwitchError::Busy(_) | SwitchError::NotReady(_))) => {
             return error(409, &e.to_string());
         }
-        Err(e @ SwitchError::NotSwitchable) => return error(400, &e.to_string()),
     };
     while !board.settled() {
         if t0.elapsed() >= SETTLE_WAIT {
@@ -143,81 +143,68 @@ pub fn run(args: &SwitchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
 /// The switch's metric families, in the exposition format.
-pub fn render(out: &mut String, board: &SwitchBoard) {
+pub(crate) fn render(o: &mut Exposition, board: &SwitchBoard) {
     let m = &board.metrics;
     let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let n = "dpuproxy_switch_path";
-    head(
-        out,
-        n,
+    let cur = board.current();
+    o.labelled(
+        "dpuproxy_switch_path",
         "gauge",
         "1 on the path new connections go to (live mode switch).",
+        "path",
+        [Path::Dpdk, Path::Kernel].map(|p| (p.label(), u64::from(p == cur))),
     );
-    let cur = board.current();
-    for p in [Path::Dpdk, Path::Kernel] {
-        let _ = writeln!(out, "{n}{{path=\"{}\"}} {}", p.label(), u64::from(p == cur));
-    }
-    let n = "dpuproxy_switch_moved_total";
-    head(
-        out,
-        n,
+    o.labelled(
+        "dpuproxy_switch_moved_total",
         "counter",
         "Connections moved between the paths, by destination.",
+        "to",
+        [
+            (Path::Dpdk.label(), r(&m.moved_to_dpdk)),
+            (Path::Kernel.label(), r(&m.moved_to_kernel)),
+        ],
     );
-    let _ = writeln!(out, "{n}{{to=\"dpdk\"}} {}", r(&m.moved_to_dpdk));
-    let _ = writeln!(out, "{n}{{to=\"kernel\"}} {}", r(&m.moved_to_kernel));
-    for (name, help, v) in [
-        (
-            "dpuproxy_switches_total",
-            "Switches requested.",
-            r(&m.switches),
-        ),
-        (
-            "dpuproxy_switch_failed_total",
-            "Connections lost in a move (reset).",
-            r(&m.failed),
-        ),
-        (
-            "dpuproxy_switch_taken_back_total",
-            "Connections the destination could not restore, restored on their source.",
-            r(&m.taken_back),
-        ),
-        (
-            "dpuproxy_switch_stayed_total",
-            "Open connections that could not move and stayed on their path.",
-            r(&m.stayed),
-        ),
-    ] {
-        head(out, name, "counter", help);
-        let _ = writeln!(out, "{name} {v}");
-    }
+    o.single(
+        "dpuproxy_switches_total",
+        "counter",
+        "Switches requested.",
+        r(&m.switches),
+    );
+    o.single(
+        "dpuproxy_switch_failed_total",
+        "counter",
+        "Connections lost in a move (reset).",
+        r(&m.failed),
+    );
+    o.single(
+        "dpuproxy_switch_taken_back_total",
+        "counter",
+        "Connections the destination could not restore, restored on their source.",
+        r(&m.taken_back),
+    );
+    o.single(
+        "dpuproxy_switch_stayed_total",
+        "counter",
+        "Open connections that could not move and stayed on their path.",
+        r(&m.stayed),
+    );
     let name = "dpuproxy_switch_pause_us";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Per-connection pause of a move (hold to steered at the destination), microseconds.\n# TYPE {name} histogram"
+    o.family(
+        name,
+        "histogram",
+        "Per-connection pause of a move (hold to steered at the destination), microseconds.",
     );
     let mut cumulative = 0;
     for (i, b) in m.pause_buckets.iter().enumerate() {
         cumulative += r(b);
-        match PAUSE_BOUNDS_US.get(i) {
-            Some(le) => {
-                let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
-            }
-            None => {
-                let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-            }
-        }
+        let le = PAUSE_BOUNDS_US
+            .get(i)
+            .map_or_else(|| "+Inf".to_string(), u64::to_string);
+        o.line(format_args!("{name}_bucket{{le=\"{le}\"}} {cumulative}"));
     }
-    let _ = writeln!(
-        out,
-        "{name}_sum {}\n{name}_count {cumulative}",
-        r(&m.pause_sum_us)
-    );
+    o.line(format_args!("{name}_sum {}", r(&m.pause_sum_us)));
+    o.line(format_args!("{name}_count {cumulative}"));
 }
 
 #[cfg(test)]
@@ -230,9 +217,11 @@ mod tests {
         assert_eq!(request(&b, "").0, 400);
         assert_eq!(request(&b, "to=disk").0, 400);
         assert_eq!(request(&b, "to=kernel&fail=x").0, 400);
-        let (code, body) = request(&b, "to=kernel");
-        assert_eq!(code, 400, "no steering: {body}");
-        assert!(body.contains("cannot switch"), "{body}");
+        // No steering yet: the DPDK path is not up, and a drill's fault is
+        // not armed by a request that starts nothing.
+        let (code, body) = request(&b, "to=kernel&fail=3");
+        assert_eq!(code, 409, "no steering: {body}");
+        assert!(body.contains("dpdk path is not up"), "{body}");
         assert!(
             !b.restore_fails_on_purpose(),
             "a refused request leaves no fault armed"
@@ -245,8 +234,9 @@ mod tests {
     #[test]
     fn metrics_list_every_family_with_a_complete_histogram() {
         let b: SwitchBoard = SwitchBoard::new(Path::Kernel);
-        let mut out = String::new();
-        render(&mut out, &b);
+        let mut o = Exposition::default();
+        render(&mut o, &b);
+        let out = o.0;
         for want in [
             "dpuproxy_switch_path{path=\"kernel\"} 1",
             "dpuproxy_switch_path{path=\"dpdk\"} 0",

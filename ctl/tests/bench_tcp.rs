@@ -100,5 +100,18 @@ fn lock_step_and_a_small_window_both_complete() {
         let kv = last_line(&out);
         assert_eq!(kv[1].1, "60/60", "{out}");
         assert_eq!(kv[6], ("active".to_string(), shown.to_string()), "{out}");
+        // The window held: never more exchanges at once than allowed, and
+        // (60 connections) it was filled.
+        let peak: usize = out
+            .lines()
+            .find_map(|l| l.strip_prefix("bench tcp: at most "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no peak line: {out}"));
+        let limit: usize = shown.parse().unwrap();
+        assert!(
+            peak <= limit && peak == limit.min(60),
+            "peak {peak} for --active {active}: {out}"
+        );
     }
 }

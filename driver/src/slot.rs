@@ -120,16 +120,20 @@ pub struct Detached<C, B> {
 
 impl<C, B> Detached<C, B> {
     /// The same connection over other transport objects (e.g. a userspace
-    /// TCP connection restored as a kernel socket).
-    pub fn map<C2, B2>(
-        self,
-        client: impl FnOnce(C) -> C2,
-        backend: impl FnOnce(B) -> B2,
-    ) -> Detached<C2, B2> {
+    /// TCP connection restored as a kernel socket): `backend` is the new
+    /// backend object, given exactly when the slot has a backend
+    /// connection (a mismatch is a bug of the caller: checked in debug
+    /// builds; in release a spare backend object is dropped).
+    pub fn with<C2, B2>(self, client: C2, backend: Option<B2>) -> Detached<C2, B2> {
+        debug_assert_eq!(
+            self.upstream.is_some(),
+            backend.is_some(),
+            "a backend object exactly for a slot with a backend connection"
+        );
         Detached {
-            client: client(self.client),
-            upstream: self.upstream.map(|u| Upstream {
-                conn: backend(u.conn),
+            client,
+            upstream: self.upstream.zip(backend).map(|(u, conn)| Upstream {
+                conn,
                 backend: u.backend,
                 connecting: u.connecting,
                 read_blocked: false,

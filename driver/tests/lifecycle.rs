@@ -328,7 +328,7 @@ fn a_connection_moves_to_another_driver_mid_stream() {
     let metrics = std::sync::Arc::new(PathMetrics::default());
     let mut d2: Driver<FakeTransport> =
         Driver::new(shared.clone(), DriverSettings::default(), metrics, sim.now);
-    let moved = d.map(|_| ClientRef(c2), |_| 0usize);
+    let moved = d.with(ClientRef(c2), Some(0usize));
     let id2 = d2.attach(&mut t2, moved, sim.now).expect("attached");
     d2.run(&mut t2, sim.now);
     t2.conns[0].to_proxy.extend(chunk("data: 3\n\n").as_bytes());

@@ -498,23 +498,31 @@ fn kernel_ephemeral_ports() -> std::ops::RangeInclusive<u16> {
     parsed.unwrap_or(32768..=60999)
 }
 
-/// The larger range of unprivileged ports outside `kernel`.
-fn ports_beside_kernel(kernel: &std::ops::RangeInclusive<u16>) -> std::ops::RangeInclusive<u16> {
+/// The larger range of unprivileged ports outside `kernel`; `None` when
+/// `kernel` takes them all.
+fn ports_beside_kernel(
+    kernel: &std::ops::RangeInclusive<u16>,
+) -> Option<std::ops::RangeInclusive<u16>> {
     let below = 1024..=kernel.start().saturating_sub(1);
-    let above = kernel.end().saturating_add(1).max(1024)..=65535;
+    #[allow(clippy::reversed_empty_ranges)]
+    let above = match kernel.end().checked_add(1) {
+        Some(first) => first.max(1024)..=65535,
+        None => 1..=0,
+    };
     let len = |r: &std::ops::RangeInclusive<u16>| {
         usize::from(*r.end()).saturating_sub(usize::from(*r.start())) + usize::from(!r.is_empty())
     };
-    if len(&below) >= len(&above) && !below.is_empty() {
+    let best = if len(&below) >= len(&above) {
         below
     } else {
         above
-    }
+    };
+    (!best.is_empty()).then_some(best)
 }
 
 /// Pin every flow of the stack to the DPDK path (before the default moves
-/// away from it); each is remembered as lingering, so that the entries of
-/// those that close (or are in TIME-WAIT already) go once they are done.
+/// away from it); TIME-WAIT records are remembered as lingering, so that
+/// their entries go once they are done.
 fn pin_all(
     transport: &mut UserspaceTransport<'_>,
     steer: &dyn dpuproxy_switch::Steer,
@@ -523,7 +531,11 @@ fn pin_all(
     let (mut pinned, mut failed) = (0usize, 0usize);
     for t in transport.stack.tuples() {
         let flow = dpuproxy_switch::Flow::of(t);
-        transport.lingering.push(flow, now);
+        // A TIME-WAIT record keeps its pin for a while; a live connection
+        // moves (its destination steers it) or lingers when it closes.
+        if !transport.stack.has_connection(t) {
+            transport.lingering.push(flow, now);
+        }
         match steer.set(flow, FlowOwner::Path(Path::Dpdk)) {
             Ok(()) => pinned += 1,
             Err(e) => {
@@ -559,7 +571,16 @@ pub(crate) fn build_stack(
     if beside_kernel {
         // With the live switch both paths open backend connections from
         // the same address: ours must not pick the kernel's ports.
-        scfg.ephemeral_ports = ports_beside_kernel(&kernel_ephemeral_ports());
+        let kernel = kernel_ephemeral_ports();
+        scfg.ephemeral_ports = ports_beside_kernel(&kernel).ok_or_else(|| {
+            Error::Stack(format!(
+                "the kernel's ip_local_port_range ({}-{}) leaves no unprivileged port for \
+                 the DPDK path's backend connections; narrow it \
+                 (sysctl net.ipv4.ip_local_port_range)",
+                kernel.start(),
+                kernel.end()
+            ))
+        })?;
     }
     let mut stack = Stack::new(scfg, caps.clone(), dpuproxy_tcp::Instant::from_micros(0))
         .map_err(|e| Error::Stack(e.to_string()))?;
@@ -578,10 +599,13 @@ mod tests {
 
     #[test]
     fn backend_ports_stay_out_of_the_kernels_range() {
-        assert_eq!(ports_beside_kernel(&(32768..=60999)), 1024..=32767);
-        assert_eq!(ports_beside_kernel(&(1024..=50000)), 50001..=65535);
-        assert_eq!(ports_beside_kernel(&(2000..=65000)), 1024..=1999);
-        assert_eq!(ports_beside_kernel(&(1500..=65000)), 65001..=65535);
-        assert_eq!(ports_beside_kernel(&(20000..=65535)), 1024..=19999);
+        assert_eq!(ports_beside_kernel(&(32768..=60999)), Some(1024..=32767));
+        assert_eq!(ports_beside_kernel(&(1024..=50000)), Some(50001..=65535));
+        assert_eq!(ports_beside_kernel(&(2000..=65000)), Some(1024..=1999));
+        assert_eq!(ports_beside_kernel(&(1500..=65000)), Some(65001..=65535));
+        assert_eq!(ports_beside_kernel(&(20000..=65535)), Some(1024..=19999));
+        assert_eq!(ports_beside_kernel(&(1024..=65534)), Some(65535..=65535));
+        assert_eq!(ports_beside_kernel(&(1024..=65535)), None);
+        assert_eq!(ports_beside_kernel(&(1..=65535)), None);
     }
 }

@@ -55,15 +55,7 @@ impl UserspaceTransport<'_> {
         if let Some(u) = &d.upstream {
             self.owners.remove(u.conn);
         }
-        let mut backend = backend;
-        Ok(d.map(
-            |_| ClientParcel { tcp: client, tls },
-            |_| {
-                backend
-                    .take()
-                    .expect("a slot with a backend connection exported its state above")
-            },
-        ))
+        Ok(d.with(ClientParcel { tcp: client, tls }, backend))
     }
 
     /// Continue a parcel's connections on this stack (nothing is sent
@@ -96,14 +88,6 @@ impl UserspaceTransport<'_> {
                 }
             },
         };
-        let mut backend = backend;
-        Ok(p.map(
-            |_| UserspaceClient { tcp, tls },
-            |_| {
-                backend
-                    .take()
-                    .expect("a parcel with a backend connection imported it above")
-            },
-        ))
+        Ok(p.with(UserspaceClient { tcp, tls }, backend))
     }
 }

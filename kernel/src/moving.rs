@@ -92,15 +92,7 @@ impl KernelTransport {
             let _ = self.registry.deregister(&mut u.conn.stream);
             self.backends.try_remove(u.conn.id);
         }
-        let mut backend = backend;
-        Ok(d.map(
-            |_| ClientParcel { tcp: client, tls },
-            |_| {
-                backend
-                    .take()
-                    .expect("a slot with a backend connection captured it above")
-            },
-        ))
+        Ok(d.with(ClientParcel { tcp: client, tls }, backend))
     }
 
     /// Restore a parcel's connections as kernel sockets. Fails, leaving
@@ -120,8 +112,11 @@ impl KernelTransport {
         // Sealed bytes the new socket could not take yet go first, ahead
         // of what the session still holds.
         session.prepend_out(&restored.pending);
-        let records =
-            FdRecords::with_session(TcpStream::from_std(restored.stream), session, &p.client.tls);
+        let records = FdRecords::with_session(
+            nodelay(TcpStream::from_std(restored.stream)),
+            session,
+            &p.client.tls,
+        );
         let backend = match p.upstream.as_ref().map(|u| &u.conn) {
             None => None,
             Some(state) => {
@@ -130,7 +125,7 @@ impl KernelTransport {
                         let addr = r.stream.peer_addr();
                         match addr {
                             Ok(addr) => Ok(KernelBackend {
-                                stream: TcpStream::from_std(r.stream),
+                                stream: nodelay(TcpStream::from_std(r.stream)),
                                 addr,
                                 id: usize::MAX,
                             }),
@@ -155,15 +150,7 @@ impl KernelTransport {
                 }
             }
         };
-        let mut backend = backend;
-        Ok(p.map(
-            |_| KernelClient::moved(records),
-            |_| {
-                backend
-                    .take()
-                    .expect("a parcel with a backend connection restored it above")
-            },
-        ))
+        Ok(p.with(KernelClient::moved(records), backend))
     }
 }
 
@@ -201,4 +188,14 @@ fn capture_both(
         },
     };
     Ok((c, b))
+}
+
+/// A restored socket gets `TCP_NODELAY` like every socket the kernel path
+/// accepts or opens (a repaired socket starts without it: small records
+/// would wait behind Nagle and the peer's delayed ACK).
+fn nodelay(stream: TcpStream) -> TcpStream {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY on a restored socket");
+    }
+    stream
 }

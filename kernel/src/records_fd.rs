@@ -46,7 +46,6 @@ impl FdRecords {
         }
     }
 
-    /// A socket continuing an established session (a moved connection).
     /// A socket continuing `session`, resumed from `state` (a moved
     /// connection).
     pub(crate) fn with_session(

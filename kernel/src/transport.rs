@@ -266,9 +266,8 @@ impl KernelTransport {
         Ok((TcpStream::from_std(s.into()), flow))
     }
 
-    /// Register a backend socket for life under a new entry owned by `slot`.
-    /// Register a backend socket for `slot`; `flow` is its flow with the
-    /// live mode switch.
+    /// Register a backend socket under a new entry owned by `slot`; `flow`
+    /// is its flow with the live mode switch.
     fn register_backend(
         &mut self,
         stream: &mut TcpStream,
@@ -291,11 +290,20 @@ impl KernelTransport {
 
     /// The slot an event for backend connection `id` is for; `None` when
     /// the connection idles in the pool (the event is remembered, so the
-    /// connection is probed before it is reused) or is gone. `read_closed`:
-    /// the event reported the peer's FIN.
-    pub(crate) fn backend_event(&mut self, id: usize, read_closed: bool) -> Option<SlotId> {
+    /// connection is probed before it is reused) or is gone. `readable`:
+    /// the event says there is something to read (bytes, a FIN or an
+    /// error; a write-only event leaves a drained socket drained);
+    /// `read_closed`: it reported the peer's FIN.
+    pub(crate) fn backend_event(
+        &mut self,
+        id: usize,
+        readable: bool,
+        read_closed: bool,
+    ) -> Option<SlotId> {
         let entry = self.backends.get_mut(id)?;
-        entry.drained = false;
+        if readable {
+            entry.drained = false;
+        }
         entry.read_closed |= read_closed;
         if entry.owner.is_none() {
             entry.stirred = true;
@@ -644,7 +652,9 @@ mod tests {
                 .unwrap();
             for ev in events.iter() {
                 if let Owner::Backend(id) = owner_of(ev.token()) {
-                    let _ = t.backend_event(id, false);
+                    // As the worker hands them over.
+                    let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    let _ = t.backend_event(id, readable, ev.is_read_closed());
                 }
             }
         }
@@ -671,7 +681,7 @@ mod tests {
             pump(&mut t, &mut poll, 3);
             assert!(matches!(t.connect_status(&mut c), ConnectStatus::Connected));
             // While a slot owns it, its events go to that slot.
-            assert_eq!(t.backend_event(c.id, false), Some(slot));
+            assert_eq!(t.backend_event(c.id, true, false), Some(slot));
             let mut peer = peer;
             if i == 3 {
                 // Bytes (or a FIN) whose event the serving slot took
@@ -712,13 +722,62 @@ mod tests {
             generation: 2,
         };
         assert!(t.adopt(&mut conns[2], next));
-        assert_eq!(t.backend_event(conns[2].id, false), Some(next));
+        assert_eq!(t.backend_event(conns[2].id, true, false), Some(next));
         for c in conns {
             let id = c.id;
             t.close_backend(c, Close::Graceful);
-            assert_eq!(t.backend_event(id, false), None);
+            assert_eq!(t.backend_event(id, true, false), None);
         }
         assert!(t.backends.is_empty());
+    }
+
+    /// A short read leaves the socket known empty until its next event:
+    /// the read after it makes no syscall; bytes that come later are read
+    /// after their event; a FIN that comes with bytes is not taken for
+    /// empty, so the end of the stream is read too.
+    #[test]
+    fn a_short_read_waits_for_the_next_event_and_misses_no_fin() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let shared = Arc::new(Shared::new(Default::default(), vec![addr]));
+        let mut poll = mio::Poll::new().unwrap();
+        let registry = poll.registry().try_clone().unwrap();
+        let mut t = KernelTransport::new(registry, shared, Default::default());
+        let slot = SlotId {
+            index: 1,
+            generation: 1,
+        };
+        let mut c = t.connect(slot, 0).expect("connect starts");
+        let (mut peer, _) = listener.accept().unwrap();
+        pump(&mut t, &mut poll, 3);
+        assert!(matches!(t.connect_status(&mut c), ConnectStatus::Connected));
+        let settle = |t: &mut KernelTransport, poll: &mut mio::Poll| {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            pump(t, poll, 2);
+        };
+        peer.write_all(b"abc").unwrap();
+        settle(&mut t, &mut poll);
+        let mut got = Vec::new();
+        assert_eq!(
+            t.backend_read(&mut c, &mut |d| got.extend_from_slice(d)),
+            Io::Done(3)
+        );
+        assert!(t.backends[c.id].drained, "a short read: known empty");
+        assert_eq!(t.backend_read(&mut c, &mut |_| {}), Io::WouldBlock);
+        // More bytes and the FIN, one event.
+        peer.write_all(b"de").unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        settle(&mut t, &mut poll);
+        assert!(!t.backends[c.id].drained, "the event clears it");
+        assert_eq!(
+            t.backend_read(&mut c, &mut |d| got.extend_from_slice(d)),
+            Io::Done(2)
+        );
+        assert!(!t.backends[c.id].drained, "a FIN is still to read");
+        assert_eq!(t.backend_read(&mut c, &mut |_| {}), Io::Eof);
+        assert_eq!(got, b"abcde");
+        t.close_backend(c, Close::Graceful);
     }
 
     #[test]

@@ -162,8 +162,10 @@ impl Worker {
                     Token(t) if t < RESERVED => match owner_of(Token(t)) {
                         Owner::Client(id) => self.driver.mark(id, Side::Client),
                         Owner::Backend(conn) => {
+                            let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                             if let Some(id) =
-                                self.transport.backend_event(conn, ev.is_read_closed())
+                                self.transport
+                                    .backend_event(conn, readable, ev.is_read_closed())
                             {
                                 self.driver.mark(id, Side::Backend);
                             }

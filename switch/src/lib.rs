@@ -147,6 +147,8 @@ pub trait Steer: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 pub struct Lingering {
     flows: std::collections::VecDeque<(Flow, Instant)>,
+    /// When `sweep` last ran.
+    swept: Option<Instant>,
 }
 
 impl Lingering {
@@ -173,8 +175,20 @@ impl Lingering {
         self.flows.is_empty()
     }
 
-    /// Whether some entry is due at `now`.
+    /// Sweeps run at most this often: a sweep asks the caller for its live
+    /// flows, and with a steady close rate some entry is due on every turn.
+    pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+    /// Whether a sweep is due at `now`: some entry is, and the last sweep
+    /// was [`Lingering::SWEEP_EVERY`] ago or more.
     pub fn due(&self, now: Instant) -> bool {
+        self.front_due(now)
+            && self
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= Self::SWEEP_EVERY)
+    }
+
+    fn front_due(&self, now: Instant) -> bool {
         self.flows
             .front()
             .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= Self::AFTER)
@@ -191,8 +205,9 @@ impl Lingering {
         max: usize,
         live: impl Fn(&Flow) -> bool,
     ) {
+        self.swept = Some(now);
         for _ in 0..max {
-            if !self.due(now) {
+            if !self.front_due(now) {
                 return;
             }
             let Some((flow, _)) = self.flows.pop_front() else {
@@ -258,12 +273,7 @@ pub enum Landing {
 /// Why a switch cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SwitchError {
-    /// The process runs only one path (or its steering is not up).
-    #[error(
-        "this proxy cannot switch: start it with --mode dpdk --dpdk-switchable on an af_xdp port"
-    )]
-    NotSwitchable,
-    /// A path is still starting.
+    /// A path is still starting (the DPDK one until its steering is up).
     #[error("the {} path is not up yet", .0.label())]
     NotReady(Path),
     /// Another switch is still moving connections.
@@ -389,7 +399,7 @@ impl<P> SwitchBoard<P> {
     /// switch fail on purpose (a drill of the take-back path).
     pub fn request_drill(&self, to: Path, fail: u64) -> Result<SwitchSummary, SwitchError> {
         if self.steer.get().is_none() {
-            return Err(SwitchError::NotSwitchable);
+            return Err(SwitchError::NotReady(Path::Dpdk));
         }
         for p in [Path::Dpdk, Path::Kernel] {
             if !self.ready[p.index()].load(Ordering::Acquire) {

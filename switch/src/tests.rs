@@ -75,9 +75,12 @@ fn moving(n: u32, from: Path, started: Instant) -> Moving<u32> {
 }
 
 #[test]
-fn a_board_without_steering_cannot_switch() {
+fn a_board_without_steering_is_not_ready() {
     let b: SwitchBoard<u32> = SwitchBoard::new(Path::Dpdk);
-    assert_eq!(b.request(Path::Kernel), Err(SwitchError::NotSwitchable));
+    assert_eq!(
+        b.request(Path::Kernel),
+        Err(SwitchError::NotReady(Path::Dpdk))
+    );
     assert_eq!(b.current(), Path::Dpdk);
 }
 
@@ -335,5 +338,13 @@ fn lingering_flows_are_forgotten_late_and_only_while_still_ours() {
         "the live one waits another round"
     );
     assert!(!l.due(late));
+    // Sweeps are spaced: what a sweep left due waits for the next one.
+    let mut m = Lingering::default();
+    m.push(flow(5), t0);
+    assert!(m.due(late));
+    m.sweep(steer, Path::Dpdk, late, 0, |_| false);
+    assert_eq!(m.len(), 1);
+    assert!(!m.due(late + Duration::from_millis(500)));
+    assert!(m.due(late + Lingering::SWEEP_EVERY));
     drop(r);
 }

@@ -58,7 +58,9 @@ impl Clock {
 
     pub(crate) fn dur_to_virt(self, real: Duration) -> Duration {
         let us = i64::try_from(real.total_micros()).unwrap_or(i64::MAX);
-        Duration::from_micros(u64::try_from(mul_div_floor(us, self.num, self.den)).unwrap_or(0))
+        Duration::from_micros(
+            u64::try_from(mul_div_floor(us, self.num, self.den)).unwrap_or(u64::MAX),
+        )
     }
 
     /// The first real instant at which smoltcp's clock reads at least `virt`.

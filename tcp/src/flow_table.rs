@@ -67,19 +67,13 @@ impl FlowTable {
 
     /// Ask the CPU to bring `t`'s home slot into the cache, for a lookup
     /// soon after. Only a hint: nothing is read or changed.
-    #[cfg(test)]
-    pub(crate) fn prefetch(&self, t: &FourTuple) {
-        self.prefetch_hashed(self.hash(t));
-    }
-
     /// Prefetch the home slot of the key whose [`Self::hash`] is `hash`.
     pub(crate) fn prefetch_hashed(&self, hash: u64) {
         prefetch(&self.slots[(hash as usize) & self.mask()]);
     }
 
-    /// [`Self::get`] with `t`'s [`Self::hash`] already known. A hash taken
-    /// before the table grew finds nothing or looks in the wrong place, so
-    /// only hints may rest on the answer.
+    /// [`Self::get`] with `t`'s [`Self::hash`] already known (the whole
+    /// hash: it stays valid when the table grows).
     pub(crate) fn get_hashed(&self, t: &FourTuple, hash: u64) -> Option<&FlowEntry> {
         let i = self.find_hashed(t, hash)?;
         self.slots[i].as_ref().map(|(_, e)| e)
@@ -101,20 +95,27 @@ impl FlowTable {
 
     /// Insert or replace; the entry `t` had, if any.
     pub(crate) fn insert(&mut self, t: FourTuple, e: FlowEntry) -> Option<FlowEntry> {
-        if let Some(i) = self.find(&t) {
+        let hash = self.hash(&t);
+        if let Some(i) = self.find_hashed(&t, hash) {
             return self.slots[i].replace((t, e)).map(|(_, old)| old);
         }
         if 2 * (self.len + 1) > self.slots.len() {
             self.grow();
         }
+        self.place(hash, t, e);
+        self.len += 1;
+        None
+    }
+
+    /// Put a key that is not in the table into the first free slot of its
+    /// probe run.
+    fn place(&mut self, hash: u64, t: FourTuple, e: FlowEntry) {
         let mask = self.mask();
-        let mut i = self.home(&t);
+        let mut i = (hash as usize) & mask;
         while self.slots[i].is_some() {
             i = (i + 1) & mask;
         }
         self.slots[i] = Some((t, e));
-        self.len += 1;
-        None
     }
 
     /// Remove `t`; its entry, if it had one. The entries after it in its
@@ -141,13 +142,8 @@ impl FlowTable {
     fn grow(&mut self) {
         let doubled = (0..2 * self.slots.len()).map(|_| None).collect();
         let old = std::mem::replace(&mut self.slots, doubled);
-        let mask = self.mask();
         for (t, e) in old.into_iter().flatten() {
-            let mut i = self.home(&t);
-            while self.slots[i].is_some() {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = Some((t, e));
+            self.place(self.hash(&t), t, e);
         }
     }
 
@@ -233,7 +229,6 @@ mod tests {
             assert!(2 * table.len() <= table.slots.len());
         }
         for n in 0..100_000 {
-            table.prefetch(&t(n));
             assert_eq!(table.remove(&t(n)), Some(FlowEntry::Conn(n)));
         }
         assert_eq!(table.len(), 0);

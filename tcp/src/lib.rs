@@ -170,10 +170,7 @@ pub mod wire;
 pub use config::{Congestion, SocketConfig, StackConfig};
 pub use error::TcpError;
 pub use flow::FourTuple;
-pub use stack::{
-    ConnId, ConnState, ConnectOptions, Event, ListenerId, MemoryUsage, PREFETCH_MIN_CONNS, Stack,
-    Stats,
-};
+pub use stack::{ConnId, ConnState, ConnectOptions, Event, ListenerId, MemoryUsage, Stack, Stats};
 
 /// A device that can show a frame still waiting to be received, so that
 /// [`Stack::poll_prefetching`] can have the cache lines that frame will

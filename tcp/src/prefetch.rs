@@ -11,12 +11,18 @@ pub(crate) fn prefetch<T>(value: &T) {
 /// [`prefetch_addr`] for every 64-byte cache line of the `len` bytes at `p`.
 #[inline(always)]
 pub(crate) fn prefetch_lines(p: *const u8, len: usize) {
-    let skew = p as usize % 64;
-    let lines = (skew + len.max(1)).div_ceil(64);
+    let (skew, lines) = line_span(p as usize, len);
     let first = p.wrapping_sub(skew);
     for i in 0..lines {
         prefetch_addr(first.wrapping_add(i * 64));
     }
+}
+
+/// For `len` bytes at address `addr`: how far `addr` lies into its cache
+/// line, and how many lines the bytes touch (at least one).
+fn line_span(addr: usize, len: usize) -> (usize, usize) {
+    let skew = addr % 64;
+    (skew, (skew + len.max(1)).div_ceil(64))
 }
 
 /// [`prefetch`] by address (any address: a prefetch never faults).
@@ -44,17 +50,23 @@ pub(crate) fn prefetch_addr(p: *const u8) {
 mod tests {
     use super::*;
 
-    /// Aligned or not, any length, and the null address: nothing is read
-    /// and the line arithmetic does not overflow (debug builds check).
+    /// The lines a span touches, aligned or not (a start off a line
+    /// boundary once overflowed); and the hints run on real and null
+    /// addresses without effect.
     #[test]
-    fn hints_never_fault_or_overflow() {
+    fn spans_cover_exactly_the_lines_touched() {
+        assert_eq!(line_span(0, 0), (0, 1));
+        assert_eq!(line_span(128, 64), (0, 1));
+        assert_eq!(line_span(128, 65), (0, 2));
+        assert_eq!(line_span(191, 1), (63, 1));
+        assert_eq!(line_span(191, 2), (63, 2));
+        assert_eq!(line_span(200, 200), (8, 4));
+        assert_eq!(line_span(usize::MAX - 63, 64), (0, 1));
         let bytes = [7u8; 300];
         for offset in [0, 1, 63, 64, 65, 200] {
             prefetch_lines(bytes[offset..].as_ptr(), 300 - offset);
         }
         prefetch(&bytes);
-        prefetch_lines(core::ptr::null(), 0);
         prefetch_addr(core::ptr::null());
-        assert_eq!(bytes[299], 7);
     }
 }

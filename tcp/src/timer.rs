@@ -89,7 +89,13 @@ impl TimerHeap {
         for heap in self.groups.values_mut() {
             heap.retain(|Reverse((at, s, g))| live(*at, *s, *g));
         }
-        self.groups.retain(|_, heap| !heap.is_empty());
+        let spare = &mut self.spare;
+        self.groups.retain(|_, heap| {
+            if heap.is_empty() && spare.len() < SPARE_GROUPS {
+                spare.push(std::mem::take(heap));
+            }
+            !heap.is_empty()
+        });
         self.len = self.groups.values().map(BinaryHeap::len).sum();
     }
 }

@@ -18,7 +18,7 @@ reported, never retried.
 
 Once every client has initialized and every stream has its first event, the ready file is
 written (the test switches from then on). At the end one JSON line:
-{"streams": [{"events": n, "ok": bool, "error": str, "port": p, "ports_seen": [...]}, ...],
+{"streams": [{"events": n, "ok": bool, "error": str, "port": p}, ...],
  "callers": [{"calls": n, "ok": bool, "error": str, "port": p}, ...]}
 Exit 0 when every client is ok.
 
@@ -145,7 +145,7 @@ def text_of(msg: dict) -> str:
 async def stream_client(args, ctx, i: int, started: asyncio.Event, done: list) -> dict:
     u = urlparse(args.url)
     c = Conn(u.hostname, u.port, u.path, args.token, ctx)
-    rep = {"events": 0, "ok": False, "error": "", "port": None, "ports_seen": []}
+    rep = {"events": 0, "ok": False, "error": "", "port": None}
     try:
         rep["port"] = await c.open()
         await c.start_session()
@@ -176,9 +176,6 @@ async def stream_client(args, ctx, i: int, started: asyncio.Event, done: list) -
                 rep["events"] = n
                 if n == 1:
                     started.set()
-                p = c.local_port()
-                if p not in rep["ports_seen"]:
-                    rep["ports_seen"].append(p)
             elif m.get("id") == 7:
                 final = text_of(m)
         if final != f"{args.events} {h.hexdigest()[:16]}":

@@ -132,7 +132,7 @@ def test_streams_and_sessions_move_back_and_forth(switchable, switch_topo, workd
     bad = [s for s in report["streams"] if not s["ok"]] + [c for c in report["callers"] if not c["ok"]]
     assert not bad, f"{len(bad)} clients failed, e.g. {bad[:3]}\n{dt.tail(err)}"
     assert report["rc"] == 0
-    assert all(s["events"] == 400 and len(s["ports_seen"]) == 1 for s in report["streams"]), report["streams"][:3]
+    assert all(s["events"] == 400 for s in report["streams"]), report["streams"][:3]
     assert all(c["calls"] > 0 for c in report["callers"]), report["callers"]
     assert accepted(switchable) - before == streams + callers, "a client connected anew"
     m = metrics(switchable)

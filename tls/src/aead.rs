@@ -49,7 +49,7 @@ pub(crate) fn seal(
     add_aad(ctx, aad)?;
     update_in_place(ctx, inout)?;
     finish(ctx, ffi::EVP_EncryptFinal_ex)?;
-    tag_param(ctx, tag.as_mut_ptr(), TagOp::Get)
+    get_tag(ctx, tag.as_mut_ptr())
 }
 
 /// Decrypt `inout` in place under `nonce`, authenticating `aad` too, and
@@ -76,7 +76,7 @@ pub(crate) fn open(
     add_aad(ctx, aad)?;
     update_in_place(ctx, inout)?;
     if way == NonceWay::Reinit {
-        tag_param(ctx, expected, TagOp::Set)?;
+        set_params(ctx, &[tag_of(expected), end()])?;
     }
     if finish(ctx, ffi::EVP_DecryptFinal_ex).is_err() {
         // A failed tag check leaves an entry on the thread's error queue;
@@ -194,13 +194,6 @@ fn update_in_place(ctx: *mut ffi::EVP_CIPHER_CTX, data: &mut [u8]) -> Result<(),
     cvt(unsafe { ffi::EVP_CipherUpdate(ctx, p, &mut written, p, len) })
 }
 
-/// Whether [`tag_param`] reads the tag out or sets the expected one.
-#[derive(Clone, Copy)]
-enum TagOp {
-    Get,
-    Set,
-}
-
 unsafe extern "C" {
     fn EVP_CIPHER_CTX_get_params(
         ctx: *mut ffi::EVP_CIPHER_CTX,
@@ -212,19 +205,14 @@ unsafe extern "C" {
     ) -> c_int;
 }
 
-/// The tag, straight through the provider's parameter call
-/// (`EVP_CIPHER_CTX_ctrl` builds the same parameter and calls it, after
-/// its own translation of the control code).
-fn tag_param(ctx: *mut ffi::EVP_CIPHER_CTX, tag: *mut u8, op: TagOp) -> Result<(), ErrorStack> {
+/// Read the tag of the record just sealed, straight through the
+/// provider's parameter call (`EVP_CIPHER_CTX_ctrl` builds the same
+/// parameter and calls it, after its own translation of the control code).
+fn get_tag(ctx: *mut ffi::EVP_CIPHER_CTX, tag: *mut u8) -> Result<(), ErrorStack> {
     let mut params = [tag_of(tag), end()];
     // SAFETY: ctx is live and keyed; params is a terminated array whose
-    // one entry describes TAG_LEN valid bytes.
-    cvt(unsafe {
-        match op {
-            TagOp::Get => EVP_CIPHER_CTX_get_params(ctx, params.as_mut_ptr()),
-            TagOp::Set => EVP_CIPHER_CTX_set_params(ctx, params.as_ptr()),
-        }
-    })
+    // one entry describes TAG_LEN writable bytes.
+    cvt(unsafe { EVP_CIPHER_CTX_get_params(ctx, params.as_mut_ptr()) })
 }
 
 /// A direction's `EVP_*Final_ex`.

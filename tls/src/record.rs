@@ -161,7 +161,6 @@ fn tls12_aad(seq: u64, content_type: u8, plaintext_len: usize) -> [u8; 13] {
 struct Keyed {
     suite: CipherSuite,
     ctx: CipherCtx,
-    nonce_way: aead::NonceWay,
     keys: TrafficKeys,
     seq: u64,
     encrypt: bool,
@@ -177,7 +176,6 @@ impl Keyed {
         let mut k = Keyed {
             suite,
             ctx: CipherCtx::new()?,
-            nonce_way: aead::NonceWay::for_aead(suite.aead()),
             keys: keys.clone(),
             seq,
             encrypt,
@@ -352,7 +350,8 @@ impl Sealer {
         let tag: &mut [u8; TAG_LEN] = tag
             .try_into()
             .map_err(|_| TlsError::BadLength("seal buffer shorter than the record"))?;
-        aead::seal(&mut self.0.ctx, self.0.nonce_way, &nonce, aad, inner, tag)?;
+        let way = aead::NonceWay::for_aead(self.0.suite.aead());
+        aead::seal(&mut self.0.ctx, way, &nonce, aad, inner, tag)?;
         self.0.seq += 1;
         Ok(total)
     }
@@ -434,7 +433,8 @@ impl Opener {
         tag: &[u8],
     ) -> Result<(), TlsError> {
         let tag: &[u8; TAG_LEN] = tag.try_into().map_err(|_| TlsError::BadRecordMac)?;
-        if !aead::open(&mut self.0.ctx, self.0.nonce_way, nonce, aad, ct, tag)? {
+        let way = aead::NonceWay::for_aead(self.0.suite.aead());
+        if !aead::open(&mut self.0.ctx, way, nonce, aad, ct, tag)? {
             ct.fill(0);
             return Err(TlsError::BadRecordMac);
         }

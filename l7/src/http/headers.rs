@@ -113,14 +113,8 @@ impl Headers {
         }
     }
 
-    /// [`Self::spans`] with each field's name key.
-    fn keyed_spans(&self) -> impl Iterator<Item = (Range<usize>, Range<usize>, u32)> + '_ {
-        self.spans()
-            .zip(self.ends.iter())
-            .map(|((n, v), &(_, _, k))| (n, v, k))
-    }
-
-    /// Where each field's name lies in `names` and its value in `values`.
+    /// Where each field's name lies in `names` and its value in `values`,
+    /// with its name's key.
     fn spans(&self) -> Spans<'_> {
         Spans {
             ends: self.ends.iter(),
@@ -137,7 +131,7 @@ impl Headers {
     ) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
         let names = self.names.as_bytes();
         let key = name_key(name.as_bytes());
-        self.keyed_spans().filter_map(move |(n, v, k)| {
+        self.spans().filter_map(move |(n, v, k)| {
             (k == key && names[n].eq_ignore_ascii_case(name.as_bytes())).then(|| &self.values[v])
         })
     }
@@ -182,7 +176,8 @@ impl<'a> FromIterator<(&'a str, &'a [u8])> for Headers {
     }
 }
 
-/// The spans of [`Headers`]' fields, in order: name range, value range.
+/// The spans of [`Headers`]' fields, in order: name range, value range,
+/// name key.
 #[derive(Debug, Clone)]
 struct Spans<'a> {
     ends: std::slice::Iter<'a, (u32, u32, u32)>,
@@ -191,14 +186,15 @@ struct Spans<'a> {
 }
 
 impl Iterator for Spans<'_> {
-    type Item = (Range<usize>, Range<usize>);
+    type Item = (Range<usize>, Range<usize>, u32);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let &(name_end, value_end, _) = self.ends.next()?;
+        let &(name_end, value_end, key) = self.ends.next()?;
         let (name_start, value_start) = std::mem::replace(&mut self.starts, (name_end, value_end));
         Some((
             name_start as usize..name_end as usize,
             value_start as usize..value_end as usize,
+            key,
         ))
     }
 
@@ -218,7 +214,7 @@ impl<'a> Iterator for Iter<'a> {
     type Item = Header<'a>;
 
     fn next(&mut self) -> Option<Header<'a>> {
-        let (name, value) = self.spans.next()?;
+        let (name, value, _) = self.spans.next()?;
         Some(Header {
             name: &self.headers.names[name],
             value: &self.headers.values[value],

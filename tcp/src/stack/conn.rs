@@ -53,9 +53,6 @@ pub(super) struct Conn {
     pub(super) in_ready: bool,
     /// Listed in `neighbor_waiters`.
     pub(super) neighbor_wait: bool,
-    /// A segment of this connection has left: its neighbour was resolved
-    /// (see `egress_one`).
-    pub(super) neighbor_known: bool,
     pub(super) readable_sent: bool,
     pub(super) want_writable: bool,
     pub(super) connected_sent: bool,

@@ -49,7 +49,6 @@ use slots::Slot;
 
 pub use connect::ConnectOptions;
 pub use handoff::ConnState;
-pub use poll::PREFETCH_MIN_CONNS;
 pub use stats::{MemoryUsage, Stats};
 
 /// A connection handle. Stays valid until `close` or `abort` is called on it

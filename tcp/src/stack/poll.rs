@@ -32,20 +32,19 @@ const SOCKET_BYTES: usize = core::mem::size_of::<smoltcp::iface::SocketStorage<'
 
 /// What the receive pipeline of `poll_prefetching` carries from one frame
 /// to the next: the frames six and five places on (tuple and hash), then
-/// four and three places on (connection slot), alternating by step; then
-/// the slot of the frame whose socket was asked for, until that frame is
-/// the next one.
+/// four and three places on (connection slot), in two lanes that alternate
+/// with each frame received (so a finding waits two frames for its next
+/// step: 6, 4, 2); then the slot of the frame whose socket was asked for,
+/// one place on at the next step.
 #[derive(Debug, Default)]
 pub(super) struct Ahead {
-    step: u64,
     flows: [Option<(crate::flow::FourTuple, u64)>; 2],
     slots: [Option<u32>; 2],
-    socket_next: Option<u32>,
     socket: Option<u32>,
 }
 /// Connections below which the stack does not prefetch: a few thousand
 /// records, sockets and buffers (4 KiB or so each) stay in the caches.
-pub const PREFETCH_MIN_CONNS: usize = 4096;
+pub(crate) const PREFETCH_MIN_CONNS: usize = 4096;
 const CONN_AHEAD: usize = 4;
 const SOCKET_AHEAD: usize = 2;
 
@@ -106,7 +105,7 @@ impl Stack {
     /// record is). With many connections (more than the caches hold) a
     /// frame then does not wait for those loads one after the other.
     ///
-    /// With fewer than [`PREFETCH_MIN_CONNS`] connections (whose records and
+    /// With fewer than 4,096 connections (whose records and
     /// sockets stay in the caches anyway) it is [`Stack::poll`]: asking
     /// would only parse each frame again.
     pub fn poll_prefetching<D: Device + RxPeek + ?Sized>(
@@ -126,8 +125,8 @@ impl Stack {
     /// the next step (a best guess: should the frames have changed in
     /// between, only a hint is wasted).
     fn prefetch_ahead<D: RxPeek + ?Sized>(&mut self, device: &D) {
-        // `step` counts the frames received (see `poll_with`).
-        let lane = (self.ahead.step % 2) as usize;
+        // Lanes alternate with each frame received.
+        let lane = (self.stats.rx_frames % 2) as usize;
         // Where the payload of the next frame goes in its socket's receive
         // buffer (the socket was asked for a frame ago).
         if let Some(slot) = self.ahead.socket.take()
@@ -147,7 +146,9 @@ impl Stack {
             }) = self.slots.get(slot as usize)
         {
             prefetch_lines(set.storage_addr(), SOCKET_BYTES);
-            self.ahead.socket_next = Some(slot);
+            // One place on at the next step (or a wasted hint should the
+            // burst end before).
+            self.ahead.socket = Some(slot);
         }
         // The record of the frame four places on (its flow slot was asked
         // for two frames ago).
@@ -184,9 +185,6 @@ impl Stack {
                 break;
             };
             self.stats.rx_frames += 1;
-            self.ahead.step = self.ahead.step.wrapping_add(1);
-            // The frame whose socket was asked for is now one place on.
-            self.ahead.socket = self.ahead.socket_next.take();
             rx.consume(|frame| self.ingress(now, vnow, frame, tx));
         }
         self.fire_timers(now);
@@ -216,6 +214,7 @@ impl Stack {
                 prefetch(s);
             }
             if prefetching
+                && !exhausted
                 && let Some(&later) = batch.get(i + SOCKET_AHEAD)
                 && let Some(Slot {
                     conn: Some(Conn { set: Some(set), .. }),
@@ -255,14 +254,7 @@ impl Stack {
         let Some(set) = conn.set.as_mut() else {
             return EgressTurn::default();
         };
-        // Whether a turn that sends nothing waits for a neighbour (ARP) is
-        // asked only until the connection has sent a segment: from then on
-        // its neighbour is known, and should the entry expire later, the
-        // miss sends an ARP request (`obs.arp`) or, while smoltcp keeps
-        // quiet after another miss, leaves a deadline that the timer
-        // honours. That saves a `poll_at` per turn on the hot path.
         let wanted = self.medium == Medium::Ethernet
-            && !conn.neighbor_known
             && self.iface.poll_at(vnow, set).is_some_and(|t| t <= vnow);
         let mut obs = TxObs::default();
         let mut exhausted = false;
@@ -293,7 +285,6 @@ impl Stack {
         if obs.last_seq_ack.is_some() {
             conn.last_seq_ack = obs.last_seq_ack;
         }
-        conn.neighbor_known |= obs.segments > 0;
         conn.rst_sent |= obs.rst;
         self.stats.tx_frames += obs.frames;
         EgressTurn {

@@ -62,7 +62,6 @@ impl Stack {
             timer_at: None,
             in_ready: false,
             neighbor_wait: false,
-            neighbor_known: false,
             readable_sent: false,
             want_writable: false,
             connected_sent: role != Role::User,
