@@ -6,6 +6,7 @@
 //! One thread, one request per connection, 2 s socket timeouts: a stuck
 //! scraper cannot hold it for long, and it never touches the data path.
 
+use crate::exposition::Exposition;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -231,52 +232,6 @@ fn respond(stream: &mut TcpStream, status: u16, ctype: &str, body: &[u8]) -> std
     stream.write_all(head.as_bytes())?;
     stream.write_all(body)?;
     stream.flush()
-}
-
-fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text exposition, one metric family at a time.
-#[derive(Default)]
-pub(crate) struct Exposition(pub(crate) String);
-
-impl Exposition {
-    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    /// One sample line, written as given (after its family's head).
-    pub(crate) fn line(&mut self, sample: std::fmt::Arguments<'_>) {
-        let _ = writeln!(self.0, "{sample}");
-    }
-
-    /// A family with one unlabelled sample.
-    pub(crate) fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
-        self.family(name, kind, help);
-        let _ = writeln!(self.0, "{name} {v}");
-    }
-
-    /// A family with one sample per value of label `key`.
-    pub(crate) fn labelled<L: AsRef<str>, V: std::fmt::Display>(
-        &mut self,
-        name: &str,
-        kind: &str,
-        help: &str,
-        key: &str,
-        samples: impl IntoIterator<Item = (L, V)>,
-    ) {
-        self.family(name, kind, help);
-        for (label, v) in samples {
-            let _ = writeln!(
-                self.0,
-                "{name}{{{key}=\"{}\"}} {v}",
-                escape_label(label.as_ref())
-            );
-        }
-    }
 }
 
 /// Picks one per-lcore counter.

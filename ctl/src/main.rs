@@ -12,6 +12,7 @@ mod demo;
 mod demo_client;
 mod demo_switch;
 mod dpdk_mode;
+mod exposition;
 mod hugepages_cmd;
 mod keys;
 mod limits;

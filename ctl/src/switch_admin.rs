@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use dpuproxy_switch::{Path, SwitchBoard, SwitchError, metrics::PAUSE_BOUNDS_US};
 
-use crate::admin::Exposition;
+use crate::exposition::Exposition;
 
 /// How long `POST /switch` waits for the switch to settle before it
 /// answers 504 (the switch goes on).

@@ -660,15 +660,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn parked_backends_keep_their_registration_and_are_probed_only_after_an_event() {
-        use std::io::Write as _;
+    /// A transport whose one backend is a listener on loopback.
+    fn rig() -> (std::net::TcpListener, mio::Poll, KernelTransport) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let shared = Arc::new(Shared::new(Default::default(), vec![addr]));
-        let mut poll = mio::Poll::new().unwrap();
+        let poll = mio::Poll::new().unwrap();
         let registry = poll.registry().try_clone().unwrap();
-        let mut t = KernelTransport::new(registry, shared, Default::default());
+        let t = KernelTransport::new(registry, shared, Default::default());
+        (listener, poll, t)
+    }
+
+    #[test]
+    fn parked_backends_keep_their_registration_and_are_probed_only_after_an_event() {
+        use std::io::Write as _;
+        let (listener, mut poll, mut t) = rig();
         let slot = SlotId {
             index: 3,
             generation: 1,
@@ -738,12 +744,7 @@ mod tests {
     #[test]
     fn a_short_read_waits_for_the_next_event_and_misses_no_fin() {
         use std::io::Write as _;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shared = Arc::new(Shared::new(Default::default(), vec![addr]));
-        let mut poll = mio::Poll::new().unwrap();
-        let registry = poll.registry().try_clone().unwrap();
-        let mut t = KernelTransport::new(registry, shared, Default::default());
+        let (listener, mut poll, mut t) = rig();
         let slot = SlotId {
             index: 1,
             generation: 1,
